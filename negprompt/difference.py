@@ -1,0 +1,39 @@
+"""What a negative prompt changed: a difference map against the row's baseline and a single change score.
+
+The change score is the mean absolute pixel difference from the baseline, as a percentage of full scale
+(0 = identical, 100 = every channel of every pixel flipped from black to white). The map shows where the change is:
+per-pixel mean absolute difference over the channels, on a fixed scale (not stretched per image, so maps of
+different cells compare), through a black-red-yellow-white heat palette.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from PIL import Image
+
+# Differences at or above this fraction of full scale are drawn at the top of the palette.
+MAP_FULL_SCALE = 0.5
+
+_PALETTE_STOPS = np.array([
+    [0.00, 0, 0, 0],
+    [0.35, 180, 20, 0],
+    [0.70, 255, 190, 0],
+    [1.00, 255, 255, 255],
+])
+
+
+def _pixels(image: Image.Image) -> np.ndarray:
+    return np.asarray(image.convert("RGB"), dtype=np.float32) / 255.0
+
+
+def change_score(image: Image.Image, baseline: Image.Image) -> float:
+    """Mean absolute difference from ``baseline``, in percent of full scale."""
+    return float(np.abs(_pixels(image) - _pixels(baseline)).mean() * 100.0)
+
+
+def difference_map(image: Image.Image, baseline: Image.Image) -> Image.Image:
+    """A heat map, the size of ``image``, of where it differs from ``baseline``."""
+    diff = np.abs(_pixels(image) - _pixels(baseline)).mean(axis=2)
+    level = np.clip(diff / MAP_FULL_SCALE, 0.0, 1.0)
+    channels = [np.interp(level, _PALETTE_STOPS[:, 0], _PALETTE_STOPS[:, k]) for k in (1, 2, 3)]
+    return Image.fromarray(np.stack(channels, axis=2).astype(np.uint8), "RGB")

@@ -1,0 +1,72 @@
+"""Prompt text checks: token counts, truncation, and the warnings a comparison carries.
+
+CLIP text encoders read 77 tokens: a start token, 75 of text, an end token. Longer text is cut, and diffusers
+warns about a cut positive prompt but silently cuts a negative one, so negprompt counts tokens itself.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class TokenCount:
+    """How much of a prompt the text encoder reads."""
+
+    used: int  # tokens of text, without the start and end tokens
+    limit: int  # tokens of text the encoder reads (75 for CLIP)
+    truncated: str  # the text that is cut off ("" when it fits)
+
+    @property
+    def fits(self) -> bool:
+        return self.used <= self.limit
+
+    def __str__(self) -> str:
+        return f"{self.used}/{self.limit}"
+
+
+def count_tokens(tokenizer, text: str) -> TokenCount:
+    """Count ``text``'s tokens under ``tokenizer`` (a CLIP tokenizer) and give the tail that would be cut."""
+    limit = tokenizer.model_max_length - 2
+    ids = tokenizer(text, truncation=False, add_special_tokens=False).input_ids
+    tail = tokenizer.decode(ids[limit:]).strip() if len(ids) > limit else ""
+    return TokenCount(used=len(ids), limit=limit, truncated=tail)
+
+
+def _same_text(a: str, b: str) -> bool:
+    return " ".join(a.lower().split()) == " ".join(b.lower().split())
+
+
+def comparison_warnings(
+    tokenizer, prompt: str, negatives: list[str], guidance_scale: float, distilled: bool
+) -> list[str]:
+    """Everything about these inputs that makes a comparison show less than the user expects, in plain words."""
+    warnings = []
+    if distilled:
+        warnings.append(
+            "This model is guidance-distilled (it takes the guidance scale as an input and runs no unconditional "
+            "branch), so negative prompts have no effect: every cell equals the baseline."
+        )
+    elif guidance_scale <= 1:
+        warnings.append(
+            f"Guidance scale {guidance_scale:g} is at most 1, so classifier-free guidance is off and negative prompts "
+            "have no effect: every cell equals the baseline. Use a scale above 1 (5 to 9 is usual)."
+        )
+    count = count_tokens(tokenizer, prompt)
+    if not count.fits:
+        warnings.append(f"The prompt has {count.used} tokens; the text encoder reads {count.limit}, "
+                        f"so this was cut: '{count.truncated}'.")
+    seen: set[str] = set()
+    for i, negative in enumerate(negatives, start=1):
+        count = count_tokens(tokenizer, negative)
+        if not count.fits:
+            warnings.append(f"Negative prompt {i} has {count.used} tokens; the text encoder reads {count.limit}, "
+                            f"so this was cut: '{count.truncated}'.")
+        if _same_text(negative, prompt):
+            warnings.append(f"Negative prompt {i} equals the positive prompt: the two branches cancel and the cell "
+                            "shows the unguided image (as at guidance scale 1).")
+        key = " ".join(negative.lower().split())
+        if key in seen:
+            warnings.append(f"Negative prompt {i} ('{negative}') is listed twice; both cells are the same image.")
+        seen.add(key)
+    return warnings

@@ -1,0 +1,377 @@
+"""Train the embedded default model: a tiny latent diffusion model of procedural portraits.
+
+One command draws the data, trains the VAE, then the text encoder and UNet together, writes sample grids as it
+goes and saves a standard diffusers Stable Diffusion folder:
+
+    python -m negprompt.train --out runs/portrait --minutes 60            # the shipped CPU run (2 cores)
+    python -m negprompt.train --out runs/portrait --minutes 10 --device cuda
+    python -m negprompt.train --out runs/portrait --minutes 60 --resume   # continue after an interruption
+    python -m negprompt.train --out runs/tiny --tiny --vae-steps 5 --steps 5   # seconds; what the tests run
+
+Output: ``OUT/model/`` (load it with ``StableDiffusionPipeline.from_pretrained``), ``OUT/samples/*.png``,
+``OUT/train.log.jsonl`` (losses), ``OUT/checkpoint.pt`` (for ``--resume``; not part of the model).
+
+Recipe: a fixed in-memory dataset of portraits (``negprompt.portraits``) drawn from ``--seed``; an AutoencoderKL
+(64x64x3 -> 16x16x4, L1 + tiny KL) trained first; the dataset is encoded once; then CLIPTextModel + UNet2DCondition
+learn v-prediction under Stable Diffusion's ``scaled_linear`` schedule with min-SNR-5 loss weights, AdamW, linear
+warmup then cosine decay, an EMA of the weights (what is saved), and a fresh caption per image per step (10% empty,
+the prompt dropout that gives the unconditional branch its meaning). ``--minutes`` times the first steps and fixes
+the step count, so the schedule is complete and a resumed run follows the same plan.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import logging
+import math
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from diffusers import AutoencoderKL, DDIMScheduler, DDPMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+from transformers import CLIPTextConfig, CLIPTextModel
+
+from negprompt.portraits import ALL_WORDS, caption_for, grid, portrait_array, sample_portraits
+from negprompt.tokenizer import build_clip_tokenizer
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class TrainConfig:
+    seed: int = 0  # seeds the dataset, captions, initial weights and noise
+    n_images: int = 30000  # size of the fixed in-memory dataset
+    vae_channels: tuple[int, ...] = (32, 64, 64)  # AutoencoderKL block widths (3 blocks: 64 -> 16)
+    vae_steps: int = 1500  # VAE optimizer steps
+    vae_batch: int = 32  # VAE batch size
+    vae_lr: float = 1e-3  # VAE peak learning rate
+    kl_weight: float = 1e-6  # weight of the VAE's KL term
+    text_width: int = 64  # CLIP text encoder hidden size
+    text_layers: int = 2  # CLIP text encoder layers
+    unet_channels: tuple[int, ...] = (64, 128, 128)  # UNet block widths at 16x16, 8x8, 4x4 latent resolution
+    unet_layers: int = 1  # resnet layers per UNet block
+    attn_levels: tuple[bool, ...] = (True, True, True)  # cross-attention per UNet level
+    head_dim: int = 32  # attention head width in the UNet
+    steps: int = 0  # UNet optimizer steps; 0 means: fit them to the time budget
+    batch: int = 64  # UNet batch size
+    lr: float = 1e-3  # UNet and text encoder peak learning rate
+    warmup: int = 200  # linear warmup steps
+    ema: float = 0.999  # EMA decay of the saved weights
+    snr_gamma: float = 5.0  # min-SNR loss weight cap
+    p_empty: float = 0.1  # share of empty captions (prompt dropout)
+    p_tags: float = 0.4  # share of tag-style captions among the non-empty ones
+    sample_every: int = 1000  # steps between sample grids
+    checkpoint_every: int = 500  # steps between checkpoints
+
+
+TINY = dict(n_images=256, vae_channels=(8, 16, 16), text_width=32, text_layers=1, unet_channels=(16, 32, 32),
+            head_dim=8, batch=8, vae_batch=8, warmup=2, sample_every=10**9, checkpoint_every=10**9)
+
+
+def build_models(cfg: TrainConfig, vocab_size: int) -> tuple[AutoencoderKL, CLIPTextModel, UNet2DConditionModel]:
+    """Fresh VAE, text encoder and UNet for ``cfg``."""
+    groups = min(16, cfg.vae_channels[0])
+    vae = AutoencoderKL(
+        in_channels=3, out_channels=3, latent_channels=4, sample_size=64, layers_per_block=1, norm_num_groups=groups,
+        block_out_channels=cfg.vae_channels, down_block_types=("DownEncoderBlock2D",) * len(cfg.vae_channels),
+        up_block_types=("UpDecoderBlock2D",) * len(cfg.vae_channels),
+    )
+    text = CLIPTextModel(CLIPTextConfig(
+        vocab_size=vocab_size, hidden_size=cfg.text_width, intermediate_size=2 * cfg.text_width,
+        num_hidden_layers=cfg.text_layers, num_attention_heads=max(1, cfg.text_width // 32),
+        max_position_embeddings=77, projection_dim=cfg.text_width,
+        bos_token_id=vocab_size - 2, eos_token_id=vocab_size - 1, pad_token_id=vocab_size - 1,
+    ))
+    down = tuple("CrossAttnDownBlock2D" if a else "DownBlock2D" for a in cfg.attn_levels)
+    up = tuple("CrossAttnUpBlock2D" if a else "UpBlock2D" for a in reversed(cfg.attn_levels))
+    unet = UNet2DConditionModel(
+        sample_size=16, in_channels=4, out_channels=4, layers_per_block=cfg.unet_layers,
+        block_out_channels=cfg.unet_channels, down_block_types=down, up_block_types=up,
+        cross_attention_dim=cfg.text_width, attention_head_dim=cfg.head_dim,
+        norm_num_groups=min(32, cfg.unet_channels[0]),
+    )
+    return vae, text, unet
+
+
+def noise_scheduler() -> DDPMScheduler:
+    """Stable Diffusion's scaled_linear schedule with v-prediction (the training side of the saved DDIM)."""
+    return DDPMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
+                         num_train_timesteps=1000, prediction_type="v_prediction", clip_sample=False)
+
+
+def sampling_scheduler() -> DDIMScheduler:
+    """The scheduler saved with the model: DDIM over the same schedule, trailing timesteps, no clipping."""
+    return DDIMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
+                         num_train_timesteps=1000, prediction_type="v_prediction", clip_sample=False,
+                         set_alpha_to_one=False, steps_offset=0, timestep_spacing="trailing")
+
+
+def cosine_lr(step: int, total: int, warmup: int, peak: float) -> float:
+    """Linear warmup to ``peak``, then cosine decay to 2% of it at ``total``."""
+    if step < warmup:
+        return peak * (step + 1) / warmup
+    frac = min(1.0, (step - warmup) / max(1, total - warmup))
+    return peak * (0.02 + 0.98 * 0.5 * (1 + math.cos(math.pi * frac)))
+
+
+def to_tensor(images: np.ndarray) -> torch.Tensor:
+    """uint8 (n, 64, 64, 3) -> float (n, 3, 64, 64) in [-1, 1]."""
+    return torch.from_numpy(images).permute(0, 3, 1, 2).float().div(127.5).sub(1)
+
+
+def train_vae(vae: AutoencoderKL, images: np.ndarray, cfg: TrainConfig, device: str, out: Path) -> list[float]:
+    """Train the autoencoder with L1 reconstruction + a tiny KL term; returns the loss curve (every 50 steps)."""
+    opt = torch.optim.AdamW(vae.parameters(), lr=cfg.vae_lr, weight_decay=0.0)
+    rng = np.random.default_rng(cfg.seed + 1)
+    vae.train()
+    curve, running = [], 0.0
+    for step in range(cfg.vae_steps):
+        for g in opt.param_groups:
+            g["lr"] = cosine_lr(step, cfg.vae_steps, min(100, cfg.warmup), cfg.vae_lr)
+        x = to_tensor(images[rng.integers(len(images), size=cfg.vae_batch)]).to(device)
+        post = vae.encode(x).latent_dist
+        rec = vae.decode(post.sample()).sample
+        kl = post.kl().mean() / (4 * 16 * 16)
+        loss = F.l1_loss(rec, x) + 0.5 * F.mse_loss(rec, x) + cfg.kl_weight * kl
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        running += loss.item()
+        if (step + 1) % 50 == 0 or step + 1 == cfg.vae_steps:
+            curve.append(running / (50 if (step + 1) % 50 == 0 else (step + 1) % 50))
+            log.info("vae step %d/%d loss %.4f", step + 1, cfg.vae_steps, curve[-1])
+            _log_json(out, {"phase": "vae", "step": step + 1, "loss": curve[-1]})
+            running = 0.0
+    vae.eval()
+    return curve
+
+
+@torch.no_grad()
+def encode_all(vae: AutoencoderKL, images: np.ndarray, device: str, batch: int = 256) -> torch.Tensor:
+    """Latent means of the whole dataset, unscaled, on the CPU."""
+    chunks = [vae.encode(to_tensor(images[i:i + batch]).to(device)).latent_dist.mean.cpu()
+              for i in range(0, len(images), batch)]
+    return torch.cat(chunks)
+
+
+def _log_json(out: Path, record: dict) -> None:
+    with open(out / "train.log.jsonl", "a") as f:
+        f.write(json.dumps(record) + "\n")
+
+
+class CaptionBatcher:
+    """Fresh captions for dataset rows, tokenized to 77 ids (cached per caption string)."""
+
+    def __init__(self, people, tokenizer, cfg: TrainConfig):
+        self.people, self.tokenizer, self.cfg = people, tokenizer, cfg
+        self.cache: dict[str, list[int]] = {}
+
+    def __call__(self, rows: np.ndarray, rng: np.random.Generator) -> torch.Tensor:
+        ids = []
+        for r in rows:
+            text = caption_for(self.people[r], rng, p_empty=self.cfg.p_empty, p_tags=self.cfg.p_tags)
+            if text not in self.cache:
+                self.cache[text] = self.tokenizer(text, padding="max_length", max_length=77,
+                                                  truncation=True).input_ids
+            ids.append(self.cache[text])
+        return torch.tensor(ids)
+
+
+def diffusion_loss(unet, text, sched, latents, ids, gen, cfg: TrainConfig) -> torch.Tensor:
+    """v-prediction MSE at uniform random timesteps, weighted by min(SNR, gamma) / (SNR + 1)."""
+    noise = torch.randn(latents.shape, generator=gen).to(latents.device)
+    t = torch.randint(0, sched.config.num_train_timesteps, (latents.shape[0],), generator=gen).to(latents.device)
+    noisy = sched.add_noise(latents, noise, t)
+    target = sched.get_velocity(latents, noise, t)
+    pred = unet(noisy, t, encoder_hidden_states=text(ids)[0]).sample
+    alpha = sched.alphas_cumprod.to(latents.device)[t]
+    snr = alpha / (1 - alpha)
+    weight = torch.clamp(snr, max=cfg.snr_gamma) / (snr + 1)
+    return (weight * F.mse_loss(pred, target, reduction="none").mean(dim=(1, 2, 3))).mean()
+
+
+def update_ema(ema: torch.nn.Module, model: torch.nn.Module, decay: float) -> None:
+    with torch.no_grad():
+        for e, p in zip(ema.parameters(), model.parameters()):
+            e.lerp_(p, 1 - decay)
+
+
+def assemble(vae, text, unet, tokenizer, scale: float) -> StableDiffusionPipeline:
+    """A StableDiffusionPipeline (no safety checker) from the parts, in float32 on the CPU."""
+    vae.register_to_config(scaling_factor=scale)
+    return StableDiffusionPipeline(
+        vae=copy.deepcopy(vae).cpu().float(), text_encoder=copy.deepcopy(text).cpu().float(), tokenizer=tokenizer,
+        unet=copy.deepcopy(unet).cpu().float(), scheduler=sampling_scheduler(), safety_checker=None,
+        feature_extractor=None, requires_safety_checker=False,
+    )
+
+
+SAMPLE_PROMPTS = ["portrait photo of a man", "portrait photo of a man with a mustache",
+                  "portrait photo of a man with glasses", "portrait photo of a man with a red hat"]
+
+
+@torch.no_grad()
+def write_samples(pipe: StableDiffusionPipeline, path: Path, seed: int = 0, per_prompt: int = 8) -> None:
+    """A grid: one row per prompt in SAMPLE_PROMPTS plus a row of the plain prompt with negative "mustache"."""
+    rows = [(p, "") for p in SAMPLE_PROMPTS] + [(SAMPLE_PROMPTS[0], "mustache")]
+    latents = torch.randn((per_prompt, 4, 16, 16), generator=torch.Generator().manual_seed(seed))
+    images = []
+    for prompt, negative in rows:
+        images += pipe([prompt] * per_prompt, negative_prompt=[negative] * per_prompt, latents=latents,
+                       num_inference_steps=20, guidance_scale=5.0, height=64, width=64).images
+    grid(images, cols=per_prompt).save(path)
+
+
+def save_checkpoint(path: Path, state: dict) -> None:
+    tmp = path.with_suffix(".tmp")
+    torch.save(state, tmp)
+    tmp.replace(path)
+
+
+def train_diffusion(text, unet, latents, batcher, cfg: TrainConfig, device: str, out: Path,
+                    deadline: float, make_pipe) -> dict:
+    """Joint text encoder + UNet training; returns a summary. Resumes from ``out/checkpoint.pt`` if present."""
+    sched = noise_scheduler()
+    params = list(unet.parameters()) + list(text.parameters())
+    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.01)
+    ema_unet, ema_text = copy.deepcopy(unet).eval(), copy.deepcopy(text).eval()
+    rng, gen, step, curve = np.random.default_rng(cfg.seed + 2), torch.Generator().manual_seed(cfg.seed + 3), 0, []
+    ckpt = out / "checkpoint.pt"
+    if ckpt.exists():
+        state = torch.load(ckpt, weights_only=False)
+        for m, k in ((unet, "unet"), (text, "text"), (ema_unet, "ema_unet"), (ema_text, "ema_text"), (opt, "opt")):
+            m.load_state_dict(state[k])
+        rng.bit_generator.state, step, curve = state["rng"], state["step"], state["curve"]
+        gen.set_state(state["gen"])
+        cfg.steps = state["steps"]
+        log.info("resumed at step %d of %d", step, cfg.steps)
+    t0, running, timed = time.time(), 0.0, step
+    while step < cfg.steps:
+        for g in opt.param_groups:
+            g["lr"] = cosine_lr(step, cfg.steps, cfg.warmup, cfg.lr)
+        rows = rng.integers(len(latents), size=cfg.batch)
+        loss = diffusion_loss(unet, text, sched, latents[rows].to(device), batcher(rows, rng).to(device), gen, cfg)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        decay = min(cfg.ema, (1 + step) / (10 + step))
+        update_ema(ema_unet, unet, decay)
+        update_ema(ema_text, text, decay)
+        step += 1
+        running += loss.item()
+        if step % 50 == 0:
+            curve.append(running / 50)
+            running = 0.0
+            rate = (time.time() - t0) / (step - timed)
+            log.info("step %d/%d loss %.4f (%.3f s/step)", step, cfg.steps, curve[-1], rate)
+            _log_json(out, {"phase": "unet", "step": step, "loss": curve[-1], "s_per_step": rate})
+        if step % cfg.sample_every == 0:
+            write_samples(make_pipe(ema_text, ema_unet), out / "samples" / f"step{step:06d}.png")
+        if step % cfg.checkpoint_every == 0 or step == cfg.steps:
+            save_checkpoint(ckpt, dict(unet=unet.state_dict(), text=text.state_dict(), opt=opt.state_dict(),
+                                       ema_unet=ema_unet.state_dict(), ema_text=ema_text.state_dict(),
+                                       rng=rng.bit_generator.state, gen=gen.get_state(), step=step,
+                                       curve=curve, steps=cfg.steps))
+        if time.time() > deadline:
+            log.warning("over the time budget: stopping at step %d of %d", step, cfg.steps)
+            break
+    return dict(ema_text=ema_text, ema_unet=ema_unet, step=step, curve=curve)
+
+
+def fit_steps(unet, text, latents, batcher, cfg: TrainConfig, device: str, seconds: float) -> int:
+    """Time a few throwaway steps on copies of the models and return how many steps fit in ``seconds``."""
+    u, t = copy.deepcopy(unet), copy.deepcopy(text)
+    opt = torch.optim.AdamW(list(u.parameters()) + list(t.parameters()), lr=0.0)
+    rng, gen, sched = np.random.default_rng(12345), torch.Generator().manual_seed(12345), noise_scheduler()
+    for i in range(13):
+        if i == 3:
+            start = time.time()
+        rows = rng.integers(len(latents), size=cfg.batch)
+        loss = diffusion_loss(u, t, sched, latents[rows].to(device), batcher(rows, rng).to(device), gen, cfg)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    per_step = (time.time() - start) / 10 * 1.04 + 0.0005  # EMA and logging overhead
+    steps = int(seconds / per_step)
+    log.info("timed %.3f s/step: %d steps fit in %.0f s", per_step, steps, seconds)
+    return max(steps, 10)
+
+
+def run(cfg: TrainConfig, out: Path, device: str, minutes: float) -> Path:
+    """The whole recipe; returns the saved model folder."""
+    start = time.time()
+    deadline = start + minutes * 60 * 1.1
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "samples").mkdir(exist_ok=True)
+    (out / "config.json").write_text(json.dumps(asdict(cfg), indent=1))
+    torch.manual_seed(cfg.seed)
+    people = sample_portraits(np.random.default_rng(cfg.seed), cfg.n_images)
+    images = portrait_array(people)
+    tokenizer = build_clip_tokenizer(ALL_WORDS)
+    vae, text, unet = build_models(cfg, len(tokenizer))
+    vae, text, unet = vae.to(device), text.to(device), unet.to(device)
+    log.info("parameters: vae %.2fM, text %.2fM, unet %.2fM", *(sum(p.numel() for p in m.parameters()) / 1e6
+                                                              for m in (vae, text, unet)))
+    vae_path = out / "stage_vae.pt"
+    if vae_path.exists():
+        vae.load_state_dict(torch.load(vae_path))
+        vae.eval()
+    else:
+        train_vae(vae, images, cfg, device, out)
+        torch.save(vae.state_dict(), vae_path)
+    raw = encode_all(vae, images, device)
+    scale = float(1.0 / raw.std())
+    latents = raw * scale
+    log.info("latent scaling factor %.4f", scale)
+    batcher = CaptionBatcher(people, tokenizer, cfg)
+    if not cfg.steps and not (out / "checkpoint.pt").exists():
+        cfg.steps = fit_steps(unet, text, latents, batcher, cfg, device, start + minutes * 60 - time.time() - 60)
+    make_pipe = lambda t, u: assemble(vae, t, u, tokenizer, scale)  # noqa: E731
+    result = train_diffusion(text, unet, latents, batcher, cfg, device, out, deadline, make_pipe)
+    pipe = make_pipe(result["ema_text"], result["ema_unet"])
+    pipe.save_pretrained(out / "model", safe_serialization=True)
+    write_samples(pipe, out / "samples" / "final.png")
+    summary = dict(steps=result["step"], minutes=(time.time() - start) / 60, device=device,
+                   final_loss=result["curve"][-1] if result["curve"] else None, scaling_factor=scale)
+    (out / "summary.json").write_text(json.dumps(summary, indent=1))
+    log.info("saved %s: %s", out / "model", summary)
+    return out / "model"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description="Train the embedded portrait model (see the module docstring).")
+    parser.add_argument("--out", required=True, help="output folder (model/, samples/, logs, checkpoint)")
+    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="where to train")
+    parser.add_argument("--minutes", type=float, default=60.0, help="total time budget when --steps is 0")
+    parser.add_argument("--steps", type=int, default=0, help="UNet steps (0: fit them to --minutes)")
+    parser.add_argument("--vae-steps", type=int, default=None, help="VAE steps (default from the config)")
+    parser.add_argument("--batch", type=int, default=None, help="UNet batch size (default from the config)")
+    parser.add_argument("--n-images", type=int, default=None, help="dataset size (default from the config)")
+    parser.add_argument("--seed", type=int, default=0, help="random seed for data, weights and noise")
+    parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
+    parser.add_argument("--tiny", action="store_true", help="tiny sizes for tests")
+    parser.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt and OUT/stage_vae.pt")
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    out = Path(args.out)
+    if not args.resume and (out / "checkpoint.pt").exists():
+        parser.error(f"--out {out} already holds a checkpoint: pass --resume or choose another folder")
+    if not args.resume:
+        (out / "stage_vae.pt").unlink(missing_ok=True)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    cfg = TrainConfig(**(TINY if args.tiny else {}), seed=args.seed, steps=args.steps)
+    for name in ("vae_steps", "batch", "n_images"):
+        if getattr(args, name) is not None:
+            setattr(cfg, name, getattr(args, name))
+    run(cfg, out, args.device, args.minutes)
+
+
+if __name__ == "__main__":
+    main()
