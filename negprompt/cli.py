@@ -14,8 +14,6 @@ import logging
 import sys
 from pathlib import Path
 
-from negprompt.schedulers import scheduler_names
-
 
 def _seeds(text: str) -> list[int]:
     try:
@@ -33,6 +31,8 @@ def _size(text: str) -> tuple[int, int]:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from negprompt.schedulers import scheduler_names
+
     parser = argparse.ArgumentParser(
         prog="negprompt", description="Compare negative prompts side by side, all from the same starting noise.")
     parser.add_argument("--prompt", required=True, help="the positive prompt, shared by every cell")
@@ -82,9 +82,9 @@ def quiet_libraries() -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    quiet_libraries()
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    quiet_libraries()
     from tqdm.auto import tqdm
 
     from negprompt.engine import compare
