@@ -9,14 +9,21 @@ The package, by concern: ``loading`` (models), ``engine`` (the comparison), ``gu
 ``portraits``/``train``/``detector`` (the embedded model). Front ends import the engine, never the reverse.
 """
 
-from negprompt.comparison import Cell, Comparison, Settings
-from negprompt.engine import compare
-from negprompt.infotext import format_infotext, parse_infotext
-from negprompt.loading import EMBEDDED_MODEL, load_pipeline
-from negprompt.prompts import TokenCount, count_tokens
-
 __version__ = "0.1.0"
-__all__ = [
-    "EMBEDDED_MODEL", "Cell", "Comparison", "Settings", "TokenCount", "compare", "count_tokens",
-    "format_infotext", "load_pipeline", "parse_infotext",
-]
+
+# Public names, imported on first use so that `import negprompt` (and the command line's --help) stays instant.
+_EXPORTS = {
+    "Cell": "negprompt.comparison", "Comparison": "negprompt.comparison", "Settings": "negprompt.comparison",
+    "compare": "negprompt.engine", "format_infotext": "negprompt.infotext", "parse_infotext": "negprompt.infotext",
+    "EMBEDDED_MODEL": "negprompt.loading", "load_pipeline": "negprompt.loading",
+    "TokenCount": "negprompt.prompts", "count_tokens": "negprompt.prompts",
+}
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str):
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'negprompt' has no attribute {name!r}")
+    import importlib
+
+    return getattr(importlib.import_module(_EXPORTS[name]), name)

@@ -75,7 +75,7 @@ TINY = dict(n_images=256, vae_channels=(8, 16, 16), text_width=32, text_layers=1
 
 def build_models(cfg: TrainConfig, vocab_size: int) -> tuple[AutoencoderKL, CLIPTextModel, UNet2DConditionModel]:
     """Fresh VAE, text encoder and UNet for ``cfg``."""
-    groups = min(16, cfg.vae_channels[0])
+    groups = math.gcd(16, *cfg.vae_channels)
     vae = AutoencoderKL(
         in_channels=3, out_channels=3, latent_channels=4, sample_size=64, layers_per_block=1, norm_num_groups=groups,
         block_out_channels=cfg.vae_channels, down_block_types=("DownEncoderBlock2D",) * len(cfg.vae_channels),
@@ -93,7 +93,7 @@ def build_models(cfg: TrainConfig, vocab_size: int) -> tuple[AutoencoderKL, CLIP
         sample_size=16, in_channels=4, out_channels=4, layers_per_block=cfg.unet_layers,
         block_out_channels=cfg.unet_channels, down_block_types=down, up_block_types=up,
         cross_attention_dim=cfg.text_width, attention_head_dim=cfg.head_dim,
-        norm_num_groups=min(32, cfg.unet_channels[0]),
+        norm_num_groups=math.gcd(16, *cfg.unet_channels),
     )
     return vae, text, unet
 
