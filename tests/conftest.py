@@ -1,0 +1,50 @@
+"""Shared fixtures: every test runs offline with its caches under its own temporary folder, and tiny pipelines are
+built once per session, saved with save_pretrained, so tests load them through the real loading code."""
+
+from __future__ import annotations
+
+import pytest
+
+
+@pytest.fixture(autouse=True)
+def _isolated(tmp_path, monkeypatch):
+    """Keep every path the code writes inside the test's folder, and the network out of reach."""
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf-home"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("TRANSFORMERS_OFFLINE", "1")
+    monkeypatch.setenv("GRADIO_TEMP_DIR", str(tmp_path / "gradio"))
+    monkeypatch.setenv("GRADIO_ANALYTICS_ENABLED", "False")
+
+
+@pytest.fixture(scope="session")
+def tiny_sd_folder(tmp_path_factory):
+    """A tiny Stable Diffusion 1.x pipeline saved as a diffusers folder."""
+    from negprompt.architectures import tiny_sd_pipeline
+
+    folder = tmp_path_factory.mktemp("tiny-sd")
+    tiny_sd_pipeline().save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def tiny_sdxl_folder(tmp_path_factory):
+    """A tiny SDXL pipeline saved as a diffusers folder."""
+    from negprompt.architectures import tiny_sdxl_pipeline
+
+    folder = tmp_path_factory.mktemp("tiny-sdxl")
+    tiny_sdxl_pipeline().save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def tiny_sd(tiny_sd_folder):
+    from negprompt.loading import load_pipeline
+
+    return load_pipeline(tiny_sd_folder, device="cpu")
+
+
+@pytest.fixture(scope="session")
+def tiny_sdxl(tiny_sdxl_folder):
+    from negprompt.loading import load_pipeline
+
+    return load_pipeline(tiny_sdxl_folder, device="cpu")
