@@ -286,9 +286,9 @@ class _Stepper:
             self.groups = [(first, slice(None), None)]
         for scheduler, _, _ in self.groups:
             scheduler.set_timesteps(steps, device=device)
-        self.timesteps = first.timesteps
-        self.init_noise_sigma = first.init_noise_sigma
-        self.scheduler = first
+        self.scheduler = self.groups[0][0]
+        self.timesteps = self.scheduler.timesteps
+        self.init_noise_sigma = self.scheduler.init_noise_sigma
 
     def scale(self, latents, t):
         return torch.cat([s.scale_model_input(latents[sl], t) for s, sl, _ in self.groups])
