@@ -12,7 +12,7 @@ import numpy as np
 from PIL import Image
 
 # Differences at or above this fraction of full scale are drawn at the top of the palette.
-MAP_FULL_SCALE = 0.5
+MAP_FULL_SCALE = 0.3
 
 _PALETTE_STOPS = np.array([
     [0.00, 0, 0, 0],
