@@ -92,7 +92,11 @@ def _load(source: str, device: torch.device, dtype: torch.dtype) -> DiffusionPip
     cls = PIPELINE_CLASSES[class_name]
     extra = {"safety_checker": None, "requires_safety_checker": False} if cls is StableDiffusionPipeline else {}
     log.info("loading %s (%s) on %s in %s", source, class_name, device, dtype)
-    pipe = cls.from_pretrained(source, dtype=dtype, use_safetensors=True, **extra)
+    try:
+        pipe = cls.from_pretrained(source, dtype=dtype, use_safetensors=True, **extra)
+    except OSError as error:
+        raise ModelNotFoundError(f"model={source!r} could not be loaded: {error} (negprompt reads only "
+                                 "safetensors weights)") from error
     pipe.to(device)
     if dtype == torch.float16 and pipe.vae.config.get("force_upcast", False):
         # SDXL's VAE overflows in float16. diffusers upcasts it inside every call (mutating the pipeline); we do

@@ -103,6 +103,14 @@ def test_a_request_never_mutates_the_loaded_pipeline(tiny_sd):
     assert tiny_sd.scheduler is scheduler and dict(scheduler.config) == config
 
 
+def test_only_safetensors_weights_are_read(tmp_path):
+    from negprompt.architectures import tiny_sd_pipeline
+
+    tiny_sd_pipeline().save_pretrained(tmp_path, safe_serialization=False)
+    with pytest.raises(ModelNotFoundError, match="only safetensors"):
+        load_pipeline(tmp_path)
+
+
 def test_loading_errors_are_clear(tmp_path, tiny_sd_folder):
     with pytest.raises(ModelNotFoundError, match="without model_index.json"):
         load_pipeline(tmp_path)
