@@ -1,0 +1,124 @@
+"""The Gradio app, launched on a free loopback port and called through gradio_client like any API user would.
+
+It runs the embedded model when assets/portrait-model exists, else a tiny random pipeline saved as a folder.
+"""
+
+from __future__ import annotations
+
+import socket
+
+import pytest
+from PIL import Image
+
+from negprompt.config import AppSettings
+from negprompt.loading import EMBEDDED_MODEL, EMBEDDED_NAME
+
+pytestmark = pytest.mark.slow
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def app_model(tmp_path_factory) -> str:
+    """The embedded model when it is there, else a tiny pipeline folder."""
+    if (EMBEDDED_MODEL / "model_index.json").is_file():
+        return EMBEDDED_NAME
+    from negprompt.architectures import tiny_sd_pipeline
+
+    folder = tmp_path_factory.mktemp("tiny-app-model")
+    tiny_sd_pipeline().save_pretrained(folder)
+    return str(folder)
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory):
+    """(url, model): the app, launched once for this module, offline, its files under a temporary folder."""
+    import gradio as gr
+
+    from negprompt.ui import build_demo
+
+    home = tmp_path_factory.mktemp("app-home")
+    with pytest.MonkeyPatch.context() as env:
+        env.setenv("HF_HOME", str(home / "hf-home"))
+        env.setenv("HF_HUB_OFFLINE", "1")
+        env.setenv("GRADIO_TEMP_DIR", str(home / "gradio"))
+        env.setenv("GRADIO_ANALYTICS_ENABLED", "False")
+        model = app_model(tmp_path_factory)
+        settings = AppSettings(model=model, models=(model,), allow_custom_model=False, max_negatives=4,
+                               max_cells=12, max_steps=10, default_steps=3, preview_every=1)
+        demo = build_demo(settings)
+        demo.queue(max_size=8, default_concurrency_limit=1)
+        _, url, _ = demo.launch(server_name="127.0.0.1", server_port=free_port(), prevent_thread_lock=True,
+                                quiet=True)
+        try:
+            yield url, model
+        finally:
+            demo.close()
+            gr.close_all()
+
+
+@pytest.fixture(scope="module")
+def client(served):
+    from gradio_client import Client
+
+    return Client(served[0], verbose=False)
+
+
+def call(client, served_model, **overrides):
+    args = dict(prompt="portrait photo of a man", negative_prompts=["mustache", "glasses"], seed=3, steps=3,
+                guidance_scale=7.5, size="auto", model=served_model, rows=1, scheduler="Default")
+    args.update(overrides)
+    return client.predict(**args, api_name="/compare")
+
+
+def test_only_compare_is_public(client):
+    endpoints = client.view_api(print_info=False, return_format="dict")["named_endpoints"]
+    assert list(endpoints) == ["/compare"], f"Exactly one public endpoint, /compare, must be listed: {list(endpoints)}"
+
+
+def test_compare_returns_captioned_cells_from_one_latent(client, served):
+    gallery, manifest = call(client, served[1])
+    captions = [item["caption"] for item in gallery]
+    assert len(gallery) == 3, "One baseline plus one image per negative prompt."
+    assert captions[0].startswith("baseline"), f"The baseline must come first: {captions}"
+    assert captions[1].startswith("- mustache") and captions[2].startswith("- glasses"), captions
+    cells = manifest["cells"]
+    assert [c["negative_prompt"] for c in cells] == ["", "mustache", "glasses"]
+    assert len({c["initial_latent_sha256"] for c in cells}) == 1, "Every cell must start from the same latent."
+    for item, cell in zip(gallery, cells):
+        image = Image.open(item["image"])
+        assert image.format == "PNG", "The gallery must serve PNG so that the infotext survives download."
+        assert image.info.get("parameters") == cell["parameters"], "Each PNG must carry its cell's infotext."
+    assert "Negative prompt: mustache" in cells[1]["parameters"] and "Seed: 3" in cells[1]["parameters"]
+
+
+def test_rows_share_a_latent_per_seed(client, served):
+    gallery, manifest = call(client, served[1], negative_prompts=["hat"], seed=7, rows=2)
+    seeds = [c["seed"] for c in manifest["cells"]]
+    hashes = [c["initial_latent_sha256"] for c in manifest["cells"]]
+    assert len(gallery) == 4 and seeds == [7, 7, 8, 8], f"Two rows of baseline + one negative: {seeds}"
+    assert hashes[0] == hashes[1] and hashes[2] == hashes[3] and hashes[0] != hashes[2], \
+        "Cells of a row share their starting latent; different seeds do not."
+
+
+@pytest.mark.parametrize("overrides, field", [
+    (dict(prompt="  "), "Prompt"),
+    (dict(steps=0), "Steps"),
+    (dict(steps=11), "Steps"),
+    (dict(guidance_scale=1), "Guidance scale"),
+    (dict(size="huge"), "Size"),
+    (dict(seed=-1), "Seed"),
+    (dict(negative_prompts=["a", "b", "c", "d", "e"]), "Negative prompts"),
+    (dict(model="someone/else"), "Model"),
+])
+def test_bad_input_names_the_field_and_the_app_keeps_serving(client, served, overrides, field):
+    from gradio_client.exceptions import AppError
+
+    with pytest.raises(AppError) as error:
+        call(client, served[1], **overrides)
+    assert str(error.value).startswith(f"{field}:"), f"The error must name the field {field!r}: {error.value}"
+    gallery, _ = call(client, served[1], negative_prompts=["hat"], steps=1)
+    assert len(gallery) == 2, "After a bad request the next good one must still work."
