@@ -26,18 +26,23 @@ import copy
 import json
 import logging
 import math
+import os
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
-import torch
-import torch.nn.functional as F
-from diffusers import AutoencoderKL, DDIMScheduler, DDPMScheduler, StableDiffusionPipeline, UNet2DConditionModel
-from transformers import CLIPTextConfig, CLIPTextModel
 
-from negprompt.portraits import ALL_WORDS, caption_for, grid, portrait_array, sample_portraits
-from negprompt.tokenizer import build_clip_tokenizer
+# OpenMP threads that spin while waiting slow a shared CPU down several times; must be set before torch loads.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+from diffusers import AutoencoderKL, DDIMScheduler, DDPMScheduler, StableDiffusionPipeline, UNet2DConditionModel  # noqa: E402
+from transformers import CLIPTextConfig, CLIPTextModel  # noqa: E402
+
+from negprompt.portraits import ALL_WORDS, caption_for, grid, portrait_array, sample_portraits  # noqa: E402
+from negprompt.tokenizer import build_clip_tokenizer  # noqa: E402
 
 log = logging.getLogger(__name__)
 
@@ -45,28 +50,30 @@ log = logging.getLogger(__name__)
 @dataclass
 class TrainConfig:
     seed: int = 0  # seeds the dataset, captions, initial weights and noise
-    n_images: int = 30000  # size of the fixed in-memory dataset
-    vae_channels: tuple[int, ...] = (32, 64, 64)  # AutoencoderKL block widths (3 blocks: 64 -> 16)
-    vae_steps: int = 1500  # VAE optimizer steps
-    vae_batch: int = 32  # VAE batch size
+    n_images: int = 20000  # size of the fixed in-memory dataset
+    vae_channels: tuple[int, ...] = (16, 32, 64)  # AutoencoderKL block widths (3 blocks: 64 -> 16)
+    vae_steps: int = 1400  # VAE optimizer steps
+    vae_batch: int = 16  # VAE batch size
     vae_lr: float = 1e-3  # VAE peak learning rate
     kl_weight: float = 1e-6  # weight of the VAE's KL term
     text_width: int = 64  # CLIP text encoder hidden size
     text_layers: int = 2  # CLIP text encoder layers
-    unet_channels: tuple[int, ...] = (64, 128, 128)  # UNet block widths at 16x16, 8x8, 4x4 latent resolution
+    unet_channels: tuple[int, ...] = (48, 96, 96)  # UNet block widths at 16x16, 8x8, 4x4 latent resolution
     unet_layers: int = 1  # resnet layers per UNet block
-    attn_levels: tuple[bool, ...] = (True, True, True)  # cross-attention per UNet level
+    attn_levels: tuple[bool, ...] = (False, True, True)  # attention per UNet level (16x16 costs 3x)
     head_dim: int = 32  # attention head width in the UNet
     steps: int = 0  # UNet optimizer steps; 0 means: fit them to the time budget
-    batch: int = 64  # UNet batch size
-    lr: float = 1e-3  # UNet and text encoder peak learning rate
+    batch: int = 32  # UNet batch size
+    lr: float = 8e-4  # UNet and text encoder peak learning rate
     warmup: int = 200  # linear warmup steps
     ema: float = 0.999  # EMA decay of the saved weights
     snr_gamma: float = 5.0  # min-SNR loss weight cap
     p_empty: float = 0.1  # share of empty captions (prompt dropout)
     p_tags: float = 0.4  # share of tag-style captions among the non-empty ones
-    sample_every: int = 1000  # steps between sample grids
+    sample_every: int = 2000  # steps between sample grids
     checkpoint_every: int = 500  # steps between checkpoints
+    time_margin: float = 0.95  # share of the remaining budget planned for UNet steps (the rest is slack)
+    replan_every: int = 100  # with --minutes: steps between re-fits of the step count to the measured speed
 
 
 TINY = dict(n_images=256, vae_channels=(8, 16, 16), text_width=32, text_layers=1, unet_channels=(16, 32, 32),
@@ -108,7 +115,7 @@ def sampling_scheduler() -> DDIMScheduler:
     """The scheduler saved with the model: DDIM over the same schedule, trailing timesteps, no clipping."""
     return DDIMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
                          num_train_timesteps=1000, prediction_type="v_prediction", clip_sample=False,
-                         set_alpha_to_one=False, steps_offset=0, timestep_spacing="trailing")
+                         set_alpha_to_one=False, steps_offset=1, timestep_spacing="trailing")
 
 
 def cosine_lr(step: int, total: int, warmup: int, peak: float) -> float:
@@ -204,11 +211,13 @@ def update_ema(ema: torch.nn.Module, model: torch.nn.Module, decay: float) -> No
 def assemble(vae, text, unet, tokenizer, scale: float) -> StableDiffusionPipeline:
     """A StableDiffusionPipeline (no safety checker) from the parts, in float32 on the CPU."""
     vae.register_to_config(scaling_factor=scale)
-    return StableDiffusionPipeline(
+    pipe = StableDiffusionPipeline(
         vae=copy.deepcopy(vae).cpu().float(), text_encoder=copy.deepcopy(text).cpu().float(), tokenizer=tokenizer,
         unet=copy.deepcopy(unet).cpu().float(), scheduler=sampling_scheduler(), safety_checker=None,
         feature_extractor=None, requires_safety_checker=False,
     )
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
 
 
 SAMPLE_PROMPTS = ["portrait photo of a man", "portrait photo of a man with a mustache",
@@ -234,8 +243,12 @@ def save_checkpoint(path: Path, state: dict) -> None:
 
 
 def train_diffusion(text, unet, latents, batcher, cfg: TrainConfig, device: str, out: Path,
-                    deadline: float, make_pipe) -> dict:
-    """Joint text encoder + UNet training; returns a summary. Resumes from ``out/checkpoint.pt`` if present."""
+                    plan_end: float | None, make_pipe) -> dict:
+    """Joint text encoder + UNet training; returns a summary. Resumes from ``out/checkpoint.pt`` if present.
+
+    With ``plan_end`` (a time.time() value) the step count is re-fitted every ``cfg.replan_every`` steps to the
+    measured speed, so the cosine schedule ends on time even when the machine gets busier or quieter.
+    """
     sched = noise_scheduler()
     params = list(unet.parameters()) + list(text.parameters())
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.01)
@@ -250,7 +263,7 @@ def train_diffusion(text, unet, latents, batcher, cfg: TrainConfig, device: str,
         gen.set_state(state["gen"])
         cfg.steps = state["steps"]
         log.info("resumed at step %d of %d", step, cfg.steps)
-    t0, running, timed = time.time(), 0.0, step
+    t0, running, timed, lap = time.time(), 0.0, step, time.time()
     while step < cfg.steps:
         for g in opt.param_groups:
             g["lr"] = cosine_lr(step, cfg.steps, cfg.warmup, cfg.lr)
@@ -278,7 +291,10 @@ def train_diffusion(text, unet, latents, batcher, cfg: TrainConfig, device: str,
                                        ema_unet=ema_unet.state_dict(), ema_text=ema_text.state_dict(),
                                        rng=rng.bit_generator.state, gen=gen.get_state(), step=step,
                                        curve=curve, steps=cfg.steps))
-        if time.time() > deadline:
+        if plan_end is not None and step % cfg.replan_every == 0:
+            rate, lap = (time.time() - lap) / cfg.replan_every, time.time()
+            cfg.steps = max(step + 1, step + int(max(0.0, plan_end - lap) * cfg.time_margin / rate))
+        if plan_end is not None and time.time() > plan_end + 120:
             log.warning("over the time budget: stopping at step %d of %d", step, cfg.steps)
             break
     return dict(ema_text=ema_text, ema_unet=ema_unet, step=step, curve=curve)
@@ -306,7 +322,6 @@ def fit_steps(unet, text, latents, batcher, cfg: TrainConfig, device: str, secon
 def run(cfg: TrainConfig, out: Path, device: str, minutes: float) -> Path:
     """The whole recipe; returns the saved model folder."""
     start = time.time()
-    deadline = start + minutes * 60 * 1.1
     out.mkdir(parents=True, exist_ok=True)
     (out / "samples").mkdir(exist_ok=True)
     (out / "config.json").write_text(json.dumps(asdict(cfg), indent=1))
@@ -330,18 +345,26 @@ def run(cfg: TrainConfig, out: Path, device: str, minutes: float) -> Path:
     latents = raw * scale
     log.info("latent scaling factor %.4f", scale)
     batcher = CaptionBatcher(people, tokenizer, cfg)
+    plan_end = None if cfg.steps else start + minutes * 60 - 60
     if not cfg.steps and not (out / "checkpoint.pt").exists():
-        cfg.steps = fit_steps(unet, text, latents, batcher, cfg, device, start + minutes * 60 - time.time() - 60)
+        cfg.steps = fit_steps(unet, text, latents, batcher, cfg, device, (plan_end - time.time()) * cfg.time_margin)
     make_pipe = lambda t, u: assemble(vae, t, u, tokenizer, scale)  # noqa: E731
-    result = train_diffusion(text, unet, latents, batcher, cfg, device, out, deadline, make_pipe)
-    pipe = make_pipe(result["ema_text"], result["ema_unet"])
-    pipe.save_pretrained(out / "model", safe_serialization=True)
+    result = train_diffusion(text, unet, latents, batcher, cfg, device, out, plan_end, make_pipe)
+    save_model(make_pipe(result["ema_text"], result["ema_unet"]), out / "model")
+    pipe = StableDiffusionPipeline.from_pretrained(out / "model")
+    pipe.set_progress_bar_config(disable=True)
     write_samples(pipe, out / "samples" / "final.png")
     summary = dict(steps=result["step"], minutes=(time.time() - start) / 60, device=device,
                    final_loss=result["curve"][-1] if result["curve"] else None, scaling_factor=scale)
     (out / "summary.json").write_text(json.dumps(summary, indent=1))
     log.info("saved %s: %s", out / "model", summary)
     return out / "model"
+
+
+def save_model(pipe: StableDiffusionPipeline, folder: Path) -> None:
+    """Save the folder as safetensors; the UNet's weights in float16 (they load as float32 by default)."""
+    pipe.save_pretrained(folder, safe_serialization=True)
+    copy.deepcopy(pipe.unet).half().save_pretrained(folder / "unet", safe_serialization=True)
 
 
 def main() -> None:
