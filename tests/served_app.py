@@ -1,0 +1,56 @@
+"""Launch the app for tests: on a free loopback port, offline, its files under a temporary folder, with the
+embedded model when assets/portrait-model exists, else a tiny random pipeline saved as a folder."""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+
+import pytest
+
+from negprompt.config import AppSettings
+from negprompt.loading import EMBEDDED_MODEL, EMBEDDED_NAME
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def app_model(tmp_path_factory) -> str:
+    """The embedded model when it is there, else a tiny pipeline folder."""
+    if (EMBEDDED_MODEL / "model_index.json").is_file():
+        return EMBEDDED_NAME
+    from negprompt.architectures import tiny_sd_pipeline
+
+    folder = tmp_path_factory.mktemp("tiny-app-model")
+    tiny_sd_pipeline().save_pretrained(folder)
+    return str(folder)
+
+
+@contextlib.contextmanager
+def serve(tmp_path_factory, **overrides):
+    """Yield (url, model) while the app runs."""
+    import gradio as gr
+
+    from negprompt.ui import CSS, build_demo
+
+    home = tmp_path_factory.mktemp("app-home")
+    with pytest.MonkeyPatch.context() as env:
+        env.setenv("HF_HOME", str(home / "hf-home"))
+        env.setenv("HF_HUB_OFFLINE", "1")
+        env.setenv("GRADIO_TEMP_DIR", str(home / "gradio"))
+        env.setenv("GRADIO_ANALYTICS_ENABLED", "False")
+        model = app_model(tmp_path_factory)
+        options = dict(model=model, models=(model,), allow_custom_model=False, max_negatives=4, max_cells=12,
+                       max_steps=10, default_steps=3, preview_every=1)
+        demo = build_demo(AppSettings(**{**options, **overrides}))
+        demo.queue(max_size=8, default_concurrency_limit=1)
+        _, url, _ = demo.launch(server_name="127.0.0.1", server_port=free_port(), prevent_thread_lock=True,
+                                quiet=True, css=CSS)
+        try:
+            yield url, model
+        finally:
+            demo.close()
+            gr.close_all()
