@@ -233,27 +233,27 @@ _detector_state: dict = {}
 
 
 def detector_readout(images) -> list[dict] | None:
-    """What the embedded model's attribute detector sees in each image, or None when there is no detector."""
+    """What the embedded model's attribute detector (``negprompt.detector``) sees in each image: per image, each
+    attribute's probability, ``clean_score`` and ``clean``. None when there is no detector (module or weights)."""
     try:
         module = importlib.import_module("negprompt.detector")
-    except ImportError:
-        return None
-    try:
         if "detector" not in _detector_state:
             _detector_state["detector"] = module.load_detector()
-        detector = _detector_state["detector"]
-        if hasattr(detector, "detect"):
-            return list(detector.detect(images))
-        return list(module.detect(images))
+        found = module.detect(images, _detector_state["detector"])
+    except (ImportError, FileNotFoundError):
+        return None
     except Exception:  # an optional extra must never break a comparison
         log.exception("the attribute detector failed; showing no detector readout")
         return None
+    return [{name: value if isinstance(value, (bool, str)) else float(value) for name, value in r.items()}
+            for r in found]
 
 
 def seen(readout: dict) -> list[str]:
-    """The attributes a readout marks present (probability >= 0.5 or True), without its "clean" flag."""
-    return [name for name, value in readout.items()
-            if name != "clean" and not isinstance(value, str) and float(value) >= 0.5]
+    """The attributes a readout marks present (probability >= 0.5), plus "unclear image" when it is not clean."""
+    found = [name for name, value in readout.items()
+             if not name.startswith("clean") and not isinstance(value, (bool, str)) and value >= 0.5]
+    return found + (["unclear image"] if readout.get("clean") is False else [])
 
 
 def output_folder(root: str | Path | None = None, keep_hours: float = 6) -> Path:

@@ -96,12 +96,42 @@ def _caption(result, cell, readout) -> str:
     return caption
 
 
+def _md(text: str) -> str:
+    """Text safe inside a Markdown table cell."""
+    return text.replace("|", "\\|").replace("\n", " ")
+
+
 def _table(result, readout) -> str:
-    lines = ["| # | seed | negative prompt | change | detector sees |", "|---|---|---|---|---|"]
+    """Per cell: seed, negative prompt, change score and (with a detector) what it sees, as a Markdown table."""
+    header = "| # | seed | negative prompt | change |" + (" detector sees |" if readout is not None else "")
+    lines = [header, "|" + "---|" * (header.count("|") - 1)]
     for cell in result.cells:
-        sees = "n/a" if readout is None else (", ".join(service.seen(readout[cell.index])) or "nothing")
-        lines.append(f"| {cell.index} | {cell.seed} | {result.label(cell)} | {result.change_scores[cell.index]:.1f}% "
-                     f"| {sees} |")
+        score = result.change_scores[cell.index]
+        line = f"| {cell.index} | {cell.seed} | {_md(result.label(cell))} | {score:.1f}% |"
+        if readout is not None:
+            line += f" {', '.join(service.seen(readout[cell.index])) or 'nothing'} |"
+        lines.append(line)
+    if readout is not None:
+        lines.append("")
+        lines.append(_tally(result, readout))
+    return "\n".join(lines)
+
+
+def _tally(result, readout) -> str:
+    """How many images (of the rows) the detector marks with each attribute, per negative prompt: the count a class
+    makes to see what each negative prompt removed."""
+    columns = ["baseline", *map(_md, result.settings.negatives)]
+    counts = {name: [0] * len(columns) for r in readout for name in service.seen(r)}
+    for cell in result.cells:
+        position = cell.index % len(columns)
+        for name in service.seen(readout[cell.index]):
+            counts[name][position] += 1
+    if not counts:
+        return "The detector sees none of its attributes in any image."
+    rows = len(result.settings.seeds)
+    lines = ["| attribute | " + " | ".join(columns) + " |", "|---" * (len(columns) + 1) + "|"]
+    for name, found in sorted(counts.items()):
+        lines.append(f"| {name} | " + " | ".join(f"{n}/{rows}" for n in found) + " |")
     return "\n".join(lines)
 
 
@@ -239,7 +269,10 @@ class _Handlers:
             raise _as_gr_error(error) from None
         for warning in outcome["result"].warnings:
             gr.Warning(warning)
-        return _gallery(outcome, differences=False), outcome["result"].manifest()
+        manifest = outcome["result"].manifest()
+        if outcome["readout"] is not None:
+            manifest["detector"] = outcome["readout"]
+        return _gallery(outcome, differences=False), manifest
 
 
 EXAMPLES = [
@@ -357,7 +390,7 @@ def build_demo(settings: AppSettings | None = None) -> gr.Blocks:
                 add_button = gr.Button("+ Add a negative prompt", size="sm", elem_id="add-negative")
                 with gr.Row(equal_height=True):
                     seed = gr.Number(0, precision=0, minimum=0, maximum=service.MAX_SEED, label="Seed", scale=4)
-                    randomize = gr.Button("🎲", scale=0, min_width=44, elem_id="randomize")
+                    randomize = gr.Button("Random seed", scale=0, min_width=120, elem_id="randomize")
                 run_button = gr.Button("Compare", variant="primary", elem_id="run")
                 with gr.Accordion("Advanced options", open=False):
                     model, steps, guidance, size, scheduler, rows, other = _advanced(settings)

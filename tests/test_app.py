@@ -81,3 +81,43 @@ def test_bad_input_names_the_field_and_the_app_keeps_serving(client, served, ove
     assert str(error.value).startswith(f"{field}:"), f"The error must name the field {field!r}: {error.value}"
     gallery, _ = call(client, served[1], negative_prompts=["hat"], steps=1)
     assert len(gallery) == 2, "After a bad request the next good one must still work."
+
+
+def test_the_button_streams_previews_then_the_results(tiny_sd_folder):
+    """The Compare button's handler, in process: previews every step, then the gallery (with the other positive
+    prompt beside it), the grid and the zip."""
+    import zipfile
+
+    from negprompt.config import AppSettings
+    from negprompt.ui import _Handlers
+
+    model = str(tiny_sd_folder)
+    handlers = _Handlers(AppSettings(model=model, models=(model,), preview_every=1))
+    outputs = list(handlers.run("portrait photo of a man", 5, 1, 3, 7.5, "auto", "Default", model,
+                                "portrait photo of a man without mustache", False, 2, "mustache", "glasses", "",
+                                progress=lambda *a, **k: None))
+    previews = [out[1] for out in outputs[:-1] if isinstance(out[1], list)]
+    assert previews and previews[0][1][1].startswith("step 1/3"), "Previews of every cell must stream while denoising."
+    status, gallery, grid, archive, table, outcome, _ = outputs[-1]
+    captions = [caption for _, caption in gallery]
+    assert captions[0].startswith("baseline") and captions[1].startswith("- mustache"), captions
+    assert captions[3].startswith("positive: portrait photo of a man without mustache"), captions
+    assert grid.width > 0 and "- glasses" in table
+    assert "manifest.json" in zipfile.ZipFile(archive).namelist(), "The zip must hold the manifest."
+
+
+def test_detector_readout_reads_a_detector_module(monkeypatch):
+    import sys
+    import types
+
+    from negprompt import service
+
+    records = [{"mustache": 0.9, "hat": 0.1, "clean_score": 0.8, "clean": True},
+               {"mustache": 0.2, "hat": 0.7, "clean_score": 0.3, "clean": False}]
+    fake = types.SimpleNamespace(load_detector=lambda path=None: "weights",
+                                 detect=lambda images, detector: records[:len(images)])
+    monkeypatch.setitem(sys.modules, "negprompt.detector", fake)
+    service._detector_state.clear()
+    readout = service.detector_readout([None, None])
+    assert [service.seen(r) for r in readout] == [["mustache"], ["hat", "unclear image"]], readout
+    service._detector_state.clear()
