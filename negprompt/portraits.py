@@ -32,7 +32,9 @@ Caption grammar (``caption_for``; no caption ever contains "without", "no", "not
     Phrases: "a mustache"|"mustache", "a beard"|"beard", "glasses", "a red hat"|"a hat"|"red hat"|"hat",
     "a smile", "earrings", "a scarf"|"scarf", "blond hair", "tan skin".  Tags drop the article: "mustache", "red hat".
 
-    Hence for a caption that does not name X, P(X present) = 0.25 / 0.75 = 1/3, and for a caption naming X it is 1.
+    Hence for a sentence caption that does not name X, P(X present) = 0.25 / 0.75 = 1/3 (the rate the plain
+    prompt "portrait photo of a man" should show), and for any caption naming X it is 1. Over ALL captions that
+    do not name X it is about 0.37, since empty captions (0.5) and single-tag captions also leave X out.
 
 Worked example: a man with a mustache, glasses, a red hat and blond hair, on blue, no beard/smile/earrings/scarf.
     He can be captioned "portrait photo of a man with a mustache and glasses, blue background" (mustache and
