@@ -179,7 +179,8 @@ def run_config(config: Config, args, device: torch.device, dtype: torch.dtype) -
     # added (the sweep) or with all of them, after (a) and (b) are done on the eager pipeline.
     wanted = levers_from(args.levers, device, args.compile_mode)
     names = [name for name in ("channels_last", "fuse_qkv", "compile") if getattr(wanted, name)]
-    stages = [("eager", acceleration.Levers())] if args.sweep or not names else []
+    eager = acceleration.Levers(compile_mode=wanted.compile_mode, buckets=wanted.buckets)
+    stages = [("eager", eager)] if args.sweep or not names else []
     if args.sweep:
         for name in names:
             stages.append((f"+{name}", acceleration.Levers(**{**vars(stages[-1][1]), name: True})))
@@ -188,7 +189,7 @@ def run_config(config: Config, args, device: torch.device, dtype: torch.dtype) -
     ways = {"a": one_call_per_image, "b": one_batched_call}
     if stages[0][0] == "eager":
         ways["c"] = negprompt_compare
-    report = acceleration.accelerate(pipe, acceleration.Levers())
+    report = acceleration.accelerate(pipe, eager)
     timed = time_ways(ways, device, args.warmup, args.repeats)
     result["stages"] = {"eager": timed["c"]} if "c" in timed else {}
     for label, levers in stages[1:] if "c" in timed else stages:
