@@ -149,10 +149,11 @@ def _gallery(outcome, differences: bool) -> list:
     return items
 
 
-def _finish(request, result) -> dict:
+def _finish(settings: AppSettings, request, result) -> dict:
     """Files, detector readout and captions for a finished comparison: what the session keeps."""
     files, archive = service.write_files(result, service.output_folder())
-    readout = service.detector_readout([c.image for c in result.cells]) if request.embedded else None
+    wanted = settings.detector and request.embedded
+    readout = service.detector_readout([c.image for c in result.cells]) if wanted else None
     return {"request": request, "result": result, "files": files, "zip": archive, "readout": readout}
 
 
@@ -163,7 +164,7 @@ def _run(settings: AppSettings, request, progress):
             progress((event.done, event.total), desc=f"step {event.done}/{event.total}", unit="steps")
             yield "step", event
         else:
-            yield "done", _finish(request, event)
+            yield "done", _finish(settings, request, event)
 
 
 def _as_gr_error(error: Exception) -> gr.Error:
@@ -242,7 +243,7 @@ class _Handlers:
                   f"{len(result.settings.negatives) + 1}) in {timing:.1f} s · model `{result.settings.model}` · "
                   f"{result.settings.width}x{result.settings.height} · {result.settings.scheduler}. "
                   "Click an image for its infotext.")
-        if outcome["readout"] is None and outcome["request"].embedded:
+        if outcome["readout"] is None and outcome["request"].embedded and self.settings.detector:
             status += " (No attribute detector installed: no detector readout.)"
         return (status, _gallery(outcome, differences), result.grid(differences=differences),
                 str(outcome["zip"]), _table(result, outcome["readout"]), outcome, "")
