@@ -121,3 +121,31 @@ def test_detector_readout_reads_a_detector_module(monkeypatch):
     readout = service.detector_readout([None, None])
     assert [service.seen(r) for r in readout] == [["mustache"], ["hat", "unclear image"]], readout
     service._detector_state.clear()
+
+
+def test_settings_come_from_the_environment(monkeypatch):
+    from negprompt.config import AppSettings
+
+    monkeypatch.setenv("NEGPROMPT_MODEL", "someone/model")
+    monkeypatch.setenv("NEGPROMPT_MAX_CELLS", "9")
+    monkeypatch.setenv("NEGPROMPT_ALLOW_CUSTOM_MODEL", "off")
+    settings = AppSettings.from_env()
+    assert settings.model == "someone/model" and settings.models[0] == "someone/model", settings.models
+    assert settings.max_cells == 9 and settings.allow_custom_model is False
+    monkeypatch.setenv("NEGPROMPT_MAX_STEPS", "lots")
+    with pytest.raises(ValueError, match="NEGPROMPT_MAX_STEPS"):
+        AppSettings.from_env()
+
+
+def test_difference_toggle_swaps_in_the_maps(tiny_sd_folder):
+    from negprompt.config import AppSettings
+    from negprompt.ui import _Handlers
+
+    model = str(tiny_sd_folder)
+    handlers = _Handlers(AppSettings(model=model, models=(model,), preview_every=0))
+    *_, final = handlers.run("portrait photo of a man", 0, 1, 2, 7.5, "auto", "Default", model, "", False, 1, "hat",
+                             progress=lambda *a, **k: None)
+    outcome = final[5]
+    gallery, grid = handlers.toggle(outcome, True)
+    assert len(gallery) == 2 and not isinstance(gallery[0][0], str), "With the toggle on, cells show as maps."
+    assert grid.height > final[2].height, "The grid gains a row of difference maps."
