@@ -138,7 +138,7 @@ def draw_portrait(p: Portrait) -> Image.Image:
     d.ellipse(box(cx - hw, cy - hh + 4, cx + hw, cy + hh), fill=skin)  # face
     if p.beard:
         d.chord(box(cx - hw, cy - hh + 2, cx + hw, cy + hh + 2), 10, 170, fill=facial)
-        d.ellipse(box(cx - 6, cy + 8, cx + 6, cy + 12), fill=skin)  # bare lips area
+        d.ellipse(box(cx - 8, cy + 4, cx + 8, cy + 13), fill=skin)  # bare upper lip and mouth: room for a mustache
     eye_y = cy - 2
     for ex in (cx - 6, cx + 6):
         d.ellipse(box(ex - 1.5, eye_y - 1.5, ex + 1.5, eye_y + 1.5), fill=(20, 20, 20))

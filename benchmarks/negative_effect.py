@@ -1,0 +1,144 @@
+"""The seed article's experiment, measured on the embedded portrait model.
+
+For each attribute X of mustache, glasses and hat, with the same starting noise for every seed, it generates
+
+  plain       "portrait photo of a man"                      (negative prompt "")
+  without     "portrait photo of a man without X"            (negative prompt "")
+  negative    "portrait photo of a man"                      (negative prompt "X")
+  adherence   "portrait photo of a man with X"               (negative prompt "")
+
+and runs the portrait detector on every image. Rates count only images the detector judges clean portraits; the
+share of clean images is reported per condition and overall. ``collateral_max`` is the largest change, in
+percentage points, of any OTHER detector attribute between "plain" and "negative X".
+
+    python benchmarks/negative_effect.py                                  # 64 seeds, prints a markdown table
+    python benchmarks/negative_effect.py --seeds 128 --json effect.json --grid effect.png
+    python benchmarks/negative_effect.py --seeds 4 --steps 4              # a smoke run (the tests use this)
+
+Generation uses plain ``StableDiffusionPipeline.from_pretrained(--model)`` (DDIM as saved, batched calls).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import time
+from pathlib import Path
+
+import torch
+from diffusers import StableDiffusionPipeline
+from PIL import Image
+
+from negprompt.detector import detect, load_detector
+from negprompt.portraits import BINARY, grid
+
+log = logging.getLogger("negative_effect")
+ROOT = Path(__file__).resolve().parent.parent
+PLAIN = "portrait photo of a man"
+ATTRIBUTES = ("mustache", "glasses", "hat")
+
+
+def conditions() -> dict[str, tuple[str, str]]:
+    """Condition name -> (prompt, negative prompt)."""
+    out = {"plain": (PLAIN, "")}
+    for x in ATTRIBUTES:
+        out[f"without {x}"] = (f"{PLAIN} without {x}", "")
+        out[f"negative {x}"] = (PLAIN, x)
+        out[f"with {x}"] = (f"{PLAIN} with {x}", "")
+    return out
+
+
+def seed_latents(seeds: list[int]) -> torch.Tensor:
+    """One (4, 16, 16) starting latent per seed, each from its own CPU generator."""
+    return torch.cat([torch.randn((1, 4, 16, 16), generator=torch.Generator().manual_seed(s)) for s in seeds])
+
+
+@torch.no_grad()
+def generate(pipe, prompt: str, negative: str, latents: torch.Tensor, args) -> list[Image.Image]:
+    images = []
+    for i in range(0, len(latents), args.batch):
+        chunk = latents[i:i + args.batch]
+        images += pipe([prompt] * len(chunk), negative_prompt=[negative] * len(chunk), latents=chunk.clone(),
+                       num_inference_steps=args.steps, guidance_scale=args.guidance, height=64, width=64).images
+    return images
+
+
+def rates(records: list[dict]) -> dict[str, float]:
+    """Share of each attribute among clean images, plus the clean share itself."""
+    clean = [r for r in records if r["clean"]]
+    out = {name: (sum(r[name] >= 0.5 for r in clean) / len(clean) if clean else float("nan")) for name in BINARY}
+    out["clean"] = len(clean) / len(records)
+    return out
+
+
+def summarize(by_condition: dict[str, dict[str, float]]) -> dict:
+    """The table: per attribute its four rates (fractions) and the collateral change (points)."""
+    plain = by_condition["plain"]
+    table = {}
+    for x in ATTRIBUTES:
+        neg = by_condition[f"negative {x}"]
+        moves = {y: 100 * abs(neg[y] - plain[y]) for y in BINARY if y != x}
+        worst = max(moves, key=moves.get)
+        table[x] = {"plain": plain[x], "without": by_condition[f"without {x}"][x], "negative": neg[x],
+                    "adherence": by_condition[f"with {x}"][x], "collateral_max": moves[worst],
+                    "collateral_attribute": worst}
+    return table
+
+
+def markdown(table: dict, by_condition: dict, n: int) -> str:
+    lines = [f"| attribute (n={n} seeds) | plain | \"without X\" | negative \"X\" | \"with X\" | collateral max |",
+             "| --- | --- | --- | --- | --- | --- |"]
+    for x, r in table.items():
+        lines.append(f"| {x} | {r['plain']:.0%} | {r['without']:.0%} | {r['negative']:.0%} | {r['adherence']:.0%} "
+                     f"| {r['collateral_max']:.0f} pts ({r['collateral_attribute']}) |")
+    clean = ", ".join(f"{c} {v['clean']:.0%}" for c, v in by_condition.items())
+    return "\n".join(lines) + f"\n\nClean portraits per condition: {clean}."
+
+
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description="Measure what 'without X' and a negative prompt 'X' do.")
+    parser.add_argument("--model", default=str(ROOT / "assets" / "portrait-model"), help="diffusers folder")
+    parser.add_argument("--detector", default=None, help="detector folder (default: the shipped one)")
+    parser.add_argument("--seeds", type=int, default=64, help="number of seeds per condition")
+    parser.add_argument("--first-seed", type=int, default=0, help="first seed; seeds are consecutive")
+    parser.add_argument("--steps", type=int, default=20, help="DDIM steps")
+    parser.add_argument("--guidance", type=float, default=5.0, help="classifier-free guidance scale")
+    parser.add_argument("--batch", type=int, default=32, help="images per pipeline call")
+    parser.add_argument("--json", default=None, help="write the table and settings as JSON to this file")
+    parser.add_argument("--grid", default=None, help="write a grid (one row per condition, 8 seeds) to this PNG")
+    parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
+    return parser.parse_args()
+
+
+def main() -> None:
+    args = parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    pipe = StableDiffusionPipeline.from_pretrained(args.model)
+    pipe.set_progress_bar_config(disable=True)
+    detector = load_detector(args.detector)
+    seeds = list(range(args.first_seed, args.first_seed + args.seeds))
+    latents = seed_latents(seeds)
+    start, by_condition, rows = time.time(), {}, []
+    for name, (prompt, negative) in conditions().items():
+        images = generate(pipe, prompt, negative, latents, args)
+        by_condition[name] = rates(detect(images, detector))
+        rows += images[:8]
+        log.info("%s: %s", name, json.dumps({k: round(v, 3) for k, v in by_condition[name].items()}))
+    table = summarize(by_condition)
+    clean_share = sum(v["clean"] for v in by_condition.values()) / len(by_condition)
+    print(markdown(table, by_condition, len(seeds)))
+    print(f"\nAll conditions: {clean_share:.1%} clean portraits; {time.time() - start:.0f} s for "
+          f"{len(seeds) * len(by_condition)} images.")
+    if args.grid:
+        grid(rows, cols=min(8, len(seeds)), scale=2).save(args.grid)
+    if args.json:
+        settings = {k: getattr(args, k) for k in ("model", "seeds", "first_seed", "steps", "guidance")}
+        Path(args.json).write_text(json.dumps({**table, "clean_share": clean_share, "conditions": by_condition,
+                                               "settings": settings}, indent=1))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,80 @@
+"""The embedded default model: the shipped folder, the detector, the training command and the evaluation script."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from diffusers import StableDiffusionPipeline
+
+from negprompt.detector import DEFAULT_PATH, detect, evaluate, load_detector
+from negprompt.portraits import draw_portrait, sample_portraits
+from negprompt.train import TINY, TrainConfig, run
+
+ROOT = Path(__file__).resolve().parent.parent
+MODEL = ROOT / "assets" / "portrait-model"
+
+
+def test_shipped_folder_is_small_and_standard():
+    files = [f for f in MODEL.rglob("*") if f.is_file()]
+    assert sum(f.stat().st_size for f in files) <= 20 * 2**20, "The model folder must stay within 20 MB."
+    assert max(f.stat().st_size for f in files) <= 10 * 2**20, "No file in the model folder may exceed 10 MB."
+    index = json.loads((MODEL / "model_index.json").read_text())
+    for part in ("unet", "vae", "text_encoder", "tokenizer", "scheduler"):
+        assert part in index and (MODEL / part).is_dir(), f"The folder must hold {part}/."
+    assert json.loads((MODEL / "scheduler" / "scheduler_config.json").read_text())["prediction_type"] == "v_prediction"
+
+
+def test_shipped_folder_loads_offline_and_generates():
+    pipe = StableDiffusionPipeline.from_pretrained(MODEL)
+    pipe.set_progress_bar_config(disable=True)
+    assert pipe.unet.dtype == torch.float32, "The model must load in float32 by default."
+    latents = torch.randn((1, 4, 16, 16), generator=torch.Generator().manual_seed(0))
+    run_once = lambda: pipe("portrait photo of a man", negative_prompt="mustache", latents=latents.clone(),  # noqa
+                            num_inference_steps=8, height=64, width=64, output_type="np").images
+    a, b = run_once(), run_once()
+    assert a.shape == (1, 64, 64, 3), "The model must generate 64x64 RGB images."
+    assert (a == b).all(), "Same starting latents must produce identical output for the same prompt."
+    assert a.std() > 0.05, "A generated portrait must not be a flat image."
+
+
+def test_detector_accuracy_on_a_fresh_draw():
+    assert sum(f.stat().st_size for f in DEFAULT_PATH.iterdir()) <= 2 * 2**20, "The detector must stay within 2 MB."
+    accuracy = evaluate(load_detector(), seed=424242, n=1000)
+    for name, value in accuracy.items():
+        assert value >= 0.97, f"Detector accuracy for {name} must be at least 97% on fresh portraits, got {value:.3f}."
+
+
+def test_detect_reports_every_attribute_and_clean():
+    people = sample_portraits(__import__("numpy").random.default_rng(3), 2)
+    records = detect([draw_portrait(p) for p in people])
+    for person, record in zip(people, records):
+        assert record["clean"] is True, "A drawn portrait must be judged clean."
+        for name, present in person.attributes().items():
+            assert (record[name] >= 0.5) == present, f"{name} must be detected on a drawn portrait."
+
+
+def test_tiny_training_run_saves_a_loadable_folder(tmp_path):
+    cfg = TrainConfig(**TINY, steps=3, vae_steps=3)
+    folder = run(cfg, tmp_path / "run", device="cpu", minutes=1.0)
+    pipe = StableDiffusionPipeline.from_pretrained(folder)
+    image = pipe("mustache", num_inference_steps=2, height=64, width=64).images[0]
+    assert image.size == (64, 64)
+    assert (tmp_path / "run" / "samples" / "final.png").exists(), "Training must write sample grids."
+    assert (tmp_path / "run" / "checkpoint.pt").exists(), "Training must leave a checkpoint to resume from."
+
+
+@pytest.mark.slow
+def test_evaluation_script_runs_end_to_end(tmp_path):
+    out = tmp_path / "effect.json"
+    cmd = [sys.executable, str(ROOT / "benchmarks" / "negative_effect.py"), "--seeds", "2", "--first-seed", "5",
+           "--steps", "2", "--json", str(out), "--grid", str(tmp_path / "grid.png")]
+    subprocess.run(cmd, check=True, cwd=tmp_path, capture_output=True, timeout=300)
+    table = json.loads(out.read_text())
+    for name in ("mustache", "glasses", "hat"):
+        assert set(table[name]) >= {"plain", "without", "negative", "adherence", "collateral_max"}
+    assert (tmp_path / "grid.png").exists()
