@@ -56,6 +56,8 @@ class TrainConfig:
     vae_batch: int = 16  # VAE batch size
     vae_lr: float = 1e-3  # VAE peak learning rate
     kl_weight: float = 1e-6  # weight of the VAE's KL term
+    decoder_steps: int = 0  # extra steps that train only the VAE decoder on the frozen encoder's latents
+    decoder_lr: float = 5e-4  # peak learning rate of the decoder-only stage
     text_width: int = 64  # CLIP text encoder hidden size
     text_layers: int = 2  # CLIP text encoder layers
     unet_channels: tuple[int, ...] = (48, 96, 96)  # UNet block widths at 16x16, 8x8, 4x4 latent resolution
@@ -156,6 +158,34 @@ def train_vae(vae: AutoencoderKL, images: np.ndarray, cfg: TrainConfig, device: 
             running = 0.0
     vae.eval()
     return curve
+
+
+def finetune_decoder(vae: AutoencoderKL, images: np.ndarray, cfg: TrainConfig, device: str, out: Path,
+                     deadline: float | None = None) -> None:
+    """Train only the decoder on the frozen encoder's latents: sharper images, same latent space for the UNet."""
+    params = list(vae.decoder.parameters()) + list(vae.post_quant_conv.parameters())
+    opt = torch.optim.AdamW(params, lr=cfg.decoder_lr, weight_decay=0.0)
+    rng = np.random.default_rng(cfg.seed + 4)
+    vae.eval()
+    vae.decoder.train()
+    for step in range(cfg.decoder_steps):
+        for g in opt.param_groups:
+            g["lr"] = cosine_lr(step, cfg.decoder_steps, 50, cfg.decoder_lr)
+        x = to_tensor(images[rng.integers(len(images), size=cfg.vae_batch)]).to(device)
+        with torch.no_grad():
+            z = vae.encode(x).latent_dist.sample()
+        rec = vae.decode(z).sample
+        loss = F.l1_loss(rec, x) + 0.5 * F.mse_loss(rec, x)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        if (step + 1) % 50 == 0:
+            log.info("decoder step %d/%d loss %.4f", step + 1, cfg.decoder_steps, loss.item())
+            _log_json(out, {"phase": "decoder", "step": step + 1, "loss": loss.item()})
+        if deadline is not None and time.time() > deadline:
+            log.warning("decoder stage out of time at step %d of %d", step + 1, cfg.decoder_steps)
+            break
+    vae.eval()
 
 
 @torch.no_grad()
@@ -319,8 +349,8 @@ def fit_steps(unet, text, latents, batcher, cfg: TrainConfig, device: str, secon
     return max(steps, 10)
 
 
-def run(cfg: TrainConfig, out: Path, device: str, minutes: float) -> Path:
-    """The whole recipe; returns the saved model folder."""
+def run(cfg: TrainConfig, out: Path, device: str, minutes: float, decoder_only: bool = False) -> Path:
+    """The whole recipe; returns the saved model folder (with ``decoder_only``: the decoder stage file)."""
     start = time.time()
     out.mkdir(parents=True, exist_ok=True)
     (out / "samples").mkdir(exist_ok=True)
@@ -340,6 +370,14 @@ def run(cfg: TrainConfig, out: Path, device: str, minutes: float) -> Path:
     else:
         train_vae(vae, images, cfg, device, out)
         torch.save(vae.state_dict(), vae_path)
+    decoder_path = out / "stage_decoder.pt"
+    if decoder_path.exists():
+        vae.load_state_dict(torch.load(decoder_path))
+    elif cfg.decoder_steps:
+        finetune_decoder(vae, images, cfg, device, out, deadline=start + minutes * 60 if decoder_only else None)
+        torch.save(vae.state_dict(), decoder_path)
+    if decoder_only:
+        return decoder_path
     raw = encode_all(vae, images, device)
     scale = float(1.0 / raw.std())
     latents = raw * scale
@@ -378,22 +416,26 @@ def main() -> None:
     parser.add_argument("--n-images", type=int, default=None, help="dataset size (default from the config)")
     parser.add_argument("--seed", type=int, default=0, help="random seed for data, weights and noise")
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
+    parser.add_argument("--decoder-steps", type=int, default=None, help="decoder-only VAE steps (default: config)")
+    parser.add_argument("--decoder-only", action="store_true",
+                        help="only run the decoder stage on OUT/stage_vae.pt (it can run beside the UNet stage, "
+                             "whose latents it does not change); a later --resume picks it up")
     parser.add_argument("--tiny", action="store_true", help="tiny sizes for tests")
     parser.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt and OUT/stage_vae.pt")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     out = Path(args.out)
-    if not args.resume and (out / "checkpoint.pt").exists():
+    if not args.resume and not args.decoder_only and (out / "checkpoint.pt").exists():
         parser.error(f"--out {out} already holds a checkpoint: pass --resume or choose another folder")
-    if not args.resume:
+    if not args.resume and not args.decoder_only:
         (out / "stage_vae.pt").unlink(missing_ok=True)
     if args.threads:
         torch.set_num_threads(args.threads)
     cfg = TrainConfig(**(TINY if args.tiny else {}), seed=args.seed, steps=args.steps)
-    for name in ("vae_steps", "batch", "n_images"):
+    for name in ("vae_steps", "decoder_steps", "batch", "n_images"):
         if getattr(args, name) is not None:
             setattr(cfg, name, getattr(args, name))
-    run(cfg, out, args.device, args.minutes)
+    run(cfg, out, args.device, args.minutes, decoder_only=args.decoder_only)
 
 
 if __name__ == "__main__":
