@@ -3,20 +3,27 @@
 One command draws the data, trains the VAE, then the text encoder and UNet together, writes sample grids as it
 goes and saves a standard diffusers Stable Diffusion folder:
 
-    python -m negprompt.train --out runs/portrait --minutes 60            # the shipped CPU run (2 cores)
+    python -m negprompt.train --out runs/portrait --minutes 80            # a CPU run (2 cores)
     python -m negprompt.train --out runs/portrait --minutes 10 --device cuda
-    python -m negprompt.train --out runs/portrait --minutes 60 --resume   # continue after an interruption
+    python -m negprompt.train --out runs/portrait --minutes 40 --resume   # continue after an interruption
     python -m negprompt.train --out runs/tiny --tiny --vae-steps 5 --steps 5   # seconds; what the tests run
 
+The decoder stage can also run beside the UNet stage, in a second process (it does not change the latents):
+
+    python -m negprompt.train --out runs/portrait --decoder-only --decoder-steps 4000 --minutes 38 --threads 1
+    python -m negprompt.train --out runs/portrait --resume                # afterwards: re-save with that decoder
+
 Output: ``OUT/model/`` (load it with ``StableDiffusionPipeline.from_pretrained``), ``OUT/samples/*.png``,
-``OUT/train.log.jsonl`` (losses), ``OUT/checkpoint.pt`` (for ``--resume``; not part of the model).
+``OUT/train.log.jsonl`` (losses), ``OUT/checkpoint.pt`` and ``OUT/stage_*.pt`` (for ``--resume``; not the model).
 
 Recipe: a fixed in-memory dataset of portraits (``negprompt.portraits``) drawn from ``--seed``; an AutoencoderKL
-(64x64x3 -> 16x16x4, L1 + tiny KL) trained first; the dataset is encoded once; then CLIPTextModel + UNet2DCondition
-learn v-prediction under Stable Diffusion's ``scaled_linear`` schedule with min-SNR-5 loss weights, AdamW, linear
-warmup then cosine decay, an EMA of the weights (what is saved), and a fresh caption per image per step (10% empty,
-the prompt dropout that gives the unconditional branch its meaning). ``--minutes`` times the first steps and fixes
-the step count, so the schedule is complete and a resumed run follows the same plan.
+(64x64x3 -> 16x16x4, L1 + MSE + tiny KL) trained first, then its decoder alone on the frozen encoder's latents;
+the dataset is encoded once; then CLIPTextModel + UNet2DConditionModel learn v-prediction under Stable
+Diffusion's ``scaled_linear`` schedule with min-SNR-5 loss weights, AdamW, linear warmup then cosine decay, an EMA
+of the weights (what is saved), and a fresh caption per image per step (10% empty: the prompt dropout that gives
+the unconditional branch its meaning). With ``--minutes`` the UNet step count is fitted to the remaining time and
+re-fitted every 100 steps to the measured speed, so the cosine schedule ends on time on a busy machine; with
+``--steps`` the run is fully determined by the seed. The UNet is saved in float16 (it loads as float32).
 """
 
 from __future__ import annotations
@@ -56,7 +63,7 @@ class TrainConfig:
     vae_batch: int = 16  # VAE batch size
     vae_lr: float = 1e-3  # VAE peak learning rate
     kl_weight: float = 1e-6  # weight of the VAE's KL term
-    decoder_steps: int = 0  # extra steps that train only the VAE decoder on the frozen encoder's latents
+    decoder_steps: int = 2000  # extra steps that train only the VAE decoder on the frozen encoder's latents
     decoder_lr: float = 5e-4  # peak learning rate of the decoder-only stage
     text_width: int = 64  # CLIP text encoder hidden size
     text_layers: int = 2  # CLIP text encoder layers
@@ -78,7 +85,7 @@ class TrainConfig:
     replan_every: int = 100  # with --minutes: steps between re-fits of the step count to the measured speed
 
 
-TINY = dict(n_images=256, vae_channels=(8, 16, 16), text_width=32, text_layers=1, unet_channels=(16, 32, 32),
+TINY = dict(n_images=256, vae_channels=(8, 16, 16), decoder_steps=2, text_width=32, text_layers=1, unet_channels=(16, 32, 32),
             head_dim=8, batch=8, vae_batch=8, warmup=2, sample_every=10**9, checkpoint_every=10**9)
 
 
