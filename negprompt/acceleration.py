@@ -54,9 +54,13 @@ class Levers:
 
     @classmethod
     def for_device(cls, device: torch.device | str) -> "Levers":
-        """All levers on CUDA (compile off on ZeroGPU), none elsewhere: on the CPU and MPS they do not pay."""
+        """channels_last and fused QKV on CUDA, nothing elsewhere (on the CPU and MPS they do not pay).
+
+        torch.compile is opt-in (``NEGPROMPT_COMPILE=1``, never on ZeroGPU): it costs a compile per batch bucket at
+        start-up and its GPU speed-up has not been measured by this project yet, so it is not forced on anyone."""
         on_gpu = torch.device(device).type == "cuda"
-        return cls(channels_last=on_gpu, fuse_qkv=on_gpu, compile=on_gpu and not on_zero_gpu())
+        wants_compile = os.environ.get("NEGPROMPT_COMPILE", "") == "1"
+        return cls(channels_last=on_gpu, fuse_qkv=on_gpu, compile=on_gpu and wants_compile and not on_zero_gpu())
 
     def __post_init__(self):
         if self.compile_mode not in COMPILE_MODES:

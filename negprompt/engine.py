@@ -28,6 +28,7 @@ import torch
 from PIL import Image
 
 from negprompt import guidance
+from negprompt.acceleration import bucketed_unet, unet_buckets
 from negprompt.comparison import Cell, Comparison, Settings
 from negprompt.infotext import format_infotext
 from negprompt.loading import model_label
@@ -325,11 +326,12 @@ def _denoise(pipe, job: _Job, settings: Settings, scheduler_name: str, progress:
             torch.tensor(g - 1).repeat(batch), embedding_dim=unet.config.time_cond_proj_dim
         ).to(device=latents.device, dtype=latents.dtype)
 
+    buckets = unet_buckets(pipe)  # batch sizes a compiled UNet was built for (None: not compiled)
     for t in stepper.timesteps:
         model_input = stepper.scale(latents, t)
         unet_input = torch.cat([model_input] * 2) if active else model_input
-        out = unet(unet_input, t, encoder_hidden_states=text, timestep_cond=timestep_cond,
-                   added_cond_kwargs=added, return_dict=False)[0]
+        out = bucketed_unet(unet, unet_input, t, text, buckets=buckets, timestep_cond=timestep_cond,
+                            added_cond_kwargs=added)
         eps = guidance.classifier_free_guidance(*out.chunk(2), g) if active else out
         progress.step(lambda: _preview(pipe, stepper.scheduler, model_input, eps, t))
         latents = stepper.step(eps, t, latents)

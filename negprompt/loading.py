@@ -18,6 +18,7 @@ from pathlib import Path
 import torch
 from diffusers import DiffusionPipeline, StableDiffusionPipeline, StableDiffusionXLPipeline
 
+from negprompt.acceleration import accelerate
 from negprompt.devices import pick_device, pick_dtype
 
 log = logging.getLogger(__name__)
@@ -106,6 +107,7 @@ def _load(source: str, device: torch.device, dtype: torch.dtype) -> DiffusionPip
         if module is not None:
             module.eval().requires_grad_(False)
     pipe.set_progress_bar_config(disable=True)
+    accelerate(pipe)  # load-time speed levers (a no-op on the CPU); never changed per request
     return pipe
 
 

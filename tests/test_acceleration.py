@@ -104,8 +104,11 @@ def test_each_lever_keeps_outputs_equal(lever, kind):
 def test_levers_are_off_on_the_cpu_and_applied_once(monkeypatch):
     monkeypatch.delenv("SPACES_ZERO_GPU", raising=False)
     assert Levers.for_device("cpu") == Levers(), "No lever is on by default on the CPU."
+    monkeypatch.delenv("NEGPROMPT_COMPILE", raising=False)
     gpu = Levers.for_device("cuda")
-    assert gpu.channels_last and gpu.fuse_qkv and gpu.compile, "Every lever is on by default on CUDA."
+    assert gpu.channels_last and gpu.fuse_qkv and not gpu.compile, "Layout levers on CUDA; compile is opt-in."
+    monkeypatch.setenv("NEGPROMPT_COMPILE", "1")
+    assert Levers.for_device("cuda").compile, "NEGPROMPT_COMPILE=1 turns torch.compile on for CUDA."
     pipe = _pipe()
     report = accelerate(pipe)
     assert report["applied"] == [] and report["buckets"] is None, "accelerate on the CPU must be a no-op."
@@ -123,6 +126,7 @@ def test_sdpa_is_verified():
 
 def test_zero_gpu_turns_compile_off(monkeypatch):
     monkeypatch.setenv("SPACES_ZERO_GPU", "1")
+    monkeypatch.setenv("NEGPROMPT_COMPILE", "1")
     assert not Levers.for_device("cuda").compile, "ZeroGPU does not allow torch.compile."
     pipe = _pipe()
     report = accelerate(pipe, Levers(compile=True))
