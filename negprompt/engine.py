@@ -83,7 +83,8 @@ def compare(
     for SD 1.x/2.x) or "zeros" (zero embeddings, what SDXL does with no negative and its default). ``max_batch``: at
     most this many cells per UNet batch (None: all, halved automatically on out-of-memory); results do not depend
     on it. ``callback(done_steps, total_steps, previews)`` is called after every step, with preview images of
-    every cell every ``preview_every`` steps (else None).
+    every cell every ``preview_every`` steps (else None); an exception raised by the callback stops the comparison
+    and propagates (that is how a front end cancels an abandoned run).
     """
     # 1. Check inputs
     negatives = [negatives] if isinstance(negatives, str) else list(negatives)

@@ -193,11 +193,21 @@ def load(model: str, device: str | None = None):
     return load_pipeline(None if model == EMBEDDED_NAME else model, device=device)
 
 
+class Cancelled(Exception):
+    """Raised inside a running comparison (from its step callback) to stop it early."""
+
+
 def _generate(request: Request, preview_every: int = 0, device: str | None = None) -> Iterator:
     """Yield ``Step``s while denoising, then the finished ``Comparison``. Exceptions reach the caller."""
     from negprompt.engine import compare
 
     events: queue.Queue = queue.Queue()
+    stop = threading.Event()  # set when the caller goes away (the page closed): the run ends at its next step
+
+    def on_step(done, total, previews):
+        if stop.is_set():
+            raise Cancelled("the request was abandoned")
+        events.put(Step(done, total, previews))
 
     def work():
         try:
@@ -207,19 +217,22 @@ def _generate(request: Request, preview_every: int = 0, device: str | None = Non
                     pipe, request.prompt, list(request.negatives), seeds=list(request.seeds), steps=request.steps,
                     guidance_scale=request.guidance_scale, height=request.height, width=request.width,
                     scheduler=request.scheduler, max_cells=max(request.cells, 1),
-                    callback=lambda done, total, previews: events.put(Step(done, total, previews)),
+                    callback=on_step,
                     preview_every=preview_every))
         except BaseException as error:  # handed to the caller's thread, which raises it
             events.put(error)
 
     threading.Thread(target=work, name="negprompt-compare", daemon=True).start()
-    while True:
-        event = events.get()
-        if isinstance(event, BaseException):
-            raise event
-        yield event
-        if not isinstance(event, Step):
-            return
+    try:
+        while True:
+            event = events.get()
+            if isinstance(event, BaseException):
+                raise event
+            yield event
+            if not isinstance(event, Step):
+                return
+    finally:
+        stop.set()
 
 
 generate = on_gpu(_generate, duration=estimate_seconds)

@@ -149,3 +149,23 @@ def test_difference_toggle_swaps_in_the_maps(tiny_sd_folder):
     gallery, grid = handlers.toggle(outcome, True)
     assert len(gallery) == 2 and not isinstance(gallery[0][0], str), "With the toggle on, cells show as maps."
     assert grid.height > final[2].height, "The grid gains a row of difference maps."
+
+
+def test_an_abandoned_run_stops_at_its_next_step(tiny_sd_folder):
+    """Closing the stream (the page went away) cancels the comparison instead of running it to the end."""
+    import time
+
+    from negprompt import service
+    from negprompt.config import AppSettings
+
+    settings = AppSettings.from_env()
+    request = service.build_request(settings, "portrait photo of a man", ["mustache"], seed=1, steps=40,
+                                    guidance=7.0, model=str(tiny_sd_folder))
+    stream = service._generate(request, device="cpu")
+    first = next(stream)
+    assert first.done == 1
+    stream.close()
+    deadline = time.time() + 30
+    while service._run_lock.locked() and time.time() < deadline:
+        time.sleep(0.05)
+    assert not service._run_lock.locked(), "An abandoned run must release the generation lock promptly."
