@@ -3,7 +3,14 @@ built once per session, saved with save_pretrained, so tests load them through t
 
 from __future__ import annotations
 
+import os
+
 import pytest
+
+# huggingface_hub reads these once, at import: set them before any test module imports it.
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ["TRANSFORMERS_OFFLINE"] = "1"
+os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 
 
 @pytest.fixture(autouse=True)

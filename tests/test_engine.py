@@ -154,3 +154,21 @@ def test_bad_input_raises_a_value_error_naming_the_argument(tiny_sd, kwargs, mes
 def test_a_single_string_is_one_negative(tiny_sd):
     result = compare(tiny_sd, PROMPT, "mustache, hat", seed=1, steps=1)
     assert [c.negative_prompt for c in result.cells] == ["", "mustache, hat"]
+
+
+def test_v_prediction_models_like_sd2_match_diffusers(tmp_path):
+    """Stable Diffusion 2.x predicts v, not the noise; cells must still equal the plain diffusers call."""
+    from diffusers import DDIMScheduler
+
+    from negprompt.architectures import tiny_sd_pipeline
+    from negprompt.loading import load_pipeline
+
+    pipe = tiny_sd_pipeline(seed=1)
+    pipe.scheduler = DDIMScheduler.from_config(pipe.scheduler.config, prediction_type="v_prediction")
+    pipe.save_pretrained(tmp_path)
+    v_pipe = load_pipeline(tmp_path, device="cpu")
+    assert v_pipe.scheduler.config.prediction_type == "v_prediction"
+    result = compare(v_pipe, PROMPT, ["mustache"], seed=8, steps=3, guidance_scale=9.0, preview_every=1,
+                     callback=lambda *_: None)
+    reference = plain_call(v_pipe, "mustache", 8, num_inference_steps=3, guidance_scale=9.0)
+    assert max_diff(result.cells[1].image, reference) <= TOLERANCE
