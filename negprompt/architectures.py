@@ -45,6 +45,14 @@ def _text_config(tokenizer, **overrides) -> CLIPTextConfig:
     return CLIPTextConfig(**{**base, **overrides})
 
 
+def _tiny_vae() -> AutoencoderKL:
+    """A four-block VAE (scale factor 8, like Stable Diffusion's) of a few thousand parameters."""
+    return AutoencoderKL(
+        block_out_channels=(4, 8, 8, 8), in_channels=3, out_channels=3, latent_channels=4, norm_num_groups=2,
+        down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
+    )
+
+
 def tiny_sd_pipeline(seed: int = 0) -> StableDiffusionPipeline:
     """A Stable Diffusion 1.x pipeline of a few thousand parameters (diffusers' test configs), 64x64 images."""
     torch.manual_seed(seed)
@@ -54,10 +62,7 @@ def tiny_sd_pipeline(seed: int = 0) -> StableDiffusionPipeline:
         down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"), up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
         cross_attention_dim=32, norm_num_groups=2,
     )
-    vae = AutoencoderKL(
-        block_out_channels=(4, 8, 8, 8), in_channels=3, out_channels=3, latent_channels=4, norm_num_groups=2,
-        down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
-    )
+    vae = _tiny_vae()
     text_encoder = CLIPTextModel(_text_config(
         tokenizer, hidden_size=32, intermediate_size=37, num_attention_heads=4, num_hidden_layers=2,
     ))
@@ -79,10 +84,7 @@ def tiny_sdxl_pipeline(seed: int = 0) -> StableDiffusionXLPipeline:
         addition_time_embed_dim=8, transformer_layers_per_block=(1, 2), projection_class_embeddings_input_dim=80,
         cross_attention_dim=64, norm_num_groups=1,
     )
-    vae = AutoencoderKL(
-        block_out_channels=(4, 8, 8, 8), in_channels=3, out_channels=3, latent_channels=4, norm_num_groups=2,
-        down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
-    )
+    vae = _tiny_vae()
     config = dict(hidden_size=32, intermediate_size=37, num_attention_heads=4, num_hidden_layers=2,
                   hidden_act="gelu", projection_dim=32)
     return StableDiffusionXLPipeline(
