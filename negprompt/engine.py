@@ -88,10 +88,10 @@ def compare(
     """
     # 1. Check inputs
     negatives = [negatives] if isinstance(negatives, str) else list(negatives)
-    rows = _check_inputs(pipe, prompt, negatives, seed, seeds, steps, guidance_scale, height, width, baseline,
-                         max_cells)
-    height = height or pipe.unet.config.sample_size * pipe.vae_scale_factor
-    width = width or pipe.unet.config.sample_size * pipe.vae_scale_factor
+    rows = _check_inputs(prompt, negatives, seed, seeds, steps, guidance_scale, baseline, max_cells)
+    default_side = pipe.unet.config.sample_size * pipe.vae_scale_factor
+    height = default_side if height is None else height
+    width = default_side if width is None else width
     _check_size(pipe, height, width)
     if baseline == "auto":
         baseline = "zeros" if _is_sdxl(pipe) else "empty"
@@ -143,7 +143,7 @@ def compare(
 # Input checks
 
 
-def _check_inputs(pipe, prompt, negatives, seed, seeds, steps, guidance_scale, height, width, baseline, max_cells):
+def _check_inputs(prompt, negatives, seed, seeds, steps, guidance_scale, baseline, max_cells):
     if not isinstance(prompt, str) or not prompt.strip():
         raise ValueError(f"prompt={prompt!r} must be a non-empty string")
     for i, negative in enumerate(negatives):

@@ -135,6 +135,7 @@ def test_progress_callback_counts_steps_and_streams_previews(tiny_sd):
     (dict(guidance_scale=math.nan), "guidance_scale=nan"),
     (dict(guidance_scale=math.inf), "guidance_scale=inf"),
     (dict(height=60), "height=60"),
+    (dict(height=0), "height=0"),
     (dict(width=-8), "width=-8"),
     (dict(seed=-1), "seed=-1"),
     (dict(seed=1, seeds=[2]), "not both"),
