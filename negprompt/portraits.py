@@ -128,7 +128,7 @@ def draw_portrait(p: Portrait) -> Image.Image:
         return [x0 * s, y0 * s, x1 * s, y1 * s]
 
     skin, hair = SKIN_TONES[p.skin], HAIR_COLORS[p.hair]
-    facial = _darker(hair, 0.8) if p.hair != "black" else hair
+    facial = _darker(hair, 0.65) if p.hair != "black" else hair  # facial hair: darker than the hair
     d.rectangle(box(cx - 22, cy + hh + 1, cx + 22, 70), fill=SHIRTS[p.shirt])  # shoulders
     d.ellipse(box(cx - 24, cy + hh - 2, cx + 24, cy + hh + 22), fill=SHIRTS[p.shirt])
     d.rectangle(box(cx - 5, cy + hh - 4, cx + 5, cy + hh + 4), fill=_darker(skin, 0.9))  # neck
@@ -152,9 +152,10 @@ def draw_portrait(p: Portrait) -> Image.Image:
         d.arc(box(cx - 5, mouth_y - 5, cx + 5, mouth_y + 2), 20, 160, fill=(150, 30, 40), width=2 * s)
     else:
         d.line(box(cx - 4, mouth_y, cx + 4, mouth_y), fill=(150, 30, 40), width=s + 1)
-    if p.mustache:
-        d.polygon([(x * s, y * s) for x, y in ((cx - 8, cy + 8), (cx, cy + 5), (cx + 8, cy + 8),
-                                                (cx + 6, cy + 9.5), (cx, cy + 7.5), (cx - 6, cy + 9.5))], fill=facial)
+    if p.mustache:  # a full band, 3-4 px thick: thinner ones vanish in the 16x16 latent (see the model card)
+        d.polygon([(x * s, y * s) for x, y in ((cx - 9, cy + 8), (cx - 3, cy + 4.5), (cx, cy + 5.5), (cx + 3, cy + 4.5),
+                                                (cx + 9, cy + 8), (cx + 8, cy + 10.5), (cx, cy + 8.5),
+                                                (cx - 8, cy + 10.5))], fill=facial)
     if p.earrings:
         for ex in (cx - hw, cx + hw):
             d.ellipse(box(ex - 2, cy + 5, ex + 2, cy + 9), fill=(250, 200, 0), outline=(150, 110, 0))

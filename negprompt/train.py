@@ -59,11 +59,11 @@ class TrainConfig:
     seed: int = 0  # seeds the dataset, captions, initial weights and noise
     n_images: int = 20000  # size of the fixed in-memory dataset
     vae_channels: tuple[int, ...] = (16, 32, 64)  # AutoencoderKL block widths (3 blocks: 64 -> 16)
-    vae_steps: int = 1400  # VAE optimizer steps
+    vae_steps: int = 1800  # VAE optimizer steps
     vae_batch: int = 16  # VAE batch size
     vae_lr: float = 1e-3  # VAE peak learning rate
     kl_weight: float = 1e-6  # weight of the VAE's KL term
-    decoder_steps: int = 2000  # extra steps that train only the VAE decoder on the frozen encoder's latents
+    decoder_steps: int = 1500  # extra steps that train only the VAE decoder on the frozen encoder's latents
     decoder_lr: float = 5e-4  # peak learning rate of the decoder-only stage
     text_width: int = 64  # CLIP text encoder hidden size
     text_layers: int = 2  # CLIP text encoder layers
