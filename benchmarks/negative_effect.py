@@ -9,7 +9,8 @@ For each attribute X of mustache, glasses and hat, with the same starting noise 
 
 and runs the portrait detector on every image. Rates count only images the detector judges clean portraits; the
 share of clean images is reported per condition and overall. ``collateral_max`` is the largest change, in
-percentage points, of any OTHER detector attribute between "plain" and "negative X".
+percentage points, of any OTHER detector attribute between "plain" and "negative X". Each rate also gets a 95%
+Wilson interval (``ci95`` in the JSON), so a reader can tell a real effect from the noise of a few dozen seeds.
 
     python benchmarks/negative_effect.py                                  # 64 seeds, prints a markdown table
     python benchmarks/negative_effect.py --seeds 128 --json effect.json --grid effect.png
@@ -69,7 +70,17 @@ def rates(records: list[dict], clean_only: bool = True) -> dict[str, float]:
     clean = [r for r in records if r["clean"] or not clean_only]
     out = {name: (sum(r[name] >= 0.5 for r in clean) / len(clean) if clean else float("nan")) for name in BINARY}
     out["clean"] = sum(r["clean"] for r in records) / len(records)
+    out["n"] = len(clean)
     return out
+
+
+def wilson(rate: float, n: int, z: float = 1.96) -> tuple[float, float]:
+    """95% Wilson score interval of a rate measured on ``n`` images: how far sampling noise alone can move it."""
+    if n == 0:
+        return float("nan"), float("nan")
+    center = (rate + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * ((rate * (1 - rate) + z * z / (4 * n)) / n) ** 0.5 / (1 + z * z / n)
+    return max(0.0, center - half), min(1.0, center + half)
 
 
 def summarize(by_condition: dict[str, dict[str, float]]) -> dict:
@@ -82,7 +93,10 @@ def summarize(by_condition: dict[str, dict[str, float]]) -> dict:
         worst = max(moves, key=moves.get)
         table[x] = {"plain": plain[x], "without": by_condition[f"without {x}"][x], "negative": neg[x],
                     "adherence": by_condition[f"with {x}"][x], "collateral_max": moves[worst],
-                    "collateral_attribute": worst}
+                    "collateral_attribute": worst,
+                    "ci95": {key: wilson(by_condition[c][x], by_condition[c]["n"]) for key, c in
+                             (("plain", "plain"), ("without", f"without {x}"), ("negative", f"negative {x}"),
+                              ("adherence", f"with {x}"))}}
     return table
 
 
@@ -93,7 +107,10 @@ def markdown(table: dict, by_condition: dict, n: int) -> str:
         lines.append(f"| {x} | {r['plain']:.0%} | {r['without']:.0%} | {r['negative']:.0%} | {r['adherence']:.0%} "
                      f"| {r['collateral_max']:.0f} pts ({r['collateral_attribute']}) |")
     clean = ", ".join(f"{c} {v['clean']:.0%}" for c, v in by_condition.items())
-    return "\n".join(lines) + f"\n\nClean portraits per condition: {clean}."
+    widest = max(100 * (hi - lo) / 2 for r in table.values() for lo, hi in r["ci95"].values())
+    return ("\n".join(lines) + f"\n\nClean portraits per condition: {clean}.\n"
+            f"Sampling noise: each rate's 95% interval (Wilson) is at most ±{widest:.0f} points at this many seeds; "
+            "the intervals are in the JSON output.")
 
 
 def time_grid(pipe, args) -> float:
