@@ -42,7 +42,7 @@ OUTPUTS = (*BINARY, "clean")
 class DetectorConfig:
     channels: tuple[int, ...] = (32, 48, 64, 96)  # conv widths; every conv halves the image size
     hidden: int = 128  # width of the fully connected layer
-    steps: int = 1500  # optimizer steps
+    steps: int = 2000  # optimizer steps
     batch: int = 64  # images per step
     lr: float = 2e-3  # peak learning rate (cosine decay)
     p_corrupt: float = 0.35  # share of corrupted (not clean) training images

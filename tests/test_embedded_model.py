@@ -78,3 +78,12 @@ def test_evaluation_script_runs_end_to_end(tmp_path):
     for name in ("mustache", "glasses", "hat"):
         assert set(table[name]) >= {"plain", "without", "negative", "adherence", "collateral_max"}
     assert (tmp_path / "grid.png").exists()
+
+
+def test_vae_fidelity_script_reports_every_attribute():
+    cmd = [sys.executable, str(ROOT / "benchmarks" / "vae_fidelity.py"), "--n", "16"]
+    out = subprocess.run(cmd, check=True, capture_output=True, text=True, timeout=300).stdout
+    report = json.loads(out.strip().splitlines()[-1])
+    assert set(report["reconstructions"]) == set(report["originals"]) >= {"mustache", "glasses", "hat"}
+    assert report["originals"]["hat"] == 1.0, "The detector must see every hat on drawn portraits."
+    assert 0 < report["mean_abs_error"] < 20, "The shipped VAE must reconstruct portraits closely."
