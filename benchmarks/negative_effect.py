@@ -91,12 +91,10 @@ def summarize(by_condition: dict[str, dict[str, float]]) -> dict:
         neg = by_condition[f"negative {x}"]
         moves = {y: 100 * abs(neg[y] - plain[y]) for y in BINARY if y != x}
         worst = max(moves, key=moves.get)
-        table[x] = {"plain": plain[x], "without": by_condition[f"without {x}"][x], "negative": neg[x],
-                    "adherence": by_condition[f"with {x}"][x], "collateral_max": moves[worst],
+        columns = {"plain": "plain", "without": f"without {x}", "negative": f"negative {x}", "adherence": f"with {x}"}
+        table[x] = {**{key: by_condition[c][x] for key, c in columns.items()}, "collateral_max": moves[worst],
                     "collateral_attribute": worst,
-                    "ci95": {key: wilson(by_condition[c][x], by_condition[c]["n"]) for key, c in
-                             (("plain", "plain"), ("without", f"without {x}"), ("negative", f"negative {x}"),
-                              ("adherence", f"with {x}"))}}
+                    "ci95": {key: wilson(by_condition[c][x], by_condition[c]["n"]) for key, c in columns.items()}}
     return table
 
 

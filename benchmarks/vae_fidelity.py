@@ -20,7 +20,8 @@ from diffusers import AutoencoderKL
 from PIL import Image
 
 from negprompt.detector import detect, load_detector
-from negprompt.portraits import BINARY, draw_portrait, grid, sample_portraits
+from negprompt.portraits import BINARY, grid, portrait_array, sample_portraits
+from negprompt.train import to_tensor
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -41,8 +42,9 @@ def main() -> None:
     args = parser.parse_args()
     vae = AutoencoderKL.from_pretrained(Path(args.model) / "vae").eval()
     people = sample_portraits(np.random.default_rng(args.seed), args.n)
-    originals = [draw_portrait(p) for p in people]
-    x = torch.from_numpy(np.stack([np.asarray(im) for im in originals])).permute(0, 3, 1, 2).float() / 127.5 - 1
+    pixels = portrait_array(people)
+    originals = [Image.fromarray(a) for a in pixels]
+    x = to_tensor(pixels)
     rec = torch.cat([vae.decode(vae.encode(x[i:i + 100]).latent_dist.mean).sample for i in range(0, len(x), 100)])
     rec = ((rec.clamp(-1, 1) + 1) * 127.5).round()
     error = float((rec - (x + 1) * 127.5).abs().mean())
