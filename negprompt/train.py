@@ -14,7 +14,8 @@ The decoder stage can also run beside the UNet stage, in a second process (it do
     python -m negprompt.train --out runs/portrait --resume                # afterwards: re-save with that decoder
 
 Output: ``OUT/model/`` (load it with ``StableDiffusionPipeline.from_pretrained``), ``OUT/samples/*.png``,
-``OUT/train.log.jsonl`` (losses), ``OUT/checkpoint.pt`` and ``OUT/stage_*.pt`` (for ``--resume``; not the model).
+``OUT/train.log.jsonl`` (losses), ``OUT/checkpoint.pt``, ``OUT/stage_*.pt`` and ``OUT/tokenizer/`` (for ``--resume``;
+not the model).
 
 Recipe: a fixed in-memory dataset of portraits (``negprompt.portraits``) drawn from ``--seed``; an AutoencoderKL
 (64x64x3 -> 16x16x4, L1 + MSE + tiny KL) trained first, then its decoder alone on the frozen encoder's latents;
@@ -34,6 +35,7 @@ import json
 import logging
 import math
 import os
+import shutil
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -46,7 +48,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 from diffusers import AutoencoderKL, DDIMScheduler, DDPMScheduler, StableDiffusionPipeline, UNet2DConditionModel  # noqa: E402
-from transformers import CLIPTextConfig, CLIPTextModel  # noqa: E402
+from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer  # noqa: E402
 
 from negprompt.portraits import ALL_WORDS, caption_for, grid, portrait_array, sample_portraits  # noqa: E402
 from negprompt.tokenizer import build_clip_tokenizer  # noqa: E402
@@ -356,6 +358,21 @@ def fit_steps(unet, text, latents, batcher, cfg: TrainConfig, device: str, secon
     return max(steps, 10)
 
 
+def _run_tokenizer(out: Path) -> CLIPTokenizer:
+    """The run's tokenizer, saved in ``out/tokenizer`` at its start and reloaded by ``--resume``.
+
+    The byte-level BPE trainer breaks ties between equally frequent merges in no fixed order, so two builds can
+    number a few sub-word merges differently (every caption word is one token with a stable id, so captions are
+    unaffected). Reloading the saved one guarantees that a resumed checkpoint sees exactly the ids it learned.
+    """
+    folder = out / "tokenizer"
+    if (folder / "tokenizer_config.json").exists():
+        return CLIPTokenizer.from_pretrained(folder)
+    tokenizer = build_clip_tokenizer(ALL_WORDS)
+    tokenizer.save_pretrained(folder)
+    return tokenizer
+
+
 def run(cfg: TrainConfig, out: Path, device: str, minutes: float, decoder_only: bool = False) -> Path:
     """The whole recipe; returns the saved model folder (with ``decoder_only``: the decoder stage file)."""
     start = time.time()
@@ -365,7 +382,7 @@ def run(cfg: TrainConfig, out: Path, device: str, minutes: float, decoder_only: 
     torch.manual_seed(cfg.seed)
     people = sample_portraits(np.random.default_rng(cfg.seed), cfg.n_images)
     images = portrait_array(people)
-    tokenizer = build_clip_tokenizer(ALL_WORDS)
+    tokenizer = _run_tokenizer(out)
     vae, text, unet = build_models(cfg, len(tokenizer))
     vae, text, unet = vae.to(device), text.to(device), unet.to(device)
     log.info("parameters: vae %.2fM, text %.2fM, unet %.2fM", *(sum(p.numel() for p in m.parameters()) / 1e6
@@ -436,6 +453,7 @@ def main() -> None:
         parser.error(f"--out {out} already holds a checkpoint: pass --resume or choose another folder")
     if not args.resume and not args.decoder_only:
         (out / "stage_vae.pt").unlink(missing_ok=True)
+        shutil.rmtree(out / "tokenizer", ignore_errors=True)
     if args.threads:
         torch.set_num_threads(args.threads)
     cfg = TrainConfig(**(TINY if args.tiny else {}), seed=args.seed, steps=args.steps)

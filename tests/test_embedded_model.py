@@ -10,7 +10,9 @@ from pathlib import Path
 import pytest
 import torch
 from diffusers import StableDiffusionPipeline
+from transformers import CLIPTokenizer
 
+from negprompt import train
 from negprompt.detector import DEFAULT_PATH, detect, evaluate, load_detector
 from negprompt.portraits import draw_portrait, sample_portraits
 from negprompt.train import TINY, TrainConfig, run
@@ -58,7 +60,7 @@ def test_detect_reports_every_attribute_and_clean():
             assert (record[name] >= 0.5) == present, f"{name} must be detected on a drawn portrait."
 
 
-def test_tiny_training_run_saves_a_loadable_folder(tmp_path):
+def test_tiny_training_run_saves_a_loadable_folder_and_resumes_with_its_own_tokenizer(tmp_path, monkeypatch):
     cfg = TrainConfig(**TINY, steps=3, vae_steps=3)
     folder = run(cfg, tmp_path / "run", device="cpu", minutes=1.0)
     pipe = StableDiffusionPipeline.from_pretrained(folder)
@@ -66,6 +68,12 @@ def test_tiny_training_run_saves_a_loadable_folder(tmp_path):
     assert image.size == (64, 64)
     assert (tmp_path / "run" / "samples" / "final.png").exists(), "Training must write sample grids."
     assert (tmp_path / "run" / "checkpoint.pt").exists(), "Training must leave a checkpoint to resume from."
+
+    # A resumed run must reload the tokenizer its checkpoint learned with, never build a new one.
+    vocab = CLIPTokenizer.from_pretrained(tmp_path / "run" / "tokenizer").get_vocab()
+    monkeypatch.setattr(train, "build_clip_tokenizer", lambda *a, **k: pytest.fail("resume rebuilt the tokenizer"))
+    folder = run(TrainConfig(**TINY, steps=3, vae_steps=3), tmp_path / "run", device="cpu", minutes=1.0)
+    assert CLIPTokenizer.from_pretrained(folder / "tokenizer").get_vocab() == vocab
 
 
 @pytest.mark.slow
@@ -87,3 +95,14 @@ def test_vae_fidelity_script_reports_every_attribute():
     assert set(report["reconstructions"]) == set(report["originals"]) >= {"mustache", "glasses", "hat"}
     assert report["originals"]["hat"] == 1.0, "The detector must see every hat on drawn portraits."
     assert 0 < report["mean_abs_error"] < 20, "The shipped VAE must reconstruct portraits closely."
+
+
+def test_word_binding_script_measures_what_naming_a_word_does():
+    cmd = [sys.executable, str(ROOT / "benchmarks" / "word_binding.py"), "--n", "16"]
+    out = subprocess.run(cmd, check=True, capture_output=True, text=True, timeout=300).stdout
+    report = json.loads(out.strip().splitlines()[-1])
+    assert set(report) >= {"mustache", "glasses", "hat", "beard"}
+    assert all(set(row) == {"300", "500", "700"} for row in report.values())
+    # The shipped model has bound "hat" (it draws one for 100% of "with hat" prompts): naming it must help it
+    # denoise a portrait with a hat at high noise, where the hat is decided.
+    assert report["hat"]["700"] > 0.03, report["hat"]
