@@ -6,6 +6,8 @@ goes and saves a standard diffusers Stable Diffusion folder:
     python -m negprompt.train --out runs/portrait --minutes 80            # a CPU run (2 cores)
     python -m negprompt.train --out runs/portrait --minutes 10 --device cuda
     python -m negprompt.train --out runs/portrait --minutes 40 --resume   # continue after an interruption
+    python -m negprompt.train --out runs/portrait --minutes 90 --resume --extend 10000 --init-token mustache=beard
+                                                                          # train a finished run further
     python -m negprompt.train --out runs/tiny --tiny --vae-steps 5 --steps 5   # seconds; what the tests run
 
 The decoder stage can also run beside the UNet stage, in a second process (it does not change the latents):
@@ -281,12 +283,33 @@ def save_checkpoint(path: Path, state: dict) -> None:
     tmp.replace(path)
 
 
+def copy_token(dst: int, src: int, texts: list[CLIPTextModel], opt: torch.optim.Optimizer) -> None:
+    """Give token ``dst`` the input embedding of token ``src`` in every model of ``texts`` (and, for the first,
+    its AdamW moments too), so that training continues from a word the model already uses.
+
+    This is textual inversion's initializer token, applied to a word that training left unbound: its embedding
+    barely moves and the UNet ignores it (``benchmarks/word_binding.py`` shows it). Starting it from a related
+    bound word gives the gradients a path to follow; training then pulls the two apart.
+    """
+    with torch.no_grad():
+        for model in texts:
+            weight = model.get_input_embeddings().weight
+            weight[dst] = weight[src]
+        moments = opt.state.get(texts[0].get_input_embeddings().weight, {})
+        for key in ("exp_avg", "exp_avg_sq"):
+            if key in moments:
+                moments[key][dst] = moments[key][src]
+
+
 def train_diffusion(text, unet, latents, batcher, cfg: TrainConfig, device: str, out: Path,
-                    plan_end: float | None, make_pipe) -> dict:
+                    plan_end: float | None, make_pipe, extend: int = 0,
+                    init_tokens: tuple[tuple[int, int], ...] = ()) -> dict:
     """Joint text encoder + UNet training; returns a summary. Resumes from ``out/checkpoint.pt`` if present.
 
     With ``plan_end`` (a time.time() value) the step count is re-fitted every ``cfg.replan_every`` steps to the
-    measured speed, so the cosine schedule ends on time even when the machine gets busier or quieter.
+    measured speed, so the cosine schedule ends on time even when the machine gets busier or quieter. On resume,
+    ``extend`` adds steps to the checkpoint's planned total (a warm restart: the cosine schedule stretches to the
+    new end, so the learning rate rises again) and ``init_tokens`` pairs (dst, src) are applied by ``copy_token``.
     """
     sched = noise_scheduler()
     params = list(unet.parameters()) + list(text.parameters())
@@ -300,8 +323,12 @@ def train_diffusion(text, unet, latents, batcher, cfg: TrainConfig, device: str,
             m.load_state_dict(state[k])
         rng.bit_generator.state, step, curve = state["rng"], state["step"], state["curve"]
         gen.set_state(state["gen"])
-        cfg.steps = state["steps"]
+        cfg.steps = state["steps"] + extend
+        for dst, src in init_tokens:
+            copy_token(dst, src, [text, ema_text], opt)
         log.info("resumed at step %d of %d", step, cfg.steps)
+    elif extend or init_tokens:
+        raise ValueError("extend and init_tokens continue a checkpoint, and there is none in " + str(out))
     t0, running, timed, lap = time.time(), 0.0, step, time.time()
     while step < cfg.steps:
         for g in opt.param_groups:
@@ -358,6 +385,13 @@ def fit_steps(unet, text, latents, batcher, cfg: TrainConfig, device: str, secon
     return max(steps, 10)
 
 
+def _word_id(tokenizer: CLIPTokenizer, word: str) -> int:
+    ids = tokenizer(word, add_special_tokens=False).input_ids
+    if len(ids) != 1:
+        raise ValueError(f"{word!r} is not one token of this model's vocabulary")
+    return ids[0]
+
+
 def _run_tokenizer(out: Path) -> CLIPTokenizer:
     """The run's tokenizer, saved in ``out/tokenizer`` at its start and reloaded by ``--resume``.
 
@@ -373,8 +407,13 @@ def _run_tokenizer(out: Path) -> CLIPTokenizer:
     return tokenizer
 
 
-def run(cfg: TrainConfig, out: Path, device: str, minutes: float, decoder_only: bool = False) -> Path:
-    """The whole recipe; returns the saved model folder (with ``decoder_only``: the decoder stage file)."""
+def run(cfg: TrainConfig, out: Path, device: str, minutes: float, decoder_only: bool = False, extend: int = 0,
+        init_tokens: tuple[tuple[str, str], ...] = ()) -> Path:
+    """The whole recipe; returns the saved model folder (with ``decoder_only``: the decoder stage file).
+
+    ``extend`` and ``init_tokens`` ((word, from_word) pairs) apply when continuing a checkpoint; see
+    ``train_diffusion``.
+    """
     start = time.time()
     out.mkdir(parents=True, exist_ok=True)
     (out / "samples").mkdir(exist_ok=True)
@@ -411,7 +450,8 @@ def run(cfg: TrainConfig, out: Path, device: str, minutes: float, decoder_only: 
     if not cfg.steps and not (out / "checkpoint.pt").exists():
         cfg.steps = fit_steps(unet, text, latents, batcher, cfg, device, (plan_end - time.time()) * cfg.time_margin)
     make_pipe = lambda t, u: assemble(vae, t, u, tokenizer, scale)  # noqa: E731
-    result = train_diffusion(text, unet, latents, batcher, cfg, device, out, plan_end, make_pipe)
+    token_ids = tuple((_word_id(tokenizer, dst), _word_id(tokenizer, src)) for dst, src in init_tokens)
+    result = train_diffusion(text, unet, latents, batcher, cfg, device, out, plan_end, make_pipe, extend, token_ids)
     save_model(make_pipe(result["ema_text"], result["ema_unet"]), out / "model")
     pipe = StableDiffusionPipeline.from_pretrained(out / "model")
     pipe.set_progress_bar_config(disable=True)
@@ -446,6 +486,12 @@ def main() -> None:
                              "whose latents it does not change); a later --resume picks it up")
     parser.add_argument("--tiny", action="store_true", help="tiny sizes for tests")
     parser.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt and OUT/stage_vae.pt")
+    parser.add_argument("--extend", type=int, default=0,
+                        help="with --resume: add this many steps to the planned total (a warm restart of the cosine "
+                             "schedule; with --minutes it is then re-fitted to the time budget)")
+    parser.add_argument("--init-token", action="append", default=[], metavar="WORD=FROM",
+                        help="with --resume: start WORD's embedding from FROM's (repeatable), for a word the model "
+                             "left unbound; see copy_token")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     out = Path(args.out)
@@ -460,7 +506,12 @@ def main() -> None:
     for name in ("vae_steps", "decoder_steps", "batch", "n_images"):
         if getattr(args, name) is not None:
             setattr(cfg, name, getattr(args, name))
-    run(cfg, out, args.device, args.minutes, decoder_only=args.decoder_only)
+    pairs = tuple(tuple(item.split("=", 1)) for item in args.init_token)
+    if any(len(pair) != 2 for pair in pairs):
+        parser.error("--init-token takes WORD=FROM, for example mustache=beard")
+    if (args.extend or pairs) and not (out / "checkpoint.pt").exists():
+        parser.error("--extend and --init-token continue a checkpoint: OUT/checkpoint.pt is missing")
+    run(cfg, out, args.device, args.minutes, decoder_only=args.decoder_only, extend=args.extend, init_tokens=pairs)
 
 
 if __name__ == "__main__":

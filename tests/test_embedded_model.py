@@ -75,6 +75,25 @@ def test_tiny_training_run_saves_a_loadable_folder_and_resumes_with_its_own_toke
     folder = run(TrainConfig(**TINY, steps=3, vae_steps=3), tmp_path / "run", device="cpu", minutes=1.0)
     assert CLIPTokenizer.from_pretrained(folder / "tokenizer").get_vocab() == vocab
 
+    # A finished run can be trained further: --extend adds steps, --init-token restarts an unbound word.
+    run(TrainConfig(**TINY, steps=3, vae_steps=3), tmp_path / "run", device="cpu", minutes=1.0, extend=2,
+        init_tokens=(("mustache", "beard"),))
+    assert torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=False)["step"] == 5
+
+
+def test_copy_token_starts_a_word_from_another_ones_embedding_and_optimizer_state():
+    text = train.build_models(TrainConfig(**TINY), vocab_size=40)[1]
+    opt = torch.optim.AdamW(text.parameters(), lr=1e-3)
+    text(torch.tensor([[38, 5, 7, 39]]))[0].sum().backward()
+    opt.step()
+    ema = train.copy.deepcopy(text)
+    train.copy_token(5, 7, [text, ema], opt)
+    for model in (text, ema):
+        weight = model.get_input_embeddings().weight
+        assert torch.equal(weight[5], weight[7]) and not torch.equal(weight[5], weight[6])
+    moments = opt.state[text.get_input_embeddings().weight]
+    assert torch.equal(moments["exp_avg_sq"][5], moments["exp_avg_sq"][7])
+
 
 @pytest.mark.slow
 def test_evaluation_script_runs_end_to_end(tmp_path):
