@@ -71,10 +71,11 @@ class TrainConfig:
     decoder_lr: float = 5e-4  # peak learning rate of the decoder-only stage
     text_width: int = 64  # CLIP text encoder hidden size
     text_layers: int = 2  # CLIP text encoder layers
+    text_heads: int = 4  # CLIP text encoder attention heads (narrow heads: more words routed at once)
     unet_channels: tuple[int, ...] = (48, 96, 96)  # UNet block widths at 16x16, 8x8, 4x4 latent resolution
     unet_layers: int = 1  # resnet layers per UNet block
     attn_levels: tuple[bool, ...] = (False, True, True)  # attention per UNet level (16x16 costs 3x)
-    head_dim: int = 32  # attention head width in the UNet
+    attn_heads: int = 6  # heads per UNet attention layer: 96 channels / 6 = 16 wide (see build_models)
     steps: int = 0  # UNet optimizer steps; 0 means: fit them to the time budget
     batch: int = 32  # UNet batch size
     lr: float = 8e-4  # UNet and text encoder peak learning rate
@@ -89,8 +90,12 @@ class TrainConfig:
     replan_every: int = 100  # with --minutes: steps between re-fits of the step count to the measured speed
 
 
+# The fields that shape the models: a checkpoint only resumes under the same values.
+ARCHITECTURE = ("vae_channels", "text_width", "text_layers", "text_heads", "unet_channels", "unet_layers",
+                "attn_levels", "attn_heads")
+
 TINY = dict(n_images=256, vae_channels=(8, 16, 16), decoder_steps=2, text_width=32, text_layers=1, unet_channels=(16, 32, 32),
-            head_dim=8, batch=8, vae_batch=8, warmup=2, sample_every=10**9, checkpoint_every=10**9)
+            attn_heads=2, text_heads=2, batch=8, vae_batch=8, warmup=2, sample_every=10**9, checkpoint_every=10**9)
 
 
 def build_models(cfg: TrainConfig, vocab_size: int) -> tuple[AutoencoderKL, CLIPTextModel, UNet2DConditionModel]:
@@ -103,7 +108,7 @@ def build_models(cfg: TrainConfig, vocab_size: int) -> tuple[AutoencoderKL, CLIP
     )
     text = CLIPTextModel(CLIPTextConfig(
         vocab_size=vocab_size, hidden_size=cfg.text_width, intermediate_size=2 * cfg.text_width,
-        num_hidden_layers=cfg.text_layers, num_attention_heads=max(1, cfg.text_width // 32),
+        num_hidden_layers=cfg.text_layers, num_attention_heads=cfg.text_heads,
         max_position_embeddings=77, projection_dim=cfg.text_width,
         bos_token_id=vocab_size - 2, eos_token_id=vocab_size - 1, pad_token_id=vocab_size - 1,
     ))
@@ -112,7 +117,10 @@ def build_models(cfg: TrainConfig, vocab_size: int) -> tuple[AutoencoderKL, CLIP
     unet = UNet2DConditionModel(
         sample_size=16, in_channels=4, out_channels=4, layers_per_block=cfg.unet_layers,
         block_out_channels=cfg.unet_channels, down_block_types=down, up_block_types=up,
-        cross_attention_dim=cfg.text_width, attention_head_dim=cfg.head_dim,
+        # diffusers' UNet2DConditionModel reads attention_head_dim as the NUMBER of heads (a naming quirk kept for
+        # compatibility with Stable Diffusion's configs, whose "8" means 8 heads). An earlier model passed 32 as a
+        # head width and got 32 heads 3 channels wide, and two of its words never bound.
+        cross_attention_dim=cfg.text_width, attention_head_dim=cfg.attn_heads,
         norm_num_groups=math.gcd(16, *cfg.unet_channels),
     )
     return vae, text, unet
@@ -319,6 +327,10 @@ def train_diffusion(text, unet, latents, batcher, cfg: TrainConfig, device: str,
     ckpt = out / "checkpoint.pt"
     if ckpt.exists():
         state = torch.load(ckpt, weights_only=False)
+        changed = {k: (v, getattr(cfg, k)) for k, v in state.get("config", {}).items()
+                   if k in ARCHITECTURE and v != getattr(cfg, k)}
+        if changed:  # e.g. the head count changes no weight shape, so the weights would load and mean nothing
+            raise ValueError(f"{ckpt} was trained with another architecture (saved, now): {changed}")
         for m, k in ((unet, "unet"), (text, "text"), (ema_unet, "ema_unet"), (ema_text, "ema_text"), (opt, "opt")):
             m.load_state_dict(state[k])
         rng.bit_generator.state, step, curve = state["rng"], state["step"], state["curve"]
@@ -356,7 +368,8 @@ def train_diffusion(text, unet, latents, batcher, cfg: TrainConfig, device: str,
             save_checkpoint(ckpt, dict(unet=unet.state_dict(), text=text.state_dict(), opt=opt.state_dict(),
                                        ema_unet=ema_unet.state_dict(), ema_text=ema_text.state_dict(),
                                        rng=rng.bit_generator.state, gen=gen.get_state(), step=step,
-                                       curve=curve, steps=cfg.steps))
+                                       curve=curve, steps=cfg.steps,
+                                       config={k: getattr(cfg, k) for k in ARCHITECTURE}))
         if plan_end is not None and step % cfg.replan_every == 0:
             rate, lap = (time.time() - lap) / cfg.replan_every, time.time()
             cfg.steps = max(step + 1, step + int(max(0.0, plan_end - lap) * cfg.time_margin / rate))

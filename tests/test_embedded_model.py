@@ -80,6 +80,10 @@ def test_tiny_training_run_saves_a_loadable_folder_and_resumes_with_its_own_toke
         init_tokens=(("mustache", "beard"),))
     assert torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=False)["step"] == 5
 
+    # A checkpoint never resumes under another architecture: a different head count would load and mean nothing.
+    with pytest.raises(ValueError, match="another architecture"):
+        run(TrainConfig(**{**TINY, "attn_heads": 4}, steps=3, vae_steps=3), tmp_path / "run", device="cpu", minutes=1.0)
+
 
 def test_copy_token_starts_a_word_from_another_ones_embedding_and_optimizer_state():
     text = train.build_models(TrainConfig(**TINY), vocab_size=40)[1]
@@ -125,3 +129,11 @@ def test_word_binding_script_measures_what_naming_a_word_does():
     # The shipped model has bound "hat" (it draws one for 100% of "with hat" prompts): naming it must help it
     # denoise a portrait with a hat at high noise, where the hat is decided.
     assert report["hat"]["700"] > 0.03, report["hat"]
+
+
+def test_training_builds_attention_heads_of_the_intended_width():
+    # diffusers reads a UNet's attention_head_dim as a head count; the config must ask for heads, not widths.
+    _, text, unet = train.build_models(TrainConfig(), vocab_size=64)
+    layers = [m for name, m in unet.named_modules() if name.endswith(("attn1", "attn2"))]
+    assert layers and all(m.heads == 6 and m.inner_dim // m.heads == 16 for m in layers)
+    assert text.config.hidden_size // text.config.num_attention_heads == 16
