@@ -6,7 +6,7 @@ goes and saves a standard diffusers Stable Diffusion folder:
     python -m negprompt.train --out runs/portrait --minutes 80            # a CPU run (2 cores)
     python -m negprompt.train --out runs/portrait --minutes 10 --device cuda
     python -m negprompt.train --out runs/portrait --minutes 40 --resume   # continue after an interruption
-    python -m negprompt.train --out runs/portrait --minutes 90 --resume --extend 10000 --init-token mustache=beard
+    python -m negprompt.train --out runs/portrait --minutes 90 --resume --extend 10000 --reinit-token mustache
                                                                           # train a finished run further
     python -m negprompt.train --out runs/tiny --tiny --vae-steps 5 --steps 5   # seconds; what the tests run
 
@@ -291,33 +291,40 @@ def save_checkpoint(path: Path, state: dict) -> None:
     tmp.replace(path)
 
 
-def copy_token(dst: int, src: int, texts: list[CLIPTextModel], opt: torch.optim.Optimizer) -> None:
-    """Give token ``dst`` the input embedding of token ``src`` in every model of ``texts`` (and, for the first,
-    its AdamW moments too), so that training continues from a word the model already uses.
+def reinit_token(dst: int, others: list[int], texts: list[CLIPTextModel], opt: torch.optim.Optimizer,
+                 gen: torch.Generator) -> None:
+    """Give token ``dst`` a fresh embedding orthogonal to every token in ``others``, in every model of ``texts``.
 
-    This is textual inversion's initializer token, applied to a word that training left unbound: its embedding
-    barely moves and the UNet ignores it (``benchmarks/word_binding.py`` shows it). Starting it from a related
-    bound word gives the gradients a path to follow; training then pulls the two apart.
+    For a word that training left unbound (``benchmarks/word_binding.py``: naming it changes nothing). A random
+    initial embedding can start close to other words' (the embedded model's "mustache" began at cosine 0.24 to
+    "beard" and 0.23 to "glasses"); once those words bind, such a word drives their features, training silences
+    it, and it stays silent. The fresh vector has the mean norm of the ``others`` and shares no direction with
+    them; the first model's AdamW moments for it restart (first moment zero, second moment the others' mean).
     """
     with torch.no_grad():
+        weight = texts[0].get_input_embeddings().weight
+        basis = torch.linalg.qr(weight[others].T.float()).Q  # orthonormal columns spanning the other words
+        fresh = torch.randn(weight.shape[1], generator=gen).to(weight)
+        fresh -= basis @ (basis.T @ fresh)
+        fresh *= weight[others].norm(dim=1).mean() / fresh.norm()
         for model in texts:
-            weight = model.get_input_embeddings().weight
-            weight[dst] = weight[src]
-        moments = opt.state.get(texts[0].get_input_embeddings().weight, {})
-        for key in ("exp_avg", "exp_avg_sq"):
-            if key in moments:
-                moments[key][dst] = moments[key][src]
+            model.get_input_embeddings().weight[dst] = fresh
+        moments = opt.state.get(weight, {})
+        if "exp_avg" in moments:
+            moments["exp_avg"][dst] = 0
+            moments["exp_avg_sq"][dst] = moments["exp_avg_sq"][others].mean(dim=0)
 
 
 def train_diffusion(text, unet, latents, batcher, cfg: TrainConfig, device: str, out: Path,
-                    plan_end: float | None, make_pipe, extend: int = 0,
-                    init_tokens: tuple[tuple[int, int], ...] = ()) -> dict:
+                    plan_end: float | None, make_pipe, extend: int = 0, reinit: tuple[int, ...] = (),
+                    words: tuple[int, ...] = ()) -> dict:
     """Joint text encoder + UNet training; returns a summary. Resumes from ``out/checkpoint.pt`` if present.
 
     With ``plan_end`` (a time.time() value) the step count is re-fitted every ``cfg.replan_every`` steps to the
     measured speed, so the cosine schedule ends on time even when the machine gets busier or quieter. On resume,
     ``extend`` adds steps to the checkpoint's planned total (a warm restart: the cosine schedule stretches to the
-    new end, so the learning rate rises again) and ``init_tokens`` pairs (dst, src) are applied by ``copy_token``.
+    new end, so the learning rate rises again) and each token of ``reinit`` gets a fresh embedding orthogonal to
+    the other tokens of ``words`` (``reinit_token``).
     """
     sched = noise_scheduler()
     params = list(unet.parameters()) + list(text.parameters())
@@ -336,11 +343,12 @@ def train_diffusion(text, unet, latents, batcher, cfg: TrainConfig, device: str,
         rng.bit_generator.state, step, curve = state["rng"], state["step"], state["curve"]
         gen.set_state(state["gen"])
         cfg.steps = state["steps"] + extend
-        for dst, src in init_tokens:
-            copy_token(dst, src, [text, ema_text], opt)
+        for dst in reinit:
+            reinit_token(dst, [w for w in words if w != dst], [text, ema_text], opt, gen)
+            log.info("token %d re-initialized", dst)
         log.info("resumed at step %d of %d", step, cfg.steps)
-    elif extend or init_tokens:
-        raise ValueError("extend and init_tokens continue a checkpoint, and there is none in " + str(out))
+    elif extend or reinit:
+        raise ValueError("extend and reinit continue a checkpoint, and there is none in " + str(out))
     t0, running, timed, lap = time.time(), 0.0, step, time.time()
     while step < cfg.steps:
         for g in opt.param_groups:
@@ -421,11 +429,10 @@ def _run_tokenizer(out: Path) -> CLIPTokenizer:
 
 
 def run(cfg: TrainConfig, out: Path, device: str, minutes: float, decoder_only: bool = False, extend: int = 0,
-        init_tokens: tuple[tuple[str, str], ...] = ()) -> Path:
+        reinit: tuple[str, ...] = ()) -> Path:
     """The whole recipe; returns the saved model folder (with ``decoder_only``: the decoder stage file).
 
-    ``extend`` and ``init_tokens`` ((word, from_word) pairs) apply when continuing a checkpoint; see
-    ``train_diffusion``.
+    ``extend`` and ``reinit`` (words) apply when continuing a checkpoint; see ``train_diffusion``.
     """
     start = time.time()
     out.mkdir(parents=True, exist_ok=True)
@@ -463,8 +470,9 @@ def run(cfg: TrainConfig, out: Path, device: str, minutes: float, decoder_only: 
     if not cfg.steps and not (out / "checkpoint.pt").exists():
         cfg.steps = fit_steps(unet, text, latents, batcher, cfg, device, (plan_end - time.time()) * cfg.time_margin)
     make_pipe = lambda t, u: assemble(vae, t, u, tokenizer, scale)  # noqa: E731
-    token_ids = tuple((_word_id(tokenizer, dst), _word_id(tokenizer, src)) for dst, src in init_tokens)
-    result = train_diffusion(text, unet, latents, batcher, cfg, device, out, plan_end, make_pipe, extend, token_ids)
+    words = tuple(_word_id(tokenizer, w) for w in ALL_WORDS)
+    result = train_diffusion(text, unet, latents, batcher, cfg, device, out, plan_end, make_pipe, extend,
+                             tuple(_word_id(tokenizer, w) for w in reinit), words)
     save_model(make_pipe(result["ema_text"], result["ema_unet"]), out / "model")
     pipe = StableDiffusionPipeline.from_pretrained(out / "model")
     pipe.set_progress_bar_config(disable=True)
@@ -502,9 +510,9 @@ def main() -> None:
     parser.add_argument("--extend", type=int, default=0,
                         help="with --resume: add this many steps to the planned total (a warm restart of the cosine "
                              "schedule; with --minutes it is then re-fitted to the time budget)")
-    parser.add_argument("--init-token", action="append", default=[], metavar="WORD=FROM",
-                        help="with --resume: start WORD's embedding from FROM's (repeatable), for a word the model "
-                             "left unbound; see copy_token")
+    parser.add_argument("--reinit-token", action="append", default=[], metavar="WORD",
+                        help="with --resume: give WORD a fresh embedding orthogonal to every other word's "
+                             "(repeatable), for a word the model left unbound; see reinit_token")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     out = Path(args.out)
@@ -519,12 +527,10 @@ def main() -> None:
     for name in ("vae_steps", "decoder_steps", "batch", "n_images"):
         if getattr(args, name) is not None:
             setattr(cfg, name, getattr(args, name))
-    pairs = tuple(tuple(item.split("=", 1)) for item in args.init_token)
-    if any(len(pair) != 2 for pair in pairs):
-        parser.error("--init-token takes WORD=FROM, for example mustache=beard")
-    if (args.extend or pairs) and not (out / "checkpoint.pt").exists():
-        parser.error("--extend and --init-token continue a checkpoint: OUT/checkpoint.pt is missing")
-    run(cfg, out, args.device, args.minutes, decoder_only=args.decoder_only, extend=args.extend, init_tokens=pairs)
+    if (args.extend or args.reinit_token) and not (out / "checkpoint.pt").exists():
+        parser.error("--extend and --reinit-token continue a checkpoint: OUT/checkpoint.pt is missing")
+    run(cfg, out, args.device, args.minutes, decoder_only=args.decoder_only, extend=args.extend,
+        reinit=tuple(args.reinit_token))
 
 
 if __name__ == "__main__":

@@ -75,9 +75,9 @@ def test_tiny_training_run_saves_a_loadable_folder_and_resumes_with_its_own_toke
     folder = run(TrainConfig(**TINY, steps=3, vae_steps=3), tmp_path / "run", device="cpu", minutes=1.0)
     assert CLIPTokenizer.from_pretrained(folder / "tokenizer").get_vocab() == vocab
 
-    # A finished run can be trained further: --extend adds steps, --init-token restarts an unbound word.
+    # A finished run can be trained further: --extend adds steps, --reinit-token restarts an unbound word.
     run(TrainConfig(**TINY, steps=3, vae_steps=3), tmp_path / "run", device="cpu", minutes=1.0, extend=2,
-        init_tokens=(("mustache", "beard"),))
+        reinit=("mustache",))
     assert torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=False)["step"] == 5
 
     # A checkpoint never resumes under another architecture: a different head count would load and mean nothing.
@@ -85,18 +85,20 @@ def test_tiny_training_run_saves_a_loadable_folder_and_resumes_with_its_own_toke
         run(TrainConfig(**{**TINY, "attn_heads": 4}, steps=3, vae_steps=3), tmp_path / "run", device="cpu", minutes=1.0)
 
 
-def test_copy_token_starts_a_word_from_another_ones_embedding_and_optimizer_state():
+def test_reinit_token_gives_a_word_a_fresh_direction_and_restarts_its_optimizer_state():
     text = train.build_models(TrainConfig(**TINY), vocab_size=40)[1]
     opt = torch.optim.AdamW(text.parameters(), lr=1e-3)
-    text(torch.tensor([[38, 5, 7, 39]]))[0].sum().backward()
+    text(torch.tensor([[38, 5, 7, 9, 39]]))[0].sum().backward()
     opt.step()
     ema = train.copy.deepcopy(text)
-    train.copy_token(5, 7, [text, ema], opt)
-    for model in (text, ema):
-        weight = model.get_input_embeddings().weight
-        assert torch.equal(weight[5], weight[7]) and not torch.equal(weight[5], weight[6])
-    moments = opt.state[text.get_input_embeddings().weight]
-    assert torch.equal(moments["exp_avg_sq"][5], moments["exp_avg_sq"][7])
+    others = [7, 9, 11, 12]
+    train.reinit_token(5, others, [text, ema], opt, torch.Generator().manual_seed(0))
+    weight = text.get_input_embeddings().weight
+    assert torch.equal(weight[5], ema.get_input_embeddings().weight[5])
+    assert (weight[others] @ weight[5]).abs().max() < 1e-5, "The fresh embedding must share no direction with the others."
+    assert torch.isclose(weight[5].norm(), weight[others].norm(dim=1).mean())
+    moments = opt.state[weight]
+    assert not moments["exp_avg"][5].any() and moments["exp_avg_sq"][5].all()
 
 
 @pytest.mark.slow
