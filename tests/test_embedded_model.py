@@ -133,9 +133,10 @@ def test_word_binding_script_measures_what_naming_a_word_does():
     assert report["hat"]["700"] > 0.03, report["hat"]
 
 
-def test_training_builds_attention_heads_of_the_intended_width():
-    # diffusers reads a UNet's attention_head_dim as a head count; the config must ask for heads, not widths.
-    _, text, unet = train.build_models(TrainConfig(), vocab_size=64)
-    layers = [m for name, m in unet.named_modules() if name.endswith(("attn1", "attn2"))]
-    assert layers and all(m.heads == 6 and m.inner_dim // m.heads == 16 for m in layers)
-    assert text.config.hidden_size // text.config.num_attention_heads == 16
+def test_training_builds_the_attention_heads_it_asks_for():
+    # diffusers reads a UNet's attention_head_dim as a head count: the config's attn_heads must be heads.
+    for heads, text_heads in ((32, 2), (6, 4)):
+        _, text, unet = train.build_models(TrainConfig(attn_heads=heads, text_heads=text_heads), vocab_size=64)
+        layers = [m for name, m in unet.named_modules() if name.endswith(("attn1", "attn2"))]
+        assert layers and all(m.heads == heads and m.inner_dim == 96 for m in layers)
+        assert text.config.num_attention_heads == text_heads
