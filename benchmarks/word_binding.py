@@ -9,6 +9,7 @@ when told, and the error falls; a word the model ignores leaves the error where 
 
     python benchmarks/word_binding.py                               # the shipped model, 128 portraits
     python benchmarks/word_binding.py --model runs/portrait/model --n 256 --json binding.json
+    python benchmarks/word_binding.py --checkpoint runs/portrait/checkpoint.pt   # a run in progress (EMA weights)
 
 It takes about 20 s on a 2-core CPU. The same noise is used under both prompts, so the difference is the prompt's.
 """
@@ -25,7 +26,7 @@ import torch
 from diffusers import DDPMScheduler, StableDiffusionPipeline
 
 from negprompt.portraits import BINARY, portrait_array, sample_portraits
-from negprompt.train import to_tensor
+from negprompt.train import ARCHITECTURE, TrainConfig, build_models, to_tensor
 
 ROOT = Path(__file__).resolve().parent.parent
 PLAIN = "portrait photo of a man"
@@ -38,28 +39,47 @@ def _encode_prompt(pipe: StableDiffusionPipeline, text: str) -> torch.Tensor:
     return pipe.text_encoder(ids)[0]
 
 
+def _latents(pipe: StableDiffusionPipeline, people) -> torch.Tensor:
+    return pipe.vae.encode(to_tensor(portrait_array(people))).latent_dist.mean * pipe.vae.config.scaling_factor
+
+
+def _errors(pipe, latents, prompts: dict[str, torch.Tensor], t: int, seed: int) -> dict[str, float]:
+    """The UNet's mean squared error on ``latents`` noised to timestep ``t``, under each prompt embedding."""
+    sched = DDPMScheduler.from_config(pipe.scheduler.config)
+    noise = torch.randn(latents.shape, generator=torch.Generator().manual_seed(seed * 1000 + t))
+    steps = torch.full((len(latents),), t)
+    noisy = sched.add_noise(latents, noise, steps)
+    target = sched.get_velocity(latents, noise, steps) if sched.config.prediction_type == "v_prediction" else noise
+    return {name: float(((pipe.unet(noisy, steps, emb.expand(len(latents), -1, -1)).sample - target) ** 2).mean())
+            for name, emb in prompts.items()}
+
+
 @torch.no_grad()
 def error_reduction(pipe: StableDiffusionPipeline, attribute: str, n: int, seed: int,
                     timesteps=TIMESTEPS) -> dict[int, float]:
     """For each timestep: 1 - error("with X") / error(plain) on ``n`` portraits that have X, in [-inf, 1]."""
-    sched = DDPMScheduler.from_config(pipe.scheduler.config)
     people = [replace(p, **{attribute: True}) for p in sample_portraits(np.random.default_rng(seed), n)]
-    latents = pipe.vae.encode(to_tensor(portrait_array(people))).latent_dist.mean * pipe.vae.config.scaling_factor
-    told = _encode_prompt(pipe, f"{PLAIN} with {attribute}").expand(n, -1, -1)
-    plain = _encode_prompt(pipe, PLAIN).expand(n, -1, -1)
+    latents = _latents(pipe, people)
+    prompts = {"told": _encode_prompt(pipe, f"{PLAIN} with {attribute}"), "plain": _encode_prompt(pipe, PLAIN)}
     out = {}
     for t in timesteps:
-        noise = torch.randn(latents.shape, generator=torch.Generator().manual_seed(seed * 1000 + t))
-        steps = torch.full((n,), t)
-        noisy = sched.add_noise(latents, noise, steps)
-        if sched.config.prediction_type == "v_prediction":
-            target = sched.get_velocity(latents, noise, steps)
-        else:
-            target = noise
-        err = {name: float(((pipe.unet(noisy, steps, emb).sample - target) ** 2).mean())
-               for name, emb in (("told", told), ("plain", plain))}
+        err = _errors(pipe, latents, prompts, t, seed)
         out[t] = 1.0 - err["told"] / err["plain"]
     return out
+
+
+def load_checkpoint(pipe: StableDiffusionPipeline, path: str) -> StableDiffusionPipeline:
+    """``pipe`` with the EMA text encoder and UNet of a ``negprompt.train`` checkpoint (same VAE and tokenizer)."""
+    state = torch.load(path, weights_only=False, map_location="cpu")
+    cfg = TrainConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in state.get("config", {}).items()
+                         if k in ARCHITECTURE})
+    _, text, unet = build_models(cfg, len(pipe.tokenizer))
+    text.load_state_dict(state["ema_text"])
+    unet.load_state_dict(state["ema_unet"])
+    print(f"checkpoint at step {state['step']}")
+    return StableDiffusionPipeline(vae=pipe.vae, text_encoder=text.eval(), tokenizer=pipe.tokenizer, unet=unet.eval(),
+                                   scheduler=pipe.scheduler, safety_checker=None, feature_extractor=None,
+                                   requires_safety_checker=False)
 
 
 def main() -> None:
@@ -68,8 +88,12 @@ def main() -> None:
     parser.add_argument("--n", type=int, default=128, help="portraits per attribute")
     parser.add_argument("--seed", type=int, default=123, help="seed of the portraits and the noise")
     parser.add_argument("--json", default=None, help="also write the table as JSON to this file")
+    parser.add_argument("--checkpoint", default=None,
+                        help="a negprompt.train checkpoint.pt: measure its EMA weights (VAE and tokenizer from --model)")
     args = parser.parse_args()
     pipe = StableDiffusionPipeline.from_pretrained(args.model)
+    if args.checkpoint:
+        pipe = load_checkpoint(pipe, args.checkpoint)
     table = {x: error_reduction(pipe, x, args.n, args.seed) for x in BINARY}
     head = " | ".join(f"t={t}" for t in TIMESTEPS)
     print(f"Error reduction from naming X (\"{PLAIN} with X\" against \"{PLAIN}\"), {args.n} portraits with X:")

@@ -296,11 +296,11 @@ def reinit_token(dst: int, others: list[int], texts: list[CLIPTextModel], opt: t
                  gen: torch.Generator) -> None:
     """Give token ``dst`` a fresh embedding orthogonal to every token in ``others``, in every model of ``texts``.
 
-    For a word that training left unbound (``benchmarks/word_binding.py``: naming it changes nothing). A random
-    initial embedding can start close to other words' (the embedded model's "mustache" began at cosine 0.24 to
-    "beard" and 0.23 to "glasses"); once those words bind, such a word drives their features, training silences
-    it, and it stays silent. The fresh vector has the mean norm of the ``others`` and shares no direction with
+    For a word that training left unbound (``benchmarks/word_binding.py``: naming it changes nothing), in case a
+    random start near other words' embeddings trapped it: once those words bind, such a word drives their features
+    and training silences it. The fresh vector has the mean norm of the ``others`` and shares no direction with
     them; the first model's AdamW moments for it restart (first moment zero, second moment the others' mean).
+    Tried on the embedded model's "mustache", it did not bind the word (see the model card).
     """
     with torch.no_grad():
         weight = texts[0].get_input_embeddings().weight
