@@ -26,26 +26,20 @@ import torch
 from diffusers import DDPMScheduler, StableDiffusionPipeline
 
 from negprompt.portraits import BINARY, portrait_array, sample_portraits
-from negprompt.train import ARCHITECTURE, TrainConfig, build_models, to_tensor
+from negprompt.train import TrainConfig, assemble, build_models, to_tensor
 
 ROOT = Path(__file__).resolve().parent.parent
 PLAIN = "portrait photo of a man"
 TIMESTEPS = (300, 500, 700)  # where attributes get decided: lower is nearly the image, higher nearly noise
 
 
-def _encode_prompt(pipe: StableDiffusionPipeline, text: str) -> torch.Tensor:
-    ids = pipe.tokenizer(text, padding="max_length", max_length=pipe.tokenizer.model_max_length,
-                         truncation=True, return_tensors="pt").input_ids
-    return pipe.text_encoder(ids)[0]
-
-
 def _latents(pipe: StableDiffusionPipeline, people) -> torch.Tensor:
     return pipe.vae.encode(to_tensor(portrait_array(people))).latent_dist.mean * pipe.vae.config.scaling_factor
 
 
-def _errors(pipe, latents, prompts: dict[str, torch.Tensor], t: int, seed: int) -> dict[str, float]:
+def _errors(pipe, sched: DDPMScheduler, latents, prompts: dict[str, torch.Tensor], t: int,
+            seed: int) -> dict[str, float]:
     """The UNet's mean squared error on ``latents`` noised to timestep ``t``, under each prompt embedding."""
-    sched = DDPMScheduler.from_config(pipe.scheduler.config)
     noise = torch.randn(latents.shape, generator=torch.Generator().manual_seed(seed * 1000 + t))
     steps = torch.full((len(latents),), t)
     noisy = sched.add_noise(latents, noise, steps)
@@ -60,10 +54,12 @@ def error_reduction(pipe: StableDiffusionPipeline, attribute: str, n: int, seed:
     """For each timestep: 1 - error("with X") / error(plain) on ``n`` portraits that have X, in [-inf, 1]."""
     people = [replace(p, **{attribute: True}) for p in sample_portraits(np.random.default_rng(seed), n)]
     latents = _latents(pipe, people)
-    prompts = {"told": _encode_prompt(pipe, f"{PLAIN} with {attribute}"), "plain": _encode_prompt(pipe, PLAIN)}
+    prompts = {name: pipe.encode_prompt(text, pipe.device, 1, False)[0]
+               for name, text in (("told", f"{PLAIN} with {attribute}"), ("plain", PLAIN))}
+    sched = DDPMScheduler.from_config(pipe.scheduler.config)  # the training side of the model's scheduler
     out = {}
     for t in timesteps:
-        err = _errors(pipe, latents, prompts, t, seed)
+        err = _errors(pipe, sched, latents, prompts, t, seed)
         out[t] = 1.0 - err["told"] / err["plain"]
     return out
 
@@ -71,15 +67,11 @@ def error_reduction(pipe: StableDiffusionPipeline, attribute: str, n: int, seed:
 def load_checkpoint(pipe: StableDiffusionPipeline, path: str) -> StableDiffusionPipeline:
     """``pipe`` with the EMA text encoder and UNet of a ``negprompt.train`` checkpoint (same VAE and tokenizer)."""
     state = torch.load(path, weights_only=False, map_location="cpu")
-    cfg = TrainConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in state.get("config", {}).items()
-                         if k in ARCHITECTURE})
-    _, text, unet = build_models(cfg, len(pipe.tokenizer))
+    _, text, unet = build_models(TrainConfig(**state.get("config", {})), len(pipe.tokenizer))
     text.load_state_dict(state["ema_text"])
     unet.load_state_dict(state["ema_unet"])
     print(f"checkpoint at step {state['step']}")
-    return StableDiffusionPipeline(vae=pipe.vae, text_encoder=text.eval(), tokenizer=pipe.tokenizer, unet=unet.eval(),
-                                   scheduler=pipe.scheduler, safety_checker=None, feature_extractor=None,
-                                   requires_safety_checker=False)
+    return assemble(pipe.vae, text.eval(), unet.eval(), pipe.tokenizer, pipe.vae.config.scaling_factor)
 
 
 def main() -> None:

@@ -348,8 +348,6 @@ def train_diffusion(text, unet, latents, batcher, cfg: TrainConfig, device: str,
             reinit_token(dst, [w for w in words if w != dst], [text, ema_text], opt, gen)
             log.info("token %d re-initialized", dst)
         log.info("resumed at step %d of %d", step, cfg.steps)
-    elif extend or reinit:
-        raise ValueError("extend and reinit continue a checkpoint, and there is none in " + str(out))
     t0, running, timed, lap = time.time(), 0.0, step, time.time()
     while step < cfg.steps:
         for g in opt.param_groups:
@@ -435,6 +433,8 @@ def run(cfg: TrainConfig, out: Path, device: str, minutes: float, decoder_only: 
 
     ``extend`` and ``reinit`` (words) apply when continuing a checkpoint; see ``train_diffusion``.
     """
+    if (extend or reinit) and not (out / "checkpoint.pt").exists():  # before any work, not after the VAE stage
+        raise ValueError(f"extend and reinit continue a checkpoint, and there is none in {out}")
     start = time.time()
     out.mkdir(parents=True, exist_ok=True)
     (out / "samples").mkdir(exist_ok=True)
