@@ -11,6 +11,9 @@ prompt and away from the negative one, and the larger ``g``, the harder.
 
 from __future__ import annotations
 
+from dataclasses import asdict, dataclass
+from typing import ClassVar, Protocol, runtime_checkable
+
 import torch
 
 
@@ -45,3 +48,53 @@ def predicted_original(model_input: torch.Tensor, model_output: torch.Tensor, al
     if prediction_type == "sample":
         return out
     raise ValueError(f"prediction_type={prediction_type!r} is not epsilon, v_prediction or sample")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Guidance methods as objects
+#
+# A method declares the UNet branches it needs and combines their predictions for ONE cell. The engine stacks one
+# batch row per (cell, branch), runs the UNet once per step for every cell of a comparison, splits the output back
+# per cell and calls ``combine``: per-cell math stays per cell, whatever else shares the batch.
+#
+# Branch names: "positive" (the cell's positive prompt), "negative" (the cell's negative while its window is
+# open, else the baseline's unconditional text), "empty" (always the baseline's unconditional text: the empty
+# prompt, or zero embeddings where the comparison's baseline is "zeros").
+#
+# Adding a method: a frozen dataclass here with ``name``, ``branches`` and ``combine``, and one line in METHODS.
+
+
+@runtime_checkable
+class GuidanceMethod(Protocol):
+    name: ClassVar[str]  # the registry key, as written in manifests, the command line and the app
+    branches: ClassVar[tuple[str, ...]]  # the UNet branches it reads, in the order the engine stacks them
+
+    def combine(self, preds: dict[str, torch.Tensor], scale: float) -> torch.Tensor: ...
+
+
+@dataclass(frozen=True)
+class CFG:
+    """Classifier-free guidance with the negative prompt as the unconditional branch (Ho & Salimans, 2022)."""
+
+    name: ClassVar[str] = "cfg"
+    branches: ClassVar[tuple[str, ...]] = ("negative", "positive")
+
+    def combine(self, preds: dict[str, torch.Tensor], scale: float) -> torch.Tensor:
+        return classifier_free_guidance(preds["negative"], preds["positive"], scale)
+
+
+METHODS: dict[str, type] = {CFG.name: CFG}
+
+
+def method_to_dict(method: GuidanceMethod) -> dict:
+    """``CFG()`` -> ``{"method": "cfg"}``; a method's parameters are its dataclass fields."""
+    return {"method": method.name, **asdict(method)}
+
+
+def method_from_dict(data: dict | str) -> GuidanceMethod:
+    """The inverse of ``method_to_dict``; a bare name stands for the method with its default parameters."""
+    data = {"method": data} if isinstance(data, str) else dict(data)
+    name = data.pop("method", None)
+    if name not in METHODS:
+        raise ValueError(f"guidance method {name!r} is not one of {', '.join(METHODS)}")
+    return METHODS[name](**data)
