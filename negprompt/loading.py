@@ -34,16 +34,14 @@ from pathlib import Path
 import torch
 from diffusers import DiffusionPipeline, StableDiffusionPipeline, StableDiffusionXLPipeline
 
+from negprompt._assets import asset
 from negprompt.devices import pick_device, pick_dtype
 from negprompt.errors import InputError
 from negprompt.speedups import apply_speedups, new_report
 
 log = logging.getLogger(__name__)
 
-ASSETS = Path(__file__).resolve().parent.parent / "assets"
-if not (ASSETS / "portrait-model").is_dir():  # an installed wheel: the build copies assets/ into the package
-    ASSETS = Path(__file__).resolve().parent / "assets"
-EMBEDDED_MODEL = ASSETS / "portrait-model"
+EMBEDDED_MODEL = asset("portrait-model")
 EMBEDDED_NAME = "negprompt-portraits"
 
 PIPELINE_CLASSES = {cls.__name__: cls for cls in (StableDiffusionPipeline, StableDiffusionXLPipeline)}
@@ -249,7 +247,7 @@ def _load(source: str, device: torch.device, dtype: torch.dtype) -> DiffusionPip
         cls = _single_file_class(source)
         log.info("loading the single file %s as %s on %s in %s", source, cls.__name__, device, dtype)
         try:
-            pipe = cls.from_single_file(source, torch_dtype=dtype)
+            pipe = cls.from_single_file(source, dtype=dtype)
         except Exception as error:  # from_single_file fetches the matching configs from the Hub
             raise ModelNotFoundError(source, f"model={source!r} is a single-file checkpoint that diffusers could not "
                                              f"load ({error}); convert it to a diffusers folder") from error
