@@ -178,6 +178,9 @@ def main(argv: list[str] | None = None) -> int:
         if args.max_batch is not None and args.max_batch < 1:
             raise InputError("max_batch", args.max_batch, f"--max-batch {args.max_batch} must be at least 1")
         if args.replay is not None:
+            if args.prompt is not None or args.negative or args.negatives_file or args.other_positive is not None:
+                raise InputError("replay", str(args.replay), "--replay runs the cells its manifest recorded: give "
+                                                             "no --prompt, --negative or --other-positive with it")
             spec = _read_manifest(args.replay)
             model = args.model or spec.model
         else:
