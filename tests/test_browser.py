@@ -46,7 +46,7 @@ def test_compare_in_the_browser(browser, tmp_path_factory):
         page.get_by_label("Negative prompt 2").fill("glasses")
         page.click("#run")
         # Fails (TimeoutError) if the finished gallery never appears.
-        page.wait_for_selector("#status:has-text('images (')", timeout=180_000)
+        page.wait_for_selector("#status:has-text('Done:')", timeout=180_000)
         captions = page.locator("#gallery .caption-label").all_inner_texts()
         ARTIFACTS.mkdir(exist_ok=True)
         page.screenshot(path=str(ARTIFACTS / "app.png"), full_page=True)
