@@ -69,3 +69,18 @@ def tiny_sdxl(tiny_sdxl_folder):
     from negprompt.loading import load_pipeline
 
     return load_pipeline(tiny_sdxl_folder, device="cpu")
+
+
+def pytest_addoption(parser):
+    parser.addoption("--run-slow", action="store_true", default=False,
+                     help="also run the tests marked slow (skipped by default; CI runs them: .ci/run)")
+
+
+def pytest_collection_modifyitems(config, items):
+    """Skip the slow tests unless --run-slow is given or a -m expression names them."""
+    if config.getoption("--run-slow") or "slow" in (config.getoption("markexpr") or ""):
+        return
+    skip = pytest.mark.skip(reason="slow: run with --run-slow (as CI does)")
+    for item in items:
+        if "slow" in item.keywords:
+            item.add_marker(skip)

@@ -100,7 +100,7 @@ class Request:
         return self.model == EMBEDDED_NAME
 
 
-SIZE_PATTERN = re.compile(r"(\d{1,5})\s*[x×*]\s*(\d{1,5})")
+SIZE_PATTERN = re.compile(r"([0-9]{1,5}) *[x×*] *([0-9]{1,5})")
 
 
 def parse_size(text) -> tuple[int | None, int | None]:
@@ -149,6 +149,14 @@ def negatives_from_boxes(texts, count) -> tuple[tuple[int, str], ...]:
     return tuple((i, t) for i, t in enumerate(shown) if not (isinstance(t, str) and not t.strip()))
 
 
+def form_from_api(prompt="", negative_prompts=(), seed=0, steps=20, guidance_scale=7.5, size="auto", model="",
+                  rows=1, scheduler="Default") -> Form:
+    """The ``Form`` of a /compare call, its values as they arrived; raises ``InputError`` for a negative_prompts
+    that is not a list."""
+    return Form(prompt=prompt, negatives=negatives_from_list(negative_prompts), seed=seed, rows=rows, steps=steps,
+                guidance=guidance_scale, size=size, scheduler=scheduler, model=model)
+
+
 def build_request(settings: AppSettings, form: Form) -> Request:
     """Check the form against the app's caps and return the request; raises ``InputError``."""
     check_text("prompt", form.prompt)
@@ -169,11 +177,12 @@ def build_request(settings: AppSettings, form: Form) -> Request:
         raise InputError("seed", seed, f"seeds {seed} to {seed + rows - 1} go past {LIMITS.max_seed}")
     steps = whole_number("steps", form.steps, 1, settings.max_steps, hint=" on this app")
     guidance = form.guidance
-    if isinstance(guidance, bool) or not isinstance(guidance, (int, float)) or not math.isfinite(guidance):
+    if isinstance(guidance, bool) or not isinstance(guidance, (int, float)) \
+            or (isinstance(guidance, float) and not math.isfinite(guidance)):
         raise InputError("guidance_scale", guidance, f"{_show(guidance)} is not a finite number")
     if not 1 < guidance <= LIMITS.max_guidance:
         raise InputError("guidance_scale", guidance,
-                         f"{guidance:g} must be above 1 (at 1 or below, classifier-free guidance is off and "
+                         f"{_show(guidance)} must be above 1 (at 1 or below, classifier-free guidance is off and "
                          f"negative prompts do nothing; 5 to 9 is usual) and at most {LIMITS.max_guidance:g}")
     width, height = parse_size(form.size)
     for value in (width, height):

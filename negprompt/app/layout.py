@@ -17,17 +17,16 @@ receive their inputs by name (``inputs_kwargs``), never by position.
 
 from __future__ import annotations
 
-import json
 import random
 from dataclasses import dataclass
-from pathlib import Path
 
 import gradio as gr
 
-from negprompt.app.form import Form, negatives_from_boxes, negatives_from_list
+from negprompt.app.examples import load_examples
+from negprompt.app.form import Form, field_label, form_from_api, negatives_from_boxes
 from negprompt.app.settings import AppSettings
 from negprompt.app.views import FormError, Views
-from negprompt.errors import LIMITS
+from negprompt.errors import LIMITS, InputError
 from negprompt.loading import EMBEDDED_NAME
 from negprompt.schedulers import scheduler_names
 
@@ -35,7 +34,6 @@ SIZES = ("auto", "64x64", "128x128", "256x256", "512x512", "768x768", "1024x1024
 PRIVATE = dict(api_visibility="private")
 QUICK = dict(queue=False, show_progress="hidden", trigger_mode="always_last", **PRIVATE)
 RUN = dict(concurrency_id="generate", concurrency_limit=1)  # the queue runs one comparison at a time
-EXAMPLES_FILE = Path(__file__).resolve().parent / "examples.json"
 
 DESCRIPTION = """# negprompt: what does a negative prompt do?
 Type one prompt and a few negative prompts. Every image starts from **the same noise** (the same seed); the first
@@ -80,25 +78,6 @@ def launch_options(settings: AppSettings | None = None) -> dict:
     uploads, so a hosted app cannot be used to store files)."""
     settings = settings or AppSettings.from_env()
     return dict(css=CSS, max_file_size=settings.max_upload)
-
-
-@dataclass(frozen=True)
-class Example:
-    """A built-in example whose lesson the shipped model shows on its seed (see scripts/choose_examples.py)."""
-
-    label: str
-    prompt: str
-    negatives: tuple[str, ...]
-    seed: int
-    other: str = ""
-
-
-def load_examples(path: Path = EXAMPLES_FILE) -> list[Example]:
-    if not path.is_file():
-        return []
-    data = json.loads(path.read_text())
-    return [Example(label=e["label"], prompt=e["prompt"], negatives=tuple(e["negatives"]), seed=e["seed"],
-                    other=e.get("other", "")) for e in data["examples"]]
 
 
 @dataclass
@@ -253,17 +232,13 @@ def _api_endpoint(views: Views, settings: AppSettings) -> None:
                 size="auto", model="", rows=1, scheduler="Default"):
         """Compare negative prompts from one seed; returns captioned images (baseline first) and the manifest."""
         try:
-            form = Form(prompt=prompt, negatives=negatives_from_list(negative_prompts), seed=seed, rows=rows,
-                        steps=steps, guidance=guidance_scale, size=size, scheduler=scheduler, model=model)
+            form = form_from_api(prompt, negative_prompts, seed, steps, guidance_scale, size, model, rows, scheduler)
             for result in views.api(form):
                 yield (gr.skip(), gr.skip()) if result is None else result
+        except InputError as error:  # raised while reading the form
+            raise gr.Error(f"{field_label(error.argument)}: {error}", title="Check the input") from None
         except FormError as error:
             raise gr.Error(str(error), title="Check the input") from None
-        except ValueError as error:  # an InputError raised while reading the form
-            from negprompt.app.form import field_label
-
-            raise gr.Error(f"{field_label(getattr(error, 'argument', ''))}: {error}", title="Check the input") \
-                from None
 
     button.click(compare, None, outputs, inputs_kwargs=named, api_name="compare", preprocess=False,
                  api_description="Compare negative prompts from one seed; returns captioned images (baseline "
@@ -336,8 +311,6 @@ def build_demo(settings: AppSettings | None = None) -> gr.Blocks:
 
         def validate(differences=False, **values):
             """Point at the field a refusal concerns, before the comparison is queued."""
-            from negprompt.errors import InputError
-
             bad = {}
             try:
                 views.request(form_from_widgets(values))

@@ -30,6 +30,9 @@ from negprompt.loading import EMBEDDED_NAME
 log = logging.getLogger(__name__)
 
 GENERATION_LOCK = threading.Lock()  # one comparison at a time per process, UI and API alike
+# A caller that has not come back for the next event this long has gone away (Gradio stops iterating a cancelled or
+# disconnected request's generator without always closing it): the run stops at its next step.
+ABANDONED_AFTER_S = 3.0
 
 
 @dataclass(frozen=True)
@@ -178,9 +181,14 @@ class Runner:
         stop = threading.Event()
         deadline = time.monotonic() + self.settings.deadline_s
         settings = self.settings
+        waiting = [None]  # when the caller was handed an event it has not come back from (None: it came back)
 
         def on_step(done, total, previews):
+            since = waiting[0]
+            if since is not None and time.monotonic() - since > ABANDONED_AFTER_S:
+                stop.set()  # the caller stopped iterating (a cancelled or disconnected request) without closing us
             if stop.is_set():
+                log.info("stopping an abandoned comparison at step %d of %d", done, total)
                 raise Cancelled("the request was abandoned")
             if time.monotonic() > deadline:
                 raise DeadlineExceeded(f"stopped after {describe_seconds(settings.deadline_s)}, the longest this "
@@ -211,7 +219,9 @@ class Runner:
                 event = events.get()
                 if isinstance(event, BaseException):
                     raise event
+                waiting[0] = time.monotonic()
                 yield event
+                waiting[0] = None
                 if not isinstance(event, Step):
                     return
         finally:
