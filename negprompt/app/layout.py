@@ -24,7 +24,7 @@ import gradio as gr
 
 from negprompt.app.examples import load_examples
 from negprompt.app.form import Form, field_label, form_from_api, negatives_from_boxes
-from negprompt.app.settings import AppSettings
+from negprompt.app.settings import AppSettings, on_spaces
 from negprompt.app.views import FormError, Views
 from negprompt.errors import LIMITS, InputError
 from negprompt.loading import EMBEDDED_NAME
@@ -208,6 +208,27 @@ def _known_words(views: Views, settings: AppSettings, boxes, count):
                 button.click(put, [count, *boxes], [count, *boxes], **QUICK)
 
 
+def _examples(views: Views, settings: AppSettings, examples, fields: Fields, shown: dict) -> None:
+    """The built-in examples. On a Space, Gradio caches each one's result the first time it is picked (lazily), so
+    a visitor sees it at once; elsewhere picking one fills the form."""
+    n = settings.max_negatives
+    rows = [[e.prompt, e.other, e.seed, EMBEDDED_NAME, len(e.negatives), *(list(e.negatives) + [""] * n)[:n]]
+            for e in examples]
+    inputs = [fields.prompt, fields.other, fields.seed, fields.model, fields.count, *fields.boxes]
+
+    def result(prompt, other, seed, model, count, *boxes):
+        form = Form(prompt=prompt, negatives=negatives_from_boxes(list(boxes), int(count)), seed=seed,
+                    steps=settings.default_steps, model=model, other=other)
+        *_, view = views.run(form)
+        return tuple(view.get(name, gr.skip()) for name in shown)
+
+    cache = on_spaces()
+    gr.Examples(rows, inputs, example_labels=[e.label for e in examples], api_visibility="private",
+                label="Examples (for the embedded portrait model; each shows its lesson on its seed)",
+                fn=result if cache else None, outputs=list(shown.values()) if cache else None,
+                cache_examples=cache, cache_mode="lazy")
+
+
 def _api_endpoint(views: Views, settings: AppSettings) -> None:
     """The one public endpoint, /compare, on hidden components so that its signature is plain for API users. Values
     reach the handler unprocessed (``preprocess=False``), so that every check, and every refusal's wording, is the
@@ -286,12 +307,8 @@ def build_demo(settings: AppSettings | None = None) -> gr.Blocks:
         fields = Fields(prompt=prompt, seed=seed, rows=rows, steps=steps, guidance=guidance, size=size,
                         scheduler=scheduler, model=model, other=other, count=count, boxes=boxes)
         if examples:
-            shown = [[e.prompt, e.other, e.seed, EMBEDDED_NAME, len(e.negatives),
-                      *(list(e.negatives) + [""] * settings.max_negatives)[:settings.max_negatives]]
-                     for e in examples]
-            gr.Examples(shown, [prompt, other, seed, model, count, *boxes], example_labels=[e.label for e in examples],
-                        label="Examples (for the embedded portrait model; each shows its lesson on its seed)",
-                        api_visibility="private")
+            _examples(views, settings, examples, fields, {"status": status, "gallery": gallery, "grid": grid,
+                                                          "download": download, "table": table})
         with gr.Accordion("How it works", open=False):
             gr.Markdown(HOW_IT_WORKS, latex_delimiters=[{"left": "$$", "right": "$$", "display": True},
                                                         {"left": "\\(", "right": "\\)", "display": False}])
