@@ -157,17 +157,30 @@ def form_from_api(prompt="", negative_prompts=(), seed=0, steps=20, guidance_sca
                 guidance=guidance_scale, size=size, scheduler=scheduler, model=model)
 
 
+def check_form_text(argument: str, value, *, allow_empty: bool = False) -> None:
+    """``negprompt.plan.check_text`` with messages written for a form (the label is shown beside them)."""
+    if not isinstance(value, str):
+        raise InputError(argument, value, f"{_show(value)} is not text")
+    if len(value) > LIMITS.max_text_chars:
+        raise InputError(argument, len(value), f"is {len(value):,} characters long; at most "
+                                               f"{LIMITS.max_text_chars:,} are accepted")
+    try:
+        check_text(argument, value, allow_empty=allow_empty)
+    except InputError:
+        raise InputError(argument, value, "has no visible text (only spaces or invisible characters)") from None
+
+
 def build_request(settings: AppSettings, form: Form) -> Request:
     """Check the form against the app's caps and return the request; raises ``InputError``."""
-    check_text("prompt", form.prompt)
+    check_form_text("prompt", form.prompt)
     negatives = form.negatives
     if len(negatives) > settings.max_negatives:
         raise InputError("negative_prompts", len(negatives), f"{len(negatives)} given; this app compares at most "
                                                              f"{settings.max_negatives}")
     for box, text in negatives:
-        check_text(f"negatives[{box}]", text)
+        check_form_text(f"negatives[{box}]", text)
     other = form.other if form.other is not None else ""
-    check_text("other_positive", other, allow_empty=True)
+    check_form_text("other_positive", other, allow_empty=True)
     other = other.strip()
     if not negatives and not other:
         raise InputError("negatives[0]", "", "type a negative prompt to compare with the baseline")
@@ -209,7 +222,7 @@ def _check_model(settings: AppSettings, model) -> str:
         return settings.model
     if not isinstance(model, str):
         raise InputError("model", model, f"{_show(model)} must be a model name")
-    check_text("model", model)
+    check_form_text("model", model)
     model = model.strip()
     if model not in settings.models and not settings.allow_custom_model:
         raise InputError("model", model, f"{_show(model)} is not offered here; choose one of "
