@@ -103,7 +103,7 @@ def test_the_button_streams_previews_then_the_results(tiny_sd_folder):
     outputs = list(views.run(form, progress=_no_progress))
     previews = [out["gallery"] for out in outputs[:-1] if "gallery" in out]
     assert previews and previews[0][1][1].startswith("step 1/3"), "Previews of every cell must stream while denoising."
-    final = outputs[-1]
+    final = {name: value for out in outputs for name, value in out.items()}
     captions = [caption for _, caption in final["gallery"]]
     assert captions[0].startswith("baseline") and captions[1].startswith("- mustache"), captions
     assert captions[3].startswith("+ portrait photo of a man without mustache"), captions
@@ -151,7 +151,7 @@ def test_difference_toggle_swaps_in_the_maps(tiny_sd_folder):
 
     model = str(tiny_sd_folder)
     views = Views(AppSettings(model=model, models=(model,), preview_every=0))
-    *_, final = views.run(Form(prompt="portrait photo of a man", negatives=((0, "hat"),), steps=2, model=model))
+    final = views.final(Form(prompt="portrait photo of a man", negatives=((0, "hat"),), steps=2, model=model))
     toggled = views.toggle(final["outcome"], True)
     gallery = toggled["gallery"]
     assert len(gallery) == 2 and isinstance(gallery[0][0], str), "The baseline stays an image (its map is empty)."

@@ -33,7 +33,9 @@ from negprompt.schedulers import scheduler_names
 SIZES = ("auto", "64x64", "128x128", "256x256", "512x512", "768x768", "1024x1024", "768x512", "512x768")
 PRIVATE = dict(api_visibility="private")
 QUICK = dict(queue=False, show_progress="hidden", trigger_mode="always_last", **PRIVATE)
-RUN = dict(concurrency_id="generate", concurrency_limit=1)  # the queue runs one comparison at a time
+# Two requests at a time share the queue's slot: one can write its files while the next one's comparison runs;
+# the comparisons themselves run one at a time (negprompt.app.runner.GENERATION_LOCK).
+RUN = dict(concurrency_id="generate", concurrency_limit=2)
 
 DESCRIPTION = """# negprompt: what does a negative prompt do?
 Type one prompt and a few negative prompts. Every image starts from **the same noise** (the same seed); the first
@@ -219,7 +221,7 @@ def _examples(views: Views, settings: AppSettings, examples, fields: Fields, sho
     def result(prompt, other, seed, model, count, *boxes):
         form = Form(prompt=prompt, negatives=negatives_from_boxes(list(boxes), int(count)), seed=seed,
                     steps=settings.default_steps, model=model, other=other)
-        *_, view = views.run(form)
+        view = views.final(form)
         return tuple(view.get(name, gr.skip()) for name in shown)
 
     cache = on_spaces()

@@ -42,11 +42,11 @@ class Outcome:
     request: Request
     result: object  # negprompt.comparison.Comparison
     files: list[Path]  # one PNG per cell, in cell order
-    grid_file: Path  # the labeled grid, with the baseline's infotext
-    archive: Path  # the zip: grid, cells, manifest
     readout: list[dict] | None  # what the detector sees, per cell (None: no detector)
     extra: list[ExtraCell] = field(default_factory=list)
     extra_readout: list[dict] | None = None
+    grid_file: Path | None = None  # the labeled grid with difference maps and the baseline's infotext (once written)
+    archive: Path | None = None  # the zip: grid, cells, manifest (once written)
 
 
 # -----------------------------------------------------------------------------------------------------------------
@@ -127,20 +127,31 @@ def save_png(image, path: Path, parameters: str, extra: dict | None = None) -> P
     return path
 
 
-def write_files(request: Request, result, folder: Path) -> tuple[list[Path], Path, Path]:
-    """Save the comparison in ``folder``: one PNG per cell with its infotext, the grid (named after the prompt and
-    seed, carrying the baseline's infotext and the negatives), the manifest, and a zip of them. Returns the cell
-    files in cell order, the grid file and the zip."""
+def write_cells(result, folder: Path) -> list[Path]:
+    """One PNG per cell, with its infotext, in ``folder/comparison``; in cell order."""
     content = folder / "comparison"
     content.mkdir(parents=True, exist_ok=True)
-    manifest = result.manifest()
-    cells = [save_png(c.image, content / m["file"], c.parameters) for c, m in zip(result.cells, manifest["cells"])]
+    return [save_png(c.image, content / cell_file(c), c.parameters) for c in result.cells]
+
+
+def cell_file(cell) -> str:
+    what = "baseline" if cell.is_baseline else slug(cell.negative_prompt, 40)
+    return f"{cell.index:02d}-seed{cell.seed}-{what}.png"
+
+
+def write_bundle(request: Request, result, folder: Path) -> tuple[Path, Path]:
+    """Beside the cells (``write_cells``): the grid with difference maps (named after the prompt and seed, carrying
+    the baseline's infotext and the negatives), the manifest, and a zip of them all. Returns the grid and the zip."""
+    content = folder / "comparison"
     negatives = json.dumps(list(result.settings.negatives), ensure_ascii=False)
     grid = save_png(result.grid(differences=True), content / grid_name(request), result.cells[0].parameters,
                     {"negprompt-negatives": negatives})
+    manifest = result.manifest()
+    for cell, entry in zip(result.cells, manifest["cells"]):
+        entry["file"] = cell_file(cell)
     (content / "manifest.json").write_text(json.dumps(manifest, indent=2, ensure_ascii=False) + "\n")
     archive = shutil.make_archive(str(folder / grid_name(request).removesuffix(".png")), "zip", content)
-    return cells, grid, Path(archive)
+    return grid, Path(archive)
 
 
 # -----------------------------------------------------------------------------------------------------------------

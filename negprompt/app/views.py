@@ -16,6 +16,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import replace
 
 from negprompt.app.form import Form, Request, build_request, field_label, known_words, unknown_words
 from negprompt.app.models import check_available, tokenizer_for
@@ -29,7 +30,8 @@ from negprompt.app.outputs import (
     save_png,
     status,
     table,
-    write_files,
+    write_bundle,
+    write_cells,
 )
 from negprompt.app.runner import Cancelled, DeadlineExceeded, Runner, Step
 from negprompt.app.settings import AppSettings
@@ -117,7 +119,16 @@ class Views:
         if warnings:
             view["status"] += "\n\n" + "\n".join(f"⚠️ {w}" for w in warnings)
         view["errors"] = {}
-        yield view
+        yield view  # the images first; the grid and the zip follow
+        outcome = self.bundle(outcome)
+        yield {"grid": self.grid(outcome, differences), "download": str(outcome.archive), "outcome": outcome}
+
+    def final(self, form: Form, differences: bool = False) -> View:
+        """Everything ``run`` shows once it is done (its views merged), for callers that do not stream."""
+        merged: View = {}
+        for view in self.run(form, differences):
+            merged.update(view)
+        return merged
 
     def _error_view(self, label: str, message: str) -> View:
         return {"status": f"**Check the input:** {label}: {message}", "errors": {label: message}}
@@ -137,25 +148,34 @@ class Views:
         return extra
 
     def finish(self, request: Request, result, extra: list[ExtraCell] | None = None) -> Outcome:
-        """Files and detector readout for a finished comparison: what the session keeps."""
-        files, grid, archive = write_files(request, result, output_folder(self.files))
+        """The cells' files and the detector readout for a finished comparison: what the session keeps."""
+        folder = output_folder(self.files)
+        files = write_cells(result, folder)
         extra = extra or []
         readout = extra_readout = None
         if self.settings.detector and request.embedded:
             readout = self.detector.readout([c.image for c in result.cells])
             if extra and readout is not None:
                 extra_readout = self.detector.readout([e.cell.image for e in extra])
-        return Outcome(request=request, result=result, files=files, grid_file=grid, archive=archive,
-                       readout=readout, extra=extra, extra_readout=extra_readout)
+        return Outcome(request=request, result=result, files=files, readout=readout, extra=extra,
+                       extra_readout=extra_readout)
+
+    @staticmethod
+    def bundle(outcome: Outcome) -> Outcome:
+        """The outcome with its grid file and zip written (beside its cells)."""
+        grid, archive = write_bundle(outcome.request, outcome.result, outcome.files[0].parent.parent)
+        return replace(outcome, grid_file=grid, archive=archive)
 
     def show(self, outcome: Outcome, differences: bool) -> View:
-        """Everything the results column shows for a finished comparison."""
-        return {"gallery": gallery_items(outcome, differences), "grid": self.grid(outcome, differences),
-                "download": str(outcome.archive), "table": table(outcome), "outcome": outcome, "infotext": ""}
+        """What the results column shows for a finished comparison, before its grid and zip are written."""
+        return {"gallery": gallery_items(outcome, differences), "table": table(outcome), "outcome": outcome,
+                "infotext": ""}
 
     @staticmethod
     def grid(outcome: Outcome, differences: bool):
-        return str(outcome.grid_file) if differences else outcome.result.grid(differences=False)
+        if differences and outcome.grid_file is not None:
+            return str(outcome.grid_file)
+        return outcome.result.grid(differences=differences)
 
     def toggle(self, outcome: Outcome | None, differences: bool) -> View:
         if outcome is None:
