@@ -161,8 +161,13 @@ class Runner:
         return units(request, side) * self.speed.per_unit(request.model, device)
 
     def admit(self, request: Request) -> float:
-        """The estimate, or ``InputError("cost", ...)`` when it exceeds the app's budget per request."""
+        """The estimate, or ``InputError("cost", ...)`` when it exceeds the app's budget per request. A request no
+        larger than a default one (one seed, baseline + 3 negatives, the default steps, the model's own size) is
+        always admitted, however busy the machine: the budget is for outsized requests, the deadline for the rest."""
         seconds = self.estimate(request)
+        side = self.sides.get(request.model, 64 if request.embedded else 512)
+        if units(request, side) <= 4 * self.settings.default_steps * side * side:
+            return seconds
         if seconds > self.settings.budget_s:
             size = f"{request.width}x{request.height}" if request.width else "the model's size"
             raise InputError("cost", round(seconds, 1),
