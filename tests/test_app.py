@@ -178,3 +178,46 @@ def test_an_abandoned_run_stops_at_its_next_step(tiny_sd_folder):
     while GENERATION_LOCK.locked() and time.time() < deadline:
         time.sleep(0.05)
     assert not GENERATION_LOCK.locked(), "An abandoned run must release the generation lock promptly."
+
+
+def test_uploads_are_refused(served):
+    """The app takes no uploads: a hosted app must not store and serve files for anyone."""
+    import httpx
+
+    response = httpx.post(served[0] + "gradio_api/upload", files={"files": ("big.bin", b"0" * 20_000)}, timeout=30)
+    assert response.status_code >= 400, f"A 20 KB upload must be refused: {response.status_code} {response.text[:200]}"
+
+
+@pytest.mark.parametrize("how", ["cancel", "disconnect"])
+def test_an_abandoned_api_call_stops_and_frees_the_lock(tmp_path_factory, how):
+    """A /compare call that is cancelled, or whose caller goes away, stops within a few steps."""
+    import time
+
+    import httpx
+    from gradio_client import Client
+
+    from negprompt.app.runner import ABANDONED_AFTER_S, GENERATION_LOCK
+
+    with serve(tmp_path_factory, max_steps=200, budget_s=10_000, preview_every=0) as (url, model):
+        client = Client(url, verbose=False)
+        call(client, model, steps=1)  # loads the model
+        args = dict(prompt="portrait photo of a man", negative_prompts=["hat"], seed=1, steps=200,
+                    guidance_scale=7.5, size="auto", model=model, rows=1, scheduler="Default")
+        if how == "cancel":
+            job = client.submit(**args, api_name="/compare")
+        else:
+            event = httpx.post(url + "gradio_api/call/compare", json={"data": list(args.values())}).json()
+            stream = httpx.Client(timeout=60).stream("GET", url + f"gradio_api/call/compare/{event['event_id']}")
+            stream.__enter__()
+        start = time.time()
+        while not GENERATION_LOCK.locked() and time.time() - start < 60:
+            time.sleep(0.05)
+        assert GENERATION_LOCK.locked(), "The comparison must have started."
+        time.sleep(0.5)
+        job.cancel() if how == "cancel" else stream.__exit__(None, None, None)
+        stopped = time.time()
+        while GENERATION_LOCK.locked() and time.time() - stopped < 60:
+            time.sleep(0.05)
+        waited = time.time() - stopped
+    assert not GENERATION_LOCK.locked(), f"After {how}, the run must stop and free the generation lock."
+    assert waited < ABANDONED_AFTER_S + 20, f"After {how}, the run took {waited:.1f} s to stop."
