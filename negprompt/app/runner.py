@@ -177,7 +177,7 @@ class Runner:
                              "fewer steps, seeds or negatives, or a smaller size.")
         return seconds
 
-    def _generate(self, request: Request, *, with_other: bool = False) -> Iterator:
+    def _generate(self, request: Request, *, with_other: bool = False, previews: bool = True) -> Iterator:
         """Yield ``Step``s while denoising, then the finished ``Comparison``. Exceptions reach the caller; closing
         the stream (the caller went away) stops the comparison at its next step and frees the lock."""
         from negprompt.engine import compare
@@ -207,7 +207,8 @@ class Runner:
                         raise Cancelled("the request was abandoned")
                     pipe = load(request.model, settings.device)
                     call = compare_call(request, with_other=with_other)
-                    result = compare(pipe, **call, callback=on_step, preview_every=settings.preview_every)
+                    every = settings.preview_every if previews else 0
+                    result = compare(pipe, **call, callback=on_step, preview_every=every)
                 denoise = result.timings.get("denoise_s", 0.0)
                 if request.width is None:
                     self.sides[request.model] = max(result.settings.width, result.settings.height)

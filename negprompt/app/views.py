@@ -41,6 +41,7 @@ from negprompt.loading import EMBEDDED_NAME
 log = logging.getLogger(__name__)
 
 View = dict  # output name -> new value
+API_BEAT_S = 0.5  # an API call hands control back to Gradio this often while it runs (a chance to cancel it)
 
 
 class FormError(Exception):
@@ -195,18 +196,21 @@ class Views:
     # -- the /compare API -------------------------------------------------------------------------------------------
 
     def api(self, form: Form) -> Iterator[tuple[list, dict] | None]:
-        """Run one comparison for an API caller. Yields None after every step (so that a cancelled or disconnected
-        caller stops the run there), then (captioned images, manifest). Raises ``FormError``."""
+        """Run one comparison for an API caller, without previews. Yields None every ``API_BEAT_S`` seconds (so that
+        a cancelled or disconnected caller stops the run soon after), then (captioned images, manifest). Raises
+        ``FormError``."""
         try:
             request = self.request(form)
         except InputError as error:
             raise FormError(*self.refusal(error)) from None
         try:
-            for event in self.runner.generate(request):
-                if isinstance(event, Step):
-                    yield None
-                else:
+            last = time.monotonic()
+            for event in self.runner.generate(request, previews=False):
+                if not isinstance(event, Step):
                     result = event
+                elif time.monotonic() - last > API_BEAT_S:
+                    last = time.monotonic()
+                    yield None
             extra = self._other_positive(request, result) if request.other_positive else []
             outcome = self.finish(request, result, extra)
         except InputError as error:
