@@ -108,7 +108,11 @@ def test_the_button_streams_previews_then_the_results(tiny_sd_folder):
     assert captions[0].startswith("baseline") and captions[1].startswith("- mustache"), captions
     assert captions[3].startswith("+ portrait photo of a man without mustache"), captions
     assert "% changed" in captions[3], f"The other positive's caption must carry its change score: {captions[3]}"
-    assert final["grid"].width > 0 and "- glasses" in final["table"]
+    assert final["grid"].endswith("negprompt-portrait-photo-of-a-man-seed5.png"), \
+        f"The grid's download must be named after the prompt and seed: {final['grid']}"
+    assert Image.open(final["grid"]).info["parameters"].startswith("portrait photo of a man"), \
+        "The grid must carry the infotext."
+    assert "- glasses" in final["table"]
     assert "manifest.json" in zipfile.ZipFile(final["download"]).namelist(), "The zip must hold the manifest."
     assert final["status"].startswith("**Done: 4 images** (seed 5: baseline + 2 negative prompts + another"), \
         final["status"]
@@ -156,7 +160,7 @@ def test_difference_toggle_swaps_in_the_maps(tiny_sd_folder):
     gallery = toggled["gallery"]
     assert len(gallery) == 2 and isinstance(gallery[0][0], str), "The baseline stays an image (its map is empty)."
     assert not isinstance(gallery[1][0], str), "With the toggle on, the other cells show as maps."
-    assert toggled["grid"].endswith(".png"), "With the toggle on, the grid is the saved one with difference maps."
+    assert toggled["grid"].endswith("-differences.png"), "With the toggle on, the grid shows the difference maps."
 
 
 def test_an_abandoned_run_stops_at_its_next_step(tiny_sd_folder):

@@ -304,7 +304,7 @@ def build_demo(settings: AppSettings | None = None) -> gr.Blocks:
                                       buttons=["copy"], interactive=False)
                 table = gr.Markdown(elem_id="table")
                 gr.Markdown("**Labeled grid** (download it with the button on the image)")
-                grid = gr.Image(format="png", type="pil", interactive=False, show_label=False, elem_id="grid")
+                grid = gr.Image(format="png", type="filepath", interactive=False, show_label=False, elem_id="grid")
                 download = gr.File(label="Download: grid, cells (PNG with infotext), manifest", interactive=False)
         fields = Fields(prompt=prompt, seed=seed, rows=rows, steps=steps, guidance=guidance, size=size,
                         scheduler=scheduler, model=model, other=other, count=count, boxes=boxes)

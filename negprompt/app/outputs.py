@@ -45,8 +45,9 @@ class Outcome:
     readout: list[dict] | None  # what the detector sees, per cell (None: no detector)
     extra: list[ExtraCell] = field(default_factory=list)
     extra_readout: list[dict] | None = None
-    grid_file: Path | None = None  # the labeled grid with difference maps and the baseline's infotext (once written)
-    archive: Path | None = None  # the zip: grid, cells, manifest (once written)
+    grid_file: Path | None = None  # the labeled grid, with the baseline's infotext (once written)
+    differences_file: Path | None = None  # the same grid with a row of difference maps under each row
+    archive: Path | None = None  # the zip: grids, cells, manifest (once written)
 
 
 # -----------------------------------------------------------------------------------------------------------------
@@ -139,19 +140,22 @@ def cell_file(cell) -> str:
     return f"{cell.index:02d}-seed{cell.seed}-{what}.png"
 
 
-def write_bundle(request: Request, result, folder: Path) -> tuple[Path, Path]:
-    """Beside the cells (``write_cells``): the grid with difference maps (named after the prompt and seed, carrying
-    the baseline's infotext and the negatives), the manifest, and a zip of them all. Returns the grid and the zip."""
+def write_bundle(request: Request, result, folder: Path) -> tuple[Path, Path, Path]:
+    """Beside the cells (``write_cells``): the grid and the grid with difference maps (named after the prompt and
+    seed, carrying the baseline's infotext and the negatives), the manifest, and a zip of them all. Returns the two
+    grids and the zip."""
     content = folder / "comparison"
-    negatives = json.dumps(list(result.settings.negatives), ensure_ascii=False)
-    grid = save_png(result.grid(differences=True), content / grid_name(request), result.cells[0].parameters,
-                    {"negprompt-negatives": negatives})
+    info = {"negprompt-negatives": json.dumps(list(result.settings.negatives), ensure_ascii=False)}
+    name = grid_name(request)
+    grid = save_png(result.grid(differences=False), content / name, result.cells[0].parameters, info)
+    differences = save_png(result.grid(differences=True), content / name.replace(".png", "-differences.png"),
+                           result.cells[0].parameters, info)
     manifest = result.manifest()
     for cell, entry in zip(result.cells, manifest["cells"]):
         entry["file"] = cell_file(cell)
     (content / "manifest.json").write_text(json.dumps(manifest, indent=2, ensure_ascii=False) + "\n")
-    archive = shutil.make_archive(str(folder / grid_name(request).removesuffix(".png")), "zip", content)
-    return grid, Path(archive)
+    archive = shutil.make_archive(str(folder / name.removesuffix(".png")), "zip", content)
+    return grid, differences, Path(archive)
 
 
 # -----------------------------------------------------------------------------------------------------------------

@@ -164,8 +164,8 @@ class Views:
     @staticmethod
     def bundle(outcome: Outcome) -> Outcome:
         """The outcome with its grid file and zip written (beside its cells)."""
-        grid, archive = write_bundle(outcome.request, outcome.result, outcome.files[0].parent.parent)
-        return replace(outcome, grid_file=grid, archive=archive)
+        grid, differences, archive = write_bundle(outcome.request, outcome.result, outcome.files[0].parent.parent)
+        return replace(outcome, grid_file=grid, differences_file=differences, archive=archive)
 
     def show(self, outcome: Outcome, differences: bool) -> View:
         """What the results column shows for a finished comparison, before its grid and zip are written."""
@@ -174,9 +174,9 @@ class Views:
 
     @staticmethod
     def grid(outcome: Outcome, differences: bool):
-        if differences and outcome.grid_file is not None:
-            return str(outcome.grid_file)
-        return outcome.result.grid(differences=differences)
+        """The grid's file (its download keeps the name and the infotext), or the image before it is written."""
+        written = outcome.differences_file if differences else outcome.grid_file
+        return str(written) if written is not None else outcome.result.grid(differences=differences)
 
     def toggle(self, outcome: Outcome | None, differences: bool) -> View:
         if outcome is None:
