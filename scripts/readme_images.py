@@ -36,12 +36,12 @@ def main() -> None:
 
     from playwright.sync_api import sync_playwright
 
-    from negprompt.ui import CSS, build_demo
+    from negprompt.app import build_demo, launch_options
 
     demo = build_demo()
     demo.queue(max_size=8, default_concurrency_limit=1)
     _, url, _ = demo.launch(server_name="127.0.0.1", server_port=free_port(), prevent_thread_lock=True, quiet=True,
-                            css=CSS)
+                            **launch_options())
     seconds = []
     with sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path="/usr/bin/chromium", headless=True, args=ARGS)
@@ -54,7 +54,7 @@ def main() -> None:
                 page.get_by_label(f"Negative prompt {i}").fill(negative)
             start = time.perf_counter()
             page.click("#run")
-            page.wait_for_selector("#status:has-text('images (')", timeout=300_000)
+            page.wait_for_selector("#status:has-text('Done:')", timeout=300_000)
             seconds.append(time.perf_counter() - start)
         page.screenshot(path=str(args.out / "app.png"), full_page=False)
         browser.close()

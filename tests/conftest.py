@@ -13,13 +13,27 @@ os.environ["TRANSFORMERS_OFFLINE"] = "1"
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 
 
+@pytest.fixture(scope="session")
+def gradio_temp(tmp_path_factory):
+    """One Gradio temp folder for the session: an app launched by a module fixture serves files from the folder it
+    started with, so tests must not move it under a running server."""
+    return session_gradio_temp(tmp_path_factory)
+
+
+def session_gradio_temp(tmp_path_factory):
+    folder = tmp_path_factory.getbasetemp() / "gradio-session"
+    folder.mkdir(exist_ok=True)
+    return folder
+
+
 @pytest.fixture(autouse=True)
-def _isolated(tmp_path, monkeypatch):
-    """Keep every path the code writes inside the test's folder, and the network out of reach."""
+def _isolated(tmp_path, monkeypatch, gradio_temp):
+    """Keep every path the code writes inside the test's folder (Gradio's: the session's), and the network out of
+    reach."""
     monkeypatch.setenv("HF_HOME", str(tmp_path / "hf-home"))
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("TRANSFORMERS_OFFLINE", "1")
-    monkeypatch.setenv("GRADIO_TEMP_DIR", str(tmp_path / "gradio"))
+    monkeypatch.setenv("GRADIO_TEMP_DIR", str(gradio_temp))
     monkeypatch.setenv("GRADIO_ANALYTICS_ENABLED", "False")
 
 
@@ -55,3 +69,18 @@ def tiny_sdxl(tiny_sdxl_folder):
     from negprompt.loading import load_pipeline
 
     return load_pipeline(tiny_sdxl_folder, device="cpu")
+
+
+def pytest_addoption(parser):
+    parser.addoption("--run-slow", action="store_true", default=False,
+                     help="also run the tests marked slow (skipped by default; CI runs them: .ci/run)")
+
+
+def pytest_collection_modifyitems(config, items):
+    """Skip the slow tests unless --run-slow is given or a -m expression names them."""
+    if config.getoption("--run-slow") or "slow" in (config.getoption("markexpr") or ""):
+        return
+    skip = pytest.mark.skip(reason="slow: run with --run-slow (as CI does)")
+    for item in items:
+        if "slow" in item.keywords:
+            item.add_marker(skip)

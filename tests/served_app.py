@@ -7,9 +7,14 @@ import contextlib
 import socket
 
 import pytest
+from conftest import session_gradio_temp
 
-from negprompt.config import AppSettings
+from negprompt.app.settings import AppSettings
 from negprompt.loading import EMBEDDED_MODEL, EMBEDDED_NAME
+
+# The served app's caps: small, so that tests run fast and hostile_cases.py can name its limits.
+SERVED_OPTIONS = dict(allow_custom_model=False, max_negatives=4, max_seeds=4, max_cells=12, max_steps=10,
+                      max_size=1024, default_steps=3, preview_every=1, queue_size=64)
 
 
 def free_port() -> int:
@@ -34,21 +39,20 @@ def serve(tmp_path_factory, **overrides):
     """Yield (url, model) while the app runs."""
     import gradio as gr
 
-    from negprompt.ui import CSS, build_demo
+    from negprompt.app import build_demo, launch_options
 
     home = tmp_path_factory.mktemp("app-home")
     with pytest.MonkeyPatch.context() as env:
         env.setenv("HF_HOME", str(home / "hf-home"))
+        env.setenv("GRADIO_TEMP_DIR", str(session_gradio_temp(tmp_path_factory)))
         env.setenv("HF_HUB_OFFLINE", "1")
-        env.setenv("GRADIO_TEMP_DIR", str(home / "gradio"))
         env.setenv("GRADIO_ANALYTICS_ENABLED", "False")
         model = app_model(tmp_path_factory)
-        options = dict(model=model, models=(model,), allow_custom_model=False, max_negatives=4, max_cells=12,
-                       max_steps=10, default_steps=3, preview_every=1)
-        demo = build_demo(AppSettings(**{**options, **overrides}))
-        demo.queue(max_size=8, default_concurrency_limit=1)
+        settings = AppSettings(**{"model": model, "models": (model,), **SERVED_OPTIONS, **overrides})
+        demo = build_demo(settings)
+        demo.queue(max_size=settings.queue_size, default_concurrency_limit=1)
         _, url, _ = demo.launch(server_name="127.0.0.1", server_port=free_port(), prevent_thread_lock=True,
-                                quiet=True, css=CSS)
+                                quiet=True, **launch_options(settings))
         try:
             yield url, model
         finally:

@@ -83,48 +83,59 @@ def test_bad_input_names_the_field_and_the_app_keeps_serving(client, served, ove
     assert len(gallery) == 2, "After a bad request the next good one must still work."
 
 
+def _no_progress(*_args, **_kwargs):
+    return None
+
+
 def test_the_button_streams_previews_then_the_results(tiny_sd_folder):
     """The Compare button's handler, in process: previews every step, then the gallery (with the other positive
     prompt beside it), the grid and the zip."""
     import zipfile
 
-    from negprompt.config import AppSettings
-    from negprompt.ui import _Handlers
+    from negprompt.app.form import Form
+    from negprompt.app.settings import AppSettings
+    from negprompt.app.views import Views
 
     model = str(tiny_sd_folder)
-    handlers = _Handlers(AppSettings(model=model, models=(model,), preview_every=1))
-    outputs = list(handlers.run("portrait photo of a man", 5, 1, 3, 7.5, "auto", "Default", model,
-                                "portrait photo of a man without mustache", False, 2, "mustache", "glasses", "",
-                                progress=lambda *a, **k: None))
-    previews = [out[1] for out in outputs[:-1] if isinstance(out[1], list)]
+    views = Views(AppSettings(model=model, models=(model,), preview_every=1))
+    form = Form(prompt="portrait photo of a man", negatives=((0, "mustache"), (1, "glasses")), seed=5, steps=3,
+                model=model, other="portrait photo of a man without mustache")
+    outputs = list(views.run(form, progress=_no_progress))
+    previews = [out["gallery"] for out in outputs[:-1] if "gallery" in out]
     assert previews and previews[0][1][1].startswith("step 1/3"), "Previews of every cell must stream while denoising."
-    status, gallery, grid, archive, table, outcome, _ = outputs[-1]
-    captions = [caption for _, caption in gallery]
+    final = {name: value for out in outputs for name, value in out.items()}
+    captions = [caption for _, caption in final["gallery"]]
     assert captions[0].startswith("baseline") and captions[1].startswith("- mustache"), captions
-    assert captions[3].startswith("positive: portrait photo of a man without mustache"), captions
-    assert grid.width > 0 and "- glasses" in table
-    assert "manifest.json" in zipfile.ZipFile(archive).namelist(), "The zip must hold the manifest."
+    assert captions[3].startswith("+ portrait photo of a man without mustache"), captions
+    assert "% changed" in captions[3], f"The other positive's caption must carry its change score: {captions[3]}"
+    assert final["grid"].endswith("negprompt-portrait-photo-of-a-man-seed5.png"), \
+        f"The grid's download must be named after the prompt and seed: {final['grid']}"
+    assert Image.open(final["grid"]).info["parameters"].startswith("portrait photo of a man"), \
+        "The grid must carry the infotext."
+    assert "- glasses" in final["table"]
+    assert "manifest.json" in zipfile.ZipFile(final["download"]).namelist(), "The zip must hold the manifest."
+    assert final["status"].startswith("**Done: 4 images** (seed 5: baseline + 2 negative prompts + another"), \
+        final["status"]
 
 
 def test_detector_readout_reads_a_detector_module(monkeypatch):
     import sys
     import types
 
-    from negprompt import service
+    from negprompt.app.outputs import Detector, seen
 
     records = [{"mustache": 0.9, "hat": 0.1, "clean_score": 0.8, "clean": True},
                {"mustache": 0.2, "hat": 0.7, "clean_score": 0.3, "clean": False}]
     fake = types.SimpleNamespace(load_detector=lambda path=None: "weights",
                                  detect=lambda images, detector: records[:len(images)])
     monkeypatch.setitem(sys.modules, "negprompt.detector", fake)
-    service._detector_state.clear()
-    readout = service.detector_readout([None, None])
-    assert [service.seen(r) for r in readout] == [["mustache"], ["hat", "unclear image"]], readout
-    service._detector_state.clear()
+    monkeypatch.setattr(sys.modules["negprompt"], "detector", fake, raising=False)
+    readout = Detector().readout([None, None])
+    assert [seen(r) for r in readout] == [["mustache"], ["hat", "unclear image"]], readout
 
 
 def test_settings_come_from_the_environment(monkeypatch):
-    from negprompt.config import AppSettings
+    from negprompt.app.settings import AppSettings
 
     monkeypatch.setenv("NEGPROMPT_MODEL", "someone/model")
     monkeypatch.setenv("NEGPROMPT_MAX_CELLS", "9")
@@ -138,34 +149,79 @@ def test_settings_come_from_the_environment(monkeypatch):
 
 
 def test_difference_toggle_swaps_in_the_maps(tiny_sd_folder):
-    from negprompt.config import AppSettings
-    from negprompt.ui import _Handlers
+    from negprompt.app.form import Form
+    from negprompt.app.settings import AppSettings
+    from negprompt.app.views import Views
 
     model = str(tiny_sd_folder)
-    handlers = _Handlers(AppSettings(model=model, models=(model,), preview_every=0))
-    *_, final = handlers.run("portrait photo of a man", 0, 1, 2, 7.5, "auto", "Default", model, "", False, 1, "hat",
-                             progress=lambda *a, **k: None)
-    outcome = final[5]
-    gallery, grid = handlers.toggle(outcome, True)
-    assert len(gallery) == 2 and not isinstance(gallery[0][0], str), "With the toggle on, cells show as maps."
-    assert grid.height > final[2].height, "The grid gains a row of difference maps."
+    views = Views(AppSettings(model=model, models=(model,), preview_every=0))
+    final = views.final(Form(prompt="portrait photo of a man", negatives=((0, "hat"),), steps=2, model=model))
+    toggled = views.toggle(final["outcome"], True)
+    gallery = toggled["gallery"]
+    assert len(gallery) == 2 and isinstance(gallery[0][0], str), "The baseline stays an image (its map is empty)."
+    assert not isinstance(gallery[1][0], str), "With the toggle on, the other cells show as maps."
+    assert toggled["grid"].endswith("-differences.png"), "With the toggle on, the grid shows the difference maps."
 
 
 def test_an_abandoned_run_stops_at_its_next_step(tiny_sd_folder):
     """Closing the stream (the page went away) cancels the comparison instead of running it to the end."""
     import time
 
-    from negprompt import service
-    from negprompt.config import AppSettings
+    from negprompt.app.form import Form, build_request
+    from negprompt.app.runner import GENERATION_LOCK, Runner
+    from negprompt.app.settings import AppSettings
 
-    settings = AppSettings.from_env()
-    request = service.build_request(settings, "portrait photo of a man", ["mustache"], seed=1, steps=40,
-                                    guidance=7.0, model=str(tiny_sd_folder))
-    stream = service._generate(request, device="cpu")
+    settings = AppSettings(device="cpu")
+    request = build_request(settings, Form(prompt="portrait photo of a man", negatives=((0, "mustache"),), seed=1,
+                                           steps=40, guidance=7.0, model=str(tiny_sd_folder)))
+    stream = Runner(settings).generate(request)
     first = next(stream)
     assert first.done == 1
     stream.close()
     deadline = time.time() + 30
-    while service._run_lock.locked() and time.time() < deadline:
+    while GENERATION_LOCK.locked() and time.time() < deadline:
         time.sleep(0.05)
-    assert not service._run_lock.locked(), "An abandoned run must release the generation lock promptly."
+    assert not GENERATION_LOCK.locked(), "An abandoned run must release the generation lock promptly."
+
+
+def test_uploads_are_refused(served):
+    """The app takes no uploads: a hosted app must not store and serve files for anyone."""
+    import httpx
+
+    response = httpx.post(served[0] + "gradio_api/upload", files={"files": ("big.bin", b"0" * 20_000)}, timeout=30)
+    assert response.status_code >= 400, f"A 20 KB upload must be refused: {response.status_code} {response.text[:200]}"
+
+
+@pytest.mark.parametrize("how", ["cancel", "disconnect"])
+def test_an_abandoned_api_call_stops_and_frees_the_lock(tmp_path_factory, how):
+    """A /compare call that is cancelled, or whose caller goes away, stops within a few steps."""
+    import time
+
+    import httpx
+    from gradio_client import Client
+
+    from negprompt.app.runner import ABANDONED_AFTER_S, GENERATION_LOCK
+
+    with serve(tmp_path_factory, max_steps=200, budget_s=10_000, preview_every=0) as (url, model):
+        client = Client(url, verbose=False)
+        call(client, model, steps=1)  # loads the model
+        args = dict(prompt="portrait photo of a man", negative_prompts=["hat"], seed=1, steps=200,
+                    guidance_scale=7.5, size="auto", model=model, rows=1, scheduler="Default")
+        if how == "cancel":
+            job = client.submit(**args, api_name="/compare")
+        else:
+            event = httpx.post(url + "gradio_api/call/compare", json={"data": list(args.values())}).json()
+            stream = httpx.Client(timeout=60).stream("GET", url + f"gradio_api/call/compare/{event['event_id']}")
+            stream.__enter__()
+        start = time.time()
+        while not GENERATION_LOCK.locked() and time.time() - start < 60:
+            time.sleep(0.05)
+        assert GENERATION_LOCK.locked(), "The comparison must have started."
+        time.sleep(0.5)
+        job.cancel() if how == "cancel" else stream.__exit__(None, None, None)
+        stopped = time.time()
+        while GENERATION_LOCK.locked() and time.time() - stopped < 60:
+            time.sleep(0.05)
+        waited = time.time() - stopped
+    assert not GENERATION_LOCK.locked(), f"After {how}, the run must stop and free the generation lock."
+    assert waited < ABANDONED_AFTER_S + 20, f"After {how}, the run took {waited:.1f} s to stop."

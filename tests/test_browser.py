@@ -36,20 +36,55 @@ def browser():
             browser.close()
 
 
-def test_compare_in_the_browser(browser, tmp_path_factory):
+@pytest.fixture(scope="module")
+def app_url(tmp_path_factory):
     with serve(tmp_path_factory) as (url, _model):
-        page = browser.new_page(viewport={"width": 1400, "height": 1100})
-        page.goto(url)
-        page.get_by_label("Prompt", exact=True).fill("portrait photo of a man")
-        page.get_by_label("Negative prompt 1").fill("mustache")
-        page.click("#add-negative")
-        page.get_by_label("Negative prompt 2").fill("glasses")
-        page.click("#run")
-        # Fails (TimeoutError) if the finished gallery never appears.
-        page.wait_for_selector("#status:has-text('images (')", timeout=180_000)
-        captions = page.locator("#gallery .caption-label").all_inner_texts()
-        ARTIFACTS.mkdir(exist_ok=True)
-        page.screenshot(path=str(ARTIFACTS / "app.png"), full_page=True)
+        yield url
+
+
+def test_compare_in_the_browser(browser, app_url):
+    page = browser.new_page(viewport={"width": 1400, "height": 1100})
+    page.goto(app_url)
+    page.get_by_label("Prompt", exact=True).fill("portrait photo of a man")
+    page.get_by_label("Negative prompt 1").fill("mustache")
+    page.click("#add-negative")
+    page.get_by_label("Negative prompt 2").fill("glasses")
+    page.click("#run")
+    # Fails (TimeoutError) if the finished gallery never appears.
+    page.wait_for_selector("#status:has-text('Done:')", timeout=180_000)
+    captions = page.locator("#gallery .caption-label").all_inner_texts()
+    ARTIFACTS.mkdir(exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / "app.png"), full_page=True)
+    page.close()
     assert len(captions) == 3, f"The gallery must show the baseline and two negatives: {captions}"
     assert captions[0].startswith("baseline"), f"The baseline must come first: {captions}"
     assert captions[1].startswith("- mustache") and captions[2].startswith("- glasses"), captions
+    assert "% changed" in captions[1], f"A caption must keep its change score: {captions[1]}"
+
+
+def test_on_a_phone_errors_show_at_their_field_and_results_fit(browser, app_url):
+    """390x844: a bad field is pointed at where it is, the previous result stays, and the gallery fits the screen."""
+    page = browser.new_page(viewport={"width": 390, "height": 844}, is_mobile=True, has_touch=True)
+    page.goto(app_url)
+    page.get_by_label("Negative prompt 1").fill("hat")
+    page.click("#run")
+    page.wait_for_selector("#status:has-text('Done:')", timeout=180_000)
+    assert page.locator("#gallery .caption-label").count() == 2
+
+    page.get_by_label("Negative prompt 1").fill("\u200b  ")  # invisible: refused
+    page.click("#run")
+    box = page.get_by_label("Negative prompt 1")
+    error = page.locator(".validation-error, [class*='error']").filter(has_text="has no visible text")
+    error.first.wait_for(timeout=30_000)
+    ARTIFACTS.mkdir(exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / "phone-error.png"), full_page=True)
+    field_box, error_box = box.bounding_box(), error.first.bounding_box()
+    assert abs(error_box["y"] - field_box["y"]) < 150, \
+        f"The error must show at its field: field at y={field_box['y']}, error at y={error_box['y']}"
+    assert page.locator("#gallery .caption-label").count() == 2, "The previous result must stay on screen."
+    width = page.evaluate("document.documentElement.scrollWidth")
+    assert width <= 390 + 2, f"Nothing may overflow the phone's width: the page is {width} px wide."
+    for image in page.locator("#gallery img").all():
+        right = image.bounding_box()
+        assert right["x"] + right["width"] <= 392, f"A gallery image is clipped on the phone: {right}"
+    page.close()

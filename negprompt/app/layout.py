@@ -1,0 +1,369 @@
+"""The Gradio layout and its wiring: one prompt, several negative prompts, one seed, a labeled grid beside the
+no-negative baseline.
+
+    from negprompt.app import build_demo, launch_options
+    demo = build_demo()
+    demo.queue(max_size=64, default_concurrency_limit=1).launch(**launch_options())
+
+Layout (inputs left, results right; one column on a phone): prompt and negative-prompt rows with token counters, the
+words the embedded model knows, seed, examples, advanced options; a status line (queue position and step progress
+show there, so previews never hide), the gallery (baseline first, PNG with infotext), the selected image's infotext,
+per-cell change scores and what the embedded model's detector sees, the grid and a zip. Further modes of the app
+(ways to explore a negative prompt) go in ``build_demo`` as accordions or tabs beside "Advanced options".
+
+One public API endpoint, ``/compare``; every other event is private. Handlers live in ``negprompt.app.views`` and
+receive their inputs by name (``inputs_kwargs``), never by position.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+
+import gradio as gr
+
+from negprompt.app.examples import load_examples
+from negprompt.app.form import Form, field_label, form_from_api, negatives_from_boxes
+from negprompt.app.settings import AppSettings, on_spaces
+from negprompt.app.views import FormError, Views
+from negprompt.errors import LIMITS, InputError
+from negprompt.loading import EMBEDDED_NAME
+from negprompt.schedulers import scheduler_names
+
+SIZES = ("auto", "64x64", "128x128", "256x256", "512x512", "768x768", "1024x1024", "768x512", "512x768")
+PRIVATE = dict(api_visibility="private")
+QUICK = dict(queue=False, show_progress="hidden", trigger_mode="always_last", **PRIVATE)
+# Two requests at a time share the queue's slot: one can write its files while the next one's comparison runs;
+# the comparisons themselves run one at a time (negprompt.app.runner.GENERATION_LOCK).
+RUN = dict(concurrency_id="generate", concurrency_limit=2)
+
+DESCRIPTION = """# negprompt: what does a negative prompt do?
+Type one prompt and a few negative prompts. Every image starts from **the same noise** (the same seed); the first
+is the **baseline** with no negative prompt, so each other image shows what its negative prompt changed."""
+
+HOW_IT_WORKS = r"""
+**Classifier-free guidance.** At every step the model predicts the noise twice: once for your prompt
+(\(\epsilon_{pos}\)) and once for the negative prompt (\(\epsilon_{neg}\); the empty prompt when there is none).
+The step follows
+
+$$\epsilon = \epsilon_{neg} + g\,(\epsilon_{pos} - \epsilon_{neg})$$
+
+so the image is pushed **towards** the prompt and **away from** the negative prompt, \(g\) (the guidance scale)
+times as hard. At \(g \le 1\) the push is gone and negative prompts do nothing; this app keeps \(g\) above 1.
+
+**The baseline** is the same seed with no negative prompt (the empty prompt; zero embeddings for SDXL). Same noise,
+same steps: whatever differs from it was done by the negative prompt. The difference maps show where.
+
+**Why "without X" fails.** The text encoder has no good notion of negation: "a man without mustache" puts
+*mustache* into the prompt, and you tend to get more mustaches. Try the seed-article example: the positive
+"portrait photo of a man" with a negative prompt, beside the positive "portrait photo of a man without ...".
+If you see something you do not want, name it in the negative prompt.
+"""
+
+CSS = """
+.token-count p {font-size: 0.8em; opacity: 0.75; margin: -6px 0 4px 4px}
+#run {min-height: 48px}
+#gallery .caption-label {white-space: normal; overflow: visible; text-overflow: clip; max-width: 100%;
+  font-size: 0.8em; line-height: 1.25}
+#gallery .grid-wrap {max-height: none !important; height: auto !important}
+#table table {word-break: normal; overflow-wrap: normal} #table {overflow-x: auto}
+#known-words button {min-width: 0; padding: 2px 8px}
+@media (max-width: 640px) {
+  #gallery .grid-container {grid-template-columns: repeat(2, minmax(0, 1fr)) !important}
+  #table td, #table th {padding: 2px 4px; font-size: 0.85em}
+}
+"""
+
+
+def launch_options(settings: AppSettings | None = None) -> dict:
+    """What ``demo.launch()`` needs besides Gradio's own variables: the CSS and the upload limit (the app takes no
+    uploads, so a hosted app cannot be used to store files)."""
+    settings = settings or AppSettings.from_env()
+    return dict(css=CSS, max_file_size=settings.max_upload)
+
+
+@dataclass
+class Fields:
+    """The form's widgets, by name: what the handlers read (``inputs_kwargs``) and where their errors show."""
+
+    prompt: gr.Textbox
+    seed: gr.Number
+    rows: gr.Slider
+    steps: gr.Slider
+    guidance: gr.Slider
+    size: gr.Dropdown
+    scheduler: gr.Dropdown
+    model: gr.Dropdown
+    other: gr.Textbox
+    count: gr.Number
+    boxes: list
+
+    def kwargs(self) -> dict:
+        named = {name: getattr(self, name) for name in
+                 ("prompt", "seed", "rows", "steps", "guidance", "size", "scheduler", "model", "other", "count")}
+        return {**named, **{f"negative_{i}": box for i, box in enumerate(self.boxes)}}
+
+    def by_label(self) -> dict[str, gr.components.Component]:
+        """Form label -> widget (what ``field_label`` names)."""
+        found = {"Prompt": self.prompt, "Seed": self.seed, "Seeds (rows)": self.rows, "Steps": self.steps,
+                 "Guidance scale": self.guidance, "Size": self.size, "Scheduler": self.scheduler, "Model": self.model,
+                 "Another positive prompt": self.other, "Negative prompts": self.boxes[0]}
+        found.update({f"Negative prompt {i + 1}": box for i, box in enumerate(self.boxes)})
+        return found
+
+
+def form_from_widgets(values: dict) -> Form:
+    """The ``Form`` from the widgets' values, passed by name."""
+    boxes = [values[f"negative_{i}"] for i in range(sum(k.startswith("negative_") for k in values))]
+    count = values.get("count")
+    count = int(count) if isinstance(count, (int, float)) and not isinstance(count, bool) else len(boxes)
+    return Form(prompt=values.get("prompt"), negatives=negatives_from_boxes(boxes, count), seed=values.get("seed"),
+                rows=values.get("rows"), steps=values.get("steps"), guidance=values.get("guidance"),
+                size=values.get("size"), scheduler=values.get("scheduler"), model=values.get("model"),
+                other=values.get("other"))
+
+
+def _negative_rows(settings: AppSettings, shown: int):
+    """A fixed pool of negative-prompt rows (textbox, remove button, token counter); the first ``shown`` visible."""
+    groups, boxes, removes, counters = [], [], [], []
+    for i in range(settings.max_negatives):
+        with gr.Group(visible=i < shown) as group:
+            with gr.Row(equal_height=True):
+                boxes.append(gr.Textbox(label=f"Negative prompt {i + 1}", scale=8, max_lines=3,
+                                        max_length=LIMITS.max_text_chars,
+                                        placeholder="something you don't want to see, e.g. hat",
+                                        elem_classes="negative"))
+                removes.append(gr.Button("✕", scale=0, min_width=44, size="sm", elem_classes="remove"))
+            counters.append(gr.Markdown(elem_classes="token-count"))
+        groups.append(group)
+    return groups, boxes, removes, counters
+
+
+def _advanced(settings: AppSettings):
+    models = list(dict.fromkeys([settings.model, *settings.models]))
+    model = gr.Dropdown(models, value=settings.model, label="Model", allow_custom_value=settings.allow_custom_model,
+                        info=f"{EMBEDDED_NAME}: the small embedded portrait model (64x64)"
+                             + ("; or type a Hub id or a local folder" if settings.allow_custom_model else ""))
+    steps = gr.Slider(1, settings.max_steps, value=min(settings.default_steps, settings.max_steps), step=1,
+                      label="Steps")
+    guidance = gr.Slider(1.5, 20, value=7.5, step=0.5, label="Guidance scale",
+                         info="Starts above 1: at 1 or below guidance is off and negative prompts do nothing")
+    size = gr.Dropdown([s for s in SIZES if s == "auto" or max(map(int, s.split("x"))) <= settings.max_size],
+                       value="auto", label="Size", allow_custom_value=True,
+                       info="width x height; auto: the model's own size")
+    scheduler = gr.Dropdown(scheduler_names(), value="Default", label="Scheduler")
+    rows = gr.Slider(1, settings.max_seeds, value=1, step=1, label="Seeds (rows)",
+                     info="One row per seed: seed, seed+1, ...")
+    other = gr.Textbox(label="Another positive prompt", max_length=LIMITS.max_text_chars,
+                       info="shown beside, with no negative prompt",
+                       placeholder="e.g. portrait photo of a man without hat")
+    return model, steps, guidance, size, scheduler, rows, other
+
+
+def _pool_handlers(settings: AppSettings):
+    """Add and remove negative-prompt rows: the count says how many of the pool show."""
+    n = settings.max_negatives
+
+    def add(count):
+        if int(count) >= n:
+            gr.Warning(f"This app compares at most {n} negative prompts.")
+            return gr.skip()
+        return int(count) + 1
+
+    def remove(index):
+        def handler(count, *values):
+            kept = [v for i, v in enumerate(values) if i != index] + [""]
+            return max(int(count) - 1, 1), *kept
+        return handler
+
+    def show(count):
+        return [gr.update(visible=i < int(count)) for i in range(n)]
+
+    return add, remove, show
+
+
+def _known_words(views: Views, settings: AppSettings, boxes, count):
+    """The words the embedded model knows, as buttons: a click puts the word into the first empty negative box."""
+    words = views.known_words() if EMBEDDED_NAME in settings.models else []
+    if not words:
+        return
+    with gr.Accordion("Words the portrait model knows (click one to add it as a negative prompt)", open=False,
+                      elem_id="known-words"):
+        gr.Markdown("The embedded model learned only these words; any other word reaches it as noise.")
+        with gr.Row(equal_height=True):
+            for word in words:
+                button = gr.Button(word, size="sm", scale=0, min_width=0)
+
+                def put(count, *texts, word=word):
+                    shown = list(texts[:int(count)])
+                    if word in shown:
+                        return gr.skip(), *([gr.skip()] * len(texts))
+                    empty = next((i for i, t in enumerate(shown) if not t.strip()), None)
+                    if empty is None and int(count) >= len(texts):
+                        gr.Warning(f"This app compares at most {len(texts)} negative prompts.")
+                        return gr.skip(), *([gr.skip()] * len(texts))
+                    target = empty if empty is not None else int(count)
+                    updates = [gr.skip()] * len(texts)
+                    updates[target] = word
+                    return max(int(count), target + 1), *updates
+
+                button.click(put, [count, *boxes], [count, *boxes], **QUICK)
+
+
+def _examples(views: Views, settings: AppSettings, examples, fields: Fields, shown: dict) -> None:
+    """The built-in examples. On a Space, Gradio caches each one's result the first time it is picked (lazily), so
+    a visitor sees it at once; elsewhere picking one fills the form."""
+    n = settings.max_negatives
+    rows = [[e.prompt, e.other, e.seed, EMBEDDED_NAME, len(e.negatives), *(list(e.negatives) + [""] * n)[:n]]
+            for e in examples]
+    inputs = [fields.prompt, fields.other, fields.seed, fields.model, fields.count, *fields.boxes]
+
+    def result(prompt, other, seed, model, count, *boxes):
+        form = Form(prompt=prompt, negatives=negatives_from_boxes(list(boxes), int(count)), seed=seed,
+                    steps=settings.default_steps, model=model, other=other)
+        view = views.final(form)
+        return tuple(view.get(name, gr.skip()) for name in shown)
+
+    cache = on_spaces()
+    gr.Examples(rows, inputs, example_labels=[e.label for e in examples], api_visibility="private",
+                label="Examples (for the embedded portrait model; each shows its lesson on its seed)",
+                fn=result if cache else None, outputs=list(shown.values()) if cache else None,
+                cache_examples=cache, cache_mode="lazy")
+
+
+def _api_endpoint(views: Views, settings: AppSettings) -> None:
+    """The one public endpoint, /compare, on hidden components so that its signature is plain for API users. Values
+    reach the handler unprocessed (``preprocess=False``), so that every check, and every refusal's wording, is the
+    app's own."""
+    with gr.Column(visible=False):
+        named = {
+            "prompt": gr.Textbox(label="prompt"),
+            "negative_prompts": gr.Dropdown([], value=[], multiselect=True, allow_custom_value=True,
+                                            label="negative_prompts"),
+            "seed": gr.Number(0, label="seed"),
+            "steps": gr.Number(min(settings.default_steps, settings.max_steps), label="steps"),
+            "guidance_scale": gr.Number(7.5, label="guidance_scale"),
+            "size": gr.Textbox("auto", label="size"),
+            "model": gr.Textbox(settings.model, label="model"),
+            "rows": gr.Number(1, label="rows"),
+            "scheduler": gr.Textbox("Default", label="scheduler"),
+        }
+        outputs = [gr.Gallery(format="png", label="images"), gr.JSON(label="manifest")]
+        button = gr.Button()
+
+    def compare(prompt="", negative_prompts=(), seed=0, steps=settings.default_steps, guidance_scale=7.5,
+                size="auto", model="", rows=1, scheduler="Default"):
+        """Compare negative prompts from one seed; returns captioned images (baseline first) and the manifest."""
+        try:
+            form = form_from_api(prompt, negative_prompts, seed, steps, guidance_scale, size, model, rows, scheduler)
+            for result in views.api(form):
+                yield (gr.skip(), gr.skip()) if result is None else result
+        except InputError as error:  # raised while reading the form
+            raise gr.Error(f"{field_label(error.argument)}: {error}", title="Check the input") from None
+        except FormError as error:
+            raise gr.Error(str(error), title="Check the input") from None
+
+    button.click(compare, None, outputs, inputs_kwargs=named, api_name="compare", preprocess=False,
+                 api_description="Compare negative prompts from one seed; returns captioned images (baseline "
+                                 "first) and the manifest.", **RUN)
+
+
+def build_demo(settings: AppSettings | None = None) -> gr.Blocks:
+    """The whole app; loads no model (the first request does, or ``runner.load`` at launch)."""
+    settings = settings or AppSettings.from_env()
+    views = Views(settings)
+    add, remove, show = _pool_handlers(settings)
+    examples = load_examples() if EMBEDDED_NAME in settings.models else []
+    with gr.Blocks(title="negprompt: what does a negative prompt do?") as demo:
+        gr.Markdown(DESCRIPTION)
+        outcome = gr.State(None)
+        with gr.Row(equal_height=False):
+            with gr.Column(scale=2, min_width=320):
+                prompt = gr.Textbox(label="Prompt", value="portrait photo of a man", lines=2, max_lines=4,
+                                    max_length=LIMITS.max_text_chars)
+                prompt_tokens = gr.Markdown(elem_classes="token-count")
+                count = gr.Number(1, precision=0, visible=False)
+                groups, boxes, removes, counters = _negative_rows(settings, shown=1)
+                add_button = gr.Button("+ Add a negative prompt", size="sm", elem_id="add-negative")
+                _known_words(views, settings, boxes, count)
+                with gr.Row(equal_height=True):
+                    seed = gr.Number(0, label="Seed", scale=4, elem_id="seed",
+                                     info=f"a whole number from 0 to {LIMITS.max_seed}")
+                    randomize = gr.Button("Random seed", scale=0, min_width=120, elem_id="randomize")
+                run_button = gr.Button("Compare", variant="primary", elem_id="run")
+                with gr.Accordion("Advanced options", open=False):
+                    model, steps, guidance, size, scheduler, rows, other = _advanced(settings)
+            with gr.Column(scale=3, min_width=320):
+                status = gr.Markdown("Press **Compare**. The first run loads the model.", elem_id="status")
+                gallery = gr.Gallery(label="Baseline first, then one image per negative prompt", format="png",
+                                     columns=4, object_fit="contain", height="auto", elem_id="gallery",
+                                     show_label=False)
+                differences = gr.Checkbox(label="Show difference maps (where each negative prompt changed the "
+                                                "baseline)", elem_id="differences")
+                infotext = gr.Textbox(label="Infotext of the selected image (select an image)", lines=3,
+                                      buttons=["copy"], interactive=False)
+                table = gr.Markdown(elem_id="table")
+                gr.Markdown("**Labeled grid** (download it with the button on the image)")
+                grid = gr.Image(format="png", type="filepath", interactive=False, show_label=False, elem_id="grid")
+                download = gr.File(label="Download: grid, cells (PNG with infotext), manifest", interactive=False)
+        fields = Fields(prompt=prompt, seed=seed, rows=rows, steps=steps, guidance=guidance, size=size,
+                        scheduler=scheduler, model=model, other=other, count=count, boxes=boxes)
+        if examples:
+            _examples(views, settings, examples, fields, {"status": status, "gallery": gallery, "grid": grid,
+                                                          "download": download, "table": table})
+        with gr.Accordion("How it works", open=False):
+            gr.Markdown(HOW_IT_WORKS, latex_delimiters=[{"left": "$$", "right": "$$", "display": True},
+                                                        {"left": "\\(", "right": "\\)", "display": False}])
+        _api_endpoint(views, settings)
+
+        # Wiring: everything but /compare is private.
+        named_outputs = {"status": status, "gallery": gallery, "grid": grid, "download": download, "table": table,
+                         "outcome": outcome, "infotext": infotext}
+        labelled = fields.by_label()
+
+        def to_components(view: dict) -> dict:
+            return {named_outputs[name]: value for name, value in view.items() if name in named_outputs}
+
+        def run(differences=False, progress=gr.Progress(), **values):
+            for view in views.run(form_from_widgets(values), bool(differences), progress):
+                yield to_components(view)
+
+        def validate(differences=False, **values):
+            """Point at the field a refusal concerns, before the comparison is queued."""
+            bad = {}
+            try:
+                views.request(form_from_widgets(values))
+            except InputError as error:
+                label, message = views.refusal(error)
+                bad = {labelled.get(label, boxes[0]): message}
+            return [gr.validate(component not in bad, bad.get(component, "")) for component in
+                    [*fields.kwargs().values(), differences_box]]
+
+        differences_box = differences
+        run_kwargs = {**fields.kwargs(), "differences": differences}
+        for trigger in (run_button.click, prompt.submit):
+            trigger(run, None, list(named_outputs.values()), inputs_kwargs=run_kwargs, validator=validate,
+                    preprocess=False, show_progress_on=[status], **RUN, **PRIVATE)
+
+        def counter_line(text, model):
+            return views.token_counter(text, model)
+
+        prompt.change(counter_line, [prompt, model], prompt_tokens, **QUICK)
+        for box, counter in zip(boxes, counters):
+            box.change(counter_line, [box, model], counter, **QUICK)
+        every_counter = [model, prompt, *boxes], [prompt_tokens, *counters]
+        model.change(lambda m, *texts: [views.token_counter(t, m) for t in texts], *every_counter, **QUICK)
+        demo.load(lambda m, *texts: [views.token_counter(t, m) for t in texts], *every_counter, **PRIVATE)
+        add_button.click(add, count, count, **QUICK)
+        for i, button in enumerate(removes):
+            button.click(remove(i), [count, *boxes], [count, *boxes], **QUICK)
+        count.change(show, count, groups, **QUICK)
+        randomize.click(lambda: random.randint(0, LIMITS.max_seed), None, seed, **QUICK)
+        differences.change(lambda o, d: to_components(views.toggle(o, d)), [outcome, differences], [gallery, grid],
+                           **PRIVATE)
+
+        def select(outcome_value, event: gr.SelectData):
+            return views.select(outcome_value, event.index)
+
+        gallery.select(select, outcome, infotext, **PRIVATE)
+    return demo

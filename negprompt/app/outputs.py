@@ -1,0 +1,272 @@
+"""What a finished comparison shows: the typed ``Outcome`` a session keeps, the detector readout, the files (cells,
+a named grid with infotext, a zip) and the texts (captions, status line, tables).
+
+    outcome = finish(settings, request, result)      # files written, detector run
+    gallery_items(outcome, differences=False)        # [(path or image, caption), ...], baseline first
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import shutil
+import tempfile
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from PIL.PngImagePlugin import PngInfo
+
+from negprompt.app.form import Request
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ExtraCell:
+    """A cell of the other positive prompt, run beside the comparison with no negative."""
+
+    cell: object  # negprompt.comparison.Cell
+    path: Path  # its PNG (with infotext)
+    baseline: object  # the Cell of its row's baseline, which it is compared against
+    change: float  # change score against that baseline, in percent
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """A finished comparison and everything made from it."""
+
+    request: Request
+    result: object  # negprompt.comparison.Comparison
+    files: list[Path]  # one PNG per cell, in cell order
+    readout: list[dict] | None  # what the detector sees, per cell (None: no detector)
+    extra: list[ExtraCell] = field(default_factory=list)
+    extra_readout: list[dict] | None = None
+    grid_file: Path | None = None  # the labeled grid, with the baseline's infotext (once written)
+    differences_file: Path | None = None  # the same grid with a row of difference maps under each row
+    archive: Path | None = None  # the zip: grids, cells, manifest (once written)
+
+
+# -----------------------------------------------------------------------------------------------------------------
+# Detector
+
+
+class Detector:
+    """The embedded model's attribute detector, loaded once on first use."""
+
+    def __init__(self):
+        self._model = None
+        self._lock = threading.Lock()
+
+    def readout(self, images) -> list[dict] | None:
+        """Per image, each attribute's probability, ``clean_score`` and ``clean``; None without a detector."""
+        if not images:
+            return []
+        try:
+            from negprompt import detector
+
+            with self._lock:
+                if self._model is None:
+                    self._model = detector.load_detector()
+                found = detector.detect(images, self._model)
+        except (ImportError, FileNotFoundError):
+            return None
+        except Exception:  # an optional extra must never break a comparison
+            log.exception("the attribute detector failed; showing no detector readout")
+            return None
+        return [{name: value if isinstance(value, (bool, str)) else float(value) for name, value in r.items()}
+                for r in found]
+
+
+def seen(readout: dict) -> list[str]:
+    """The attributes a readout marks present (probability >= 0.5), plus "unclear image" when it is not clean."""
+    found = [name for name, value in readout.items()
+             if not name.startswith("clean") and not isinstance(value, (bool, str)) and value >= 0.5]
+    return found + (["unclear image"] if readout.get("clean") is False else [])
+
+
+# -----------------------------------------------------------------------------------------------------------------
+# Files
+
+
+def output_root() -> Path:
+    """Where the app writes its files: ``negprompt/`` under Gradio's temp folder (``GRADIO_TEMP_DIR``), which Gradio
+    serves from."""
+    return Path(os.environ.get("GRADIO_TEMP_DIR") or Path(tempfile.gettempdir()) / "gradio") / "negprompt"
+
+
+def output_folder(root: Path | None = None, keep_hours: float = 6) -> Path:
+    """A fresh folder for one comparison's files under ``root`` (default ``output_root()``); old ones are removed."""
+    base = root or output_root()
+    base.mkdir(parents=True, exist_ok=True)
+    for old in base.iterdir():
+        if old.is_dir() and time.time() - old.stat().st_mtime > keep_hours * 3600:
+            shutil.rmtree(old, ignore_errors=True)
+    return Path(tempfile.mkdtemp(prefix="run-", dir=base))
+
+
+def slug(text: str, limit: int = 40) -> str:
+    return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")[:limit].strip("-") or "comparison"
+
+
+def grid_name(request: Request) -> str:
+    """The grid's download name: prompt and seeds, e.g. ``negprompt-portrait-photo-of-a-man-seed3.png``."""
+    seeds = request.seeds
+    seed = f"seed{seeds[0]}" if len(seeds) == 1 else f"seeds{seeds[0]}-{seeds[-1]}"
+    return f"negprompt-{slug(request.prompt)}-{seed}.png"
+
+
+def save_png(image, path: Path, parameters: str, extra: dict | None = None) -> Path:
+    info = PngInfo()
+    info.add_text("parameters", parameters)
+    for key, value in (extra or {}).items():
+        info.add_text(key, value)
+    image.save(path, pnginfo=info)
+    return path
+
+
+def write_cells(result, folder: Path) -> list[Path]:
+    """One PNG per cell, with its infotext, in ``folder/comparison``; in cell order."""
+    content = folder / "comparison"
+    content.mkdir(parents=True, exist_ok=True)
+    return [save_png(c.image, content / cell_file(c), c.parameters) for c in result.cells]
+
+
+def cell_file(cell) -> str:
+    what = "baseline" if cell.is_baseline else slug(cell.negative_prompt, 40)
+    return f"{cell.index:02d}-seed{cell.seed}-{what}.png"
+
+
+def write_bundle(request: Request, result, folder: Path) -> tuple[Path, Path, Path]:
+    """Beside the cells (``write_cells``): the grid and the grid with difference maps (named after the prompt and
+    seed, carrying the baseline's infotext and the negatives), the manifest, and a zip of them all. Returns the two
+    grids and the zip."""
+    content = folder / "comparison"
+    info = {"negprompt-negatives": json.dumps(list(result.settings.negatives), ensure_ascii=False)}
+    name = grid_name(request)
+    grid = save_png(result.grid(differences=False), content / name, result.cells[0].parameters, info)
+    differences = save_png(result.grid(differences=True), content / name.replace(".png", "-differences.png"),
+                           result.cells[0].parameters, info)
+    manifest = result.manifest()
+    for cell, entry in zip(result.cells, manifest["cells"]):
+        entry["file"] = cell_file(cell)
+    (content / "manifest.json").write_text(json.dumps(manifest, indent=2, ensure_ascii=False) + "\n")
+    archive = shutil.make_archive(str(folder / name.removesuffix(".png")), "zip", content)
+    return grid, differences, Path(archive)
+
+
+# -----------------------------------------------------------------------------------------------------------------
+# Texts
+
+
+def plural(n: int, word: str) -> str:
+    return f"{n} {word}" if n == 1 else f"{n} {word}s"
+
+
+def caption(outcome: Outcome, cell) -> str:
+    """A gallery caption: what the cell is, its seed when there are several, its change score, what the detector
+    sees."""
+    result = outcome.result
+    text = "baseline" if cell.is_baseline else f"- {cell.negative_prompt}"
+    if len(result.settings.seeds) > 1:
+        text += f" · seed {cell.seed}"
+    if not cell.is_baseline:
+        text += f" · {result.change_scores[cell.index]:.1f}% changed"
+    if outcome.readout is not None:
+        text += " · sees " + (", ".join(seen(outcome.readout[cell.index])) or "nothing")
+    return text
+
+
+def extra_caption(outcome: Outcome, i: int) -> str:
+    item = outcome.extra[i]
+    text = f"+ {outcome.request.other_positive}"
+    if len(outcome.result.settings.seeds) > 1:
+        text += f" · seed {item.cell.seed}"
+    text += f" · {item.change:.1f}% changed"
+    if outcome.extra_readout is not None:
+        text += " · sees " + (", ".join(seen(outcome.extra_readout[i])) or "nothing")
+    return text
+
+
+def gallery_items(outcome: Outcome, differences: bool) -> list[tuple]:
+    """(image, caption) per cell, then the other positive's cells. With ``differences``, each cell shows where it
+    differs from its row's baseline; the baselines themselves stay images (their map would be empty)."""
+    from negprompt.difference import difference_map
+
+    result, items = outcome.result, []
+    for cell in result.cells:
+        image = str(outcome.files[cell.index])
+        if differences and not cell.is_baseline:
+            image = result.difference_map(cell)
+        items.append((image, caption(outcome, cell)))
+    for i, extra in enumerate(outcome.extra):
+        image = difference_map(extra.cell.image, extra.baseline.image) if differences else str(extra.path)
+        items.append((image, extra_caption(outcome, i)))
+    return items
+
+
+def status(outcome: Outcome, seconds: float | None = None) -> str:
+    """One line on what was made: images, seeds, steps, model, size, sampler, time."""
+    s = outcome.result.settings
+    seeds = f"seed {s.seeds[0]}" if len(s.seeds) == 1 else f"seeds {s.seeds[0]}-{s.seeds[-1]}"
+    images = len(outcome.result.cells) + len(outcome.extra)
+    parts = [plural(len(s.negatives), "negative prompt")]
+    if outcome.extra:
+        parts.append("another positive prompt")
+    took = f" in {seconds:.1f} s" if seconds is not None else ""
+    per_seed = " per seed" if len(s.seeds) > 1 else ""
+    return (f"**Done: {plural(images, 'image')}** ({seeds}: baseline + {' + '.join(parts)}{per_seed}){took}"
+            f" · `{s.model}` · {s.width}x{s.height} · {s.steps} steps · {s.scheduler}. "
+            "Select an image to see its infotext.")
+
+
+def _md(text: str) -> str:
+    """Text safe inside a Markdown table cell."""
+    return text.replace("|", "\\|").replace("\n", " ")
+
+
+def table(outcome: Outcome) -> str:
+    """Per cell: seed, what it is, change score and (with a detector) what it sees, as a Markdown table; then the
+    detector's tally per negative prompt."""
+    result, readout = outcome.result, outcome.readout
+    header = "| seed | cell | change |" + (" detector sees |" if readout is not None else "")
+    lines = [header, "|" + "---|" * (header.count("|") - 1)]
+    for cell in result.cells:
+        what = "baseline" if cell.is_baseline else f"- {_md(cell.negative_prompt)}"
+        line = f"| {cell.seed} | {what} | {result.change_scores[cell.index]:.1f}% |"
+        if readout is not None:
+            line += f" {', '.join(seen(readout[cell.index])) or 'nothing'} |"
+        lines.append(line)
+    for i, extra in enumerate(outcome.extra):
+        line = f"| {extra.cell.seed} | + {_md(outcome.request.other_positive)} | {extra.change:.1f}% |"
+        if outcome.extra_readout is not None:
+            line += f" {', '.join(seen(outcome.extra_readout[i])) or 'nothing'} |"
+        lines.append(line)
+    if readout is not None:
+        lines += ["", tally(outcome)]
+    return "\n".join(lines)
+
+
+def tally(outcome: Outcome) -> str:
+    """How many images (of the rows) the detector marks with each attribute, per column (baseline, each negative,
+    the other positive): the count a class makes to see what each negative prompt removed."""
+    result, readout = outcome.result, outcome.readout
+    columns = ["baseline", *(f"- {_md(n)}" for n in result.settings.negatives)]
+    per_column: list[list[dict]] = [[] for _ in columns]
+    for cell in result.cells:
+        per_column[cell.index % len(columns)].append(readout[cell.index])
+    if outcome.extra and outcome.extra_readout is not None:
+        columns.append(f"+ {_md(outcome.request.other_positive)}")
+        per_column.append(outcome.extra_readout)
+    names = sorted({name for records in per_column for r in records for name in seen(r)})
+    if not names:
+        return "The detector sees none of its attributes in any image."
+    rows = len(result.settings.seeds)
+    lines = ["| attribute | " + " | ".join(columns) + " |", "|---" * (len(columns) + 1) + "|"]
+    for name in names:
+        counts = [sum(name in seen(r) for r in records) for records in per_column]
+        lines.append(f"| {name} | " + " | ".join(f"{n}/{rows}" for n in counts) + " |")
+    return "\n".join(lines)

@@ -1,0 +1,234 @@
+"""Running one request: admission by estimated cost, the one generation lock, the comparison in a worker thread that
+streams step counts and previews, cancellation (the caller went away, or the request ran past its deadline), and
+ZeroGPU.
+
+    from negprompt.app.runner import Runner
+    runner = Runner(AppSettings())
+    runner.admit(request)                      # InputError("cost", ...) when it would run past the budget
+    for event in runner.generate(request):     # Step(done, total, previews) ..., then the Comparison
+        print(event)
+
+Cost: a comparison costs about cells x steps x pixels; ``Speed`` holds the measured seconds per cell-step-pixel
+of each loaded model on its device (a cautious prior until the first run), so the estimate is the device's own.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import queue
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, replace
+
+from negprompt.app.form import Request
+from negprompt.app.settings import AppSettings, zero_gpu_available
+from negprompt.errors import InputError
+from negprompt.loading import EMBEDDED_NAME
+
+log = logging.getLogger(__name__)
+
+GENERATION_LOCK = threading.Lock()  # one comparison at a time per process, UI and API alike
+# A caller that has not come back for the next event this long has gone away (Gradio stops iterating a cancelled or
+# disconnected request's generator without always closing it): the run stops at its next step.
+ABANDONED_AFTER_S = 3.0
+
+
+@dataclass(frozen=True)
+class Step:
+    """Progress of a running comparison; ``previews`` (one image per cell) every few steps, else None."""
+
+    done: int
+    total: int
+    previews: list | None
+
+
+class Cancelled(Exception):
+    """Raised inside a running comparison (from its step callback) to stop it early."""
+
+
+class DeadlineExceeded(Cancelled):
+    """The comparison ran longer than the app allows one request."""
+
+
+def compare_call(request: Request, *, with_other: bool = False) -> dict:
+    """The keyword arguments of the engine's ``compare(pipe, **...)`` for ``request``: the one place that turns a
+    request into an engine call. ``with_other``: run the other positive prompt as a comparison of its own (no
+    negatives), the way the app shows it beside the grid."""
+    if with_other:
+        request = replace(request, prompt=request.other_positive, negatives=(), other_positive="")
+    return dict(prompt=request.prompt, negatives=list(request.negatives), seeds=list(request.seeds),
+                steps=request.steps, guidance_scale=request.guidance_scale, height=request.height,
+                width=request.width, scheduler=request.scheduler, max_cells=max(request.cells, 1))
+
+
+# -----------------------------------------------------------------------------------------------------------------
+# Cost
+
+
+# Seconds per cell-step at 512x512 before a model has run here (cautious: SD 1.5-sized UNets); replaced by the
+# measured figure after the first run of each model on its device.
+PRIOR_SECONDS = {"cpu": 2.0, "mps": 0.3, "cuda": 0.03}
+EMBEDDED_PRIOR_SECONDS = 0.6  # the embedded model on a CPU: 0.01 s per cell-step at its 64x64
+
+
+class Speed:
+    """Measured seconds per cell-step-pixel, per (model, device)."""
+
+    def __init__(self):
+        self._seconds: dict[tuple[str, str], float] = {}
+        self._lock = threading.Lock()
+
+    def per_unit(self, model: str, device: str) -> float:
+        with self._lock:
+            known = self._seconds.get((model, device))
+        if known is not None:
+            return known
+        embedded = model == EMBEDDED_NAME and device == "cpu"
+        prior = EMBEDDED_PRIOR_SECONDS if embedded else PRIOR_SECONDS.get(device, 2.0)
+        return prior / 512**2
+
+    def record(self, model: str, device: str, units: float, seconds: float) -> None:
+        if units <= 0 or seconds <= 0:
+            return
+        measured = seconds / units
+        with self._lock:
+            old = self._seconds.get((model, device))
+            self._seconds[(model, device)] = measured if old is None else 0.5 * old + 0.5 * measured
+
+
+def units(request: Request, side: int = 512) -> float:
+    """cells x steps x pixels (the model's own size counts as ``side`` x ``side``)."""
+    return request.cells * request.steps * (request.width or side) * (request.height or side)
+
+
+def device_name(device: str | None) -> str:
+    from negprompt.devices import pick_device
+
+    return pick_device(device).type
+
+
+def describe_seconds(seconds: float) -> str:
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    if seconds < 5400:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.1f} h"
+
+
+# -----------------------------------------------------------------------------------------------------------------
+# Running
+
+
+def on_gpu(fn: Callable, duration: Callable) -> Callable:
+    """``spaces.GPU(duration=duration)(fn)`` where the ``spaces`` package is installed (ZeroGPU); else ``fn``."""
+    if not zero_gpu_available():
+        return fn
+    import spaces
+
+    return spaces.GPU(duration=duration)(fn)
+
+
+def load(model: str, device: str | None = None):
+    """The cached pipeline for ``model`` (EMBEDDED_NAME: the embedded model)."""
+    from negprompt.loading import load_pipeline
+
+    return load_pipeline(None if model == EMBEDDED_NAME else model, device=device)
+
+
+def zero_gpu_seconds(request: Request, *_args, **_kwargs) -> int:
+    """GPU seconds to ask ZeroGPU for: model transfer plus cells x steps x pixels. An H200 slice runs SD 1.5 at
+    512x512 at about 100 cell-steps per second (REFERENCE.md: a batch of 10 in 35 ms per step, both branches);
+    ask for 3x that plus 15 s, and at most ZeroGPU's 120 s."""
+    cell_steps_512 = units(request, side=1024 if request.width is None else 512) / 512**2
+    return int(min(120, math.ceil(15 + 3 * cell_steps_512 / 100)))
+
+
+class Runner:
+    """Admits requests and runs them one at a time."""
+
+    def __init__(self, settings: AppSettings):
+        self.settings = settings
+        self.speed = Speed()
+        self.sides: dict[str, int] = {}  # each model's own image side, once it has run
+        self.generate = on_gpu(self._generate, duration=lambda request, *a, **k: zero_gpu_seconds(request))
+
+    def estimate(self, request: Request) -> float:
+        """Seconds the comparison should take on this app's device, from the measured speed of its model."""
+        side = self.sides.get(request.model, 64 if request.embedded else 512)
+        device = device_name(self.settings.device)
+        return units(request, side) * self.speed.per_unit(request.model, device)
+
+    def admit(self, request: Request) -> float:
+        """The estimate, or ``InputError("cost", ...)`` when it exceeds the app's budget per request. A request no
+        larger than a default one (one seed, baseline + 3 negatives, the default steps, the model's own size) is
+        always admitted, however busy the machine: the budget is for outsized requests, the deadline for the rest."""
+        seconds = self.estimate(request)
+        side = self.sides.get(request.model, 64 if request.embedded else 512)
+        if units(request, side) <= 4 * self.settings.default_steps * side * side:
+            return seconds
+        if seconds > self.settings.budget_s:
+            size = f"{request.width}x{request.height}" if request.width else "the model's size"
+            raise InputError("cost", round(seconds, 1),
+                             f"{request.cells} images x {request.steps} steps at {size} would take about "
+                             f"{describe_seconds(seconds)} on this app's {device_name(self.settings.device)}; "
+                             f"it runs at most {describe_seconds(self.settings.budget_s)} per comparison. Use "
+                             "fewer steps, seeds or negatives, or a smaller size.")
+        return seconds
+
+    def _generate(self, request: Request, *, with_other: bool = False, previews: bool = True) -> Iterator:
+        """Yield ``Step``s while denoising, then the finished ``Comparison``. Exceptions reach the caller; closing
+        the stream (the caller went away) stops the comparison at its next step and frees the lock."""
+        from negprompt.engine import compare
+
+        events: queue.Queue = queue.Queue()
+        stop = threading.Event()
+        deadline = time.monotonic() + self.settings.deadline_s
+        settings = self.settings
+        waiting = [None]  # when the caller was handed an event it has not come back from (None: it came back)
+
+        def on_step(done, total, previews):
+            since = waiting[0]
+            if since is not None and time.monotonic() - since > ABANDONED_AFTER_S:
+                stop.set()  # the caller stopped iterating (a cancelled or disconnected request) without closing us
+            if stop.is_set():
+                log.info("stopping an abandoned comparison at step %d of %d", done, total)
+                raise Cancelled("the request was abandoned")
+            if time.monotonic() > deadline:
+                raise DeadlineExceeded(f"stopped after {describe_seconds(settings.deadline_s)}, the longest this "
+                                       "app runs one comparison")
+            events.put(Step(done, total, previews))
+
+        def work():
+            try:
+                with GENERATION_LOCK:
+                    if stop.is_set():
+                        raise Cancelled("the request was abandoned")
+                    pipe = load(request.model, settings.device)
+                    call = compare_call(request, with_other=with_other)
+                    every = settings.preview_every if previews else 0
+                    result = compare(pipe, **call, callback=on_step, preview_every=every)
+                denoise = result.timings.get("denoise_s", 0.0)
+                if request.width is None:
+                    self.sides[request.model] = max(result.settings.width, result.settings.height)
+                self.speed.record(request.model, pipe.device.type,
+                                  len(result.cells) * result.settings.steps * result.settings.width
+                                  * result.settings.height, denoise)
+                events.put(result)
+            except BaseException as error:  # handed to the caller's thread, which raises it
+                events.put(error)
+
+        threading.Thread(target=work, name="negprompt-compare", daemon=True).start()
+        try:
+            while True:
+                event = events.get()
+                if isinstance(event, BaseException):
+                    raise event
+                waiting[0] = time.monotonic()
+                yield event
+                waiting[0] = None
+                if not isinstance(event, Step):
+                    return
+        finally:
+            stop.set()

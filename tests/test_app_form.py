@@ -1,0 +1,144 @@
+"""The app's form, in process and without a model: labels from InputError.argument, the embedded model's words,
+models that cannot load here, and admission by estimated cost."""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+
+import pytest
+
+from negprompt.app.form import Form, build_request, field_label
+from negprompt.app.settings import AppSettings
+from negprompt.errors import LIMITS, InputError
+from negprompt.loading import EMBEDDED_MODEL, EMBEDDED_NAME
+
+needs_model = pytest.mark.skipif(not (EMBEDDED_MODEL / "model_index.json").is_file(), reason="no embedded model")
+
+
+@pytest.mark.parametrize("argument, boxes, label", [
+    ("steps", None, "Steps"),
+    ("guidance_scale", None, "Guidance scale"),
+    ("negatives[0]", None, "Negative prompt 1"),
+    ("negatives[1]", (0, 3), "Negative prompt 4"),  # the second negative came from the fourth box
+    ("negatives", None, "Negative prompts"),
+    ("cells[2].negative", (0, 1, 2), "Negative prompt 3"),
+    ("height", None, "Size"),
+    ("cost", None, "Steps"),
+    ("something_new", None, "Input"),
+])
+def test_an_error_argument_maps_to_its_form_label(argument, boxes, label):
+    assert field_label(argument, boxes) == label
+
+
+def test_empty_boxes_are_skipped_but_errors_name_the_box_they_came_from():
+    from negprompt.app.layout import form_from_widgets
+
+    values = {"prompt": "portrait photo of a man", "count": 3, "negative_0": "hat", "negative_1": "",
+              "negative_2": "\u200b", "negative_3": "never shown", "seed": 0, "rows": 1, "steps": 20,
+              "guidance": 7.5, "size": "auto", "scheduler": "Default", "model": "", "other": ""}
+    with pytest.raises(InputError) as error:
+        build_request(AppSettings(), form_from_widgets(values))
+    assert field_label(error.value.argument) == "Negative prompt 3", error.value.argument
+    values["negative_2"] = "glasses"
+    request = build_request(AppSettings(), form_from_widgets(values))
+    assert request.negatives == ("hat", "glasses") and request.boxes == (0, 2), request
+
+
+def test_numbers_are_refused_not_clamped_or_rounded():
+    settings = AppSettings()
+    for field, value in (("steps", 0), ("steps", 2.5), ("seed", "3"), ("seed", LIMITS.max_seed + 1),
+                         ("guidance", 1), ("rows", True)):
+        with pytest.raises(InputError):
+            build_request(settings, Form(prompt="a man", negatives=((0, "hat"),), **{field: value}))
+    request = build_request(settings, Form(prompt="a man", negatives=((0, "hat"),), seed=3.0, steps=20.0))
+    assert request.seeds == (3,) and request.steps == 20, "A JSON whole number (3.0) is a whole number."
+
+
+def test_a_comparison_needs_a_negative_prompt():
+    with pytest.raises(InputError) as error:
+        build_request(AppSettings(), Form(prompt="portrait photo of a man", negatives=()))
+    assert field_label(error.value.argument) == "Negative prompt 1"
+
+
+def test_the_caps_stay_within_the_library_limits():
+    with pytest.raises(ValueError, match="LIMITS"):
+        AppSettings(max_steps=LIMITS.max_steps + 1)
+    with pytest.raises(ValueError, match="LIMITS"):
+        AppSettings(max_size=LIMITS.max_side * 2)
+
+
+@needs_model
+def test_the_embedded_model_names_the_words_it_does_not_know():
+    from negprompt.app.views import Views
+
+    line = Views.token_counter("blurry, watermark, extra fingers, hat", EMBEDDED_NAME)
+    assert "does not know" in line and "watermark" in line and "fingers" in line, line
+    assert "hat" not in line.split("does not know")[1], f"'hat' is a word the model knows: {line}"
+    known = Views.known_words()
+    assert {"hat", "glasses", "mustache", "beard"} <= set(known), known
+    assert "watermark" not in known
+
+
+def test_an_offline_hub_model_is_refused_at_once(monkeypatch):
+    from negprompt.app.models import check_available
+    from negprompt.app.views import Views
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    start = time.perf_counter()
+    with pytest.raises(InputError, match="not downloaded and there is no network"):
+        check_available("stable-diffusion-v1-5/stable-diffusion-v1-5")
+    line = Views.token_counter("portrait photo of a man", "stable-diffusion-v1-5/stable-diffusion-v1-5")
+    assert time.perf_counter() - start < 5, "An offline Hub model must be refused without waiting on the network."
+    assert "/" not in line and "not downloaded" in line, f"No limit that is not the model's may show: {line}"
+
+
+def test_models_that_cannot_load_are_refused_with_the_reason(tmp_path):
+    from negprompt.app.models import check_available
+
+    weights = tmp_path / "model.safetensors"
+    weights.write_bytes(b"0")
+    with pytest.raises(InputError, match="is a file"):
+        check_available(str(weights))
+    other = tmp_path / "sd3"
+    other.mkdir()
+    (other / "model_index.json").write_text(json.dumps({"_class_name": "StableDiffusion3Pipeline"}))
+    with pytest.raises(InputError, match="StableDiffusion3Pipeline"):
+        check_available(str(other))
+    (other / "model_index.json").write_text("{not json")
+    with pytest.raises(InputError, match="not valid JSON"):
+        check_available(str(other))
+    with pytest.raises(InputError, match="without model_index.json"):
+        check_available(str(tmp_path))
+
+
+def test_a_request_over_the_budget_is_refused_with_its_estimate():
+    from negprompt.app.runner import Runner
+
+    runner = Runner(AppSettings(budget_s=60, device="cpu"))
+    small = build_request(runner.settings, Form(prompt="a man", negatives=((0, "hat"),), model=EMBEDDED_NAME))
+    assert runner.admit(small) < 60
+    big = build_request(runner.settings, Form(prompt="a man", negatives=tuple(enumerate("abcdefg")), rows=4,
+                                              steps=50, size="1024x1024", model=EMBEDDED_NAME))
+    with pytest.raises(InputError) as error:
+        runner.admit(big)
+    assert error.value.argument == "cost" and re.search(r"would take about \d+(\.\d)? (min|h) ", str(error.value)), \
+        f"The refusal must give the estimate: {error.value}"
+    runner.speed.record(EMBEDDED_NAME, "cpu", units=1e6, seconds=1e6)  # a measured, far slower device
+    assert runner.admit(small) > 60, "A default-sized request is admitted however busy the machine is."
+    two_rows = build_request(runner.settings, Form(prompt="a man", negatives=tuple(enumerate("abc")), rows=2,
+                                                   model=EMBEDDED_NAME))
+    with pytest.raises(InputError):
+        runner.admit(two_rows)
+
+
+def test_a_run_past_its_deadline_stops(tiny_sd_folder):
+    from negprompt.app.runner import GENERATION_LOCK, DeadlineExceeded, Runner
+
+    settings = AppSettings(deadline_s=0.001, device="cpu")
+    request = build_request(settings, Form(prompt="a man", negatives=((0, "hat"),), steps=30,
+                                           model=str(tiny_sd_folder)))
+    with pytest.raises(DeadlineExceeded, match="longest this app runs"):
+        list(Runner(settings).generate(request))
+    assert not GENERATION_LOCK.locked()
