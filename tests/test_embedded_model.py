@@ -44,6 +44,7 @@ def test_shipped_folder_loads_offline_and_generates():
     assert a.std() > 0.05, "A generated portrait must not be a flat image."
 
 
+@pytest.mark.slow
 def test_detector_accuracy_on_a_fresh_draw():
     assert sum(f.stat().st_size for f in DEFAULT_PATH.iterdir()) <= 2 * 2**20, "The detector must stay within 2 MB."
     accuracy = evaluate(load_detector(), seed=424242, n=1000)
@@ -60,6 +61,7 @@ def test_detect_reports_every_attribute_and_clean():
             assert (record[name] >= 0.5) == present, f"{name} must be detected on a drawn portrait."
 
 
+@pytest.mark.slow
 def test_tiny_training_run_saves_a_loadable_folder_and_resumes_with_its_own_tokenizer(tmp_path, monkeypatch):
     cfg = TrainConfig(**TINY, steps=3, vae_steps=3)
     folder = run(cfg, tmp_path / "run", device="cpu", minutes=1.0)
@@ -122,6 +124,7 @@ def test_vae_fidelity_script_reports_every_attribute():
     assert 0 < report["mean_abs_error"] < 20, "The shipped VAE must reconstruct portraits closely."
 
 
+@pytest.mark.slow
 def test_word_binding_script_measures_what_naming_a_word_does():
     cmd = [sys.executable, str(ROOT / "benchmarks" / "word_binding.py"), "--n", "16"]
     out = subprocess.run(cmd, check=True, capture_output=True, text=True, timeout=300).stdout
