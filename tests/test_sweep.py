@@ -20,6 +20,18 @@ from negprompt.sweep import TIMING_COLUMNS, SweepInterrupted, expand, load_confi
 ROOT = Path(__file__).resolve().parent.parent
 
 
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """One torch thread, as each process of a launched sweep has (torchrun sets OMP_NUM_THREADS=1): on a busy
+    2-core machine, two threads per tiny convolution cost 20x more in waiting than they save."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def write_config(folder: Path, model: Path, **overrides) -> Path:
     """A small sweep on the tiny test pipeline: 1 prompt x (baseline + 2 negatives) x 6 seeds, 2 seeds per spec."""
     settings = {"model": str(model), "steps": 2, "guidance": 7.5, "prompts": ["portrait photo of a man"],
