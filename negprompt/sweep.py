@@ -452,6 +452,12 @@ class RunStats:
     per_spec_s: list[float] = field(default_factory=list)
 
 
+def _round_robin(items: list, n: int) -> list:
+    """Reorder so that ``split_between_processes``' contiguous split hands out ``items`` round robin: process r
+    gets items r, r + n, ... (neighbouring specs often differ in size: a config's groups, its axes)."""
+    return [x for r in range(n) for x in items[r::n]]
+
+
 def _no_accelerator() -> bool:
     import torch
 
@@ -459,26 +465,30 @@ def _no_accelerator() -> bool:
     return not torch.cuda.is_available() and not (mps is not None and mps.is_available())
 
 
-def run_sweep(config_path: str | Path, out: str | Path, *, device: str | None = None,
+def run_sweep(config: SweepConfig | str | Path, out: str | Path, *, device: str | None = None,
               stop_after: int | None = None) -> dict:
-    """Run every pending spec of the config across the launched processes; returns this run's summary."""
+    """Run every pending spec of ``config`` (a ``SweepConfig`` or a config file) across the launched processes;
+    returns this run's summary (on the main process; an empty dict on the others)."""
     from accelerate import PartialState
     from accelerate.utils import gather_object
 
     started = time.perf_counter()
     out = Path(out)
-    config = load_config(config_path)
+    config = config if isinstance(config, SweepConfig) else load_config(config)
     specs = expand(config)
     ids = [spec_id(s) for s in specs]
     state = PartialState(cpu=device == "cpu" or (device is None and _no_accelerator()))
     (out / "specs").mkdir(parents=True, exist_ok=True)
     (out / "rows").mkdir(exist_ok=True)
     check_record(out, config, ids, state.is_main_process)
+    if state.is_main_process:  # temporary files of the main process's atomic writes, left by a killed run
+        for leftover in out.glob(".*.tmp-*"):
+            leftover.unlink()
     pending = [i for i, sid in enumerate(ids) if not is_done(out, sid)]
     state.wait_for_everyone()  # every process has listed the same pending specs before any starts writing
 
     stats = RunStats(rank=state.process_index, skipped=len(ids) - len(pending))
-    with state.split_between_processes(pending) as mine:
+    with state.split_between_processes(_round_robin(pending, state.num_processes)) as mine:
         if mine:
             stats.load_s, pipe, detector = _load(config, device or state.device)
             rows_file = out / "rows" / f"process-{state.process_index}.jsonl"
@@ -535,6 +545,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("config", type=Path, help="the sweep's TOML file")
     parser.add_argument("--out", type=Path, required=True, help="results folder (rerun with the same one to resume)")
     parser.add_argument("--device", default=None, help="cuda, mps or cpu (default: each process's own device)")
+    parser.add_argument("--threads", type=int, default=0,
+                        help="torch CPU threads per process (0: torch's default; 1 is faster on a busy shared CPU)")
     parser.add_argument("--list", action="store_true", help="print the specs the config makes and exit")
     parser.add_argument("--stop-after", type=int, default=None, metavar="N",
                         help="testing aid: each process finishes N comparisons, writes the next one halfway and exits "
@@ -548,6 +560,10 @@ def main(argv: list[str] | None = None) -> int:
     from negprompt.cli import quiet_libraries
 
     quiet_libraries()
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
     try:
         if args.list:
             for spec in expand(load_config(args.config)):
