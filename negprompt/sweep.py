@@ -14,7 +14,8 @@ A config file (TOML) names the model and the shared settings, the prompts, the n
     negatives = ["hat", "glasses"]    # or negatives_file = "negatives.txt" (one per line, # comments)
     seeds = "0-63"                    # or a list: [0, 1, "10-19"]
     seeds_per_block = 8               # seeds per comparison: one comparison spec per (prompt, axis, seed block)
-    axes = ["plain"]                  # also "timing", "methods", "leave-one-out" once their builders exist
+    axes = ["plain"]                  # also "timing" (timing = [0, 0.3]), "methods" (methods = ["cfg", "perp-neg"]),
+                                      # "leave-one-out" (each negative's comma-separated terms)
     # [[groups]] tables with their own prompts and negatives run in the same sweep (negatives = [] for baselines)
 
 It expands into ``ComparisonSpec``s (``negprompt.plan``), each with a stable id (a hash of its JSON). Processes
@@ -56,7 +57,7 @@ from negprompt.plan import ComparisonSpec
 log = logging.getLogger("negprompt.sweep")
 
 EMBEDDED_NAME = "negprompt-portraits"  # negprompt.loading.EMBEDDED_NAME, without importing torch to read a config
-NO_CHANGE_PERCENT = 1.0  # a cell whose change score is below this (percent) gets the verdict "no change"
+NO_CHANGE_PERCENT = 1.0  # a cell whose change score is below this (percent) "does almost nothing"
 TIMING_COLUMNS = ("seconds_spec", "seconds_cell", "process")  # row fields that differ between two identical runs
 
 # Axis -> (module, builder). A builder returns one ComparisonSpec; axes whose builder is missing give a clear error.
@@ -238,7 +239,13 @@ def _axis_specs(axis: str, prompt: str, negatives: tuple[str, ...], seeds: list[
     if axis == "timing":
         return [build(prompt, list(negatives), seeds, starts=list(config.timing), **common)]
     if axis == "methods":
-        return [build(prompt, list(negatives), seeds, methods=list(config.methods), **common)]
+        from negprompt.guidance import method_from_dict
+
+        try:
+            methods = [method_from_dict(name) for name in config.methods]
+        except ValueError as error:
+            raise InputError("methods", list(config.methods), str(error)) from None
+        return [build(prompt, list(negatives), seeds, methods=methods, **common)]
     return [build(prompt, negative, seeds, **common) for negative in negatives]  # leave-one-out: per long negative
 
 
@@ -317,42 +324,36 @@ def check_record(out: Path, config: SweepConfig, ids: list[str], is_main: bool) 
 
 
 def run_spec(pipe, spec: ComparisonSpec):
-    """Run one spec and return the engine's ``Comparison`` (cells in the spec's order).
-
-    This engine's ``compare`` takes a prompt and negatives, so only plain specs (``negatives_spec``) run here; the
-    spec-driven ``compare(pipe, spec)`` runs every axis."""
+    """Run one spec and return the engine's ``Comparison`` (cells in the spec's order), with a verdict per cell where
+    this negprompt has the explorer's verdicts (``negprompt.verdicts``)."""
     from negprompt.engine import compare
 
-    prompt = spec.cells[0].positive
-    negatives = [c.negative for c in spec.cells if c.row == 0 and c.kind == "negative"]
-    plain = spec.mode == "negatives" and all(
-        c.positive == prompt and c.window == (0.0, 1.0) and c.guidance.name == "cfg" for c in spec.cells)
-    expected = [(s, n) for s in spec.seeds for n in [spec.baseline_negative, *negatives]]
-    if not plain or [(c.seed, c.negative) for c in spec.cells] != expected:
-        raise InputError("axes", spec.mode, f"this engine runs only plain negatives x seeds comparisons, not "
-                                            f"{spec.mode!r}")
-    return compare(pipe, prompt, negatives, seeds=list(spec.seeds), steps=spec.steps,
-                   guidance_scale=spec.guidance_scale, height=spec.height, width=spec.width, scheduler=spec.sampler,
-                   baseline=spec.baseline, model_name=spec.model)
+    result = compare(pipe, spec)
+    try:
+        from negprompt.verdicts import explain
+    except ImportError:
+        return result
+    return explain(result, pipe)
 
 
-def cell_rows(spec: ComparisonSpec, sid: str, images: list, files: list[str], verdicts: list | None,
+def cell_rows(spec: ComparisonSpec, sid: str, changes: list[float], files: list[str], verdicts: list | None,
               detections: list[dict] | None) -> list[dict]:
-    """One row per cell: what it is, how much it changed against its reference, and what the detector saw."""
-    from negprompt.difference import change_score
-
+    """One row per cell: what it is, how much it changed against its reference (``changes``, percent), the verdict,
+    and what the detector saw."""
     rows = []
-    for i, (cell, image) in enumerate(zip(spec.cells, images)):
-        change = None if cell.reference is None else round(change_score(image, images[cell.reference]), 4)
-        if verdicts is not None:
-            verdict = verdicts[i]
+    for i, cell in enumerate(spec.cells):
+        change = None if cell.reference is None else round(float(changes[i]), 4)
+        if verdicts is not None:  # the explorer's verdict: status, then the measurement and the predicted causes
+            verdict = "" if verdicts[i] is None else getattr(verdicts[i], "status", str(verdicts[i]))
+            why = "" if verdicts[i] is None else "; ".join(getattr(verdicts[i], "reasons", ())[1:])
         else:
-            verdict = "" if change is None else ("no change" if change < NO_CHANGE_PERCENT else "changed")
+            verdict = "" if change is None else ("does almost nothing" if change < NO_CHANGE_PERCENT else "acts")
+            why = ""
         row = {"spec": sid, "cell": i, "row": cell.row, "prompt": cell.positive,
                "negative": "" if cell.negative is None else cell.negative, "label": cell.label, "kind": cell.kind,
                "seed": cell.seed, "axis": spec.mode, "method": cell.guidance.name, "window_start": cell.window[0],
                "window_stop": cell.window[1], "term": cell.term, "reference": cell.reference, "change": change,
-               "verdict": verdict, "image": f"specs/{sid}/{files[i]}"}
+               "verdict": verdict, "causes": why, "image": f"specs/{sid}/{files[i]}"}
         if detections is not None:
             row.update({f"det_{k}": v for k, v in detections[i].items()})
         rows.append(row)
@@ -382,11 +383,11 @@ def run_one(pipe, spec: ComparisonSpec, sid: str, out: Path, detector, rank: int
         detections = detect(images, detector)
     result.save(partial, differences=False)
     files = _cell_files(partial, len(images))
-    rows = cell_rows(spec, sid, images, files, getattr(result, "verdicts", None), detections)
+    rows = cell_rows(spec, sid, result.change_scores, files, getattr(result, "verdicts", None), detections)
     seconds = time.perf_counter() - start
     for row in rows:
         row.update(seconds_spec=round(seconds, 4), seconds_cell=round(seconds / len(rows), 4), process=rank)
-    (partial / "spec.json").write_text(spec.to_json() + "\n")
+    (partial / "spec.json").write_text(result.spec.to_json() + "\n")  # replayable: compare(pipe, spec)
     (partial / "rows.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     if interrupt:
         raise SweepInterrupted(f"stopped with {partial} half written (--stop-after)")

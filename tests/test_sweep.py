@@ -80,6 +80,22 @@ def test_an_axis_without_its_builder_is_a_clear_error(tmp_path, tiny_sd_folder, 
         expand(load_config(write_config(tmp_path, tiny_sd_folder, axes=["plain", "timing"], timing=[0, 0.5])))
 
 
+def test_timing_and_method_axes_run_in_one_sweep(tmp_path, tiny_sd_folder):
+    config = write_config(tmp_path, tiny_sd_folder, seeds="0-1", negatives=["hat"],
+                          axes=["plain", "timing", "methods"], timing=[0.0, 0.5], methods=["cfg", "perp-neg"])
+    assert [s.mode for s in expand(load_config(config))] == ["negatives", "timing", "methods"]
+    run_sweep(config, tmp_path / "out", device="cpu")
+    rows = [r for r in table(tmp_path / "out") if r["kind"] != "baseline"]
+    assert {(r["axis"], r["window_start"], r["method"]) for r in rows} == {
+        ("negatives", 0.0, "cfg"), ("timing", 0.0, "cfg"), ("timing", 0.5, "cfg"), ("methods", 0.0, "cfg"),
+        ("methods", 0.0, "perp-neg")}, "Each axis's cells, with their window and method, must reach the table"
+    plain = {r["seed"]: r["image"] for r in rows if r["axis"] == "negatives"}
+    from_start = {r["seed"]: r["image"] for r in rows if r["axis"] == "timing" and r["window_start"] == 0.0}
+    out = tmp_path / "out"
+    assert all((out / plain[s]).read_bytes() == (out / from_start[s]).read_bytes() for s in plain), \
+        "A negative acting from step 0 must equal the plain negative"
+
+
 def test_stopped_sweep_resumes_to_the_same_table_and_images(tmp_path, tiny_sd_folder):
     config = write_config(tmp_path, tiny_sd_folder)
     whole = run_sweep(config, tmp_path / "whole", device="cpu")
@@ -97,8 +113,8 @@ def test_stopped_sweep_resumes_to_the_same_table_and_images(tmp_path, tiny_sd_fo
     assert table(tmp_path / "resumed") == table(tmp_path / "whole"), "Resumed and uninterrupted tables must match"
     assert image_bytes(tmp_path / "resumed") == image_bytes(tmp_path / "whole"), "... and so must every cell PNG"
     rows = table(tmp_path / "whole")
-    labels = ("baseline", "hat", "glasses")
-    assert {(r["seed"], r["label"]) for r in rows} == {(s, n) for s in range(6) for n in labels}
+    negatives = ("", "hat", "glasses")
+    assert {(r["seed"], r["negative"]) for r in rows} == {(s, n) for s in range(6) for n in negatives}
     assert all("det_hat" in r and r["image"].endswith(".png") for r in rows)
     assert run_sweep(config, tmp_path / "whole", device="cpu")["specs_run"] == 0, "A finished sweep has nothing to do"
 
@@ -114,15 +130,15 @@ def test_report_counts_what_the_table_holds(tmp_path, tiny_sd_folder):
     run_sweep(write_config(tmp_path, tiny_sd_folder, seeds="0-3"), out, device="cpu")
     html_path, md_path = write_report(out)
     rows = table(out)
-    stats = {s.negative: s for s in negative_stats(rows)}
-    hat = [r for r in rows if r["label"] == "hat"]
-    assert stats["hat"].cells == len(hat) == 4
-    assert stats["hat"].changed.k == sum(r["change"] >= 1.0 for r in hat)
-    assert "hat" in stats["hat"].removal, "A negative that names a detector attribute gets a removal rate"
+    hat = [r for r in rows if r["negative"] == "hat"]
+    stats = {s.negative: s for s in negative_stats(rows)}["- hat"]
+    assert stats.cells == len(hat) == 4
+    assert stats.changed.k == sum(r["change"] >= 1.0 for r in hat)
+    assert "hat" in stats.removal, "A negative that names a detector attribute gets a removal rate"
     page = html_path.read_text()
     assert "http" not in page.replace("http-equiv", ""), "The page must load nothing from elsewhere"
     assert all((out / path).exists() for path in _links(page)), "Every image the page shows must exist"
-    assert "| hat |" in md_path.read_text()
+    assert "| - hat |" in md_path.read_text()
 
 
 def _links(page: str) -> list[str]:
