@@ -411,20 +411,22 @@ def merge(out: str | Path) -> list[dict]:
     finishing a spec and appending its rows; only finished specs count."""
     out = Path(out)
     ids = json.loads((out / "sweep.json").read_text())["specs"]
-    by_spec: dict[str, list[dict]] = {}
+    by_spec: dict[str, dict[int, dict]] = {}
     for path in sorted((out / "rows").glob("process-*.jsonl")):
         for line in path.read_text().splitlines():
-            if line.strip():
+            try:
                 row = json.loads(line)
-                by_spec.setdefault(row["spec"], {})[row["cell"]] = row
+            except json.JSONDecodeError:  # the last line of a process killed while appending
+                continue
+            by_spec.setdefault(row["spec"], {})[row["cell"]] = row
     rows = []
     for sid in ids:
         if not is_done(out, sid):
             continue
-        cells = by_spec.get(sid)
-        if cells is None:
-            cells = {r["cell"]: r for r in map(json.loads, (spec_folder(out, sid) / "rows.jsonl").read_text()
-                                               .splitlines())}
+        cells = by_spec.get(sid, {})
+        if len(cells) != json.loads((spec_folder(out, sid) / "done.json").read_text())["cells"]:
+            lines = (spec_folder(out, sid) / "rows.jsonl").read_text().splitlines()
+            cells = {r["cell"]: r for r in map(json.loads, lines)}
         rows += [cells[i] for i in sorted(cells)]
     write_atomic(out / "results.jsonl", "".join(json.dumps(r) + "\n" for r in rows))
     columns = list(dict.fromkeys(k for r in rows for k in r))
@@ -493,6 +495,9 @@ def run_sweep(config: SweepConfig | str | Path, out: str | Path, *, device: str 
         if mine:
             stats.load_s, pipe, detector = _load(config, device or state.device)
             rows_file = out / "rows" / f"process-{state.process_index}.jsonl"
+            if rows_file.is_file() and not rows_file.read_bytes().endswith(b"\n"):
+                with rows_file.open("a") as f:  # end the partial line a killed run left
+                    f.write("\n")
             for done, index in enumerate(mine):
                 start = time.perf_counter()
                 interrupt = stop_after is not None and done >= stop_after

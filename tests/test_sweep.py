@@ -15,7 +15,16 @@ import pytest
 
 from negprompt.errors import InputError
 from negprompt.report import negative_stats, wilson, write_report
-from negprompt.sweep import TIMING_COLUMNS, SweepInterrupted, expand, load_config, parse_seeds, run_sweep, spec_id
+from negprompt.sweep import (
+    TIMING_COLUMNS,
+    SweepInterrupted,
+    expand,
+    load_config,
+    merge,
+    parse_seeds,
+    run_sweep,
+    spec_id,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -117,6 +126,16 @@ def test_stopped_sweep_resumes_to_the_same_table_and_images(tmp_path, tiny_sd_fo
     assert {(r["seed"], r["negative"]) for r in rows} == {(s, n) for s in range(6) for n in negatives}
     assert all("det_hat" in r and r["image"].endswith(".png") for r in rows)
     assert run_sweep(config, tmp_path / "whole", device="cpu")["specs_run"] == 0, "A finished sweep has nothing to do"
+
+
+def test_table_survives_a_process_killed_while_appending_its_rows(tmp_path, tiny_sd_folder):
+    out = tmp_path / "out"
+    run_sweep(write_config(tmp_path, tiny_sd_folder, seeds="0-3"), out, device="cpu")
+    whole = table(out)
+    rows_file = out / "rows" / "process-0.jsonl"
+    rows_file.write_bytes(rows_file.read_bytes()[:-40])  # the last row cut in the middle
+    merge(out)
+    assert table(out) == whole, "A spec whose rows a killed process left incomplete is read from its own folder"
 
 
 def test_changed_config_is_refused(tmp_path, tiny_sd_folder):
