@@ -236,7 +236,8 @@ td.num{text-align:right;white-space:nowrap}.bar{display:inline-block;vertical-al
 .cards{display:flex;gap:16px;flex-wrap:wrap}.card{background:#fff;border:1px solid #e2e2e2;border-radius:8px;
 padding:10px 14px;min-width:240px;flex:1}.card b{font-size:17px}.pairs{display:flex;gap:14px;flex-wrap:wrap}
 .pair{text-align:center;font-size:12px}.pair img,.cell img{width:96px;height:96px;image-rendering:pixelated;
-border:1px solid #ccc}.ci{white-space:nowrap;color:#666}.grids img{max-width:100%;border:1px solid #ddd;margin:6px 0}
+border:1px solid #ccc}.ci{white-space:nowrap;color:#666}.nw{white-space:nowrap}
+.grids img{max-width:100%;border:1px solid #ddd;margin:6px 0}
 """
 
 
@@ -255,8 +256,9 @@ def _bar(rate: Rate, width: int = 90) -> str:
 
 
 def _cell_html(text: str) -> str:
-    """Escape a table cell; an interval in parentheses stays on one line, in grey."""
-    return re.sub(r"\(([^()<>]*)\)", r'<span class="ci">(\1)</span>', html.escape(text))
+    """Escape a table cell; an interval in parentheses stays on one line, in grey; a label's leading "- " too."""
+    text = re.sub(r"^- (\S+)", r'<span class="nw">- \1</span>', html.escape(text))
+    return re.sub(r"\(([^()<>]*)\)", r'<span class="ci">(\1)</span>', text)
 
 
 def _html_table(head: list[str], body: list[list[str]], raw: set[int] = frozenset()) -> str:
@@ -293,8 +295,8 @@ def _pairs_html(rows: list[dict], best: NegativeStats) -> str:
             break
     cells = [f'<div class="pair"><a href="{html.escape(b["image"])}"><img src="{html.escape(b["image"])}" '
              f'alt="baseline"></a> <a href="{html.escape(r["image"])}"><img src="{html.escape(r["image"])}" '
-             f'alt="{html.escape(best.negative)}"></a><br>seed {r["seed"]}: baseline, then - '
-             f'{html.escape(best.negative)}</div>' for b, r in chosen]
+             f'alt="{html.escape(best.negative)}"></a><br>seed {r["seed"]}: baseline &rarr; '
+             f'{_cell_html(best.negative)}</div>' for b, r in chosen]
     return '<div class="pairs">' + "".join(cells) + "</div>"
 
 
@@ -306,7 +308,7 @@ def page(record: dict, rows: list[dict]) -> str:
     parts = [f"<h1>Sweep report</h1><p class='muted'>{html.escape(_settings_line(record, rows))}</p>"]
     if best:
         def card(title, s):
-            return (f"<div class='card'><span class='muted'>{title}</span><br><b>{html.escape(s.negative)}</b> "
+            return (f"<div class='card'><span class='muted'>{title}</span><br><b>{_cell_html(s.negative)}</b> "
                     f"<span class='muted'>with \"{html.escape(s.prompt)}\"</span><br>{s.effect:.0%} ({measure})</div>")
         parts.append("<div class='cards'>" + "".join(card("most effective", s) for s in best)
                      + "".join(card("least effective", s) for s in worst) + "</div>")
@@ -314,7 +316,9 @@ def page(record: dict, rows: list[dict]) -> str:
                  f"{NO_CHANGE_PERCENT:g}%. Bars: the rate; whiskers: its 95% Wilson interval. Detector rates count "
                  "clean portraits only.</p>" + _negatives_html(stats, detector))
     if best:
-        parts.append(f"<h2>Where '{html.escape(best[0].negative)}' worked</h2>" + _pairs_html(rows, best[0]))
+        parts.append(f"<h2>Examples: {_cell_html(best[0].negative)}</h2><p class='muted'>Seeds where the most "
+                     "effective negative removed what it names (or, with no detector, changed the image).</p>"
+                     + _pairs_html(rows, best[0]))
     if detector:
         parts.append("<h2>Attribute rates per condition</h2><p class='muted'>Among the images the detector judges "
                      "clean portraits, with 95% Wilson intervals.</p>"
