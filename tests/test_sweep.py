@@ -166,6 +166,19 @@ def _links(page: str) -> list[str]:
     return re.findall(r'src="([^"]+)"', page)
 
 
+def test_negprompt_sweep_and_report_commands(tmp_path, tiny_sd_folder, capsys):
+    from negprompt.cli import main
+
+    config = write_config(tmp_path, tiny_sd_folder, seeds="0-1")
+    assert main(["sweep", str(config), "--out", str(tmp_path / "out"), "--threads", "1"]) == 0
+    assert "6 rows" in capsys.readouterr().out
+    assert main(["report", str(tmp_path / "out")]) == 0
+    assert (tmp_path / "out" / "report.html").is_file() and (tmp_path / "out" / "results.csv").is_file()
+    changed = write_config(tmp_path, tiny_sd_folder, seeds="0-2")
+    assert main(["sweep", str(changed), "--out", str(tmp_path / "out")]) == 2, "A changed config exits with status 2"
+    assert "another config" in capsys.readouterr().err
+
+
 def test_wilson_interval_matches_known_values():
     lo, hi = wilson(0, 32)
     assert lo == 0 and abs(hi - 0.1072) < 1e-3, "0 of 32: upper bound about 10.7%"
