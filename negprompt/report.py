@@ -100,14 +100,21 @@ def _clean(row: dict) -> bool:
     return row.get("det_clean") in (True, "True")
 
 
+def _condition(row: dict, several_axes: bool) -> tuple[str, str]:
+    """(prompt, cell label), the label tagged with its axis when a sweep has several (a plain "- hat" and the
+    timing axis's "- hat" from step 0 are the same images: counted apart, never pooled)."""
+    return row["prompt"], f"{row['label']} [{row['axis']}]" if several_axes else row["label"]
+
+
 def negative_stats(rows: list[dict]) -> list[NegativeStats]:
-    """One entry per (prompt, negative), in order of first appearance."""
+    """One entry per (prompt, negative cell label), in order of first appearance."""
     by_key = {(r["spec"], r["cell"]): r for r in rows}
+    several_axes = len({r["axis"] for r in rows}) > 1
     groups: dict[tuple[str, str], list[tuple[dict, dict | None]]] = defaultdict(list)
     for r in rows:
         if r["kind"] != "baseline":
             reference = by_key.get((r["spec"], r["reference"])) if r["reference"] not in (None, "") else None
-            groups[(r["prompt"], r["label"])].append((r, reference))
+            groups[_condition(r, several_axes)].append((r, reference))
     detector = any("det_clean" in r for r in rows)
     out = []
     for (prompt, label), pairs in groups.items():
@@ -116,8 +123,10 @@ def negative_stats(rows: list[dict]) -> list[NegativeStats]:
                               changed=Rate(sum(c >= NO_CHANGE_PERCENT for c in changes), len(changes)),
                               mean_change=sum(changes) / len(changes) if changes else math.nan)
         if detector:
-            clean = [(r, b) for r, b in pairs if b is not None and _clean(r) and _clean(b)]
-            for a in named_attributes(pairs[0][0]["negative"]):
+            # removal counts against a baseline only (a leave-one-out cell's reference is the full negative)
+            against_baseline = [(r, b) for r, b in pairs if b is not None and b["kind"] == "baseline"]
+            clean = [(r, b) for r, b in against_baseline if _clean(r) and _clean(b)]
+            for a in named_attributes(pairs[0][0]["negative"]) if against_baseline else []:
                 had = [(r, b) for r, b in clean if _present(b, a)]
                 stats.removal[a] = Rate(sum(not _present(r, a) for r, _ in had), len(had))
                 stats.present_baseline[a] = Rate(len(had), len(clean))
@@ -133,9 +142,10 @@ def negative_stats(rows: list[dict]) -> list[NegativeStats]:
 
 def condition_rates(rows: list[dict]) -> dict[tuple[str, str], dict[str, Rate]]:
     """Per condition (prompt, cell label): each attribute's rate among clean images, and the clean share."""
+    several_axes = len({r["axis"] for r in rows}) > 1
     table: dict[tuple[str, str], list[dict]] = defaultdict(list)
     for r in rows:
-        table[(r["prompt"], r["label"])].append(r)
+        table[_condition(r, several_axes)].append(r)
     out = {}
     for key, members in table.items():
         clean = [r for r in members if _clean(r)]

@@ -103,6 +103,8 @@ def test_timing_and_method_axes_run_in_one_sweep(tmp_path, tiny_sd_folder):
     out = tmp_path / "out"
     assert all((out / plain[s]).read_bytes() == (out / from_start[s]).read_bytes() for s in plain), \
         "A negative acting from step 0 must equal the plain negative"
+    stats = negative_stats(table(out))
+    assert len(stats) == 5 and all(s.cells == 2 for s in stats), "The report keeps each axis's cells apart"
 
 
 def test_stopped_sweep_resumes_to_the_same_table_and_images(tmp_path, tiny_sd_folder):
