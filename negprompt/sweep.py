@@ -309,10 +309,14 @@ def check_record(out: Path, config: SweepConfig, ids: list[str], is_main: bool) 
     if record.is_file():
         previous = json.loads(record.read_text())
         if previous["config_sha256"] != digest:
-            changed = sorted(k for k, v in config.to_dict().items() if previous["config"].get(k) != v)
+            now = json.loads(json.dumps(config.to_dict()))  # tuples as lists, as the record holds them
+            changed = sorted(k for k, v in now.items() if previous["config"].get(k) != v)
             raise InputError("config", str(out), f"{out} holds a sweep of another config (changed: "
                              f"{', '.join(changed) or 'unknown'}); finished results would mix with new ones. Use a "
                              "new --out folder, or restore the config")
+        if previous["specs"] != ids:
+            raise InputError("config", str(out), f"{out} was started by a negprompt that made other comparison specs "
+                             "from this config (another version); use a new --out folder")
         return
     if is_main:
         write_atomic(record, json.dumps({"config_sha256": digest, "config": config.to_dict(), "specs": ids},
