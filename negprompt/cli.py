@@ -164,6 +164,11 @@ def quiet_libraries() -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv and argv[0] in ("sweep", "report"):  # negprompt sweep CONFIG --out DIR; negprompt report DIR
+        from negprompt import report, sweep
+
+        return {"sweep": sweep.main, "report": report.main}[argv[0]](argv[1:])
     args = build_parser().parse_args(argv)
     quiet_libraries()
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")

@@ -1,0 +1,598 @@
+"""Sweeps: many prompts x negatives x seeds as comparison specs, on one process or many, resumable, one table.
+
+    python -m negprompt.sweep benchmarks/sweeps/smoke.toml --out runs/smoke              # one process
+    accelerate launch --multi_gpu --num_processes 8 -m negprompt.sweep big.toml --out runs/big   # 8 GPUs
+    accelerate launch --multi_gpu --num_processes 2 -m negprompt.sweep smoke.toml --out runs/smoke  # 2 CPU processes
+    python -m negprompt.report runs/smoke                                                  # report.html, report.md
+
+A config file (TOML) names the model and the shared settings, the prompts, the negatives and the seeds:
+
+    model = "negprompt-portraits"     # Hub id, diffusers folder (relative to this file or absolute), or the embedded
+    steps = 20                        # model's name; also: sampler, guidance, size = "64x64", baseline = "empty"
+    guidance = 5.0
+    prompts = ["portrait photo of a man"]
+    negatives = ["hat", "glasses"]    # or negatives_file = "negatives.txt" (one per line, # comments)
+    seeds = "0-63"                    # or a list: [0, 1, "10-19"]
+    seeds_per_block = 8               # seeds per comparison: one comparison spec per (prompt, axis, seed block)
+    axes = ["plain"]                  # also "timing" (timing = [0, 0.3]), "methods" (methods = ["cfg", "perp-neg"]),
+                                      # "leave-one-out" (each negative's comma-separated terms)
+    # [[groups]] tables with their own prompts and negatives run in the same sweep (negatives = [] for baselines)
+
+It expands into ``ComparisonSpec``s (``negprompt.plan``), each with a stable id (a hash of its JSON). Processes
+share the pending specs through accelerate's ``PartialState.split_between_processes``; each loads the pipeline once
+on its own device. A finished spec is a folder ``specs/<id>/`` (grid, cell PNGs with infotext, manifest, one row per
+cell), written under ``specs/<id>.partial/`` and renamed in one step, so a folder that exists is complete: a rerun
+skips it and redoes whatever an interrupted run left half written. No two processes write the same file: a spec
+belongs to one process, and each process appends its rows to its own ``rows/process-<rank>.jsonl``. The config's hash
+is recorded on the first run (``sweep.json``) and a changed config is refused. At the end the main process merges
+every finished spec's rows, in spec order, into ``results.csv`` and ``results.jsonl``.
+
+On a CPU, ``accelerate launch --cpu --num_processes N`` starts ONE process (accelerate runs several CPU processes
+only under MPI); ``--multi_gpu --num_processes N`` starts N through torchrun, and on a machine without a GPU the sweep
+joins them over gloo on the CPU.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import hashlib
+import importlib
+import io
+import json
+import logging
+import math
+import os
+import re
+import shutil
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from negprompt.errors import LIMITS, InputError
+from negprompt.plan import ComparisonSpec
+
+log = logging.getLogger("negprompt.sweep")
+
+EMBEDDED_NAME = "negprompt-portraits"  # negprompt.loading.EMBEDDED_NAME, without importing diffusers to read a config
+NO_CHANGE_PERCENT = 1.0  # a cell whose change score is below this (percent) "does almost nothing"
+TIMING_COLUMNS = ("seconds_spec", "seconds_cell", "process")  # row fields that differ between two identical runs
+
+# Axis -> (module, builder). A builder returns one ComparisonSpec; axes whose builder is missing give a clear error.
+AXES = {
+    "plain": ("negprompt.plan", "negatives_spec"),
+    "timing": ("negprompt.plan", "timing_spec"),
+    "methods": ("negprompt.plan", "methods_spec"),
+    "leave-one-out": ("negprompt.explore", "leave_one_out_spec"),
+}
+CONFIG_KEYS = {"model", "sampler", "steps", "guidance", "size", "baseline", "prompts", "negatives", "negatives_file",
+               "groups", "seeds", "seeds_per_block", "axes", "timing", "methods", "detector"}
+
+
+class SweepInterrupted(RuntimeError):
+    """Raised by ``--stop-after``: the sweep stopped with a comparison half written, as a killed run leaves it."""
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Config
+
+
+@dataclass(frozen=True)
+class Group:
+    prompts: tuple[str, ...]  # positive prompts, each run against every negative of the group
+    negatives: tuple[str, ...]  # negatives compared (empty: baselines only)
+
+
+@dataclass(frozen=True)
+class SweepConfig:
+    """What a config file says, with ranges expanded and files read."""
+
+    model: str  # Hub id, diffusers folder, or the embedded model's name
+    groups: tuple[Group, ...]  # prompts x negatives
+    seeds: tuple[int, ...]  # every seed, in order
+    sampler: str = "Default"  # sampler name (negprompt.schedulers)
+    steps: int = 20  # denoising steps
+    guidance: float = 7.5  # guidance scale
+    size: tuple[int, int] | None = None  # (width, height); None: the model's own size
+    baseline: str = "empty"  # the baseline negative: "empty" prompt or "zeros" embeddings (SDXL's own default)
+    seeds_per_block: int = 8  # seeds per comparison spec
+    axes: tuple[str, ...] = ("plain",)  # comparison axes, each a builder of specs
+    timing: tuple[float, ...] = ()  # the timing axis: start fractions
+    methods: tuple[str, ...] = ()  # the methods axis: guidance method names
+    detector: bool | None = None  # run the portrait detector on every cell (None: for the embedded model only)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def sha256(self) -> str:
+        return hashlib.sha256(json.dumps(self.to_dict(), sort_keys=True).encode()).hexdigest()
+
+    @property
+    def uses_detector(self) -> bool:
+        return self.detector if self.detector is not None else self.model == EMBEDDED_NAME
+
+
+def parse_seeds(value, argument: str = "seeds") -> tuple[int, ...]:
+    """``"0-63"``, ``7``, or a list of both -> the seeds in order; a repeated seed is an error."""
+    items = value if isinstance(value, list) else [value]
+    seeds: list[int] = []
+    for i, item in enumerate(items):
+        where = f"{argument}[{i}]" if isinstance(value, list) else argument
+        if isinstance(item, int) and not isinstance(item, bool):
+            seeds.append(item)
+            continue
+        match = re.fullmatch(r"\s*(\d+)\s*-\s*(\d+)\s*", str(item))
+        if not match or int(match[1]) > int(match[2]):
+            raise InputError(where, item, f"{where}={item!r} must be a seed or a range like \"0-63\"")
+        seeds.extend(range(int(match[1]), int(match[2]) + 1))
+    for s in seeds:
+        if not 0 <= s <= LIMITS.max_seed:
+            raise InputError(argument, s, f"seed {s} is outside 0 to {LIMITS.max_seed}")
+    if len(set(seeds)) != len(seeds):
+        raise InputError(argument, value, f"{argument}={value!r} names a seed twice")
+    if not seeds:
+        raise InputError(argument, value, f"{argument} must name at least one seed")
+    return tuple(seeds)
+
+
+def _read_toml(path: Path) -> dict:
+    try:
+        import tomllib
+    except ModuleNotFoundError:  # Python 3.10
+        try:
+            import tomli as tomllib
+        except ModuleNotFoundError:
+            raise InputError("config", str(path), "reading a TOML config needs Python 3.11 or the tomli "
+                                                  "package") from None
+    try:
+        return tomllib.loads(path.read_text(encoding="utf-8"))
+    except OSError as error:
+        raise InputError("config", str(path), f"config {str(path)!r}: {error.strerror}") from None
+    except tomllib.TOMLDecodeError as error:
+        raise InputError("config", str(path), f"config {str(path)!r} is not valid TOML: {error}") from None
+
+
+def _strings(data: dict, key: str, allow_empty: bool = False) -> tuple[str, ...]:
+    value = data.get(key, [])
+    if not isinstance(value, list) or not all(isinstance(v, str) and v.strip() for v in value):
+        raise InputError(key, value, f"{key} must be a list of non-empty strings")
+    if not value and not allow_empty:
+        raise InputError(key, value, f"{key} must name at least one")
+    return tuple(value)
+
+
+def _group(data: dict, folder: Path, where: str) -> Group:
+    negatives = list(_strings(data, "negatives", allow_empty=True))
+    if "negatives_file" in data:
+        path = folder / data["negatives_file"]
+        try:
+            lines = path.read_text(encoding="utf-8").splitlines()
+        except OSError as error:
+            raise InputError(f"{where}negatives_file", str(path), f"negatives_file {str(path)!r}: "
+                                                                  f"{error.strerror}") from None
+        negatives += [ln.strip() for ln in lines if ln.strip() and not ln.lstrip().startswith("#")]
+    return Group(prompts=_strings(data, "prompts"), negatives=tuple(negatives))
+
+
+def load_config(path: str | Path) -> SweepConfig:
+    """Read and check a sweep config; raises ``InputError`` naming the bad key."""
+    path = Path(path)
+    data = _read_toml(path)
+    unknown = sorted(set(data) - CONFIG_KEYS)
+    if unknown:
+        raise InputError(unknown[0], data[unknown[0]], f"config key {unknown[0]!r} is not one of "
+                                                       f"{', '.join(sorted(CONFIG_KEYS))}")
+    groups = [_group(data, path.parent, "")] if "prompts" in data else []
+    for i, extra in enumerate(data.get("groups", [])):
+        groups.append(_group(extra, path.parent, f"groups[{i}]."))
+    if not groups:
+        raise InputError("prompts", None, "a sweep needs prompts (or [[groups]] with prompts)")
+    model = str(data.get("model", EMBEDDED_NAME))
+    if (path.parent / model).is_dir():  # a folder named relative to the config file
+        model = str((path.parent / model).resolve())
+    size = None
+    if "size" in data:
+        match = re.fullmatch(r"(\d+)x(\d+)", str(data["size"]).lower())
+        if not match:
+            raise InputError("size", data["size"], f"size={data['size']!r} must look like \"512x512\"")
+        size = (int(match[1]), int(match[2]))
+    axes = tuple(data.get("axes", ["plain"]))
+    for i, axis in enumerate(axes):
+        if axis not in AXES:
+            raise InputError(f"axes[{i}]", axis, f"axis {axis!r} is not one of {', '.join(AXES)}")
+    config = SweepConfig(
+        model=model, groups=tuple(groups), seeds=parse_seeds(data.get("seeds", 0)),
+        sampler=str(data.get("sampler", "Default")), steps=data.get("steps", 20),
+        guidance=float(data.get("guidance", 7.5)), size=size, baseline=data.get("baseline", "empty"),
+        seeds_per_block=data.get("seeds_per_block", 8), axes=axes,
+        timing=tuple(float(t) for t in data.get("timing", [])), methods=tuple(data.get("methods", [])),
+        detector=data.get("detector"),
+    )
+    if isinstance(config.seeds_per_block, bool) or not isinstance(config.seeds_per_block, int) \
+            or config.seeds_per_block < 1:
+        raise InputError("seeds_per_block", config.seeds_per_block, "seeds_per_block must be a positive integer")
+    return config
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Config -> specs
+
+
+def _builder(axis: str):
+    module, name = AXES[axis]
+    try:
+        return getattr(importlib.import_module(module), name)
+    except (ImportError, AttributeError):
+        raise InputError("axes", axis, f"axis {axis!r} needs {module}.{name}, which this negprompt does not have "
+                                       "yet") from None
+
+
+def _axis_specs(axis: str, prompt: str, negatives: tuple[str, ...], seeds: list[int], config: SweepConfig,
+                common: dict) -> list[ComparisonSpec]:
+    build = _builder(axis)
+    if axis == "plain":
+        return [build(prompt, list(negatives), seeds, **common)]
+    if not negatives:
+        return []
+    if axis == "timing":
+        return [build(prompt, list(negatives), seeds, starts=list(config.timing), **common)]
+    if axis == "methods":
+        from negprompt.guidance import method_from_dict
+
+        try:
+            methods = [method_from_dict(name) for name in config.methods]
+        except ValueError as error:
+            raise InputError("methods", list(config.methods), str(error)) from None
+        return [build(prompt, list(negatives), seeds, methods=methods, **common)]
+    return [build(prompt, negative, seeds, **common) for negative in negatives]  # leave-one-out: per long negative
+
+
+def expand(config: SweepConfig) -> list[ComparisonSpec]:
+    """One spec per (group, prompt, axis, block of ``seeds_per_block`` seeds), in that order, each validated."""
+    width, height = config.size or (None, None)
+    common = dict(model=config.model if not Path(config.model).is_absolute() else Path(config.model).name,
+                  steps=config.steps, guidance_scale=config.guidance, height=height, width=width,
+                  sampler=config.sampler, baseline=config.baseline)
+    per = config.seeds_per_block
+    blocks = [list(config.seeds[i:i + per]) for i in range(0, len(config.seeds), per)]
+    specs = []
+    for group in config.groups:
+        for prompt in group.prompts:
+            for axis in config.axes:
+                for block in blocks:
+                    for spec in _axis_specs(axis, prompt, group.negatives, block, config, common):
+                        try:
+                            specs.append(spec.validate())
+                        except InputError as error:
+                            if error.argument == "max_cells":
+                                raise InputError("seeds_per_block", per, f"seeds_per_block={per} makes comparisons "
+                                                 f"of {len(spec.cells)} images, more than {LIMITS.max_cells}: lower "
+                                                 "it") from None
+                            raise
+    ids = [spec_id(s) for s in specs]
+    if len(set(ids)) != len(ids):
+        raise InputError("prompts", None, "the config makes the same comparison twice (a prompt, negative or group "
+                                          "repeated)")
+    return specs
+
+
+def spec_id(spec: ComparisonSpec) -> str:
+    """A stable name for a spec: the first 16 hex digits of its JSON's SHA-256."""
+    return hashlib.sha256(spec.to_json().encode()).hexdigest()[:16]
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Files: atomic writes, done-ness, the sweep record
+
+
+def write_atomic(path: Path, data: bytes | str) -> None:
+    """Write to a temporary name beside ``path``, then rename: readers see the old file or the whole new one."""
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_bytes(data.encode() if isinstance(data, str) else data)
+    os.replace(tmp, path)
+
+
+def spec_folder(out: Path, sid: str) -> Path:
+    return out / "specs" / sid
+
+
+def is_done(out: Path, sid: str) -> bool:
+    return (spec_folder(out, sid) / "done.json").is_file()
+
+
+def check_record(out: Path, config: SweepConfig, ids: list[str], is_main: bool) -> None:
+    """Refuse a config that differs from the one this folder's first run recorded; record it on the first run."""
+    record = out / "sweep.json"
+    digest = config.sha256()
+    if record.is_file():
+        previous = json.loads(record.read_text())
+        if previous["config_sha256"] != digest:
+            now = json.loads(json.dumps(config.to_dict()))  # tuples as lists, as the record holds them
+            changed = sorted(k for k, v in now.items() if previous["config"].get(k) != v)
+            raise InputError("config", str(out), f"{out} holds a sweep of another config (changed: "
+                             f"{', '.join(changed) or 'unknown'}); finished results would mix with new ones. Use a "
+                             "new --out folder, or restore the config")
+        if previous["specs"] != ids:
+            raise InputError("config", str(out), f"{out} was started by a negprompt that made other comparison specs "
+                             "from this config (another version); use a new --out folder")
+        return
+    if is_main:
+        write_atomic(record, json.dumps({"config_sha256": digest, "config": config.to_dict(), "specs": ids},
+                                        indent=1) + "\n")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Running one spec
+
+
+def run_spec(pipe, spec: ComparisonSpec):
+    """Run one spec and return the engine's ``Comparison`` (cells in the spec's order), with a verdict per cell where
+    this negprompt has the explorer's verdicts (``negprompt.verdicts``)."""
+    from negprompt.engine import compare
+
+    result = compare(pipe, spec)
+    try:
+        from negprompt.verdicts import explain
+    except ImportError:
+        return result
+    return explain(result, pipe)
+
+
+def cell_rows(spec: ComparisonSpec, sid: str, changes: list[float], files: list[str], verdicts: list | None,
+              detections: list[dict] | None) -> list[dict]:
+    """One row per cell: what it is, how much it changed against its reference (``changes``, percent), the verdict,
+    and what the detector saw."""
+    rows = []
+    for i, cell in enumerate(spec.cells):
+        change = None if cell.reference is None else round(float(changes[i]), 4)
+        if verdicts is not None:  # the explorer's verdict: status, then the measurement and the predicted causes
+            verdict = "" if verdicts[i] is None else getattr(verdicts[i], "status", str(verdicts[i]))
+            why = "" if verdicts[i] is None else "; ".join(getattr(verdicts[i], "reasons", ())[1:])
+        else:
+            verdict = "" if change is None else ("does almost nothing" if change < NO_CHANGE_PERCENT else "acts")
+            why = ""
+        row = {"spec": sid, "cell": i, "row": cell.row, "prompt": cell.positive,
+               "negative": "" if cell.negative is None else cell.negative, "label": cell.label, "kind": cell.kind,
+               "seed": cell.seed, "axis": spec.mode, "method": cell.guidance.name, "window_start": cell.window[0],
+               "window_stop": cell.window[1], "term": cell.term, "reference": cell.reference, "change": change,
+               "verdict": verdict, "causes": why, "image": f"specs/{sid}/{files[i]}"}
+        if detections is not None:
+            row.update({f"det_{k}": v for k, v in detections[i].items()})
+        rows.append(row)
+    return rows
+
+
+def _cell_files(folder: Path, n: int) -> list[str]:
+    manifest = json.loads((folder / "manifest.json").read_text())
+    files = [c.get("file") for c in manifest.get("cells", [])]
+    if len(files) != n or not all(files):
+        raise RuntimeError(f"{folder}/manifest.json does not list one file per cell")
+    return files
+
+
+def run_one(pipe, spec: ComparisonSpec, sid: str, out: Path, detector, rank: int,
+            interrupt: bool = False) -> list[dict]:
+    """Run ``spec`` and write its folder atomically; returns its rows. With ``interrupt``, stop before the rename."""
+    final, partial = spec_folder(out, sid), out / "specs" / f"{sid}.partial"
+    shutil.rmtree(partial, ignore_errors=True)  # what an interrupted run of this spec left
+    start = time.perf_counter()
+    result = run_spec(pipe, spec)
+    images = [c.image for c in result.cells]
+    detections = None
+    if detector is not None:
+        from negprompt.detector import detect
+
+        detections = detect(images, detector)
+    result.save(partial, differences=False)
+    files = _cell_files(partial, len(images))
+    rows = cell_rows(spec, sid, result.change_scores, files, getattr(result, "verdicts", None), detections)
+    seconds = time.perf_counter() - start
+    for row in rows:
+        row.update(seconds_spec=round(seconds, 4), seconds_cell=round(seconds / len(rows), 4), process=rank)
+    (partial / "spec.json").write_text(result.spec.to_json() + "\n")  # replayable: compare(pipe, spec)
+    (partial / "rows.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    if interrupt:
+        raise SweepInterrupted(f"stopped with {partial} half written (--stop-after)")
+    timings = {k: round(v, 4) for k, v in result.timings.items()}
+    (partial / "done.json").write_text(json.dumps({"spec": sid, "process": rank, "seconds": round(seconds, 4),
+                                                   "timings": timings, "cells": len(rows)}) + "\n")
+    if final.exists():  # only an earlier run's incomplete folder (no done.json) can be here
+        shutil.rmtree(final)
+    os.replace(partial, final)
+    return rows
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The results table
+
+
+def merge(out: str | Path) -> list[dict]:
+    """Every finished spec's rows, in spec order, written to ``results.jsonl`` and ``results.csv``.
+
+    Rows come from the per-process files, and from a spec's own ``rows.jsonl`` where a process stopped between
+    finishing a spec and appending its rows; only finished specs count."""
+    out = Path(out)
+    ids = json.loads((out / "sweep.json").read_text())["specs"]
+    by_spec: dict[str, dict[int, dict]] = {}
+    for path in sorted((out / "rows").glob("process-*.jsonl")):
+        for line in path.read_text().splitlines():
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError:  # the last line of a process killed while appending
+                continue
+            by_spec.setdefault(row["spec"], {})[row["cell"]] = row
+    rows = []
+    for sid in ids:
+        if not is_done(out, sid):
+            continue
+        cells = by_spec.get(sid, {})
+        if len(cells) != json.loads((spec_folder(out, sid) / "done.json").read_text())["cells"]:
+            lines = (spec_folder(out, sid) / "rows.jsonl").read_text().splitlines()
+            cells = {r["cell"]: r for r in map(json.loads, lines)}
+        rows += [cells[i] for i in sorted(cells)]
+    write_atomic(out / "results.jsonl", "".join(json.dumps(r) + "\n" for r in rows))
+    columns = list(dict.fromkeys(k for r in rows for k in r))
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=columns, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    write_atomic(out / "results.csv", buffer.getvalue())
+    return rows
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The sweep
+
+
+@dataclass
+class RunStats:
+    """What one process did in one run."""
+
+    rank: int
+    specs: int = 0
+    cells: int = 0
+    load_s: float = 0.0  # loading the pipeline (and the detector)
+    busy_s: float = 0.0  # running and writing specs
+    skipped: int = 0  # specs already done before this run
+    per_spec_s: list[float] = field(default_factory=list)
+
+
+def _round_robin(items: list, n: int) -> list:
+    """Reorder so that ``split_between_processes``' contiguous split hands out ``items`` round robin: process r
+    gets items r, r + n, ... (neighbouring specs often differ in size: a config's groups, its axes)."""
+    return [x for r in range(n) for x in items[r::n]]
+
+
+def _no_accelerator() -> bool:
+    import torch
+
+    mps = getattr(torch.backends, "mps", None)
+    return not torch.cuda.is_available() and not (mps is not None and mps.is_available())
+
+
+def run_sweep(config: SweepConfig | str | Path, out: str | Path, *, device: str | None = None,
+              stop_after: int | None = None) -> dict:
+    """Run every pending spec of ``config`` (a ``SweepConfig`` or a config file) across the launched processes;
+    returns this run's summary (on the main process; an empty dict on the others)."""
+    from accelerate import PartialState
+    from accelerate.utils import gather_object
+
+    started = time.perf_counter()
+    out = Path(out)
+    config = config if isinstance(config, SweepConfig) else load_config(config)
+    specs = expand(config)
+    ids = [spec_id(s) for s in specs]
+    state = PartialState(cpu=device == "cpu" or (device is None and _no_accelerator()))
+    (out / "specs").mkdir(parents=True, exist_ok=True)
+    (out / "rows").mkdir(exist_ok=True)
+    check_record(out, config, ids, state.is_main_process)
+    if state.is_main_process:  # temporary files of the main process's atomic writes, left by a killed run
+        for leftover in out.glob(".*.tmp-*"):
+            leftover.unlink()
+    pending = [i for i, sid in enumerate(ids) if not is_done(out, sid)]
+    state.wait_for_everyone()  # every process has listed the same pending specs before any starts writing
+
+    stats = RunStats(rank=state.process_index, skipped=len(ids) - len(pending))
+    with state.split_between_processes(_round_robin(pending, state.num_processes)) as mine:
+        if mine:
+            stats.load_s, pipe, detector = _load(config, device or state.device)
+            rows_file = out / "rows" / f"process-{state.process_index}.jsonl"
+            if rows_file.is_file() and not rows_file.read_bytes().endswith(b"\n"):
+                with rows_file.open("a") as f:  # end the partial line a killed run left
+                    f.write("\n")
+            for done, index in enumerate(mine):
+                start = time.perf_counter()
+                interrupt = stop_after is not None and done >= stop_after
+                rows = run_one(pipe, specs[index], ids[index], out, detector, state.process_index, interrupt)
+                with rows_file.open("a") as f:
+                    f.write("".join(json.dumps(r) + "\n" for r in rows))
+                stats.per_spec_s.append(time.perf_counter() - start)
+                stats.specs, stats.cells = stats.specs + 1, stats.cells + len(rows)
+                stats.busy_s += stats.per_spec_s[-1]
+                log.info("process %d/%d: %d/%d specs, %d cells", state.process_index + 1, state.num_processes,
+                         stats.specs, len(mine), stats.cells)
+    everyone = gather_object([asdict(stats)])
+    state.wait_for_everyone()
+    summary: dict = {}
+    if state.is_main_process:
+        rows = merge(out)
+        wall = time.perf_counter() - started
+        cells = sum(s["cells"] for s in everyone)
+        busy = max((s["busy_s"] for s in everyone), default=0.0)
+        summary = {"processes": state.num_processes, "device": str(state.device), "specs_total": len(ids),
+                   "specs_run": sum(s["specs"] for s in everyone), "cells_run": cells, "rows_in_table": len(rows),
+                   "wall_s": round(wall, 3), "cells_per_s": round(cells / wall, 4) if wall else None,
+                   "cells_per_busy_s": round(cells / busy, 4) if busy else None, "per_process": everyone}
+        with (out / "runs.jsonl").open("a") as f:
+            f.write(json.dumps(summary) + "\n")
+    state.wait_for_everyone()
+    return summary
+
+
+def _load(config: SweepConfig, device):
+    """Load the pipeline (once per process) and, where the config wants it, the portrait detector."""
+    import torch
+
+    from negprompt.loading import load_pipeline
+
+    start = time.perf_counter()
+    device = torch.device(device)
+    pipe = load_pipeline(None if config.model == EMBEDDED_NAME else config.model,
+                         device="cpu" if device.type == "cpu" else device)
+    detector = None
+    if config.uses_detector:
+        from negprompt.detector import load_detector
+
+        detector = load_detector()
+    return time.perf_counter() - start, pipe, detector
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="negprompt sweep", description="Run many comparisons from a config file, "
+                                     "on one process or many (accelerate launch), resumable.")
+    parser.add_argument("config", type=Path, help="the sweep's TOML file")
+    parser.add_argument("--out", type=Path, required=True, help="results folder (rerun with the same one to resume)")
+    parser.add_argument("--device", default=None, help="cuda, mps or cpu (default: each process's own device)")
+    parser.add_argument("--threads", type=int, default=0,
+                        help="torch CPU threads per process (0: torch's default; 1 is faster on a busy shared CPU)")
+    parser.add_argument("--list", action="store_true", help="print the specs the config makes and exit")
+    parser.add_argument("--stop-after", type=int, default=None, metavar="N",
+                        help="testing aid: each process finishes N comparisons, writes the next one halfway and exits "
+                             "with status 3, as a killed sweep would leave it")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    from negprompt.cli import quiet_libraries
+
+    quiet_libraries()
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
+    try:
+        if args.list:
+            for spec in expand(load_config(args.config)):
+                print(spec_id(spec), spec.mode, len(spec.cells), "cells", spec.cells[0].positive, list(spec.seeds))
+            return 0
+        summary = run_sweep(args.config, args.out, device=args.device, stop_after=args.stop_after)
+    except InputError as error:
+        print(f"negprompt sweep: error: {error}", file=sys.stderr)
+        return 2
+    except SweepInterrupted as error:
+        print(f"negprompt sweep: {error}", file=sys.stderr)
+        return 3
+    if summary:
+        rate = summary["cells_per_s"]
+        print(f"{summary['cells_run']} cells in {summary['wall_s']:.1f} s on {summary['processes']} process(es): "
+              f"{rate if rate is not None else math.nan:.2f} cells/s; {summary['rows_in_table']} rows in "
+              f"{args.out / 'results.csv'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
