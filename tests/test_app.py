@@ -5,6 +5,8 @@ It runs the embedded model when assets/portrait-model exists, else a tiny random
 
 from __future__ import annotations
 
+import json
+
 import pytest
 from PIL import Image
 from served_app import serve
@@ -113,7 +115,15 @@ def test_the_button_streams_previews_then_the_results(tiny_sd_folder):
     assert Image.open(final["grid"]).info["parameters"].startswith("portrait photo of a man"), \
         "The grid must carry the infotext."
     assert "- glasses" in final["table"]
-    assert "manifest.json" in zipfile.ZipFile(final["download"]).namelist(), "The zip must hold the manifest."
+    archive = zipfile.ZipFile(final["download"])
+    assert "manifest.json" in archive.namelist(), "The zip must hold the manifest."
+    cells = json.loads(archive.read("manifest.json"))["cells"]
+    other = [c for c in cells if c["kind"] == "positive"]
+    assert len(other) == 1 and other[0]["positive_prompt"].endswith("without mustache"), \
+        "The other positive prompt must be a cell of the comparison itself, in its manifest and zip."
+    assert other[0]["initial_latent_sha256"] == cells[0]["initial_latent_sha256"], \
+        "The other positive's cell must start from its row's latent."
+    assert any("positive-" in name for name in archive.namelist()), "The zip must hold the other positive's PNG."
     assert final["status"].startswith("**Done: 4 images** (seed 5: baseline + 2 negative prompts + another"), \
         final["status"]
 

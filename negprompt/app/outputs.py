@@ -15,7 +15,7 @@ import shutil
 import tempfile
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from PIL.PngImagePlugin import PngInfo
@@ -26,16 +26,6 @@ log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
-class ExtraCell:
-    """A cell of the other positive prompt, run beside the comparison with no negative."""
-
-    cell: object  # negprompt.comparison.Cell
-    path: Path  # its PNG (with infotext)
-    baseline: object  # the Cell of its row's baseline, which it is compared against
-    change: float  # change score against that baseline, in percent
-
-
-@dataclass(frozen=True)
 class Outcome:
     """A finished comparison and everything made from it."""
 
@@ -43,8 +33,6 @@ class Outcome:
     result: object  # negprompt.comparison.Comparison
     files: list[Path]  # one PNG per cell, in cell order
     readout: list[dict] | None  # what the detector sees, per cell (None: no detector)
-    extra: list[ExtraCell] = field(default_factory=list)
-    extra_readout: list[dict] | None = None
     grid_file: Path | None = None  # the labeled grid, with the baseline's infotext (once written)
     differences_file: Path | None = None  # the same grid with a row of difference maps under each row
     archive: Path | None = None  # the zip: grids, cells, manifest (once written)
@@ -136,7 +124,12 @@ def write_cells(result, folder: Path) -> list[Path]:
 
 
 def cell_file(cell) -> str:
-    what = "baseline" if cell.is_baseline else slug(cell.negative_prompt, 40)
+    if cell.is_baseline:
+        what = "baseline"
+    elif cell.kind == "positive":
+        what = "positive-" + slug(cell.positive_prompt, 31)
+    else:
+        what = slug(cell.negative_prompt, 40)
     return f"{cell.index:02d}-seed{cell.seed}-{what}.png"
 
 
@@ -170,7 +163,7 @@ def caption(outcome: Outcome, cell) -> str:
     """A gallery caption: what the cell is, its seed when there are several, its change score, what the detector
     sees."""
     result = outcome.result
-    text = "baseline" if cell.is_baseline else f"- {cell.negative_prompt}"
+    text = "baseline" if cell.is_baseline else result.label(cell)
     if len(result.settings.seeds) > 1:
         text += f" · seed {cell.seed}"
     if not cell.is_baseline:
@@ -180,31 +173,15 @@ def caption(outcome: Outcome, cell) -> str:
     return text
 
 
-def extra_caption(outcome: Outcome, i: int) -> str:
-    item = outcome.extra[i]
-    text = f"+ {outcome.request.other_positive}"
-    if len(outcome.result.settings.seeds) > 1:
-        text += f" · seed {item.cell.seed}"
-    text += f" · {item.change:.1f}% changed"
-    if outcome.extra_readout is not None:
-        text += " · sees " + (", ".join(seen(outcome.extra_readout[i])) or "nothing")
-    return text
-
-
 def gallery_items(outcome: Outcome, differences: bool) -> list[tuple]:
-    """(image, caption) per cell, then the other positive's cells. With ``differences``, each cell shows where it
-    differs from its row's baseline; the baselines themselves stay images (their map would be empty)."""
-    from negprompt.difference import difference_map
-
+    """(image, caption) per cell, in row order. With ``differences``, each cell shows where it differs from its
+    row's baseline; the baselines themselves stay images (their map would be empty)."""
     result, items = outcome.result, []
     for cell in result.cells:
         image = str(outcome.files[cell.index])
         if differences and not cell.is_baseline:
             image = result.difference_map(cell)
         items.append((image, caption(outcome, cell)))
-    for i, extra in enumerate(outcome.extra):
-        image = difference_map(extra.cell.image, extra.baseline.image) if differences else str(extra.path)
-        items.append((image, extra_caption(outcome, i)))
     return items
 
 
@@ -212,9 +189,9 @@ def status(outcome: Outcome, seconds: float | None = None) -> str:
     """One line on what was made: images, seeds, steps, model, size, sampler, time."""
     s = outcome.result.settings
     seeds = f"seed {s.seeds[0]}" if len(s.seeds) == 1 else f"seeds {s.seeds[0]}-{s.seeds[-1]}"
-    images = len(outcome.result.cells) + len(outcome.extra)
+    images = len(outcome.result.cells)
     parts = [plural(len(s.negatives), "negative prompt")]
-    if outcome.extra:
+    if outcome.request.other_positive:
         parts.append("another positive prompt")
     took = f" in {seconds:.1f} s" if seconds is not None else ""
     per_seed = " per seed" if len(s.seeds) > 1 else ""
@@ -235,15 +212,10 @@ def table(outcome: Outcome) -> str:
     header = "| seed | cell | change |" + (" detector sees |" if readout is not None else "")
     lines = [header, "|" + "---|" * (header.count("|") - 1)]
     for cell in result.cells:
-        what = "baseline" if cell.is_baseline else f"- {_md(cell.negative_prompt)}"
+        what = "baseline" if cell.is_baseline else _md(result.label(cell))
         line = f"| {cell.seed} | {what} | {result.change_scores[cell.index]:.1f}% |"
         if readout is not None:
             line += f" {', '.join(seen(readout[cell.index])) or 'nothing'} |"
-        lines.append(line)
-    for i, extra in enumerate(outcome.extra):
-        line = f"| {extra.cell.seed} | + {_md(outcome.request.other_positive)} | {extra.change:.1f}% |"
-        if outcome.extra_readout is not None:
-            line += f" {', '.join(seen(outcome.extra_readout[i])) or 'nothing'} |"
         lines.append(line)
     if readout is not None:
         lines += ["", tally(outcome)]
@@ -254,13 +226,11 @@ def tally(outcome: Outcome) -> str:
     """How many images (of the rows) the detector marks with each attribute, per column (baseline, each negative,
     the other positive): the count a class makes to see what each negative prompt removed."""
     result, readout = outcome.result, outcome.readout
-    columns = ["baseline", *(f"- {_md(n)}" for n in result.settings.negatives)]
+    columns = ["baseline" if c.is_baseline else _md(result.label(c)) for c in result.rows[0]]
     per_column: list[list[dict]] = [[] for _ in columns]
-    for cell in result.cells:
-        per_column[cell.index % len(columns)].append(readout[cell.index])
-    if outcome.extra and outcome.extra_readout is not None:
-        columns.append(f"+ {_md(outcome.request.other_positive)}")
-        per_column.append(outcome.extra_readout)
+    for row in result.rows:  # every row holds the same cells in the same order, one column each
+        for position, cell in enumerate(row):
+            per_column[position].append(readout[cell.index])
     names = sorted({name for records in per_column for r in records for name in seen(r)})
     if not names:
         return "The detector sees none of its attributes in any image."

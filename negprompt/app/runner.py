@@ -20,7 +20,7 @@ import queue
 import threading
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 from negprompt.app.form import Request
 from negprompt.app.settings import AppSettings, zero_gpu_available
@@ -52,15 +52,14 @@ class DeadlineExceeded(Cancelled):
     """The comparison ran longer than the app allows one request."""
 
 
-def compare_call(request: Request, *, with_other: bool = False) -> dict:
+def compare_call(request: Request) -> dict:
     """The keyword arguments of the engine's ``compare(pipe, **...)`` for ``request``: the one place that turns a
-    request into an engine call. ``with_other``: run the other positive prompt as a comparison of its own (no
-    negatives), the way the app shows it beside the grid."""
-    if with_other:
-        request = replace(request, prompt=request.other_positive, negatives=(), other_positive="")
+    request into an engine call. The other positive prompt (the seed article's "without X") is one more cell of
+    each row, in the same batch and from the same starting noise as the row's baseline."""
     return dict(prompt=request.prompt, negatives=list(request.negatives), seeds=list(request.seeds),
                 steps=request.steps, guidance_scale=request.guidance_scale, height=request.height,
-                width=request.width, scheduler=request.scheduler, max_cells=max(request.cells, 1))
+                width=request.width, scheduler=request.scheduler, other_positive=request.other_positive or None,
+                max_cells=max(request.cells, 1))
 
 
 # -----------------------------------------------------------------------------------------------------------------
@@ -177,7 +176,7 @@ class Runner:
                              "fewer steps, seeds or negatives, or a smaller size.")
         return seconds
 
-    def _generate(self, request: Request, *, with_other: bool = False, previews: bool = True) -> Iterator:
+    def _generate(self, request: Request, *, previews: bool = True) -> Iterator:
         """Yield ``Step``s while denoising, then the finished ``Comparison``. Exceptions reach the caller; closing
         the stream (the caller went away) stops the comparison at its next step and frees the lock."""
         from negprompt.engine import compare
@@ -206,7 +205,7 @@ class Runner:
                     if stop.is_set():
                         raise Cancelled("the request was abandoned")
                     pipe = load(request.model, settings.device)
-                    call = compare_call(request, with_other=with_other)
+                    call = compare_call(request)
                     every = settings.preview_every if previews else 0
                     result = compare(pipe, **call, callback=on_step, preview_every=every)
                 denoise = result.timings.get("denoise_s", 0.0)

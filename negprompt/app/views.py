@@ -22,12 +22,10 @@ from negprompt.app.form import Form, Request, build_request, field_label, known_
 from negprompt.app.models import check_available, tokenizer_for
 from negprompt.app.outputs import (
     Detector,
-    ExtraCell,
     Outcome,
     gallery_items,
     output_folder,
     output_root,
-    save_png,
     status,
     table,
     write_bundle,
@@ -86,7 +84,9 @@ class Views:
             yield self._error_view(*self.refusal(error))
             return
         started = time.perf_counter()
-        labels = [label for _ in request.seeds for label in ("baseline", *(f"- {n}" for n in request.negatives))]
+        other = [f"+ {request.other_positive}"] if request.other_positive else []
+        labels = [label for _ in request.seeds
+                  for label in ("baseline", *(f"- {n}" for n in request.negatives), *other)]
         try:
             for event in self.runner.generate(request):
                 if isinstance(event, Step):
@@ -97,8 +97,7 @@ class Views:
                                            for image, label in zip(event.previews, labels)]}
                 else:
                     result = event
-            extra = self._other_positive(request, result) if request.other_positive else []
-            outcome = self.finish(request, result, extra)
+            outcome = self.finish(request, result)
         except InputError as error:
             yield self._error_view(*self.refusal(error, request))
             return
@@ -134,32 +133,13 @@ class Views:
     def _error_view(self, label: str, message: str) -> View:
         return {"status": f"**Check the input:** {label}: {message}", "errors": {label: message}}
 
-    def _other_positive(self, request: Request, result) -> list[ExtraCell]:
-        """The same seeds with another positive prompt and no negative (the seed article's "without X" cell)."""
-        from negprompt.difference import change_score
-
-        *_, other = self.runner.generate(request, with_other=True)
-        folder = output_folder(self.files)
-        extra = []
-        for cell in other.cells:
-            baseline = result.rows[cell.row][0]
-            path = save_png(cell.image, folder / f"other-seed{cell.seed}.png", cell.parameters)
-            extra.append(ExtraCell(cell=cell, path=path, baseline=baseline,
-                                   change=change_score(cell.image, baseline.image)))
-        return extra
-
-    def finish(self, request: Request, result, extra: list[ExtraCell] | None = None) -> Outcome:
+    def finish(self, request: Request, result) -> Outcome:
         """The cells' files and the detector readout for a finished comparison: what the session keeps."""
-        folder = output_folder(self.files)
-        files = write_cells(result, folder)
-        extra = extra or []
-        readout = extra_readout = None
+        files = write_cells(result, output_folder(self.files))
+        readout = None
         if self.settings.detector and request.embedded:
             readout = self.detector.readout([c.image for c in result.cells])
-            if extra and readout is not None:
-                extra_readout = self.detector.readout([e.cell.image for e in extra])
-        return Outcome(request=request, result=result, files=files, readout=readout, extra=extra,
-                       extra_readout=extra_readout)
+        return Outcome(request=request, result=result, files=files, readout=readout)
 
     @staticmethod
     def bundle(outcome: Outcome) -> Outcome:
@@ -189,9 +169,7 @@ class Views:
         if outcome is None:
             return ""
         cells = outcome.result.cells
-        if index < len(cells):
-            return cells[index].parameters
-        return outcome.extra[index - len(cells)].cell.parameters
+        return cells[index].parameters if 0 <= index < len(cells) else ""
 
     # -- the /compare API -------------------------------------------------------------------------------------------
 
@@ -211,8 +189,7 @@ class Views:
                 elif time.monotonic() - last > API_BEAT_S:
                     last = time.monotonic()
                     yield None
-            extra = self._other_positive(request, result) if request.other_positive else []
-            outcome = self.finish(request, result, extra)
+            outcome = self.finish(request, result)
         except InputError as error:
             raise FormError(*self.refusal(error, request)) from None
         except DeadlineExceeded as error:
