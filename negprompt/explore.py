@@ -211,6 +211,46 @@ def _as_pixels(image) -> np.ndarray:
     return np.asarray(image, dtype=np.float32)
 
 
+class PreviewRecorder:
+    """A ``compare`` callback that keeps every cell's x0 preview, so a result can show all cells at step k.
+
+        recorder = PreviewRecorder(spec.steps, then=progress_bar)   # ``then`` still gets every call
+        result = compare(pipe, spec, callback=recorder, preview_every=2)
+        steps, previews = recorder.frames([cell.image for cell in result.cells])
+
+    The engine counts steps over its chunks of cells (``done`` runs to steps x chunks) and hands previews of the
+    running chunk's cells; the recorder puts the chunks of each step side by side. A step is kept only when every
+    chunk gave previews at it; the final images are the last frame (step ``steps``). A restart (the engine retries
+    with smaller chunks after running out of memory) starts the record over."""
+
+    def __init__(self, steps: int, then=None):
+        self.steps, self.then = steps, then
+        self._chunks: dict[int, dict[int, list]] = {}  # step -> chunk index -> that chunk's previews
+        self._last = 0
+
+    def __call__(self, done: int, total: int, previews) -> None:
+        if done <= self._last:
+            self._chunks = {}
+        self._last = done
+        if previews is not None:
+            chunk, step = divmod(done - 1, self.steps)
+            self._chunks.setdefault(step + 1, {})[chunk] = list(previews)
+        if self.then is not None:
+            self.then(done, total, previews)
+
+    def frames(self, final: Sequence) -> tuple[list[int], list[list]]:
+        """(recorded steps, per step every cell's preview in cell order), ending with ``final`` at the last step."""
+        chunks = 1 + (self._last - 1) // self.steps if self._last else 1
+        steps, previews = [], []
+        for step, parts in sorted(self._chunks.items()):
+            if len(parts) == chunks and step < self.steps:
+                cells = [image for k in range(chunks) for image in parts[k]]
+                if len(cells) == len(final):
+                    steps.append(step)
+                    previews.append(cells)
+        return steps + [self.steps], previews + [list(final)]
+
+
 def divergence_curves(previews: Sequence[Sequence], references: Sequence[int | None]) -> list[list[float] | None]:
     """Per cell, its change against its reference cell at each recorded step, in percent of full scale.
 

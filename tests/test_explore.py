@@ -10,6 +10,7 @@ from PIL import Image
 
 from negprompt.errors import LIMITS, InputError
 from negprompt.explore import (
+    PreviewRecorder,
     divergence_curves,
     first_divergence,
     latest_removing_start,
@@ -264,3 +265,24 @@ def test_verdict_is_measured_and_explained():
     inert = verdict(facts, spec, 3, 0.3)
     assert inert.status == INERT and "under 1%" in inert.reasons[0] and "literal" in inert.reasons[1]
     assert inert.to_dict()["status"] == "does almost nothing"
+
+
+def test_preview_recorder_joins_chunks_and_ends_with_the_final_images():
+    passed_on = []
+    recorder = PreviewRecorder(4, then=lambda done, total, previews: passed_on.append(done))
+    for chunk, cells in enumerate((["a", "b"], ["c"])):  # two chunks of 4 steps, previews every 2 steps
+        for step in range(1, 5):
+            done = chunk * 4 + step
+            recorder(done, 8, [f"{c}{step}" for c in cells] if step % 2 == 0 and done < 8 else None)
+    steps, previews = recorder.frames(["A", "B", "C"])
+    assert steps == [2, 4], "Step 4 of the last chunk gets no preview, so only step 2 has every cell; then the end."
+    assert previews == [["a2", "b2", "c2"], ["A", "B", "C"]]
+    assert passed_on == list(range(1, 9)), "The chained callback (a progress bar) must still see every step."
+
+
+def test_preview_recorder_starts_over_when_the_engine_restarts():
+    recorder = PreviewRecorder(2)
+    recorder(1, 2, ["x1"])
+    recorder(1, 4, ["y1"])  # restarted with smaller chunks
+    recorder(3, 4, ["z1"])
+    assert recorder.frames(["Y", "Z"]) == ([1, 2], [["y1", "z1"], ["Y", "Z"]])
