@@ -30,9 +30,11 @@ from dataclasses import dataclass, field
 
 from negprompt.explore import INERT_PERCENT, split_terms
 from negprompt.plan import ComparisonSpec, window_contains
+from negprompt.portraits import ALL_WORDS
 from negprompt.prompts import count_tokens
 
 ACTS, INERT = "acts", "does almost nothing"
+EMBEDDED_NAME = "negprompt-portraits"  # negprompt.loading.EMBEDDED_NAME (not imported: loading pulls in diffusers)
 DISTILLED_SCHEDULERS = ("LCMScheduler", "TCDScheduler")
 # Name parts of few-step distilled checkpoints: "sdxl-turbo", "DreamShaperXL_Turbo", "SDXL-Lightning",
 # "juggernautXL_v9Rdphoto2Lightning", "Hyper-SDXL-8steps", "lcm-lora-sdv1-5", "LCM_Dreamshaper_v7".
@@ -48,7 +50,7 @@ KNOWN_EMBEDDINGS = frozenset({
     "negativexl_d", "deepnegative", "bad_pictures", "easynegativev2", "aid28", "an-tiartifact",
 })
 _WEIGHT = re.compile(r"(?<!\\)\((?:[^()]|\\[()])*:\s*-?\d+(?:\.\d+)?\s*\)")
-_EMPHASIS = re.compile(r"(?<!\\)[(\[][^:|]*?(?<!\\)[)\]]")
+_EMPHASIS = re.compile(r"(?<!\\)(?:\(+|\[+)[^()\[\]:|]+(?:\)+|\]+)")
 _SCHEDULE = re.compile(r"(?<!\\)\[[^\[\]]*:\s*\d+(?:\.\d+)?\s*\]")
 _ALTERNATION = re.compile(r"(?<!\\)\[[^\[\]]*\|[^\[\]]*\]")
 _EXTRA = re.compile(r"<\s*(lora|lyco|hypernet)\s*:[^>]*>", re.IGNORECASE)
@@ -68,7 +70,10 @@ class ModelFacts:
 
 
 def model_facts(pipe, name: str, vocabulary: frozenset[str] | None = None) -> ModelFacts:
-    """The facts of a loaded pipeline (read only, nothing changes)."""
+    """The facts of a loaded pipeline (read only, nothing changes). The embedded model's vocabulary is known: the
+    words of its training captions (``negprompt.portraits.ALL_WORDS``)."""
+    if vocabulary is None and name == EMBEDDED_NAME:
+        vocabulary = frozenset(ALL_WORDS)
     tokenizer = pipe.tokenizer if getattr(pipe, "tokenizer", None) is not None else pipe.tokenizer_2
     config = pipe.scheduler.config
     return ModelFacts(name=name, time_cond_proj_dim=pipe.unet.config.time_cond_proj_dim,
@@ -161,8 +166,10 @@ def predicted_causes(facts: ModelFacts, spec: ComparisonSpec, index: int, tokeni
     if tokenizer is not None and text:
         count = count_tokens(tokenizer, text)
         if not count.fits:
+            cut = cut_terms(tokenizer, text)
+            what = (f"{_listing(cut)} {'is' if len(cut) == 1 else 'are'}" if cut else f"'{count.truncated}' is")
             causes.append(f"its negative has {count.used} tokens and the text encoder reads {count.limit}: "
-                          f"'{count.truncated}' is cut off without a warning")
+                          f"{what} cut off without a warning")
         ref = spec.cells[cell.reference] if cell.reference is not None else None
         if ref is not None and ref.negative and ref.window == cell.window and ref.guidance == cell.guidance \
                 and _read_part(tokenizer, text) == _read_part(tokenizer, ref.negative):
@@ -173,8 +180,20 @@ def predicted_causes(facts: ModelFacts, spec: ComparisonSpec, index: int, tokeni
         unknown = _unknown_words(own, facts.vocabulary)
         if unknown:
             verb = "is not a word" if len(unknown) == 1 else "are not words"
-            causes.append(f"{', '.join(repr(w) for w in unknown)} {verb} this model learned")
+            causes.append(f"{_listing(unknown)} {verb} this model learned")
     return causes
+
+
+def cut_terms(tokenizer, text: str) -> list[str]:
+    """The terms of ``text`` (comma-separated) that reach past the text encoder's token limit, wholly or in part."""
+    limit = tokenizer.model_max_length - 2
+    terms = split_terms(text)
+    return [t for k, t in enumerate(terms) if count_tokens(tokenizer, ", ".join(terms[:k + 1])).used > limit]
+
+
+def _listing(items: list[str], most: int = 6) -> str:
+    shown = ", ".join(repr(i) for i in items[:most])
+    return shown + (f" and {len(items) - most} more" if len(items) > most else "")
 
 
 def _read_part(tokenizer, text: str) -> list[int]:
@@ -205,3 +224,10 @@ def verdict(facts: ModelFacts, spec: ComparisonSpec, index: int, change: float, 
                 f"({'under' if inert else 'at least'} {threshold:g}%)")
     return Verdict(INERT if inert else ACTS, change,
                    (measured, *predicted_causes(facts, spec, index, tokenizer)))
+
+
+def cell_verdicts(facts: ModelFacts, spec: ComparisonSpec, changes, *, tokenizer=None,
+                  threshold: float = INERT_PERCENT) -> list[Verdict | None]:
+    """``verdict`` for every cell of ``spec``, given each cell's change against its reference (``changes``, as
+    ``Comparison.change_scores`` gives them)."""
+    return [verdict(facts, spec, i, float(c), tokenizer=tokenizer, threshold=threshold) for i, c in enumerate(changes)]

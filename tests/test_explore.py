@@ -198,6 +198,7 @@ def test_distillation_from_config_and_not_from_trailing_spacing_alone():
     ("(worst quality:1.4)", "attention weight"),
     ("((extra fingers))", "emphasis"),
     ("[blurry]", "emphasis"),
+    ("((extra fingers))", "((extra fingers))"),
     ("[deformed:ugly:10]", "schedule"),
     ("[hat:5]", "schedule"),
     ("[cat|dog]", "alternation"),
@@ -286,3 +287,21 @@ def test_preview_recorder_starts_over_when_the_engine_restarts():
     recorder(1, 4, ["y1"])  # restarted with smaller chunks
     recorder(3, 4, ["z1"])
     assert recorder.frames(["Y", "Z"]) == ([1, 2], [["y1", "z1"], ["Y", "Z"]])
+
+
+def test_the_terms_cut_at_the_token_limit_are_named(tokenizer):
+    from negprompt.verdicts import cut_terms
+
+    negative = ", ".join([f"hat{k}" for k in range(30)])  # each 'hatN' is 2 or 3 tokens plus a comma
+    cut = cut_terms(tokenizer, negative)
+    assert cut and cut[-1] == "hat29" and "hat0" not in cut
+    assert cut_terms(tokenizer, "hat, glasses") == []
+
+
+def test_cell_verdicts_give_one_verdict_per_cell_and_none_for_baselines():
+    from negprompt.verdicts import cell_verdicts
+
+    spec = leave_one_out_spec(PROMPT, "hat, glasses", [1], model="m")
+    verdicts = cell_verdicts(ModelFacts(name="m"), spec, [0.0, 5.0, 3.0, 0.1])
+    assert verdicts[0] is None
+    assert [v.status for v in verdicts[1:]] == ["acts", "acts", INERT]
