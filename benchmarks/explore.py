@@ -20,6 +20,7 @@
     python benchmarks/explore.py --seeds 64 --json explore.json              # all three, 64 seeds
     python benchmarks/explore.py timing --seeds 32                           # one part
     python benchmarks/explore.py --smoke                                     # 2 seeds, 4 steps: a check that it runs
+    python benchmarks/explore.py timing --seeds 16 --cache runs/explore      # then --seeds 32 reuses those 16 seeds
 
 Seeds are 0, 1, ..., N-1. Guidance 7.5, 20 steps, the model's own sampler (DDIM), baseline: the empty prompt.
 """
@@ -27,6 +28,7 @@ Seeds are 0, 1, ..., N-1. Guidance 7.5, 20 steps, the model's own sampler (DDIM)
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import logging
 import statistics
@@ -35,6 +37,8 @@ from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
+import torch
+from PIL import Image
 
 from negprompt.detector import detect, load_detector
 from negprompt.difference import change_score
@@ -46,6 +50,7 @@ log = logging.getLogger("explore")
 PROMPT = "portrait photo of a man"
 STARTS = (0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6)
 TIMED = ("hat", "glasses")
+PARTS = ("timing", "leave-one-out", "speed")
 # Known words that name no attribute, one color, unknown words, and the two attributes.
 LONG_NEGATIVE = ("blurry, background, hat, lowres, hair, watermark, glasses, skin, text, purple, photo, cropped")
 # Where a hat or glasses can be drawn on a 64x64 portrait (rows, columns), from negprompt.portraits.draw_portrait's
@@ -61,8 +66,12 @@ def change_outside(image, reference, attribute: str) -> float:
     return float(np.abs(a - b)[keep].mean() * 100)
 
 
-def run(pipe, spec, rows_per_call: int) -> list:
-    """Every cell's image, in spec order, from comparisons of at most ``rows_per_call`` seed rows each."""
+def run(pipe, spec, rows_per_call: int, cache: Path | None = None) -> list:
+    """Every cell's image, in spec order, from comparisons of at most ``rows_per_call`` seed rows each.
+
+    With ``cache``, each comparison's images are kept as PNGs in a folder named by the hash of its spec, and a later
+    run with the same settings reads them instead of computing them again (so a long run can be stopped and
+    continued, and its tables remade from the images)."""
     from negprompt.engine import compare
 
     images = []
@@ -71,14 +80,28 @@ def run(pipe, spec, rows_per_call: int) -> list:
         cells = [replace(spec.cells[i], row=spec.cells[i].row - first,
                          reference=None if spec.cells[i].reference is None else spec.cells[i].reference - members[0])
                  for i in members]
-        images += [cell.image for cell in compare(pipe, with_cells(spec, cells)).cells]
+        part = with_cells(spec, cells)
+        folder = cache / hashlib.sha256(part.to_json().encode()).hexdigest()[:16] if cache else None
+        if folder is not None and (folder / "done").is_file():
+            images += [Image.open(folder / f"{k:03d}.png").convert("RGB") for k in range(len(cells))]
+            continue
+        start = time.perf_counter()
+        made = [cell.image for cell in compare(pipe, part).cells]
+        log.info("rows %d-%d of %d: %d cells in %.0f s", first, first + rows_per_call - 1, spec.rows, len(cells),
+                 time.perf_counter() - start)
+        if folder is not None:
+            folder.mkdir(parents=True, exist_ok=True)
+            for k, image in enumerate(made):
+                image.save(folder / f"{k:03d}.png")
+            (folder / "done").write_text(part.to_json())
+        images += made
     return images
 
 
-def measure_timing(pipe, detector, seeds: list[int], steps: int, rows_per_call: int) -> dict:
+def measure_timing(pipe, detector, seeds: list[int], steps: int, rows_per_call: int, cache: Path | None) -> dict:
     spec = timing_spec(PROMPT, list(TIMED), seeds, list(STARTS), model=EMBEDDED_NAME, steps=steps)
     start = time.perf_counter()
-    images = run(pipe, spec, rows_per_call)
+    images = run(pipe, spec, rows_per_call, cache)
     seconds = time.perf_counter() - start
     detections = detect(images, detector)
     refs = [c.reference for c in spec.cells]
@@ -92,6 +115,10 @@ def measure_timing(pipe, detector, seeds: list[int], steps: int, rows_per_call: 
     return out
 
 
+def _pct(rate: float | None) -> str:
+    return "n/a" if rate is None else f"{rate:.0%}"
+
+
 def timing_markdown(result: dict, n: int) -> str:
     lines = []
     for attribute in TIMED:
@@ -100,18 +127,19 @@ def timing_markdown(result: dict, n: int) -> str:
                   "| start | removed | added | collateral | other flips/image | change | change outside region |",
                   "| --- | --- | --- | --- | --- | --- | --- |"]
         for r in part["rows"]:
-            lines.append(f"| {r['start']:g} | {r['removed']}/{r['present']} ({r['removal_rate']:.0%}) | "
-                         f"{r['added']}/{r['absent']} ({r['added_rate']:.0%}) | {r['collateral_pp']:.0f} pts | "
+            lines.append(f"| {r['start']:g} | {r['removed']}/{r['present']} ({_pct(r['removal_rate'])}) | "
+                         f"{r['added']}/{r['absent']} ({_pct(r['added_rate'])}) | {r['collateral_pp']:.0f} pts | "
                          f"{r['other_flips']:.2f} | {r['change']:.1f}% | {r['change_outside']:.1f}% |")
         lines += ["", f"Latest start still removing at least 90% as often as start 0: "
                       f"{part['latest_removing_start']}", ""]
     return "\n".join(lines)
 
 
-def measure_leave_one_out(pipe, detector, seeds: list[int], steps: int, rows_per_call: int) -> dict:
+def measure_leave_one_out(pipe, detector, seeds: list[int], steps: int, rows_per_call: int,
+                          cache: Path | None) -> dict:
     spec = leave_one_out_spec(PROMPT, LONG_NEGATIVE, seeds, model=EMBEDDED_NAME, steps=steps)
     start = time.perf_counter()
-    images = run(pipe, spec, rows_per_call)
+    images = run(pipe, spec, rows_per_call, cache)
     seconds = time.perf_counter() - start
     changes = [0.0 if c.reference is None else change_score(im, images[c.reference])
                for c, im in zip(spec.cells, images)]
@@ -134,10 +162,10 @@ def leave_one_out_markdown(result: dict, n: int) -> str:
     for k, t in enumerate(result["ranking"]["terms"], 1):
         above = sum(c >= result["ranking"]["threshold_percent"] for c in t["changes"])
         lines.append(f"| {k} | {t['term']} | {t['mean_change']:.2f}% | {above}/{len(t['changes'])} |")
-    lines += ["", f"Seeds whose own top two are exactly hat and glasses: {result['top_two_share']:.0%}."]
+    lines += ["", f"Seeds whose own top two are exactly hat and glasses: {_pct(result['top_two_share'])}."]
     for attribute, c in result["given_baseline_shows"].items():
-        share = c["in_top_two"] / c["seeds"] if c["seeds"] else float("nan")
-        lines.append(f"Seeds whose baseline shows {attribute}: {c['seeds']}; of them {share:.0%} rank "
+        share = c["in_top_two"] / c["seeds"] if c["seeds"] else None
+        lines.append(f"Seeds whose baseline shows {attribute}: {c['seeds']}; of them {_pct(share)} rank "
                      f"'{attribute}' in their top two.")
     lines.append(f"Trimmed negative: \"{result['ranking']['trimmed_negative']}\".")
     return "\n".join(lines)
@@ -172,18 +200,26 @@ def speed_markdown(r: dict) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description="Measure the mechanism explorer on the embedded model.")
-    parser.add_argument("parts", nargs="*", default=["timing", "leave-one-out", "speed"],
-                        choices=["timing", "leave-one-out", "speed"], help="what to measure (default: all)")
+    parser.add_argument("parts", nargs="*", metavar="PART",
+                        help="timing, leave-one-out and/or speed (default: all three)")
     parser.add_argument("--seeds", type=int, default=64, help="seeds 0..N-1 (default 64)")
     parser.add_argument("--steps", type=int, default=20, help="denoising steps (default 20)")
     parser.add_argument("--rows-per-call", type=int, default=4, help="seed rows per comparison (default 4)")
     parser.add_argument("--repeats", type=int, default=1, help="timed repeats of the speed test (median)")
     parser.add_argument("--smoke", action="store_true", help="2 seeds, 4 steps: only checks that it runs")
+    parser.add_argument("--cache", type=Path, default=None,
+                        help="keep each comparison's images here; a later run with the same settings reuses them")
+    parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     parser.add_argument("--json", type=Path, default=None, help="write every number to this JSON file")
     args = parser.parse_args()
+    args.parts = args.parts or list(PARTS)
+    if set(args.parts) - set(PARTS):
+        parser.error(f"parts must be among {', '.join(PARTS)}")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     if args.smoke:
         args.seeds, args.steps = 2, 4
+    if args.threads:
+        torch.set_num_threads(args.threads)
     from negprompt.cli import quiet_libraries
 
     quiet_libraries()
@@ -192,10 +228,11 @@ def main() -> None:
     results: dict = {"settings": {"seeds": args.seeds, "steps": args.steps, "guidance_scale": 7.5,
                                   "prompt": PROMPT, "device": "cpu"}}
     if "timing" in args.parts:
-        results["timing"] = measure_timing(pipe, detector, seeds, args.steps, args.rows_per_call)
+        results["timing"] = measure_timing(pipe, detector, seeds, args.steps, args.rows_per_call, args.cache)
         print(timing_markdown(results["timing"], len(seeds)))
     if "leave-one-out" in args.parts:
-        results["leave_one_out"] = measure_leave_one_out(pipe, detector, seeds, args.steps, args.rows_per_call)
+        results["leave_one_out"] = measure_leave_one_out(pipe, detector, seeds, args.steps,
+                                                         args.rows_per_call, args.cache)
         print(leave_one_out_markdown(results["leave_one_out"], len(seeds)))
     if "speed" in args.parts:
         results["speed"] = measure_speed(pipe, args.steps, args.repeats)
