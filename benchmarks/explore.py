@@ -87,8 +87,8 @@ def run(pipe, spec, rows_per_call: int, cache: Path | None = None) -> list:
             continue
         start = time.perf_counter()
         made = [cell.image for cell in compare(pipe, part).cells]
-        log.info("rows %d-%d of %d: %d cells in %.0f s", first, first + rows_per_call - 1, spec.rows, len(cells),
-                 time.perf_counter() - start)
+        log.info("rows %d-%d of %d: %d cells in %.0f s", first, min(first + rows_per_call, spec.rows) - 1,
+                 spec.rows, len(cells), time.perf_counter() - start)
         if folder is not None:
             folder.mkdir(parents=True, exist_ok=True)
             for k, image in enumerate(made):

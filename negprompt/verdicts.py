@@ -28,7 +28,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 
-from negprompt.explore import INERT_PERCENT, split_terms
+from negprompt.explore import INERT_PERCENT, PreviewRecorder, divergence_curves, rank_terms, split_terms
 from negprompt.plan import ComparisonSpec, window_contains
 from negprompt.portraits import ALL_WORDS
 from negprompt.prompts import count_tokens
@@ -231,3 +231,40 @@ def cell_verdicts(facts: ModelFacts, spec: ComparisonSpec, changes, *, tokenizer
     """``verdict`` for every cell of ``spec``, given each cell's change against its reference (``changes``, as
     ``Comparison.change_scores`` gives them)."""
     return [verdict(facts, spec, i, float(c), tokenizer=tokenizer, threshold=threshold) for i, c in enumerate(changes)]
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# A finished comparison, explained
+
+
+def explain(result, pipe, recorder: PreviewRecorder | None = None, *, threshold: float = INERT_PERCENT):
+    """Give a finished ``Comparison`` its verdict per cell and, when ``recorder`` (a ``PreviewRecorder`` passed as
+    ``compare``'s callback) kept previews, every cell's x0 preview per recorded step. Returns ``result``.
+
+    ``pipe``: the pipeline it ran on (or an object holding it as ``.pipe``); only its configs are read."""
+    pipe = getattr(pipe, "pipe", pipe)
+    tokenizer = pipe.tokenizer if getattr(pipe, "tokenizer", None) is not None else pipe.tokenizer_2
+    facts = model_facts(pipe, result.settings.model)
+    result.verdicts = cell_verdicts(facts, result.spec, result.change_scores, tokenizer=tokenizer,
+                                    threshold=threshold)
+    if recorder is not None:
+        result.preview_steps, result.previews = recorder.frames([c.image for c in result.cells])
+    return result
+
+
+def manifest_fields(result) -> tuple[list[dict], dict]:
+    """What the explorer adds to ``manifest.json``: per cell its verdict and divergence curve (its change against
+    its reference at each recorded step, percent), and for the whole comparison the recorded steps and, for a
+    leave-one-out or terms-alone spec, the ranked terms and the trimmed negative."""
+    verdicts = getattr(result, "verdicts", None) or [None] * len(result.cells)
+    previews = getattr(result, "previews", None)
+    curves = (divergence_curves(previews, [c.reference for c in result.cells]) if previews
+              else [None] * len(result.cells))
+    cells = [{"verdict": v.to_dict() if v is not None else None, "divergence": curve}
+             for v, curve in zip(verdicts, curves)]
+    extra: dict = {}
+    if previews:
+        extra["preview_steps"] = list(result.preview_steps)
+    if any(c.kind in ("leave-out", "term-alone") for c in result.spec.cells):
+        extra["terms"] = rank_terms(result.spec, result.change_scores).to_dict()
+    return cells, extra

@@ -305,3 +305,24 @@ def test_cell_verdicts_give_one_verdict_per_cell_and_none_for_baselines():
     verdicts = cell_verdicts(ModelFacts(name="m"), spec, [0.0, 5.0, 3.0, 0.1])
     assert verdicts[0] is None
     assert [v.status for v in verdicts[1:]] == ["acts", "acts", INERT]
+
+
+def test_manifest_fields_carry_verdicts_divergence_and_the_ranked_terms():
+    from types import SimpleNamespace
+
+    from negprompt.verdicts import cell_verdicts, manifest_fields
+
+    spec = leave_one_out_spec(PROMPT, "hat, glasses", [1], model="m")
+    changes = [0.0, 6.0, 4.0, 0.2]
+    cells = [SimpleNamespace(reference=c.reference, kind=c.kind) for c in spec.cells]
+    grey = [np.full((2, 2, 3), v, np.float32) for v in (0.0, 0.1, 0.3, 0.1)]
+    result = SimpleNamespace(spec=spec, cells=cells, change_scores=changes, preview_steps=[5, 10],
+                             previews=[grey, grey], verdicts=cell_verdicts(ModelFacts(name="m"), spec, changes))
+    per_cell, extra = manifest_fields(result)
+    assert per_cell[0] == {"verdict": None, "divergence": None}
+    assert per_cell[1]["divergence"] == [10.0, 10.0] and per_cell[1]["verdict"]["status"] == "acts"
+    assert per_cell[3]["verdict"]["status"] == INERT
+    assert extra["preview_steps"] == [5, 10]
+    assert extra["terms"]["trimmed_negative"] == "hat" and extra["terms"]["inert_terms"] == ["glasses"]
+    plain = SimpleNamespace(spec=spec, cells=cells, change_scores=changes)
+    assert manifest_fields(plain)[0][1] == {"verdict": None, "divergence": None}, "No verdicts attached: nulls."
