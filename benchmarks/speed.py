@@ -4,7 +4,7 @@
       ``generator=torch.Generator("cpu").manual_seed(seed)``: the way most demos compare negatives today;
   (b) one batched diffusers call: ``prompt=[p] * N, negative_prompt=[""] + negatives`` and one seeded latent
       repeated N times as ``latents=``;
-  (c) ``negprompt.compare`` as the app runs it, after ``negprompt.acceleration.accelerate`` (the device's levers).
+  (c) ``negprompt.compare`` as the app runs it, after ``negprompt.speedups.apply_speedups`` (the device's levers).
 
 (a) and (b) run first, on the eager pipeline; the levers are applied after them. Each way runs ``--warmup`` times
 untimed (reported as warm-up, compile time included) then ``--repeats`` times; the table shows medians. UNet and
@@ -43,9 +43,9 @@ from torch.utils.flop_counter import FlopCounterMode
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from negprompt import acceleration, architectures  # noqa: E402
+from negprompt import architectures, speedups  # noqa: E402
 from negprompt.engine import compare  # noqa: E402
-from negprompt.loading import ModelNotFoundError, load_pipeline  # noqa: E402
+from negprompt.loading import Loaded, ModelNotFoundError, load_pipeline  # noqa: E402
 
 PROMPT = "portrait photo of a man"
 NEGATIVES = ("mustache", "beard", "glasses", "hat", "smile", "scarf", "earrings", "blurry", "cartoon", "painting",
@@ -99,7 +99,7 @@ def build(source: str, device: torch.device, dtype: torch.dtype):
 @torch.no_grad()
 def count_flops(pipe, height: int, width: int) -> tuple[float, float]:
     """FLOPs of one UNet forward on one latent and of one VAE decode of one image."""
-    sample, t, text, kwargs = acceleration.example_unet_inputs(pipe, 1, height, width)
+    sample, t, text, kwargs = speedups.example_unet_inputs(pipe, 1, height, width)
     with FlopCounterMode(display=False) as counter:
         pipe.unet(sample, t, encoder_hidden_states=text, return_dict=False, **kwargs)
     unet = counter.get_total_flops()
@@ -165,8 +165,10 @@ def run_config(config: Config, args, device: torch.device, dtype: torch.dtype) -
         return pipe([PROMPT] * len(cells), negative_prompt=cells, latents=latent.repeat(len(cells), 1, 1, 1),
                     **common).images
 
+    loaded = Loaded(pipe)  # the pipeline with its runtime facts: the levers applied, the compiled batch sizes
+
     def negprompt_compare():
-        result = compare(pipe, PROMPT, negatives, seed=args.seed, steps=config.steps, guidance_scale=args.guidance,
+        result = compare(loaded, PROMPT, negatives, seed=args.seed, steps=config.steps, guidance_scale=args.guidance,
                          height=size, width=size, baseline="empty")
         return [cell.image for cell in result.cells]
 
@@ -179,30 +181,30 @@ def run_config(config: Config, args, device: torch.device, dtype: torch.dtype) -
     # added (the sweep) or with all of them, after (a) and (b) are done on the eager pipeline.
     wanted = levers_from(args.levers, device, args.compile_mode)
     names = [name for name in ("channels_last", "fuse_qkv", "compile") if getattr(wanted, name)]
-    eager = acceleration.Levers(compile_mode=wanted.compile_mode, buckets=wanted.buckets)
+    eager = speedups.Levers(compile_mode=wanted.compile_mode, buckets=wanted.buckets)
     stages = [("eager", eager)] if args.sweep or not names else []
     if args.sweep:
         for name in names:
-            stages.append((f"+{name}", acceleration.Levers(**{**vars(stages[-1][1]), name: True})))
+            stages.append((f"+{name}", speedups.Levers(**{**vars(stages[-1][1]), name: True})))
     elif names:
         stages.append(("levers", wanted))
     ways = {"a": one_call_per_image, "b": one_batched_call}
     if stages[0][0] == "eager":
         ways["c"] = negprompt_compare
-    report = acceleration.accelerate(pipe, eager)
+    report = speedups.apply_speedups(pipe, eager, loaded.runtime.speedups)
     timed = time_ways(ways, device, args.warmup, args.repeats)
     result["stages"] = {"eager": timed["c"]} if "c" in timed else {}
     for label, levers in stages[1:] if "c" in timed else stages:
-        report = acceleration.accelerate(pipe, levers)
+        report = speedups.apply_speedups(pipe, levers, loaded.runtime.speedups)
         start = time.perf_counter()
         if report["buckets"]:
-            acceleration.warmup(pipe, [2 * len(cells)], size, size)
+            speedups.warmup(pipe, [2 * len(cells)], size, size, buckets=loaded.runtime.buckets)
         compile_s = time.perf_counter() - start
         timed["c"] = time_ways({"c": negprompt_compare}, device, args.warmup, args.repeats)["c"]
         timed["c"]["warmup_s"] += compile_s
         result["stages"][label] = timed["c"]
     result["stages"] = {k: {n: v for n, v in stage.items() if n != "images"} for k, stage in result["stages"].items()}
-    result["acceleration"] = report
+    result["speedups"] = report
 
     for key, value in timed.items():
         result[key] = {k: v for k, v in value.items() if k != "images"}
@@ -217,22 +219,19 @@ def run_config(config: Config, args, device: torch.device, dtype: torch.dtype) -
     result["peak_tflops"] = peak if dtype in (torch.float16, torch.bfloat16) or args.peak_tflops else None
     result["floor_s"] = flops / 1e12 / result["peak_tflops"] if result["peak_tflops"] else None
     result["floor_fraction"] = result["floor_s"] / c if result["floor_s"] else None
-    del pipe
-    if device.type == "cuda":
-        torch.cuda.empty_cache()
     return result
 
 
-def levers_from(text: str, device: torch.device, mode: str) -> acceleration.Levers:
+def levers_from(text: str, device: torch.device, mode: str) -> speedups.Levers:
     if text == "auto":
-        levers = acceleration.Levers.for_device(device)
+        levers = speedups.Levers.for_device(device)
         levers.compile_mode = mode
         return levers
     names = [] if text == "none" else [n.strip() for n in text.split(",")]
     unknown = set(names) - {"channels_last", "fuse_qkv", "compile"}
     if unknown:
         raise SystemExit(f"--levers {text!r}: unknown lever(s) {sorted(unknown)}")
-    return acceleration.Levers(**{n: True for n in names}, compile_mode=mode)
+    return speedups.Levers(**dict.fromkeys(names, True), compile_mode=mode)
 
 
 def peak_for(device: torch.device) -> float | None:
@@ -270,7 +269,7 @@ def print_table(results: list[dict]) -> None:
     for r in results:
         stages = ", ".join(f"{k} {v['seconds']:.3f} s" for k, v in r["stages"].items())
         print(f"{r['name']}: {r['model']}; {r['tflop']:.3g} TFLOP; (c) stages: {stages}; "
-              f"applied: {', '.join(r['acceleration']['applied']) or 'none'}; sdpa: {r['acceleration']['sdpa']}; "
+              f"applied: {', '.join(r['speedups']['applied']) or 'none'}; sdpa: {r['speedups']['sdpa']}; "
               f"max diff c-a {r['max_diff_c_vs_a'] * 255:.1f}/255")
 
 
@@ -314,14 +313,15 @@ def parse_args(argv=None):
     parser.add_argument("--levers", default="auto",
                         help="speed levers for (c): auto (the device's defaults), none, or a comma-separated list "
                              "of channels_last, fuse_qkv, compile")
-    parser.add_argument("--compile-mode", default="max-autotune-no-cudagraphs", choices=acceleration.COMPILE_MODES,
+    parser.add_argument("--compile-mode", default="max-autotune-no-cudagraphs", choices=speedups.COMPILE_MODES,
                         help="torch.compile mode when compile is on (default max-autotune-no-cudagraphs)")
     parser.add_argument("--sweep", action="store_true",
                         help="time (c) eager, then again after each lever is added (before/after per lever)")
     parser.add_argument("--peak-tflops", type=float, default=None,
                         help="the device's dense half-precision rate for the compute floor (default: known cards)")
     parser.add_argument("--threads", type=int, default=None,
-                        help="CPU threads for torch (default: torch's choice; 1 with --smoke); 1 is steadier on a busy CPU")
+                        help="CPU threads for torch (default: torch's choice; 1 with --smoke); 1 is steadier on a "
+                             "busy CPU")
     parser.add_argument("--json", type=Path, default=None, help="also write all results to this JSON file")
     args = parser.parse_args(argv)
     args.device_obj = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
@@ -342,7 +342,11 @@ def main(argv=None) -> int:
         torch.set_num_threads(args.threads)
     dtype = getattr(torch, args.dtype) if args.dtype else (torch.bfloat16 if device.type == "cuda" else torch.float32)
     start = time.perf_counter()
-    results = [run_config(config, args, device, dtype) for config in configs_for(args)]
+    results = []
+    for config in configs_for(args):
+        results.append(run_config(config, args, device, dtype))
+        if device.type == "cuda":  # the configuration's pipeline is gone with run_config's frame
+            torch.cuda.empty_cache()
     print(f"device: {device_name(device)}, {dtype}, torch {torch.__version__}, threads {torch.get_num_threads()}, "
           f"repeats {args.repeats} (median), warm-up runs {args.warmup}, total {time.perf_counter() - start:.0f} s")
     print_table(results)

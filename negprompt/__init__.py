@@ -4,8 +4,13 @@
     result = compare(load_pipeline(), "portrait photo of a man", ["mustache", "glasses"], seed=1)
     result.save("outputs/mustache")
 
-The package, by concern: ``loading`` (models), ``engine`` (the comparison), ``guidance`` (the math),
-``comparison``/``grid``/``difference``/``infotext`` (results and files), ``cli`` and ``ui`` (front ends),
+    from negprompt import ComparisonSpec
+    spec = ComparisonSpec.from_dict(json.load(open("outputs/mustache/manifest.json"))["spec"])
+    again = compare(load_pipeline(), spec)      # the same images again
+
+The package, by concern: ``plan`` (comparison specs as data), ``engine`` (running a spec), ``guidance`` (the
+math, one class per method), ``loading``/``devices``/``speedups``/``schedulers`` (models), ``comparison``/``grid``/
+``difference``/``infotext`` (results and files), ``errors`` (bad input as data), ``cli`` and the app (front ends),
 ``portraits``/``train``/``detector`` (the embedded model). Front ends import the engine, never the reverse.
 """
 
@@ -14,8 +19,10 @@ __version__ = "0.1.0"
 # Public names, imported on first use so that `import negprompt` (and the command line's --help) stays instant.
 _EXPORTS = {
     "Cell": "negprompt.comparison", "Comparison": "negprompt.comparison", "Settings": "negprompt.comparison",
-    "compare": "negprompt.engine", "format_infotext": "negprompt.infotext", "parse_infotext": "negprompt.infotext",
-    "EMBEDDED_MODEL": "negprompt.loading", "load_pipeline": "negprompt.loading",
+    "compare": "negprompt.engine", "run": "negprompt.engine",
+    "format_infotext": "negprompt.infotext", "parse_infotext": "negprompt.infotext",
+    "EMBEDDED_MODEL": "negprompt.loading", "load_pipeline": "negprompt.loading", "load": "negprompt.loading",
+    "CellSpec": "negprompt.plan", "ComparisonSpec": "negprompt.plan", "InputError": "negprompt.errors",
     "TokenCount": "negprompt.prompts", "count_tokens": "negprompt.prompts",
 }
 __all__ = sorted(_EXPORTS)

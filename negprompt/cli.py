@@ -2,14 +2,25 @@
 
     python -m negprompt --prompt "portrait photo of a man" --negative mustache --negative hat
     negprompt --prompt "portrait photo of a man" --negatives-file negatives.txt --seeds 1,2,3 --out outputs/run1
+    negprompt --prompt "portrait photo of a man" --negative mustache \
+        --other-positive "portrait photo of a man without mustache"
+    negprompt --prompt "portrait photo of a man" --negative hat@0.3 --negative "glasses@0.2-0.8"   # windows
+    negprompt --prompt "portrait photo of a man" --negative hat --guidance-methods cfg,perp-neg,cfg-rescale:0.7
+    negprompt --prompt "portrait photo of a man" --negative hat --timing 0,0.2,0.4,0.6
+    negprompt --replay outputs/run1/manifest.json --out outputs/run1-again
     negprompt --model stable-diffusion-v1-5/stable-diffusion-v1-5 --size 512x512 --steps 30 --prompt ... --negative ...
 
-Without --model it runs the embedded portrait model from assets/. Errors print one line and exit with status 2.
+A negative may carry a window, the fraction of the steps during which it acts: ``hat@0.3`` from 30% of the steps
+to the end, ``hat@0.3-0.8`` from 30% to 80%; outside it the cell uses the baseline's negative. ``--guidance-methods``
+makes one cell per method for each negative, ``--timing`` one cell per start fraction. ``--replay`` runs the spec a
+manifest recorded again (same images on the same machine). Without --model it runs the embedded portrait model from
+assets/. Every argument is checked before the model loads; errors print one line and exit with status 2.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import sys
 from pathlib import Path
@@ -30,18 +41,40 @@ def _size(text: str) -> tuple[int, int]:
     return width, height
 
 
+def _fractions(text: str) -> list[float]:
+    try:
+        return [float(s) for s in text.split(",") if s.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--timing {text!r} must be fractions separated by commas") from None
+
+
 def build_parser() -> argparse.ArgumentParser:
     from negprompt.schedulers import scheduler_names
 
     parser = argparse.ArgumentParser(
         prog="negprompt", description="Compare negative prompts side by side, all from the same starting noise.")
-    parser.add_argument("--prompt", required=True, help="the positive prompt, shared by every cell")
+    parser.add_argument("--prompt", default=None, help="the positive prompt, shared by every cell (required unless "
+                                                       "--replay)")
     parser.add_argument("--negative", action="append", default=[], metavar="TEXT",
-                        help="a negative prompt to compare (repeat for several)")
+                        help="a negative prompt to compare (repeat for several); TEXT@0.3 acts from 30%% of the "
+                             "steps, TEXT@0.3-0.8 from 30%% to 80%%")
     parser.add_argument("--negatives-file", type=Path, metavar="FILE",
                         help="a text file with one negative prompt per line (blank lines and # comments skipped)")
+    parser.add_argument("--other-positive", default=None, metavar="TEXT",
+                        help="one more cell per row: this positive prompt with no negative, from the row's noise "
+                             "(e.g. 'portrait photo of a man without mustache')")
+    modes = parser.add_mutually_exclusive_group()
+    modes.add_argument("--guidance-methods", default=None, metavar="M1,M2,...",
+                       help="one cell per guidance method for each negative: cfg, perp-neg, cfg-rescale, "
+                            "neg-strength; NAME:VALUE sets the method's parameter (e.g. cfg-rescale:0.5)")
+    modes.add_argument("--timing", type=_fractions, default=None, metavar="S1,S2,...",
+                       help="one cell per start fraction for each negative: the negative acts from that fraction "
+                            "of the steps to the end (0 = the plain negative)")
+    modes.add_argument("--replay", type=Path, default=None, metavar="MANIFEST",
+                       help="run the comparison a manifest.json recorded again (its prompts, cells and settings)")
     parser.add_argument("--model", default=None,
-                        help="Hub id or local diffusers folder (SD 1.x/2.x, SDXL); default: the embedded model")
+                        help="Hub id, local diffusers folder or single-file .safetensors (SD 1.x/2.x, SDXL); "
+                             "default: the embedded model (with --replay: the manifest's model)")
     seeds = parser.add_mutually_exclusive_group()
     seeds.add_argument("--seed", type=int, default=None, help="the seed of the single row (default 0)")
     seeds.add_argument("--seeds", type=_seeds, default=None, metavar="S1,S2,...", help="one row per seed")
@@ -70,6 +103,55 @@ def _read_negatives(args) -> list[str]:
     return negatives
 
 
+def _read_manifest(path: Path):
+    from negprompt.errors import InputError
+    from negprompt.plan import ComparisonSpec
+
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except OSError as error:
+        raise InputError("replay", str(path), f"--replay {str(path)!r}: {error.strerror}") from None
+    except json.JSONDecodeError as error:
+        raise InputError("replay", str(path), f"--replay {str(path)!r} is not valid JSON: {error}") from None
+    if not isinstance(data, dict) or "spec" not in data:
+        raise InputError("replay", str(path), f"--replay {str(path)!r} is not a negprompt manifest (it has no "
+                                              "'spec'; manifests written before version 0.2 cannot be replayed)")
+    return ComparisonSpec.from_dict(data["spec"])
+
+
+def spec_from_args(args, model: str, baseline: str):
+    """The comparison spec the arguments ask for (pure: nothing loads). One builder per mode; a new mode adds its
+    flag to ``build_parser``'s group and one branch here."""
+    from negprompt.errors import InputError
+    from negprompt.guidance import parse_method
+    from negprompt.plan import check_text, methods_spec, negatives_spec, parse_window, timing_spec
+
+    if args.prompt is None:
+        raise InputError("prompt", None, "--prompt is required (or --replay a manifest)")
+    check_text("prompt", args.prompt)
+    if args.other_positive is not None:
+        check_text("other_positive", args.other_positive)
+    texts, windows = [], []
+    for i, text in enumerate(_read_negatives(args)):
+        negative, window = parse_window(text, f"negatives[{i}]")
+        check_text(f"negatives[{i}]", negative)
+        texts.append(negative)
+        windows.append(window)
+    seeds = args.seeds if args.seeds is not None else [0 if args.seed is None else args.seed]
+    width, height = args.size or (None, None)
+    common = dict(model=model, steps=args.steps, guidance_scale=args.guidance, height=height, width=width,
+                  sampler=args.scheduler, baseline=baseline, other_positive=args.other_positive)
+    if args.guidance_methods is not None:
+        methods = [parse_method(m, "guidance_methods") for m in args.guidance_methods.split(",") if m.strip()]
+        return methods_spec(args.prompt, texts, seeds, methods, windows=windows, **common)
+    if args.timing is not None:
+        if any(w != (0.0, 1.0) for w in windows):
+            raise InputError("timing", args.timing, "--timing sets each negative's start itself: write the "
+                                                    "negatives without @windows")
+        return timing_spec(args.prompt, texts, seeds, args.timing, **common)
+    return negatives_spec(args.prompt, texts, seeds, windows=windows, **common)
+
+
 def quiet_libraries() -> None:
     """Keep library chatter (loading bars, optional-dependency notices) out of a command-line tool's output."""
     import diffusers
@@ -82,37 +164,50 @@ def quiet_libraries() -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    quiet_libraries()
     args = build_parser().parse_args(argv)
+    quiet_libraries()
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     from tqdm.auto import tqdm
 
     from negprompt.engine import compare
-    from negprompt.loading import load_pipeline
+    from negprompt.errors import LIMITS, InputError
+    from negprompt.loading import EMBEDDED_NAME, load, model_source
 
     try:
-        negatives = _read_negatives(args)
-        pipe = load_pipeline(args.model, device=args.device)
-        width, height = args.size or (None, None)
+        # 1. Check every argument before anything loads
+        if args.max_batch is not None and args.max_batch < 1:
+            raise InputError("max_batch", args.max_batch, f"--max-batch {args.max_batch} must be at least 1")
+        if args.replay is not None:
+            spec = _read_manifest(args.replay)
+            model = args.model or spec.model
+        else:
+            model = args.model or EMBEDDED_NAME
+            spec = spec_from_args(args, model, "empty" if args.baseline == "auto" else args.baseline)
+        spec.validate(LIMITS.max_cells)
+
+        # 2. Load the model; resolve the baseline "auto" for it
+        loaded = load(None if model == EMBEDDED_NAME else model, device=args.device)
+        if args.replay is None:
+            sdxl = getattr(loaded.pipe, "text_encoder_2", None) is not None
+            baseline = ("zeros" if sdxl else "empty") if args.baseline == "auto" else args.baseline
+            spec = spec_from_args(args, model_source(loaded.pipe), baseline)
+
+        # 3. Run and save
         with tqdm(total=None, unit="step", desc="denoising") as bar:
             def on_step(done, total, _previews):
                 bar.total = total
                 bar.update(done - bar.n)
 
-            result = compare(
-                pipe, args.prompt, negatives, seed=args.seed, seeds=args.seeds, steps=args.steps,
-                guidance_scale=args.guidance, height=height, width=width, scheduler=args.scheduler,
-                baseline=args.baseline, max_batch=args.max_batch, callback=on_step,
-            )
+            result = compare(loaded, spec, max_batch=args.max_batch, callback=on_step)
         folder = result.save(args.out, differences=not args.no_differences)
-    except (ValueError, FileNotFoundError, OSError) as error:
+    except (ValueError, OSError) as error:
         print(f"negprompt: error: {error}", file=sys.stderr)
         return 2
     for warning in result.warnings:
         print(f"warning: {warning}", file=sys.stderr)
     print(f"wrote {folder / 'grid.png'}, {len(result.cells)} cell PNGs and {folder / 'manifest.json'} "
           f"in {result.timings['total_s']:.2f} s")
-    print(f"{'seed':>6}  {'change':>7}  negative prompt")
+    print(f"{'seed':>6}  {'change':>7}  cell")
     for cell, score in zip(result.cells, result.change_scores):
         print(f"{cell.seed:>6}  {score:>6.1f}%  {result.label(cell)}")
     return 0

@@ -1,7 +1,13 @@
-"""The result of a comparison: its settings, its cells, and the ways to look at them (grid, difference maps, files).
+"""The result of a comparison: its spec, its cells, and the ways to look at them (grid, difference maps, files).
 
     result.grid(differences=True).save("grid.png")
     result.save("outputs/mustache")   # grid.png, one PNG per cell with infotext, manifest.json
+
+Each cell is compared against its ``reference`` cell (``CellSpec.reference``, by default its row's baseline): its
+change score and difference map are taken against that cell. A cell with no reference (a baseline) has change 0 and
+its "difference map" is the cell itself, drawn as the row's reference, never a meaningless black square.
+``manifest.json`` records the full spec (``ComparisonSpec.to_dict()``) and, per cell, its results, so
+``compare(pipe, ComparisonSpec.from_dict(manifest["spec"]))`` replays the comparison.
 """
 
 from __future__ import annotations
@@ -18,14 +24,16 @@ from PIL.PngImagePlugin import PngInfo
 
 from negprompt.difference import change_score, difference_map
 from negprompt.grid import draw_grid
+from negprompt.guidance import method_to_dict
+from negprompt.plan import CellSpec, ComparisonSpec, baseline_label
 
 
 @dataclass(frozen=True)
 class Settings:
-    """Everything that decides a comparison's images."""
+    """The settings shared by every cell, resolved for display (sampler and model as labels)."""
 
-    prompt: str  # the positive prompt, shared by every cell
-    negatives: tuple[str, ...]  # the negative prompts, one cell each, in order
+    prompt: str  # the positive prompt of the first cell (other-positive cells carry their own)
+    negatives: tuple[str, ...]  # the negative prompts of the first row's negative cells, in order
     seeds: tuple[int, ...]  # one row per seed
     steps: int  # denoising steps
     guidance_scale: float  # classifier-free guidance scale
@@ -35,25 +43,55 @@ class Settings:
     model: str  # Hub id, folder name or the embedded model's name
     baseline: str  # "empty": the empty prompt; "zeros": zero embeddings (SDXL with no negative)
 
+    @classmethod
+    def from_spec(cls, spec: ComparisonSpec, scheduler: str, model: str) -> Settings:
+        first_row = [c for c in spec.cells if c.row == spec.cells[0].row]
+        return cls(prompt=spec.cells[0].positive, negatives=tuple(c.negative or "" for c in first_row
+                                                                  if c.kind == "negative"),
+                   seeds=spec.seeds, steps=spec.steps, guidance_scale=spec.guidance_scale, height=spec.height,
+                   width=spec.width, scheduler=scheduler, model=model, baseline=spec.baseline)
+
 
 @dataclass(frozen=True, eq=False)
 class Cell:
-    """One image: a row's seed with one negative prompt (or none, for the baseline)."""
+    """One image and the cell spec that made it."""
 
-    index: int  # position in Comparison.cells
-    row: int  # index of the row (seed) this cell belongs to
-    negative_prompt: str  # "" for the baseline
-    is_baseline: bool  # True for the row's no-negative cell
+    index: int  # position in Comparison.cells (and in the spec's cells)
+    row: int  # the grid row it is shown in
+    spec: CellSpec  # what made it: seed, positive, negative, guidance method, window, label, reference
     image: Image.Image  # the generated image
-    seed: int  # the row's seed
-    initial_latent_sha256: str  # hash of the starting latent, equal across a row
+    seed: int  # the seed of its starting noise
+    initial_latent_sha256: str  # hash of the starting latent, equal across cells with the same seed
     parameters: str  # A1111-style infotext
+
+    @property
+    def negative_prompt(self) -> str:
+        """Its negative prompt ("" for none, and for zero embeddings)."""
+        return self.spec.negative or ""
+
+    @property
+    def positive_prompt(self) -> str:
+        return self.spec.positive
+
+    @property
+    def is_baseline(self) -> bool:
+        return self.spec.kind == "baseline"
+
+    @property
+    def kind(self) -> str:
+        return self.spec.kind
+
+    @property
+    def reference(self) -> int | None:
+        """Index of the cell it is compared against (None: none)."""
+        return self.spec.reference
 
 
 @dataclass
 class Comparison:
-    """A finished comparison. Cells are in row order: each row is its baseline then one cell per negative."""
+    """A finished comparison: the spec it ran (image size resolved) and one ``Cell`` per cell of it, in order."""
 
+    spec: ComparisonSpec
     settings: Settings
     cells: list[Cell]
     warnings: list[str] = field(default_factory=list)
@@ -62,32 +100,50 @@ class Comparison:
 
     @property
     def rows(self) -> list[list[Cell]]:
-        """Cells grouped by seed, baseline first."""
-        width = len(self.settings.negatives) + 1
-        return [self.cells[i:i + width] for i in range(0, len(self.cells), width)]
+        """Cells grouped by their grid row, in order."""
+        grouped: dict[int, list[Cell]] = {}
+        for cell in self.cells:
+            grouped.setdefault(cell.row, []).append(cell)
+        return [grouped[r] for r in sorted(grouped)]
+
+    def reference_of(self, cell: Cell) -> Cell | None:
+        """The cell ``cell`` is compared against, or None."""
+        return None if cell.reference is None else self.cells[cell.reference]
 
     def baseline_of(self, cell: Cell) -> Cell:
-        return self.rows[cell.row][0]
+        """The baseline of ``cell``'s row (the row's first cell when it has none)."""
+        row = next(r for r in self.rows if r[0].row == cell.row)
+        return next((c for c in row if c.is_baseline), row[0])
 
     @cached_property
     def change_scores(self) -> list[float]:
-        """Per cell, its change score against its row's baseline (0 for the baselines), in percent."""
-        return [change_score(c.image, self.baseline_of(c).image) for c in self.cells]
+        """Per cell, its change score against its reference cell (0 for cells with none), in percent."""
+        return [0.0 if (ref := self.reference_of(c)) is None else change_score(c.image, ref.image)
+                for c in self.cells]
 
     def difference_map(self, cell: Cell) -> Image.Image:
-        """Heat map of where ``cell`` differs from its row's baseline."""
-        return difference_map(cell.image, self.baseline_of(cell).image)
+        """Heat map of where ``cell`` differs from its reference; a cell with no reference is shown as itself."""
+        ref = self.reference_of(cell)
+        return cell.image if ref is None else difference_map(cell.image, ref.image)
 
     def label(self, cell: Cell) -> str:
-        """A cell's caption: its negative prompt, or what the baseline is."""
+        """A cell's caption: its spec's label (builders write it), else what it shows."""
+        if cell.spec.label:
+            return cell.spec.label
         if cell.is_baseline:
-            return "baseline: zero embeddings" if self.settings.baseline == "zeros" else "baseline: no negative"
-        return f"- {cell.negative_prompt}"
+            return baseline_label(self.spec.baseline)
+        return f"- {cell.negative_prompt}" if cell.negative_prompt else f"+ {cell.positive_prompt}"
 
     def detail(self, cell: Cell) -> str:
-        if cell.is_baseline:
+        if cell.reference is None:
             return f"seed {cell.seed}"
         return f"change {self.change_scores[cell.index]:.1f}%"
+
+    def _map_caption(self, cell: Cell) -> str:
+        ref = self.reference_of(cell)
+        if ref is None:
+            return "the reference (shown as itself)"
+        return "difference from the baseline" if ref.is_baseline else f"difference from '{self.label(ref)}'"
 
     def grid(self, differences: bool = False) -> Image.Image:
         """The labeled grid; with ``differences``, each row is followed by its difference maps."""
@@ -97,31 +153,40 @@ class Comparison:
             rows.append([(c.image, self.label(c), self.detail(c)) for c in row])
             titles.append(f"seed {row[0].seed}")
             if differences:
-                rows.append([(self.difference_map(c), "difference from baseline" if c.is_baseline else
-                              f"where '{c.negative_prompt}' changed it", self.detail(c)) for c in row])
+                rows.append([(self.difference_map(c), self._map_caption(c), self.detail(c)) for c in row])
                 titles.append("changes")
         seeds = ", ".join(map(str, s.seeds))
         details = (f"model {s.model} | seed{'s' if len(s.seeds) > 1 else ''} {seeds} | {s.steps} steps | "
                    f"guidance {s.guidance_scale:g} | {s.scheduler} | {s.width}x{s.height}")
-        return draw_grid(s.prompt, details, rows, titles if len(s.seeds) > 1 or differences else [])
+        return draw_grid(s.prompt, details, rows, titles if len(self.rows) > 1 or differences else [])
 
     def manifest(self) -> dict:
-        """Every setting and every cell's facts, JSON-ready."""
+        """The full spec, every cell's results, and how the run went; JSON-ready."""
         return {
+            "spec": self.spec.to_dict(),
             "settings": {**asdict(self.settings), "negatives": list(self.settings.negatives),
                          "seeds": list(self.settings.seeds)},
             "cells": [
                 {
-                    "file": _cell_file(i, c),
+                    "file": _cell_file(c, self.label(c)),
+                    "index": c.index,
                     "row": c.row,
                     "seed": c.seed,
+                    "label": self.label(c),
+                    "kind": c.kind,
+                    "positive_prompt": c.positive_prompt,
                     "negative_prompt": c.negative_prompt,
+                    "zero_embeddings": c.spec.negative is None,
+                    "window": list(c.spec.window),
+                    "guidance": method_to_dict(c.spec.guidance),
+                    "term": c.spec.term,
                     "baseline": c.is_baseline,
+                    "reference": c.reference,
                     "initial_latent_sha256": c.initial_latent_sha256,
-                    "change_score": round(self.change_scores[i], 4),
+                    "change_score": round(self.change_scores[c.index], 4),
                     "parameters": c.parameters,
                 }
-                for i, c in enumerate(self.cells)
+                for c in self.cells
             ],
             "warnings": self.warnings,
             "timings": {k: round(v, 4) for k, v in self.timings.items()},
@@ -134,17 +199,17 @@ class Comparison:
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
         self.grid(differences=differences).save(folder / "grid.png")
-        for i, cell in enumerate(self.cells):
+        for cell in self.cells:
             info = PngInfo()
             info.add_text("parameters", cell.parameters)
-            cell.image.save(folder / _cell_file(i, cell), pnginfo=info)
+            cell.image.save(folder / _cell_file(cell, self.label(cell)), pnginfo=info)
         (folder / "manifest.json").write_text(json.dumps(self.manifest(), indent=2, ensure_ascii=False) + "\n")
         return folder
 
 
-def _cell_file(index: int, cell: Cell) -> str:
-    slug = "baseline" if cell.is_baseline else re.sub(r"[^a-z0-9]+", "-", cell.negative_prompt.lower()).strip("-")
-    return f"{index:02d}-seed{cell.seed}-{slug[:40] or 'negative'}.png"
+def _cell_file(cell: Cell, label: str) -> str:
+    slug = "baseline" if cell.is_baseline else re.sub(r"[^a-z0-9]+", "-", label.lower()).strip("-")
+    return f"{cell.index:02d}-seed{cell.seed}-{slug[:40].strip('-') or 'cell'}.png"
 
 
 def _versions() -> dict[str, str]:

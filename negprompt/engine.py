@@ -1,67 +1,66 @@
-"""The comparison engine: one positive prompt against several negative prompts, from one starting noise.
+"""The comparison engine: every cell of a comparison spec, denoised from its row's noise, in one UNet batch per step.
 
     from negprompt import load_pipeline, compare
     pipe = load_pipeline()
     result = compare(pipe, "portrait photo of a man", ["mustache", "glasses"], seed=1, steps=20, guidance_scale=7)
     result.grid().save("grid.png")
 
-Every row of the result is one seed: its baseline (the empty negative prompt, what a pipeline does with no
-negative) then one cell per negative prompt, all denoised from the same latent, drawn exactly as diffusers draws it
-from ``torch.Generator("cpu").manual_seed(seed)``. So a cell equals
-``pipe(prompt, negative_prompt=negative, generator=torch.Generator("cpu").manual_seed(seed), ...)``, and anyone can
-reproduce it without negprompt.
+    result.save("outputs/run1")
+    from negprompt.plan import ComparisonSpec
+    spec = ComparisonSpec.from_dict(json.load(open("outputs/run1/manifest.json"))["spec"])
+    again = compare(pipe, spec)   # the same images, pixel for pixel, on the same machine
 
-All cells and both guidance branches go through the UNet in one batch per step. We write this loop ourselves
-instead of calling the pipeline because a pipeline call cannot mix an SDXL zero-embedding baseline with text
-negatives, cannot split into memory-sized chunks or stream previews of every cell, and draws a different noise per
-image; the loop reuses the pipeline's own parts (text encoding, scheduler, UNet, VAE, image processor) unchanged.
+``compare`` takes either a ``ComparisonSpec`` (``negprompt.plan``: any set of cells, each with its seed, positive,
+negative, guidance method and window) or, as a convenience, a prompt and a list of negatives, which it turns into
+the classic spec (``plan.negatives_spec``: one row per seed, its baseline, one cell per negative and optionally
+another positive prompt) before running it the same way. ``run(pipe, spec)`` is the spec path alone.
+
+Every cell with seed ``s`` starts from the latent diffusers draws from ``torch.Generator("cpu").manual_seed(s)``, so
+a plain CFG cell equals ``pipe(prompt, negative_prompt=negative, generator=torch.Generator("cpu").manual_seed(s))``
+and anyone can reproduce it without negprompt. Per step the engine stacks one UNet batch row per (cell, branch),
+reading each row's text embedding from a table in which every distinct text is encoded once (a window only picks
+which text a cell's "negative" branch reads at this step), runs the UNet once, splits the output back and lets each
+cell's guidance method (``negprompt.guidance``) combine its own rows.
+
+We write this loop ourselves instead of calling the pipeline because a pipeline call cannot mix an SDXL
+zero-embedding baseline with text negatives, guidance methods or windows per image, cannot split into memory-sized
+chunks or stream previews of every cell, and draws a different noise per image; the loop reuses the pipeline's own
+parts (text encoding, scheduler, UNet, VAE, image processor) unchanged.
 """
 
 from __future__ import annotations
 
+import hashlib
 import math
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 from PIL import Image
 
 from negprompt import guidance
-from negprompt.acceleration import bucketed_unet, unet_buckets
 from negprompt.comparison import Cell, Comparison, Settings
-from negprompt.infotext import format_infotext
-from negprompt.loading import model_label
-from negprompt.prompts import comparison_warnings
-from negprompt.schedulers import DEFAULT, is_stochastic, make_scheduler, sampler_label
+from negprompt.errors import LIMITS, InputError
+from negprompt.guidance import BRANCHES, GuidanceMethod
+from negprompt.infotext import cell_infotext
+from negprompt.loading import Loaded, model_label, model_source, runtime_of
+from negprompt.plan import BASELINES, CellSpec, ComparisonSpec, check_text, negatives_spec
+from negprompt.prompts import spec_warnings
+from negprompt.schedulers import DEFAULT, is_stochastic, make_scheduler, sampler_label, scheduler_names
+from negprompt.speedups import bucketed_unet
 
-MAX_CELLS = 64  # default cap on images per comparison (rows x (negatives + 1))
-MAX_STEPS = 200
-MAX_SEED = 2**63 - 1
-BASELINES = ("empty", "zeros")
-
-# Largest batch (in cells) known to fit, per (pipeline, height, width), learned from out-of-memory errors.
-_safe_batch: dict[tuple[int, int, int], int] = {}
+MAX_CELLS = LIMITS.max_cells  # default cap on images per comparison
+MAX_STEPS = LIMITS.max_steps
+MAX_SEED = LIMITS.max_seed
 
 StepCallback = Callable[[int, int, "list[Image.Image] | None"], None]
 
 
-@dataclass
-class _Job:
-    """One chunk of cells denoised together."""
-
-    negative_embeds: torch.Tensor  # (B, tokens, dim)
-    positive_embeds: torch.Tensor  # (B, tokens, dim)
-    negative_pooled: torch.Tensor | None  # (B, dim), SDXL only
-    positive_pooled: torch.Tensor | None
-    latents: torch.Tensor  # (B, C, h, w), unscaled starting noise
-    seeds: list[int]
-
-
 def compare(
     pipe,
-    prompt: str,
-    negatives: Sequence[str] | str,
+    prompt: str | ComparisonSpec,
+    negatives: Sequence[str] | str = (),
     *,
     seed: int | None = None,
     seeds: Sequence[int] | None = None,
@@ -71,108 +70,148 @@ def compare(
     width: int | None = None,
     scheduler: str = DEFAULT,
     baseline: str = "auto",
+    other_positive: str | None = None,
+    guidance_method: GuidanceMethod | None = None,
     max_batch: int | None = None,
     max_cells: int = MAX_CELLS,
     model_name: str | None = None,
     callback: StepCallback | None = None,
     preview_every: int = 0,
 ) -> Comparison:
-    """Run ``prompt`` with no negative (the baseline) and with each of ``negatives``, for each seed.
+    """Run a comparison: ``compare(pipe, spec)`` runs a ``ComparisonSpec`` as it stands; ``compare(pipe, prompt,
+    negatives, ...)`` runs ``prompt`` with no negative (the baseline) and with each of ``negatives``, for each seed.
 
-    ``seed`` or ``seeds`` (one row per seed; default seed 0). ``baseline``: "empty" (the empty prompt, the default
-    for SD 1.x/2.x) or "zeros" (zero embeddings, what SDXL does with no negative and its default). ``max_batch``: at
-    most this many cells per UNet batch (None: all, halved automatically on out-of-memory); results do not depend
-    on it. ``callback(done_steps, total_steps, previews)`` is called after every step, with preview images of
-    every cell every ``preview_every`` steps (else None); an exception raised by the callback stops the comparison
-    and propagates (that is how a front end cancels an abandoned run).
+    ``pipe``: a pipeline from ``load_pipeline`` (or the ``Loaded`` record of ``loading.load``). ``seed`` or ``seeds``
+    (one row per seed; default seed 0). ``baseline``: "empty" (the empty prompt, the default for SD 1.x/2.x) or
+    "zeros" (zero embeddings, what SDXL does with no negative and its default). ``other_positive``: one more cell
+    per row running this positive prompt with no negative (the seed article's "... without mustache"), from the
+    row's latent. ``guidance_method``: the method of every cell (default CFG). ``max_batch``: at most this many cells
+    per UNet batch (None: all, halved automatically on out-of-memory); results do not depend on it.
+    ``callback(done_steps, total_steps, previews)`` is called after every step, with preview images of every cell of
+    the running chunk every ``preview_every`` steps (else None); an exception raised by the callback stops the
+    comparison and propagates (that is how a front end cancels an abandoned run). Bad input raises ``InputError``.
     """
-    # 1. Check inputs
+    if isinstance(prompt, ComparisonSpec):
+        if negatives or other_positive is not None or seed is not None or seeds is not None:
+            raise InputError("negatives", negatives, "with a ComparisonSpec, the cells come from the spec: give no "
+                                                     "negatives, seeds or other_positive")
+        return run(pipe, prompt, max_batch=max_batch, max_cells=max_cells, callback=callback,
+                   preview_every=preview_every)
     negatives = [negatives] if isinstance(negatives, str) else list(negatives)
-    rows = _check_inputs(prompt, negatives, seed, seeds, steps, guidance_scale, baseline, max_cells)
-    default_side = pipe.unet.config.sample_size * pipe.vae_scale_factor
-    height = default_side if height is None else height
-    width = default_side if width is None else width
-    _check_size(pipe, height, width)
+    rows = _check_convenience(prompt, negatives, seed, seeds, baseline, other_positive, scheduler, max_cells)
+    diffusers_pipe = pipe.pipe if isinstance(pipe, Loaded) else pipe
     if baseline == "auto":
-        baseline = "zeros" if _is_sdxl(pipe) else "empty"
+        baseline = "zeros" if _is_sdxl(diffusers_pipe) else "empty"
+    spec = negatives_spec(prompt, negatives, rows, model=model_name or model_source(diffusers_pipe), steps=steps,
+                          guidance_scale=guidance_scale, height=height, width=width, sampler=scheduler,
+                          baseline=baseline, other_positive=other_positive, guidance=guidance_method)
+    return run(pipe, spec, max_batch=max_batch, max_cells=max_cells, callback=callback, preview_every=preview_every)
+
+
+def run(pipe, spec: ComparisonSpec, *, max_batch: int | None = None, max_cells: int = MAX_CELLS,
+        callback: StepCallback | None = None, preview_every: int = 0) -> Comparison:
+    """Make every cell of ``spec`` (see ``compare``). The result keeps the spec with the image size resolved, so
+    ``run(pipe, result.spec)`` gives the same images again."""
+    # 1. Check inputs
+    pipe, runtime = (pipe.pipe, pipe.runtime) if isinstance(pipe, Loaded) else (pipe, runtime_of(pipe))
+    if not isinstance(spec, ComparisonSpec):
+        raise InputError("spec", spec, f"spec={type(spec).__name__} must be a ComparisonSpec")
+    _check_int("max_cells", max_cells, 1, 10**6)
+    spec.validate(max_cells)
+    if max_batch is not None:
+        _check_int("max_batch", max_batch, 1, 10**6)
+    _check_int("preview_every", preview_every, 0, 10**6)
+    if callback is not None and not callable(callback):
+        raise InputError("callback", callback, "callback must be callable")
+    if spec.sampler not in scheduler_names():
+        raise InputError("sampler", spec.sampler, f"sampler={spec.sampler!r} is not one of {scheduler_names()}")
+    default_side = pipe.unet.config.sample_size * pipe.vae_scale_factor
+    spec = replace(spec, height=spec.height or default_side, width=spec.width or default_side)
+    _check_size(pipe, spec.height, spec.width)
     distilled = pipe.unet.config.time_cond_proj_dim is not None
-    settings = Settings(
-        prompt=prompt, negatives=tuple(negatives), seeds=tuple(rows), steps=steps, guidance_scale=guidance_scale,
-        height=height, width=width, scheduler=sampler_label(make_scheduler(pipe.scheduler, scheduler)),
-        model=model_name or model_label(getattr(pipe, "name_or_path", None)), baseline=baseline,
-    )
-    warnings = comparison_warnings(_tokenizer(pipe), prompt, negatives, guidance_scale, distilled)
+    sampler = sampler_label(make_scheduler(pipe.scheduler, spec.sampler))
+    settings = Settings.from_spec(spec, sampler, model_label(spec.model))
+    warnings = spec_warnings(_tokenizer(pipe), spec, distilled)
     timings: dict[str, float] = {}
 
     # 2. Encode every distinct text once
     start = time.perf_counter()
-    texts = [prompt, *negatives] + ([""] if baseline == "empty" else [])
-    embeds, pooled = _encode(pipe, list(dict.fromkeys(texts)))
+    texts = [t for c in spec.cells for t in (c.positive, c.negative) if t is not None]
+    if spec.baseline_negative is not None:
+        texts.append(spec.baseline_negative)
+    table = _encode(pipe, list(dict.fromkeys(texts)))
     timings["encode_s"] = time.perf_counter() - start
 
-    # 3. Starting noise, one latent per row, shared by every cell of the row
-    shape = (1, pipe.unet.config.in_channels, height // pipe.vae_scale_factor, width // pipe.vae_scale_factor)
-    dtype = embeds[prompt].dtype
-    row_latents = {s: torch.randn(shape, generator=torch.Generator("cpu").manual_seed(s), dtype=dtype) for s in rows}
+    # 3. Starting noise, one latent per seed, shared by every cell with that seed
+    shape = (1, pipe.unet.config.in_channels, spec.height // pipe.vae_scale_factor,
+             spec.width // pipe.vae_scale_factor)
+    dtype = table.dtype
+    seed_latents = {s: torch.randn(shape, generator=torch.Generator("cpu").manual_seed(s), dtype=dtype)
+                    for s in spec.seeds}
 
-    # 4. Denoise every cell, in chunks of at most max_batch cells
-    cell_negatives = [None if baseline == "zeros" else "", *negatives]
-    plan = [(s, n) for s in rows for n in cell_negatives]
+    # 4. Denoise every cell, in chunks of whole cells
     start = time.perf_counter()
-    latents, batch_used = _denoise_all(pipe, plan, embeds, pooled, row_latents, settings, scheduler, max_batch,
-                                       callback, preview_every)
+    latents, batch_used = _denoise_all(pipe, runtime, spec, table, seed_latents, max_batch, callback,
+                                       preview_every)
     timings["denoise_s"] = time.perf_counter() - start
 
     # 5. Decode
     start = time.perf_counter()
-    images = [img for i in range(0, len(plan), batch_used) for img in _decode(pipe, latents[i:i + batch_used])]
+    n = len(spec.cells)
+    images = [img for i in range(0, n, batch_used) for img in _decode(pipe, latents[i:i + batch_used])]
     timings["decode_s"] = time.perf_counter() - start
     timings["total_s"] = sum(timings.values())
 
-    cells = []
-    for index, ((row_seed, negative), image) in enumerate(zip(plan, images)):
-        cells.append(Cell(
-            index=index, row=index // len(cell_negatives), negative_prompt=negative or "", is_baseline=negative in (None, ""),
-            image=image, seed=row_seed, initial_latent_sha256=_sha256(row_latents[row_seed]),
-            parameters=format_infotext(settings, row_seed, negative or ""),
-        ))
-    return Comparison(settings=settings, cells=cells, warnings=warnings, timings=timings, max_batch_used=batch_used)
+    hashes = {s: _sha256(latent) for s, latent in seed_latents.items()}
+    cells = [Cell(index=i, row=c.row, spec=c, image=image, seed=c.seed, initial_latent_sha256=hashes[c.seed],
+                  parameters=cell_infotext(settings, c))
+             for i, (c, image) in enumerate(zip(spec.cells, images))]
+    return Comparison(spec=spec, settings=settings, cells=cells, warnings=warnings, timings=timings,
+                      max_batch_used=batch_used)
 
 
 # ---------------------------------------------------------------------------------------------------------------
 # Input checks
 
 
-def _check_inputs(prompt, negatives, seed, seeds, steps, guidance_scale, baseline, max_cells):
-    if not isinstance(prompt, str) or not prompt.strip():
-        raise ValueError(f"prompt={prompt!r} must be a non-empty string")
+def _check_int(argument: str, value, low: int, high: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+        raise InputError(argument, value, f"{argument}={value!r} must be an integer from {low} to {high}")
+
+
+def _check_convenience(prompt, negatives, seed, seeds, baseline, other_positive, scheduler, max_cells) -> list[int]:
+    """The checks of ``compare``'s own arguments (the spec's ``validate`` checks the rest), named as its
+    parameters are."""
+    check_text("prompt", prompt)
     for i, negative in enumerate(negatives):
         if not isinstance(negative, str):
-            raise ValueError(f"negatives[{i}]={negative!r} must be a string")
+            raise InputError(f"negatives[{i}]", negative, f"negatives[{i}]={negative!r} must be a string")
         if not negative.strip():
-            raise ValueError(f"negatives[{i}]={negative!r} is empty; the baseline cell already shows the empty "
-                             "negative prompt")
+            raise InputError(f"negatives[{i}]", negative, f"negatives[{i}]={negative!r} is empty; the baseline "
+                                                          "cell already shows the empty negative prompt")
+        check_text(f"negatives[{i}]", negative)
+    if other_positive is not None:
+        check_text("other_positive", other_positive)
     if seed is not None and seeds is not None:
-        raise ValueError(f"give seed={seed!r} or seeds={list(seeds)!r}, not both")
+        raise InputError("seeds", seeds, f"give seed={seed!r} or seeds={list(seeds)!r}, not both")
     rows = list(seeds) if seeds is not None else [0 if seed is None else seed]
     if not rows:
-        raise ValueError("seeds=[] must name at least one seed")
-    for s in rows:
+        raise InputError("seeds", [], "seeds=[] must name at least one seed")
+    for i, s in enumerate(rows):
         if isinstance(s, bool) or not isinstance(s, int) or not 0 <= s <= MAX_SEED:
-            raise ValueError(f"seed={s!r} must be an integer from 0 to {MAX_SEED}")
+            argument = "seed" if seeds is None else f"seeds[{i}]"
+            raise InputError(argument, s, f"seed={s!r} must be an integer from 0 to {MAX_SEED}")
     if len(set(rows)) != len(rows):
-        raise ValueError(f"seeds={rows!r} repeats a seed")
-    cells = len(rows) * (len(negatives) + 1)
+        raise InputError("seeds", rows, f"seeds={rows!r} repeats a seed")
+    _check_int("max_cells", max_cells, 1, 10**6)
+    cells = len(rows) * (len(negatives) + 1 + (other_positive is not None))
     if cells > max_cells:
-        raise ValueError(f"{len(rows)} seed(s) x ({len(negatives)} negatives + baseline) = {cells} images is more "
-                         f"than max_cells={max_cells}")
-    if isinstance(steps, bool) or not isinstance(steps, int) or not 1 <= steps <= MAX_STEPS:
-        raise ValueError(f"steps={steps!r} must be an integer from 1 to {MAX_STEPS}")
-    if isinstance(guidance_scale, bool) or not isinstance(guidance_scale, (int, float)) \
-            or not math.isfinite(guidance_scale) or not 0 <= guidance_scale <= 100:
-        raise ValueError(f"guidance_scale={guidance_scale!r} must be a finite number from 0 to 100")
+        raise InputError("max_cells", cells, f"{len(rows)} seed(s) x ({len(negatives)} negatives + baseline) = "
+                                             f"{cells} images is more than max_cells={max_cells}")
     if baseline not in ("auto", *BASELINES):
-        raise ValueError(f"baseline={baseline!r} must be 'auto', 'empty' or 'zeros'")
+        raise InputError("baseline", baseline, f"baseline={baseline!r} must be 'auto', 'empty' or 'zeros'")
+    if scheduler not in scheduler_names():
+        raise InputError("scheduler", scheduler, f"scheduler={scheduler!r} is not one of {scheduler_names()}")
     return rows
 
 
@@ -180,9 +219,10 @@ def _check_size(pipe, height, width):
     factor = pipe.vae_scale_factor
     for name, value in (("height", height), ("width", width)):
         if isinstance(value, bool) or not isinstance(value, int) or value <= 0 or value % factor:
-            raise ValueError(f"{name}={value!r} must be a positive multiple of {factor} (the VAE's scale factor)")
-        if value > 4096:
-            raise ValueError(f"{name}={value!r} is larger than 4096")
+            raise InputError(name, value, f"{name}={value!r} must be a positive multiple of {factor} (the VAE's "
+                                          "scale factor)")
+        if value > LIMITS.max_side:
+            raise InputError(name, value, f"{name}={value!r} is larger than {LIMITS.max_side}")
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -197,21 +237,38 @@ def _tokenizer(pipe):
     return pipe.tokenizer if pipe.tokenizer is not None else pipe.tokenizer_2
 
 
+class _TextTable:
+    """Every distinct text of a comparison, encoded once: text -> embeddings (1, tokens, dim) and, for SDXL, pooled
+    embeddings (1, dim). ``None`` reads as zero embeddings (SDXL's "no negative")."""
+
+    def __init__(self, embeds: dict, pooled: dict | None):
+        self.embeds, self.pooled = embeds, pooled
+        first = next(iter(embeds.values()))
+        self.dtype = first.dtype
+        self._zeros = torch.zeros_like(first)
+        self._zeros_pooled = torch.zeros_like(next(iter(pooled.values()))) if pooled else None
+
+    def stack(self, keys: list[str | None], device) -> tuple[torch.Tensor, torch.Tensor | None]:
+        embeds = torch.cat([self._zeros if k is None else self.embeds[k] for k in keys]).to(device)
+        if self.pooled is None:
+            return embeds, None
+        pooled = torch.cat([self._zeros_pooled if k is None else self.pooled[k] for k in keys]).to(device)
+        return embeds, pooled
+
+
 @torch.no_grad()
-def _encode(pipe, texts: list[str]):
+def _encode(pipe, texts: list[str]) -> _TextTable:
     """Text -> embeddings (and SDXL's pooled embeddings), through the pipeline's own ``encode_prompt``."""
     device = pipe._execution_device
     if _is_sdxl(pipe):
         embeds, _, pooled, _ = pipe.encode_prompt(texts, device=device, num_images_per_prompt=1,
                                                   do_classifier_free_guidance=False)
-        return dict(zip(texts, embeds.split(1))), dict(zip(texts, pooled.split(1)))
+        return _TextTable(dict(zip(texts, embeds.split(1))), dict(zip(texts, pooled.split(1))))
     embeds, _ = pipe.encode_prompt(texts, device, 1, False)
-    return dict(zip(texts, embeds.split(1))), None
+    return _TextTable(dict(zip(texts, embeds.split(1))), None)
 
 
 def _sha256(latent: torch.Tensor) -> str:
-    import hashlib
-
     return hashlib.sha256(latent.float().contiguous().numpy().tobytes()).hexdigest()
 
 
@@ -233,41 +290,76 @@ def _decode(pipe, latents: torch.Tensor) -> list[Image.Image]:
 # Denoising
 
 
-def _denoise_all(pipe, plan, embeds, pooled, row_latents, settings, scheduler, max_batch, callback, preview_every):
-    """Denoise every (seed, negative) cell of ``plan``; returns final latents and the batch size used."""
-    key = (id(pipe), settings.height, settings.width)
-    batch = min(len(plan), max_batch or len(plan), _safe_batch.get(key, len(plan)))
+def _denoise_all(pipe, runtime, spec: ComparisonSpec, table: _TextTable, seed_latents, max_batch, callback,
+                 preview_every):
+    """Denoise every cell of ``spec``, in chunks of whole cells; returns final latents and the chunk size used.
+    An out-of-memory error halves the chunk size and starts over; the size that fits is remembered with the
+    pipeline (``runtime.safe_batch``), so the next comparison of that size starts there."""
+    n = len(spec.cells)
+    size = (spec.height, spec.width)
+    batch = min(n, max_batch or n, runtime.safe_batch.get(size, n))
     device = pipe._execution_device
     while True:
         try:
-            progress = _Progress(callback, settings.steps * math.ceil(len(plan) / batch), preview_every)
+            progress = _Progress(callback, spec.steps * math.ceil(n / batch), preview_every)
             outputs = []
-            for i in range(0, len(plan), batch):
-                job = _make_job(plan[i:i + batch], settings.prompt, embeds, pooled, row_latents, device)
-                outputs.append(_denoise(pipe, job, settings, scheduler, progress))
+            for i in range(0, n, batch):
+                chunk = _Chunk(spec.cells[i:i + batch], seed_latents, device)
+                outputs.append(_denoise(pipe, runtime, chunk, spec, table, progress))
             return torch.cat(outputs), batch
         except torch.OutOfMemoryError:
             if batch == 1:
                 raise
             batch = max(1, batch // 2)
-            _safe_batch[key] = batch
+            runtime.safe_batch[size] = batch
             if device.type == "cuda":
                 torch.cuda.empty_cache()
 
 
-def _make_job(chunk, prompt, embeds, pooled, row_latents, device) -> _Job:
-    def stack(table, text_of):
-        rows = [torch.zeros_like(table[prompt]) if t is None else table[t] for t in map(text_of, chunk)]
-        return torch.cat(rows).to(device)
+@dataclass
+class _Chunk:
+    """Cells denoised together, with their starting latents stacked (unscaled)."""
 
-    return _Job(
-        negative_embeds=stack(embeds, lambda c: c[1]),
-        positive_embeds=stack(embeds, lambda c: prompt),
-        negative_pooled=stack(pooled, lambda c: c[1]) if pooled is not None else None,
-        positive_pooled=stack(pooled, lambda c: prompt) if pooled is not None else None,
-        latents=torch.cat([row_latents[s] for s, _ in chunk]).to(device),
-        seeds=[s for s, _ in chunk],
-    )
+    cells: Sequence[CellSpec]
+    seed_latents: dict
+    device: torch.device
+
+    def __post_init__(self):
+        self.latents = torch.cat([self.seed_latents[c.seed] for c in self.cells]).to(self.device)
+        self.seeds = [c.seed for c in self.cells]
+
+
+@dataclass(frozen=True)
+class _Layout:
+    """Which UNet batch row holds which (cell, branch): rows are grouped by branch in ``BRANCHES`` order (for CFG:
+    every cell's negative row, then every cell's positive row, as diffusers stacks them), cells in order within a
+    branch. ``rows[j][branch]`` is cell j's row of that branch."""
+
+    order: tuple[tuple[int, str], ...]  # (cell, branch) per batch row
+    rows: tuple[dict[str, int], ...]  # per cell: branch -> batch row
+
+    @classmethod
+    def of(cls, cells: Sequence[CellSpec], active: bool) -> _Layout:
+        wanted = [set(c.guidance.branches) if active else {"positive"} for c in cells]
+        order = tuple((j, b) for b in BRANCHES for j in range(len(cells)) if b in wanted[j])
+        rows: list[dict[str, int]] = [{} for _ in cells]
+        for k, (j, b) in enumerate(order):
+            rows[j][b] = k
+        return cls(order, tuple(rows))
+
+    def text_keys(self, cells: Sequence[CellSpec], step: int, steps: int, unconditional: str | None) -> list:
+        """The text each batch row reads at ``step``: the cell's positive, its negative while its window is open
+        (else the unconditional text), or the unconditional text ("empty")."""
+        keys = []
+        for j, branch in self.order:
+            cell = cells[j]
+            if branch == "positive":
+                keys.append(cell.positive)
+            elif branch == "negative":
+                keys.append(cell.negative_at(step, steps, unconditional))
+            else:
+                keys.append(unconditional)
+        return keys
 
 
 class _Stepper:
@@ -275,14 +367,14 @@ class _Stepper:
     scheduler and one generator per cell, seeded like diffusers seeds a single-image call (the generator has drawn
     the starting latent before it draws step noise), so every cell gets its own single-call noise."""
 
-    def __init__(self, pipe, name, job: _Job, steps: int):
+    def __init__(self, pipe, name, chunk: _Chunk, steps: int):
         device = pipe._execution_device
         first = make_scheduler(pipe.scheduler, name)
         if is_stochastic(first):
             self.groups = []
-            for i, seed in enumerate(job.seeds):
+            for i, seed in enumerate(chunk.seeds):
                 generator = torch.Generator("cpu").manual_seed(seed)
-                torch.randn(job.latents[i:i + 1].shape, generator=generator, dtype=job.latents.dtype)
+                torch.randn(chunk.latents[i:i + 1].shape, generator=generator, dtype=chunk.latents.dtype)
                 self.groups.append((make_scheduler(pipe.scheduler, name), slice(i, i + 1), generator))
         else:
             self.groups = [(first, slice(None), None)]
@@ -304,43 +396,50 @@ class _Stepper:
 
 
 @torch.no_grad()
-def _denoise(pipe, job: _Job, settings: Settings, scheduler_name: str, progress: "_Progress") -> torch.Tensor:
+def _denoise(pipe, runtime, chunk: _Chunk, spec: ComparisonSpec, table: _TextTable,
+             progress: _Progress) -> torch.Tensor:
     unet = pipe.unet
-    stepper = _Stepper(pipe, scheduler_name, job, settings.steps)
-    g = settings.guidance_scale
+    cells = chunk.cells
+    stepper = _Stepper(pipe, spec.sampler, chunk, spec.steps)
+    g = spec.guidance_scale
     active = guidance.guidance_is_active(g, unet.config.time_cond_proj_dim)
-    latents = job.latents * stepper.init_noise_sigma
-    batch = latents.shape[0]
+    layout = _Layout.of(cells, active)
+    cell_of_row = torch.tensor([j for j, _ in layout.order], device=chunk.latents.device)
+    latents = chunk.latents * stepper.init_noise_sigma
+    unconditional = spec.baseline_negative
 
-    if active:
-        text = torch.cat([job.negative_embeds, job.positive_embeds])
-    else:
-        text = job.positive_embeds
-    added = None
-    if job.positive_pooled is not None:
-        pooled = torch.cat([job.negative_pooled, job.positive_pooled]) if active else job.positive_pooled
-        time_ids = _sdxl_time_ids(pipe, settings, pooled.dtype).to(latents.device)
-        added = {"text_embeds": pooled, "time_ids": time_ids.repeat(pooled.shape[0], 1)}
+    time_ids = None
+    if table.pooled is not None:
+        time_ids = _sdxl_time_ids(pipe, spec, table.dtype).to(latents.device).repeat(len(layout.order), 1)
     timestep_cond = None
     if unet.config.time_cond_proj_dim is not None:
         timestep_cond = pipe.get_guidance_scale_embedding(
-            torch.tensor(g - 1).repeat(batch), embedding_dim=unet.config.time_cond_proj_dim
+            torch.tensor(g - 1).repeat(len(layout.order)), embedding_dim=unet.config.time_cond_proj_dim
         ).to(device=latents.device, dtype=latents.dtype)
 
-    buckets = unet_buckets(pipe)  # batch sizes a compiled UNet was built for (None: not compiled)
-    for t in stepper.timesteps:
+    texts: dict[tuple, tuple] = {}  # the stacked text embeddings change only where a window opens or closes
+    for step, t in enumerate(stepper.timesteps):
+        keys = tuple(layout.text_keys(cells, step, spec.steps, unconditional))
+        if keys not in texts:
+            texts[keys] = table.stack(list(keys), latents.device)
+        text, pooled = texts[keys]
+        added = {"text_embeds": pooled, "time_ids": time_ids} if pooled is not None else None
         model_input = stepper.scale(latents, t)
-        unet_input = torch.cat([model_input] * 2) if active else model_input
-        out = bucketed_unet(unet, unet_input, t, text, buckets=buckets, timestep_cond=timestep_cond,
+        unet_input = model_input[cell_of_row] if active else model_input
+        out = bucketed_unet(unet, unet_input, t, text, buckets=runtime.buckets, timestep_cond=timestep_cond,
                             added_cond_kwargs=added)
-        eps = guidance.classifier_free_guidance(*out.chunk(2), g) if active else out
+        if active:
+            eps = torch.cat([cell.guidance.combine({b: out[k:k + 1] for b, k in rows.items()}, g)
+                             for cell, rows in zip(cells, layout.rows)])
+        else:
+            eps = out
         progress.step(lambda: _preview(pipe, stepper.scheduler, model_input, eps, t))
         latents = stepper.step(eps, t, latents)
     return latents
 
 
-def _sdxl_time_ids(pipe, settings: Settings, dtype) -> torch.Tensor:
-    size = (settings.height, settings.width)
+def _sdxl_time_ids(pipe, spec: ComparisonSpec, dtype) -> torch.Tensor:
+    size = (spec.height, spec.width)
     projection = pipe.text_encoder_2.config.projection_dim
     return pipe._get_add_time_ids(size, (0, 0), size, dtype=dtype, text_encoder_projection_dim=projection)
 

@@ -11,10 +11,12 @@ prompt and away from the negative one, and the larger ``g``, the harder.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from typing import ClassVar, Protocol, runtime_checkable
 
 import torch
+
+from negprompt.errors import InputError
 
 
 def classifier_free_guidance(eps_neg: torch.Tensor, eps_pos: torch.Tensor, guidance_scale: float) -> torch.Tensor:
@@ -22,6 +24,37 @@ def classifier_free_guidance(eps_neg: torch.Tensor, eps_pos: torch.Tensor, guida
     prediction as the unconditional one. Written in the same operation order as diffusers' pipelines, so results
     match them to the last bit."""
     return eps_neg + guidance_scale * (eps_pos - eps_neg)
+
+
+def perpendicular_negative_guidance(eps_empty: torch.Tensor, eps_pos: torch.Tensor, eps_neg: torch.Tensor,
+                                    guidance_scale: float, negative_scale: float = 1.0) -> torch.Tensor:
+    """Implements Perp-Neg from Armandpour et al. (2023), "Re-imagine the Negative Prompt Algorithm", in
+    ComfyUI's form ``eps_empty + g * (pos - w * perp)``, with the projection taken per sample (dim 0), never over
+    the whole batch: a sample's result depends on that sample alone."""
+    pos, neg = eps_pos - eps_empty, eps_neg - eps_empty
+    dims = tuple(range(1, pos.ndim))
+    along = (neg * pos).sum(dim=dims, keepdim=True) / (pos * pos).sum(dim=dims, keepdim=True).clamp_min(1e-12)
+    perp = neg - along * pos
+    return eps_empty + guidance_scale * (pos - negative_scale * perp)
+
+
+def rescale_guidance(eps_cfg: torch.Tensor, eps_pos: torch.Tensor, rescale: float) -> torch.Tensor:
+    """Implements Section 3.4 of Lin et al. (2023), "Common Diffusion Noise Schedules and Sample Steps are Flawed":
+    the guided prediction rescaled to the positive prediction's standard deviation (per sample), mixed by
+    ``rescale``; the same operations as diffusers' ``rescale_noise_cfg`` (``guidance_rescale``)."""
+    dims = list(range(1, eps_pos.ndim))
+    std_pos = eps_pos.std(dim=dims, keepdim=True)
+    std_cfg = eps_cfg.std(dim=dims, keepdim=True)
+    rescaled = eps_cfg * (std_pos / std_cfg)
+    return rescale * rescaled + (1 - rescale) * eps_cfg
+
+
+def negative_strength_guidance(eps_empty: torch.Tensor, eps_pos: torch.Tensor, eps_neg: torch.Tensor,
+                               guidance_scale: float, strength: float) -> torch.Tensor:
+    """Implements negation with its own weight from Liu et al. (2022), "Compositional Visual Generation with
+    Composable Diffusion Models": ``eps_empty + g * (eps_pos - eps_empty) - s * (eps_neg - eps_empty)``.
+    ``s = g - 1`` is plain CFG with the negative; ``s = 0`` is CFG with no negative."""
+    return eps_empty + guidance_scale * (eps_pos - eps_empty) - strength * (eps_neg - eps_empty)
 
 
 def guidance_is_active(guidance_scale: float, time_cond_proj_dim: int | None) -> bool:
@@ -55,19 +88,23 @@ def predicted_original(model_input: torch.Tensor, model_output: torch.Tensor, al
 #
 # A method declares the UNet branches it needs and combines their predictions for ONE cell. The engine stacks one
 # batch row per (cell, branch), runs the UNet once per step for every cell of a comparison, splits the output back
-# per cell and calls ``combine``: per-cell math stays per cell, whatever else shares the batch.
+# and calls ``combine`` once per cell, with tensors of batch size 1: per-cell math stays per cell, whatever else
+# shares the batch.
 #
 # Branch names: "positive" (the cell's positive prompt), "negative" (the cell's negative while its window is
 # open, else the baseline's unconditional text), "empty" (always the baseline's unconditional text: the empty
 # prompt, or zero embeddings where the comparison's baseline is "zeros").
 #
 # Adding a method: a frozen dataclass here with ``name``, ``branches`` and ``combine``, and one line in METHODS.
+# Its fields are its parameters (numbers), written into manifests by ``method_to_dict``.
+
+BRANCHES = ("negative", "empty", "positive")  # every branch a method may read, in the order the engine stacks them
 
 
 @runtime_checkable
 class GuidanceMethod(Protocol):
     name: ClassVar[str]  # the registry key, as written in manifests, the command line and the app
-    branches: ClassVar[tuple[str, ...]]  # the UNet branches it reads, in the order the engine stacks them
+    branches: ClassVar[tuple[str, ...]]  # the UNet branches it reads (a subset of BRANCHES)
 
     def combine(self, preds: dict[str, torch.Tensor], scale: float) -> torch.Tensor: ...
 
@@ -83,7 +120,48 @@ class CFG:
         return classifier_free_guidance(preds["negative"], preds["positive"], scale)
 
 
-METHODS: dict[str, type] = {CFG.name: CFG}
+@dataclass(frozen=True)
+class PerpNeg:
+    """Perp-Neg (Armandpour et al., 2023): only the part of the negative's direction perpendicular to the
+    positive's is pushed away from, so a negative that overlaps the positive cannot undo it."""
+
+    negative_scale: float = 1.0  # weight of the perpendicular negative direction (ComfyUI's neg_scale)
+    name: ClassVar[str] = "perp-neg"
+    branches: ClassVar[tuple[str, ...]] = ("empty", "positive", "negative")
+
+    def combine(self, preds: dict[str, torch.Tensor], scale: float) -> torch.Tensor:
+        return perpendicular_negative_guidance(preds["empty"], preds["positive"], preds["negative"], scale,
+                                               self.negative_scale)
+
+
+@dataclass(frozen=True)
+class RescaledCFG:
+    """CFG with guidance rescale (Lin et al., 2023), diffusers' ``guidance_rescale``."""
+
+    rescale: float = 0.7  # 0: plain CFG; 1: fully rescaled to the positive prediction's spread (paper: 0.7)
+    name: ClassVar[str] = "cfg-rescale"
+    branches: ClassVar[tuple[str, ...]] = ("negative", "positive")
+
+    def combine(self, preds: dict[str, torch.Tensor], scale: float) -> torch.Tensor:
+        guided = classifier_free_guidance(preds["negative"], preds["positive"], scale)
+        return rescale_guidance(guided, preds["positive"], self.rescale)
+
+
+@dataclass(frozen=True)
+class NegativeStrength:
+    """CFG from the empty prompt with the negative weighted on its own: ``eps_empty + g * (eps_pos - eps_empty) -
+    s * (eps_neg - eps_empty)``; ``s = g - 1`` is plain CFG, ``s = 0`` no negative."""
+
+    strength: float = 3.0  # s, the negative's own weight (plain CFG at scale 7.5 pushes with 6.5)
+    name: ClassVar[str] = "neg-strength"
+    branches: ClassVar[tuple[str, ...]] = ("empty", "positive", "negative")
+
+    def combine(self, preds: dict[str, torch.Tensor], scale: float) -> torch.Tensor:
+        return negative_strength_guidance(preds["empty"], preds["positive"], preds["negative"], scale,
+                                          self.strength)
+
+
+METHODS: dict[str, type] = {m.name: m for m in (CFG, PerpNeg, RescaledCFG, NegativeStrength)}
 
 
 def method_to_dict(method: GuidanceMethod) -> dict:
@@ -91,10 +169,45 @@ def method_to_dict(method: GuidanceMethod) -> dict:
     return {"method": method.name, **asdict(method)}
 
 
-def method_from_dict(data: dict | str) -> GuidanceMethod:
+def method_from_dict(data: dict | str, argument: str = "guidance") -> GuidanceMethod:
     """The inverse of ``method_to_dict``; a bare name stands for the method with its default parameters."""
     data = {"method": data} if isinstance(data, str) else dict(data)
     name = data.pop("method", None)
     if name not in METHODS:
-        raise ValueError(f"guidance method {name!r} is not one of {', '.join(METHODS)}")
-    return METHODS[name](**data)
+        raise InputError(argument, name, f"guidance method {name!r} is not one of {', '.join(METHODS)}")
+    cls = METHODS[name]
+    known = {f.name for f in fields(cls)}
+    unknown = sorted(set(data) - known)
+    if unknown:
+        raise InputError(argument, data, f"guidance method {name!r} has no parameter {', '.join(unknown)} "
+                                         f"(it takes: {', '.join(sorted(known)) or 'none'})")
+    for key, value in data.items():
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or value != value or abs(value) > 1e6:
+            raise InputError(argument, value, f"{name} parameter {key}={value!r} must be a finite number")
+    return cls(**data)
+
+
+def parse_method(text: str, argument: str = "guidance") -> GuidanceMethod:
+    """``"perp-neg"`` -> ``PerpNeg()``; ``"cfg-rescale:0.5"`` -> ``RescaledCFG(rescale=0.5)``: a name, optionally
+    with a value for the method's first parameter (the command line's and the app's syntax)."""
+    name, _, value = text.strip().partition(":")
+    name = name.strip().lower()
+    if not value.strip():
+        return method_from_dict(name, argument)
+    cls = METHODS.get(name)
+    parameters = [f.name for f in fields(cls)] if cls else []
+    if not parameters:
+        raise InputError(argument, text, f"{text!r}: guidance method {name!r} takes no value")
+    try:
+        number = float(value)
+    except ValueError:
+        raise InputError(argument, text, f"{text!r}: {value.strip()!r} is not a number") from None
+    return method_from_dict({"method": name, parameters[0]: number}, argument)
+
+
+def method_label(method: GuidanceMethod) -> str:
+    """``PerpNeg()`` -> ``"perp-neg"``; ``RescaledCFG(0.5)`` -> ``"cfg-rescale:0.5"``: the text ``parse_method``
+    reads back (defaults left out)."""
+    default = type(method)()
+    changed = [f.name for f in fields(method) if getattr(method, f.name) != getattr(default, f.name)]
+    return method.name + (f":{getattr(method, changed[0]):g}" if changed else "")

@@ -5,7 +5,10 @@
     Steps: 20, Sampler: DDIM, CFG scale: 7, Seed: 1, Size: 64x64, Model: negprompt-portraits
 
 The "Negative prompt:" line is left out when the negative is empty; values holding ``,``, ``:`` or a newline are
-JSON-quoted. ``parse_infotext`` reads any such text back into a dict of settings.
+JSON-quoted. A cell whose negative acts during part of the steps only, or that uses another guidance method than
+CFG, says so in extra pairs, as A1111 extensions do: ``Negative window: 0.3-0.8`` (the syntax of
+``negprompt.plan.parse_window``) and ``Guidance method: perp-neg`` (that of ``negprompt.guidance.parse_method``).
+``parse_infotext`` reads any such text back into a dict of settings.
 """
 
 from __future__ import annotations
@@ -21,8 +24,10 @@ def _quote(value) -> str:
     return json.dumps(text) if any(c in text for c in ',:\n"') else text
 
 
-def format_infotext(settings, seed: int, negative_prompt: str) -> str:
-    """The infotext of one cell of a comparison run with ``settings``."""
+def format_infotext(settings, seed: int, negative_prompt: str, *, prompt: str | None = None,
+                    extra: dict | None = None) -> str:
+    """The infotext of one image of a comparison run with ``settings`` (its positive prompt, unless ``prompt``
+    gives another), with ``extra`` pairs after the usual ones."""
     fields = {
         "Steps": settings.steps,
         "Sampler": settings.scheduler,
@@ -33,11 +38,25 @@ def format_infotext(settings, seed: int, negative_prompt: str) -> str:
     }
     if not negative_prompt and settings.baseline == "zeros":
         fields["Baseline"] = "zero embeddings"
-    lines = [settings.prompt]
+    fields.update(extra or {})
+    lines = [settings.prompt if prompt is None else prompt]
     if negative_prompt:
         lines.append(f"Negative prompt: {negative_prompt}")
     lines.append(", ".join(f"{key}: {_quote(value)}" for key, value in fields.items()))
     return "\n".join(lines)
+
+
+def cell_infotext(settings, cell) -> str:
+    """The infotext of one cell (a ``negprompt.plan.CellSpec``) of a comparison run with ``settings``."""
+    from negprompt.guidance import CFG, method_label
+    from negprompt.plan import WHOLE, format_window
+
+    extra = {}
+    if tuple(cell.window) != WHOLE:
+        extra["Negative window"] = format_window(cell.window)
+    if not isinstance(cell.guidance, CFG):
+        extra["Guidance method"] = method_label(cell.guidance)
+    return format_infotext(settings, cell.seed, cell.negative or "", prompt=cell.positive, extra=extra)
 
 
 def parse_infotext(text: str) -> dict:

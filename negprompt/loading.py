@@ -1,58 +1,120 @@
-"""Load Stable Diffusion pipelines (1.x, 2.x, SDXL) from the Hub, a local folder, or the embedded model.
+"""Load Stable Diffusion pipelines (1.x, 2.x, SDXL) from the Hub, a local folder, a single .safetensors file, or the
+embedded model.
 
     from negprompt import load_pipeline
     pipe = load_pipeline()                                  # the embedded portrait model in assets/
     pipe = load_pipeline("stable-diffusion-v1-5/stable-diffusion-v1-5")
     pipe = load_pipeline("./my-sdxl-folder", device="cuda")
 
-Only safetensors weights are read and no remote code runs. Loaded pipelines are cached per (model, device, dtype)
-and treated as read-only from then on: per-request settings (scheduler, sizes, seeds) never touch them.
+    from negprompt.loading import load
+    loaded = load("./my-sdxl-folder", device="cuda")       # the pipeline and what negprompt knows about it
+    loaded.pipe, loaded.runtime.speedups, loaded.runtime.safe_batch
+
+Only safetensors weights are read and no remote code runs. Loaded pipelines are kept in a small cache per (model,
+device, dtype): one on a GPU (loading another frees the first one's memory), a few on the CPU, least recently used
+first out. A loaded pipeline is treated as read-only: per-request settings (scheduler, sizes, seeds) never touch it.
+What negprompt learns about a pipeline while running it (the speed levers applied, the largest batch that fits in
+memory) lives in its ``Runtime``, kept beside it in the cache, not on the diffusers object.
+
+Bad input raises ``InputError`` (``ModelNotFoundError`` for a model that is not there, with ``argument="model"``;
+``argument="device"`` for a device that is not there).
 """
 
 from __future__ import annotations
 
+import gc
+import json
 import logging
+import os
 import threading
+from collections import OrderedDict
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 from diffusers import DiffusionPipeline, StableDiffusionPipeline, StableDiffusionXLPipeline
 
-from negprompt.acceleration import accelerate
+from negprompt._assets import asset
 from negprompt.devices import pick_device, pick_dtype
+from negprompt.errors import InputError
+from negprompt.speedups import apply_speedups, new_report
 
 log = logging.getLogger(__name__)
 
-ASSETS = Path(__file__).resolve().parent.parent / "assets"
-EMBEDDED_MODEL = ASSETS / "portrait-model"
+EMBEDDED_MODEL = asset("portrait-model")
 EMBEDDED_NAME = "negprompt-portraits"
 
 PIPELINE_CLASSES = {cls.__name__: cls for cls in (StableDiffusionPipeline, StableDiffusionXLPipeline)}
+# Why other pipeline classes are refused (a class not named here gets the generic reason).
+REFUSED = {
+    "StableDiffusion3Pipeline": "SD3 denoises with a transformer under flow matching and three text encoders; "
+                                "negprompt's batched loop drives a UNet",
+    "FluxPipeline": "FLUX.1 denoises with a transformer and is guidance-distilled (dev/schnell run no negative "
+                    "branch at all)",
+}
+CACHE_SIZE = {"cpu": 3, "gpu": 1}  # pipelines kept per kind of device
 
-_cache: dict[tuple[str, str, torch.dtype], DiffusionPipeline] = {}
+_cache: OrderedDict[tuple[str, str, torch.dtype], Loaded] = OrderedDict()
 _lock = threading.Lock()
 
 
-class ModelNotFoundError(FileNotFoundError):
-    """The requested model is neither a local diffusers folder nor reachable on the Hub."""
+class ModelNotFoundError(InputError, FileNotFoundError):
+    """The requested model is not a usable local folder or file, nor reachable on the Hub."""
+
+    def __init__(self, value, message: str):
+        super().__init__("model", value, message)
+
+
+@dataclass
+class Runtime:
+    """What negprompt learns about one loaded pipeline while running it."""
+
+    speedups: dict = field(default_factory=new_report)  # speedups.apply_speedups' report: levers applied, buckets
+    safe_batch: dict[tuple[int, int], int] = field(default_factory=dict)  # (height, width) -> cells per UNet batch
+    # known to fit in memory, learned from out-of-memory errors
+
+    @property
+    def buckets(self) -> tuple[int, ...] | None:
+        """The batch sizes a compiled UNet was built for (None: not compiled, batches run unpadded)."""
+        buckets = self.speedups.get("buckets")
+        return tuple(buckets) if buckets else None
+
+
+@dataclass
+class Loaded:
+    """A loaded pipeline with its runtime facts; ``compare`` accepts it wherever it accepts a pipeline."""
+
+    pipe: DiffusionPipeline
+    runtime: Runtime = field(default_factory=Runtime)
+    source: str = ""  # the folder, file or Hub id it was loaded from
 
 
 def resolve_model(model: str | Path | None) -> str:
-    """The folder or Hub id that ``model`` names; ``None`` is the embedded model."""
+    """The folder, file or Hub id that ``model`` names; ``None`` is the embedded model."""
     if model is None or str(model) in ("", EMBEDDED_NAME):
         if not (EMBEDDED_MODEL / "model_index.json").is_file():
-            raise ModelNotFoundError(
+            raise ModelNotFoundError(str(EMBEDDED_MODEL), (
                 f"The embedded model is missing: {EMBEDDED_MODEL} has no model_index.json. "
-                "Train it with `python -m negprompt.train --out assets/portrait-model`, or pass --model."
-            )
+                "Train it with `python -m negprompt.train --out assets/portrait-model`, or pass --model."))
         return str(EMBEDDED_MODEL)
+    if not isinstance(model, (str, Path)):
+        raise InputError("model", model, f"model={model!r} must be a Hub id, a folder or a file")
     path = Path(model).expanduser()
+    if path.is_file():
+        if path.suffix != ".safetensors":
+            raise ModelNotFoundError(str(model), (
+                f"model={str(model)!r} is a file, not a diffusers pipeline folder; negprompt loads diffusers folders, "
+                "Hub ids, and single-file .safetensors checkpoints of Stable Diffusion 1.x or SDXL"))
+        return str(path.resolve())
     if path.exists():
         if not (path / "model_index.json").is_file():
-            raise ModelNotFoundError(f"model={str(model)!r} is a folder without model_index.json (not a diffusers "
-                                     "pipeline folder)")
+            raise ModelNotFoundError(str(model), f"model={str(model)!r} is a folder without model_index.json (not a "
+                                                 "diffusers pipeline folder)")
         return str(path.resolve())
-    return str(model)
+    text = str(model)
+    if text.startswith(("/", ".", "~")) or text.count("/") > 1 or "\\" in text or path.is_absolute():
+        raise ModelNotFoundError(text, f"model={text!r}: no such folder or file (a Hub id looks like owner/name)")
+    return text
 
 
 def model_label(model: str | Path | None) -> str:
@@ -63,41 +125,142 @@ def model_label(model: str | Path | None) -> str:
     return path.name if path.exists() else str(model)
 
 
-def load_pipeline(model: str | Path | None = None, *, device: str | torch.device | None = None,
-                  dtype: torch.dtype | str | None = None) -> DiffusionPipeline:
-    """Load (once) and return a text-to-image pipeline for ``model``, ready to run on ``device`` in ``dtype``.
+def model_source(pipe) -> str:
+    """What a comparison spec records as a pipeline's model, for ``load_pipeline`` to load again: the embedded
+    model's name, the Hub id, or the folder or file it was loaded from."""
+    name = getattr(pipe, "name_or_path", None) or ""
+    if not name:
+        return "unnamed pipeline"
+    return model_label(name) if model_label(name) == EMBEDDED_NAME else str(name)
 
-    ``model``: a Hub id or a local diffusers folder holding a Stable Diffusion 1.x/2.x or SDXL pipeline; ``None``
-    for the embedded model. ``device`` defaults to cuda, then mps, then cpu; ``dtype`` to half precision on a GPU and
-    float32 on the CPU.
+
+def load(model: str | Path | None = None, *, device: str | torch.device | None = None,
+         dtype: torch.dtype | str | None = None) -> Loaded:
+    """Load (once) and return the pipeline for ``model`` with its runtime facts, ready on ``device`` in ``dtype``.
+
+    ``model``: a Hub id, a local diffusers folder or a single-file .safetensors checkpoint holding a Stable Diffusion
+    1.x/2.x or SDXL pipeline; ``None`` for the embedded model. ``device`` defaults to cuda, then mps, then cpu;
+    ``dtype`` to half precision on a GPU and float32 on the CPU.
     """
-    source = resolve_model(model)
     device = pick_device(device)
     dtype = pick_dtype(device, dtype)
+    source = resolve_model(model)
     key = (source, str(device), dtype)
     with _lock:
-        if key not in _cache:
-            _cache[key] = _load(source, device, dtype)
-        return _cache[key]
+        if key in _cache:
+            _cache.move_to_end(key)
+            return _cache[key]
+        kind = "cpu" if device.type == "cpu" else "gpu"
+        _evict(kind, keep=CACHE_SIZE[kind] - 1)
+        pipe = _load(source, device, dtype)
+        loaded = Loaded(pipe=pipe, runtime=Runtime(speedups=apply_speedups(pipe)), source=source)
+        _cache[key] = loaded
+        return loaded
+
+
+def load_pipeline(model: str | Path | None = None, *, device: str | torch.device | None = None,
+                  dtype: torch.dtype | str | None = None) -> DiffusionPipeline:
+    """``load(...).pipe``: the cached pipeline alone (see ``load``)."""
+    return load(model, device=device, dtype=dtype).pipe
+
+
+def runtime_of(pipe) -> Runtime:
+    """The runtime facts of a pipeline in the cache; a fresh ``Runtime`` for one built elsewhere (nothing learned
+    about it then outlives the call)."""
+    with _lock:
+        for loaded in _cache.values():
+            if loaded.pipe is pipe:
+                return loaded.runtime
+    return Runtime()
+
+
+def _evict(kind: str, keep: int) -> None:
+    """Drop the least recently used pipelines on ``kind`` devices until ``keep`` remain; frees their GPU memory
+    once nothing else holds them."""
+    keys = [k for k in _cache if ("cpu" if k[1] == "cpu" else "gpu") == kind]
+    for key in keys[:max(0, len(keys) - keep)]:
+        log.info("unloading %s from %s", key[0], key[1])
+        del _cache[key]
+    if len(keys) > keep:
+        gc.collect()
+        if kind == "gpu" and torch.cuda.is_available():
+            torch.cuda.empty_cache()
+
+
+def _offline() -> bool:
+    from huggingface_hub import constants
+
+    return bool(constants.HF_HUB_OFFLINE) or os.environ.get("HF_HUB_OFFLINE", "").upper() in ("1", "ON", "YES",
+                                                                                               "TRUE")
+
+
+def _read_config(source: str) -> dict:
+    """The pipeline's model_index.json, from a folder, the Hub cache or the Hub."""
+    local = Path(source)
+    if local.is_dir():
+        try:
+            return json.loads((local / "model_index.json").read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError) as error:
+            raise ModelNotFoundError(source, f"model={source!r}: its model_index.json is not valid JSON "
+                                             f"({error})") from None
+    if _offline():
+        from huggingface_hub import try_to_load_from_cache
+
+        cached = try_to_load_from_cache(source, "model_index.json") if source.count("/") == 1 else None
+        if not isinstance(cached, str):
+            raise ModelNotFoundError(source, f"model={source!r} is not downloaded and no network (HF_HUB_OFFLINE is "
+                                             "set): download it first, or pass a local folder")
+    try:
+        return DiffusionPipeline.load_config(source)
+    except Exception as error:  # the Hub client raises several unrelated types for "not there"
+        raise ModelNotFoundError(source, f"model={source!r} is not a local folder and could not be fetched from "
+                                         f"the Hub: {error}") from error
+
+
+def _check_class(source: str, class_name) -> type:
+    if class_name in PIPELINE_CLASSES:
+        return PIPELINE_CLASSES[class_name]
+    reason = REFUSED.get(class_name, "negprompt's engine drives these two pipelines' UNet, text encoders and VAE")
+    raise InputError("model", source, f"model={source!r} is a {class_name}; negprompt runs "
+                                      f"{', '.join(PIPELINE_CLASSES)} only: {reason}")
+
+
+def _single_file_class(path: str) -> type:
+    """SDXL or SD 1.x, from the tensor names of a single-file checkpoint (SDXL has a second text encoder)."""
+    from safetensors import safe_open
+
+    try:
+        with safe_open(path, framework="pt") as f:
+            names = list(f.keys())
+    except Exception as error:
+        raise ModelNotFoundError(path, f"model={path!r} is a file but not a readable safetensors checkpoint: "
+                                       f"{error}") from None
+    if not any(n.startswith("model.diffusion_model.") for n in names):
+        raise ModelNotFoundError(path, f"model={path!r} is a file but not a Stable Diffusion checkpoint (it has no "
+                                       "model.diffusion_model weights)")
+    sdxl = any(n.startswith("conditioner.embedders.1.") for n in names)
+    return StableDiffusionXLPipeline if sdxl else StableDiffusionPipeline
 
 
 def _load(source: str, device: torch.device, dtype: torch.dtype) -> DiffusionPipeline:
-    try:
-        config = DiffusionPipeline.load_config(source)
-    except Exception as error:  # the Hub client raises several unrelated types for "not there"
-        raise ModelNotFoundError(f"model={source!r} is not a local folder and could not be fetched from the "
-                                 f"Hub: {error}") from error
-    class_name = config.get("_class_name")
-    if class_name not in PIPELINE_CLASSES:
-        raise ValueError(f"model={source!r} is a {class_name}; negprompt runs {', '.join(PIPELINE_CLASSES)}")
-    cls = PIPELINE_CLASSES[class_name]
-    extra = {"safety_checker": None, "requires_safety_checker": False} if cls is StableDiffusionPipeline else {}
-    log.info("loading %s (%s) on %s in %s", source, class_name, device, dtype)
-    try:
-        pipe = cls.from_pretrained(source, dtype=dtype, use_safetensors=True, **extra)
-    except OSError as error:
-        raise ModelNotFoundError(f"model={source!r} could not be loaded: {error} (negprompt reads only "
-                                 "safetensors weights)") from error
+    if Path(source).is_file():
+        cls = _single_file_class(source)
+        log.info("loading the single file %s as %s on %s in %s", source, cls.__name__, device, dtype)
+        try:
+            pipe = cls.from_single_file(source, dtype=dtype)
+        except Exception as error:  # from_single_file fetches the matching configs from the Hub
+            raise ModelNotFoundError(source, f"model={source!r} is a single-file checkpoint that diffusers could not "
+                                             f"load ({error}); convert it to a diffusers folder") from error
+    else:
+        config = _read_config(source)
+        cls = _check_class(source, config.get("_class_name"))
+        extra = {"safety_checker": None, "requires_safety_checker": False} if cls is StableDiffusionPipeline else {}
+        log.info("loading %s (%s) on %s in %s", source, cls.__name__, device, dtype)
+        try:
+            pipe = cls.from_pretrained(source, dtype=dtype, use_safetensors=True, **extra)
+        except OSError as error:
+            raise ModelNotFoundError(source, f"model={source!r} could not be loaded: {error} (negprompt reads only "
+                                             "safetensors weights)") from error
     pipe.to(device)
     if dtype == torch.float16 and pipe.vae.config.get("force_upcast", False):
         # SDXL's VAE overflows in float16. diffusers upcasts it inside every call (mutating the pipeline); we do
@@ -107,7 +270,6 @@ def _load(source: str, device: torch.device, dtype: torch.dtype) -> DiffusionPip
         if module is not None:
             module.eval().requires_grad_(False)
     pipe.set_progress_bar_config(disable=True)
-    accelerate(pipe)  # load-time speed levers (a no-op on the CPU); never changed per request
     return pipe
 
 
@@ -115,3 +277,6 @@ def clear_cache() -> None:
     """Forget every loaded pipeline (frees their memory once nothing else holds them)."""
     with _lock:
         _cache.clear()
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()

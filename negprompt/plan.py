@@ -20,12 +20,14 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import unicodedata
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
 from negprompt.errors import LIMITS, InputError
-from negprompt.guidance import CFG, GuidanceMethod, method_from_dict, method_to_dict
+from negprompt.guidance import BRANCHES, CFG, GuidanceMethod, method_from_dict, method_label, method_to_dict
 
 SPEC_VERSION = 1
 BASELINES = ("empty", "zeros")  # the baseline's negative: the empty prompt, or zero embeddings
@@ -53,15 +55,66 @@ class CellSpec:
                 "reference": self.reference, "row": self.row, "kind": self.kind, "term": self.term}
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> CellSpec:
+    def from_dict(cls, data: dict[str, Any], argument: str = "cell") -> CellSpec:
         data = dict(data)
-        data["guidance"] = method_from_dict(data.get("guidance", "cfg"))
-        data["window"] = tuple(data.get("window", (0.0, 1.0)))
-        return cls(**data)
+        unknown = sorted(set(data) - set(cls.__dataclass_fields__))
+        if unknown:
+            raise InputError(argument, unknown, f"{argument} has unknown field(s) {', '.join(unknown)}")
+        data["guidance"] = method_from_dict(data.get("guidance", "cfg"), f"{argument}.guidance")
+        window = data.get("window", (0.0, 1.0))
+        if not isinstance(window, (list, tuple)) or len(window) != 2:
+            raise InputError(f"{argument}.window", window, f"{argument}.window={window!r} must be [start, stop]")
+        data["window"] = tuple(window)
+        try:
+            return cls(**data)
+        except TypeError as error:  # a required field is missing
+            raise InputError(argument, data, f"{argument}: {error}") from None
 
     def negative_at(self, step: int, steps: int, baseline_negative: str | None) -> str | None:
         """The negative text this cell's "negative" branch reads at ``step`` (0-based) of ``steps``."""
         return self.negative if window_contains(self.window, step, steps) else baseline_negative
+
+
+def check_window(argument: str, window) -> None:
+    """A window is (start, stop), fractions of the steps with 0 <= start <= stop <= 1."""
+    ok = isinstance(window, tuple) and len(window) == 2 and all(
+        isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in window)
+    if not (ok and 0 <= window[0] <= window[1] <= 1):
+        raise InputError(argument, window, f"{argument}={window!r} must be (start, stop) fractions of the steps "
+                                           "with 0 <= start <= stop <= 1")
+
+
+WHOLE = (0.0, 1.0)  # the default window: the negative acts at every step
+_WINDOW = re.compile(r"^(?P<text>.*?)\s*@\s*(?P<start>[0-9.]+)\s*(?:-\s*(?P<stop>[0-9.]+))?\s*$", re.S)
+
+
+def parse_window(text: str, argument: str = "negative") -> tuple[str, tuple[float, float]]:
+    """Read the window written into a negative: ``"hat@0.3"`` -> ``("hat", (0.3, 1.0))`` (the negative acts from
+    30% of the steps to the end), ``"hat@0.3-0.8"`` -> ``("hat", (0.3, 0.8))``, ``"hat"`` -> ``("hat", (0, 1))``.
+    Fractions of the steps, from 0 to 1. Any ``@`` marks a window, so a malformed one is an error, not text."""
+    if "@" not in text:
+        return text, WHOLE
+    match = _WINDOW.match(text)
+    message = (f"{argument}={text!r}: a window is written after '@' as START or START-STOP, fractions of the steps "
+               "from 0 to 1 (e.g. 'hat@0.3' or 'hat@0.3-0.8')")
+    if not match or "@" in match["text"] or not match["text"].strip():
+        raise InputError(argument, text, message)
+    try:
+        window = (float(match["start"]), float(match["stop"]) if match["stop"] else 1.0)
+    except ValueError:
+        raise InputError(argument, text, message) from None
+    if not 0 <= window[0] <= window[1] <= 1:
+        raise InputError(argument, text, message)
+    return match["text"].strip(), window
+
+
+def format_window(window: tuple[float, float]) -> str:
+    """The text ``parse_window`` reads after ``@``: ``(0.3, 1)`` -> ``"0.3"``, ``(0.3, 0.8)`` -> ``"0.3-0.8"``;
+    ``""`` for the whole run."""
+    start, stop = window
+    if (start, stop) == WHOLE:
+        return ""
+    return f"{start:g}" if stop == 1 else f"{start:g}-{stop:g}"
 
 
 def window_contains(window: tuple[float, float], step: int, steps: int) -> bool:
@@ -108,23 +161,39 @@ class ComparisonSpec:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> ComparisonSpec:
+        if not isinstance(data, dict):
+            raise InputError("spec", data, "a comparison spec must be a JSON object")
         data = dict(data)
         version = data.pop("version", SPEC_VERSION)
         if version != SPEC_VERSION:
             raise InputError("spec", version, f"spec version {version!r} is not {SPEC_VERSION}, the one this "
                                               "negprompt reads")
-        data["cells"] = tuple(CellSpec.from_dict(c) for c in data["cells"])
-        return cls(**data)
+        unknown = sorted(set(data) - set(cls.__dataclass_fields__))
+        if unknown:
+            raise InputError("spec", unknown, f"the spec has unknown field(s) {', '.join(unknown)}")
+        cells = data.get("cells")
+        if not isinstance(cells, list) or not all(isinstance(c, dict) for c in cells):
+            raise InputError("cells", cells, "the spec's cells must be a list of objects")
+        data["cells"] = tuple(CellSpec.from_dict(c, f"cells[{i}]") for i, c in enumerate(cells))
+        try:
+            return cls(**data)
+        except TypeError as error:  # a required field is missing
+            raise InputError("spec", sorted(data), f"the spec is incomplete: {error}") from None
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=2)
 
     @classmethod
     def from_json(cls, text: str) -> ComparisonSpec:
-        return cls.from_dict(json.loads(text))
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as error:
+            raise InputError("spec", text[:40], f"the spec is not valid JSON: {error}") from None
+        return cls.from_dict(data)
 
     def validate(self, max_cells: int = LIMITS.max_cells) -> ComparisonSpec:
         """Raise ``InputError`` naming the first bad field; return the spec itself when it is good."""
+        check_text("model", self.model)
         _check_int("steps", self.steps, 1, LIMITS.max_steps)
         scale = self.guidance_scale
         if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not math.isfinite(scale) \
@@ -174,10 +243,13 @@ def _check_cell(i: int, cell: CellSpec, n: int) -> None:
     check_text(f"{where}.positive", cell.positive)
     if cell.negative is not None:
         check_text(f"{where}.negative", cell.negative, allow_empty=True)
-    start, stop = cell.window
-    if not (isinstance(start, (int, float)) and isinstance(stop, (int, float)) and 0 <= start <= stop <= 1):
-        raise InputError(f"{where}.window", cell.window, f"{where}.window={cell.window!r} must be (start, stop) "
-                                                         "fractions of the steps with 0 <= start <= stop <= 1")
+    if not isinstance(cell.guidance, GuidanceMethod) or not set(cell.guidance.branches) <= set(BRANCHES):
+        raise InputError(f"{where}.guidance", cell.guidance, f"{where}.guidance={cell.guidance!r} is not a "
+                                                             "guidance method (see negprompt.guidance.METHODS)")
+    check_window(f"{where}.window", cell.window)
+    if not isinstance(cell.label, str) or not isinstance(cell.kind, str) or not isinstance(cell.term, str):
+        raise InputError(f"{where}.label", cell.label, f"{where}: label, kind and term must be strings")
+    _check_int(f"{where}.row", cell.row, 0, LIMITS.max_cells)
     if cell.reference is not None and not (isinstance(cell.reference, int) and 0 <= cell.reference < n
                                            and cell.reference != i):
         raise InputError(f"{where}.reference", cell.reference, f"{where}.reference={cell.reference!r} must be the "
@@ -188,29 +260,89 @@ def _check_cell(i: int, cell: CellSpec, n: int) -> None:
 # Builders
 
 
-def negatives_spec(prompt: str, negatives: list[str], seeds: list[int], *, model: str, steps: int = 20,
+def negatives_spec(prompt: str, negatives: Sequence[str], seeds: Sequence[int], *, model: str, steps: int = 20,
                    guidance_scale: float = 7.5, height: int | None = None, width: int | None = None,
                    sampler: str = "Default", baseline: str = "empty", other_positive: str | None = None,
-                   guidance: GuidanceMethod | None = None) -> ComparisonSpec:
+                   guidance: GuidanceMethod | None = None,
+                   windows: Sequence[tuple[float, float]] | None = None) -> ComparisonSpec:
     """The classic comparison: one row per seed, holding the baseline (no negative), one cell per negative and,
     with ``other_positive``, one cell that runs another positive prompt with no negative (the seed article's
-    "... without mustache"), all compared against the row's baseline."""
+    "... without mustache"), all compared against the row's baseline. ``windows`` (one per negative) limits when
+    each negative acts (see ``parse_window``)."""
+    windows = list(windows) if windows is not None else [WHOLE] * len(negatives)
+    if len(windows) != len(negatives):
+        raise InputError("windows", windows, f"{len(windows)} windows for {len(negatives)} negatives")
+    method = guidance or CFG()
+    variants = [[(negative, window, method)] for negative, window in zip(negatives, windows)]
+    return _rows_spec(prompt, variants, seeds, mode="negatives" if other_positive is None else "negatives+positive",
+                      other_positive=other_positive, model=model, steps=steps, guidance_scale=guidance_scale,
+                      height=height, width=width, sampler=sampler, baseline=baseline, method=method)
+
+
+def methods_spec(prompt: str, negatives: Sequence[str], seeds: Sequence[int], methods: Sequence[GuidanceMethod], *,
+                 model: str, windows: Sequence[tuple[float, float]] | None = None, **settings) -> ComparisonSpec:
+    """Guidance methods as an axis: per row, the baseline, then for each negative one cell per method (same seed,
+    same negative, same window), all compared against the row's baseline (plain CFG with no negative)."""
+    if not methods:
+        raise InputError("methods", [], "name at least one guidance method")
+    windows = list(windows) if windows is not None else [WHOLE] * len(negatives)
+    variants = [[(negative, window, m) for m in methods] for negative, window in zip(negatives, windows)]
+    return _rows_spec(prompt, variants, seeds, mode="methods", model=model, **settings)
+
+
+def timing_spec(prompt: str, negatives: Sequence[str], seeds: Sequence[int], starts: Sequence[float], *, model: str,
+                guidance: GuidanceMethod | None = None, **settings) -> ComparisonSpec:
+    """When a negative acts, as an axis: per row, the baseline, then for each negative one cell per start fraction
+    (the negative acts from ``start`` of the steps to the end; start 0 is the plain negative), all compared
+    against the row's baseline."""
+    if not starts:
+        raise InputError("starts", [], "name at least one start fraction")
+    for i, start in enumerate(starts):
+        check_window(f"starts[{i}]", (start, 1.0))
+    method = guidance or CFG()
+    variants = [[(negative, (float(start), 1.0), method) for start in starts] for negative in negatives]
+    return _rows_spec(prompt, variants, seeds, mode="timing", model=model, method=method, **settings)
+
+
+def cell_label(negative: str, window: tuple[float, float] = WHOLE, method: GuidanceMethod | None = None) -> str:
+    """A negative cell's caption: ``"- hat"``, ``"- hat @0.3"``; with ``method``, ``"- hat (perp-neg)"``."""
+    label = f"- {negative}"
+    if tuple(window) != WHOLE:
+        label += f" @{format_window(window)}"
+    if method is not None:
+        label += f" ({method_label(method)})"
+    return label
+
+
+def baseline_label(baseline: str) -> str:
+    return "baseline: zero embeddings" if baseline == "zeros" else "baseline: no negative"
+
+
+def _rows_spec(prompt: str, variants: list[list[tuple[str, tuple[float, float], GuidanceMethod]]],
+               seeds: Sequence[int], *, mode: str, model: str, steps: int = 20, guidance_scale: float = 7.5,
+               height: int | None = None, width: int | None = None, sampler: str = "Default",
+               baseline: str = "empty", other_positive: str | None = None,
+               method: GuidanceMethod | None = None) -> ComparisonSpec:
+    """One row per seed: the baseline, one cell per (negative, window, method) variant, and the other positive."""
     if baseline not in BASELINES:
         raise InputError("baseline", baseline, f"baseline={baseline!r} must be 'empty' or 'zeros'")
     none = "" if baseline == "empty" else None
-    method = guidance or CFG()
+    base_method = method or CFG()
     cells: list[CellSpec] = []
     for row, seed in enumerate(seeds):
         base = len(cells)
-        cells.append(CellSpec(seed, prompt, none, method, label="baseline", row=row, kind="baseline"))
-        for negative in negatives:
-            cells.append(CellSpec(seed, prompt, negative, method, label=negative, reference=base, row=row))
+        cells.append(CellSpec(seed, prompt, none, base_method, label=baseline_label(baseline), row=row,
+                              kind="baseline"))
+        for per_negative in variants:
+            show_method = len({m for _, _, m in per_negative}) > 1 or mode == "methods"
+            for negative, window, m in per_negative:
+                cells.append(CellSpec(seed, prompt, negative, m, window=tuple(window), reference=base, row=row,
+                                      label=cell_label(negative, window, m if show_method else None)))
         if other_positive is not None:
-            cells.append(CellSpec(seed, other_positive, none, method, label=other_positive, reference=base, row=row,
-                                  kind="positive"))
+            cells.append(CellSpec(seed, other_positive, none, base_method, label=f"+ {other_positive}",
+                                  reference=base, row=row, kind="positive"))
     return ComparisonSpec(model=model, cells=tuple(cells), steps=steps, guidance_scale=guidance_scale,
-                          height=height, width=width, sampler=sampler, baseline=baseline,
-                          mode="negatives" if other_positive is None else "negatives+positive")
+                          height=height, width=width, sampler=sampler, baseline=baseline, mode=mode)
 
 
 def with_cells(spec: ComparisonSpec, cells: list[CellSpec] | tuple[CellSpec, ...]) -> ComparisonSpec:

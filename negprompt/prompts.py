@@ -37,8 +37,26 @@ def _same_text(a: str, b: str) -> bool:
     return " ".join(a.lower().split()) == " ".join(b.lower().split())
 
 
+def spec_warnings(tokenizer, spec, distilled: bool) -> list[str]:
+    """Everything about a comparison spec (``negprompt.plan.ComparisonSpec``) that makes it show less than the user
+    expects, in plain words."""
+    first_row = [c for c in spec.cells if c.row == spec.cells[0].row]
+    negatives = [c.negative for c in first_row if c.kind == "negative" and c.negative]
+    positives = list(dict.fromkeys(c.positive for c in spec.cells))
+    warnings = comparison_warnings(tokenizer, positives, list(dict.fromkeys(negatives)), spec.guidance_scale,
+                                   distilled)
+    seen: dict[tuple, int] = {}
+    for cell in first_row:
+        key = (cell.positive, cell.negative, cell.guidance, tuple(cell.window))
+        if key in seen and cell.kind == "negative":
+            warnings.append(f"Negative prompt {negatives.index(cell.negative) + 1} ('{cell.negative}') is listed "
+                            "twice; both cells are the same image.")
+        seen[key] = 1
+    return warnings
+
+
 def comparison_warnings(
-    tokenizer, prompt: str, negatives: list[str], guidance_scale: float, distilled: bool
+    tokenizer, prompt: str | list[str], negatives: list[str], guidance_scale: float, distilled: bool
 ) -> list[str]:
     """Everything about these inputs that makes a comparison show less than the user expects, in plain words."""
     warnings = []
@@ -52,21 +70,19 @@ def comparison_warnings(
             f"Guidance scale {guidance_scale:g} is at most 1, so classifier-free guidance is off and negative prompts "
             "have no effect: every cell equals the baseline. Use a scale above 1 (5 to 9 is usual)."
         )
-    count = count_tokens(tokenizer, prompt)
-    if not count.fits:
-        warnings.append(f"The prompt has {count.used} tokens; the text encoder reads {count.limit}, "
-                        f"so this was cut: '{count.truncated}'.")
-    seen: set[str] = set()
+    prompts = [prompt] if isinstance(prompt, str) else list(prompt)
+    for i, text in enumerate(prompts):
+        count = count_tokens(tokenizer, text)
+        if not count.fits:
+            which = "The prompt" if i == 0 else f"The positive prompt '{text[:40]}'"
+            warnings.append(f"{which} has {count.used} tokens; the text encoder reads {count.limit}, "
+                            f"so this was cut: '{count.truncated}'.")
     for i, negative in enumerate(negatives, start=1):
         count = count_tokens(tokenizer, negative)
         if not count.fits:
             warnings.append(f"Negative prompt {i} has {count.used} tokens; the text encoder reads {count.limit}, "
                             f"so this was cut: '{count.truncated}'.")
-        if _same_text(negative, prompt):
+        if _same_text(negative, prompts[0]):
             warnings.append(f"Negative prompt {i} equals the positive prompt: the two branches cancel and the cell "
                             "shows the unguided image (as at guidance scale 1).")
-        key = " ".join(negative.lower().split())
-        if key in seen:
-            warnings.append(f"Negative prompt {i} ('{negative}') is listed twice; both cells are the same image.")
-        seen.add(key)
     return warnings

@@ -5,7 +5,24 @@ from __future__ import annotations
 import pytest
 import torch
 
-from negprompt.guidance import classifier_free_guidance, guidance_is_active, predicted_original
+from negprompt.errors import InputError
+from negprompt.guidance import (
+    BRANCHES,
+    CFG,
+    GuidanceMethod,
+    NegativeStrength,
+    PerpNeg,
+    RescaledCFG,
+    classifier_free_guidance,
+    guidance_is_active,
+    method_from_dict,
+    method_label,
+    method_to_dict,
+    parse_method,
+    perpendicular_negative_guidance,
+    predicted_original,
+    rescale_guidance,
+)
 
 
 def test_cfg_moves_away_from_the_negative_and_toward_the_positive():
@@ -29,3 +46,83 @@ def test_predicted_original_inverts_the_forward_process(prediction_type):
     output = {"epsilon": noise, "v_prediction": alpha_bar.sqrt() * noise - (1 - alpha_bar).sqrt() * x0,
               "sample": x0}[prediction_type]
     assert torch.allclose(predicted_original(xt, output, alpha_bar, prediction_type), x0, atol=1e-5)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Guidance methods
+
+
+def _preds(seed=0, n=3):
+    torch.manual_seed(seed)
+    return {b: torch.randn(n, 4, 8, 8) for b in ("empty", "positive", "negative")}
+
+
+def test_rescale_is_diffusers_guidance_rescale():
+    from diffusers.pipelines.stable_diffusion.pipeline_stable_diffusion import rescale_noise_cfg
+
+    p = _preds()
+    for rescale in (0.0, 0.3, 0.7, 1.0):
+        cfg = classifier_free_guidance(p["negative"], p["positive"], 7.5)
+        expected = rescale_noise_cfg(cfg, p["positive"], guidance_rescale=rescale)
+        assert torch.equal(rescale_guidance(cfg, p["positive"], rescale), expected), \
+            "guidance rescale must be diffusers' rescale_noise_cfg, operation for operation."
+        assert torch.equal(RescaledCFG(rescale).combine(p, 7.5), expected)
+
+
+def test_perp_neg_with_the_negative_equal_to_the_positive_is_cfg_from_the_empty_prompt():
+    p = _preds()
+    same = {**p, "negative": p["positive"]}
+    expected = classifier_free_guidance(p["empty"], p["positive"], 7.5)
+    torch.testing.assert_close(PerpNeg().combine(same, 7.5), expected, atol=1e-5, rtol=1e-5)
+
+
+def test_perp_neg_projects_per_sample_not_over_the_batch():
+    p = _preds(n=4)
+    batched = perpendicular_negative_guidance(p["empty"], p["positive"], p["negative"], 7.5)
+    for i in range(4):
+        alone = perpendicular_negative_guidance(*(p[b][i:i + 1] for b in ("empty", "positive", "negative")), 7.5)
+        torch.testing.assert_close(batched[i:i + 1], alone, msg="A sample's Perp-Neg must not see its neighbours.")
+    # The common reference implementation takes one projection over the whole batch tensor: that one does differ.
+    pos, neg = p["positive"] - p["empty"], p["negative"] - p["empty"]
+    whole = p["empty"] + 7.5 * (pos - (neg - (neg * pos).sum() / pos.norm() ** 2 * pos))
+    assert not torch.allclose(whole, batched, atol=1e-3), "The test must be able to tell the two apart."
+
+
+def test_perp_neg_removes_only_the_perpendicular_part():
+    p = _preds(n=1)
+    pos = p["positive"] - p["empty"]
+    along = {**p, "negative": p["empty"] + 2.5 * pos}  # a negative pointing along the positive
+    expected = classifier_free_guidance(p["empty"], p["positive"], 5.0)
+    torch.testing.assert_close(PerpNeg().combine(along, 5.0), expected, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("scale", [3.0, 7.5])
+def test_negative_strength_g_minus_one_is_cfg_and_zero_is_no_negative(scale):
+    """The identity tested: eps_empty + g (eps_pos - eps_empty) - s (eps_neg - eps_empty) equals CFG with the
+    negative, eps_neg + g (eps_pos - eps_neg), when s = g - 1; and CFG from the empty prompt when s = 0."""
+    p = _preds()
+    torch.testing.assert_close(NegativeStrength(scale - 1).combine(p, scale),
+                               classifier_free_guidance(p["negative"], p["positive"], scale), atol=1e-5, rtol=1e-5)
+    assert torch.equal(NegativeStrength(0.0).combine(p, scale),
+                       p["empty"] + scale * (p["positive"] - p["empty"]))
+
+
+@pytest.mark.parametrize("method", [CFG(), PerpNeg(), PerpNeg(1.5), RescaledCFG(), RescaledCFG(0.3),
+                                    NegativeStrength(), NegativeStrength(2.0)])
+def test_methods_round_trip_through_dicts_and_text(method):
+    assert method_from_dict(method_to_dict(method)) == method
+    assert parse_method(method_label(method)) == method, "The text syntax must read its own labels back."
+    assert set(method.branches) <= set(BRANCHES) and isinstance(method, GuidanceMethod)
+
+
+@pytest.mark.parametrize(("call", "argument"), [
+    (lambda: method_from_dict("cfgg"), "guidance"),
+    (lambda: method_from_dict({"method": "perp-neg", "scale": 2}), "guidance"),
+    (lambda: method_from_dict({"method": "perp-neg", "negative_scale": "big"}), "guidance"),
+    (lambda: parse_method("cfg:2", "guidance_methods"), "guidance_methods"),
+    (lambda: parse_method("perp-neg:x", "guidance_methods"), "guidance_methods"),
+])
+def test_bad_methods_raise_input_errors(call, argument):
+    with pytest.raises(InputError) as error:
+        call()
+    assert error.value.argument == argument

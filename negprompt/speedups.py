@@ -1,17 +1,20 @@
 """GPU speed levers for a loaded pipeline, applied once at load time and never per request.
 
-    from negprompt import load_pipeline
-    from negprompt.acceleration import accelerate, warmup, bucket
-    pipe = load_pipeline(device="cuda")
-    report = accelerate(pipe)                    # the device's defaults; see Levers
-    warmup(pipe, sizes=[bucket(2 * cells) for cells in range(2, 10)])   # compile each batch bucket now
+    from negprompt.loading import load
+    from negprompt.speedups import apply_speedups, warmup, bucket
+    loaded = load(device="cuda")                 # applies the device's default levers once, at load time
+    loaded.runtime.speedups                      # what was applied, what was skipped and why
+    warmup(loaded.pipe, sizes=[bucket(2 * cells) for cells in range(2, 10)], buckets=loaded.runtime.buckets)
+
+    report = apply_speedups(pipe, Levers(fuse_qkv=True))          # on a pipeline you built yourself
+    report = apply_speedups(pipe, Levers(compile=True), report)   # adds a lever; the report accumulates
 
 Levers (each one switchable, each a no-op where it does not apply; all off on the CPU by default):
 
 - ``channels_last``: UNet and VAE weights in NHWC, which cuDNN's convolutions prefer on tensor-core GPUs.
 - ``fuse_qkv``: one matmul for q, k and v in self-attention (k and v in cross-attention), UNet and VAE.
 - SDPA: diffusers already runs attention through ``torch.nn.functional.scaled_dot_product_attention`` (flash or
-  memory-efficient kernels on CUDA); ``accelerate`` checks it and records which processors are in use.
+  memory-efficient kernels on CUDA); ``apply_speedups`` checks it and records which processors are in use.
 - ``compile``: ``torch.compile`` of the UNet (``compile_mode``: "default", "reduce-overhead" = CUDA graphs,
   "max-autotune"). Compiled graphs are specialised to the batch size, so the engine pads every UNet batch up to
   ``bucket(n)`` (a few fixed sizes) with copies and drops the padding: a new number of negatives then reuses a graph
@@ -137,14 +140,24 @@ def uses_sdpa(model) -> bool:
     return bool(counts) and all(name in SDPA_PROCESSORS for name in counts)
 
 
-def accelerate(pipe, levers: Levers | None = None) -> dict:
+def new_report() -> dict:
+    """An empty speed-lever report: nothing applied yet."""
+    return {"applied": [], "skipped": {}, "buckets": None}
+
+
+def apply_speedups(pipe, levers: Levers | None = None, report: dict | None = None) -> dict:
     """Apply ``levers`` (default: ``Levers.for_device`` of the pipeline's device) to ``pipe`` in place.
 
-    Call it right after loading, before the pipeline is shared: it changes the pipeline's modules. Each lever is
-    applied at most once; a later call applies only levers not applied yet (so a benchmark can add them one by one)
-    and returns the updated report: what was applied, what was skipped and why, which attention processors run.
+    Call it right after loading, before the pipeline is shared: it changes the pipeline's modules. ``report`` is
+    what earlier calls on this pipeline returned (``loading.load`` keeps it in the pipeline's ``Runtime``): each
+    lever is applied at most once, so a later call applies only levers not applied yet (a benchmark adds them one
+    by one). Returns the updated report: what was applied, what was skipped and why, which attention processors run,
+    and ``buckets``, the batch sizes the engine must pad UNet batches to (None: the UNet is not compiled).
     """
-    report = getattr(pipe, "_negprompt_acceleration", None) or {"applied": [], "skipped": {}, "buckets": None}
+    report = report if report is not None else new_report()
+    report.setdefault("applied", [])
+    report.setdefault("skipped", {})
+    report.setdefault("buckets", None)
     levers = levers or Levers.for_device(pipe._execution_device)
     models = {"unet": pipe.unet, "vae": pipe.vae}
     applied, skipped = report["applied"], report["skipped"]
@@ -188,17 +201,11 @@ def accelerate(pipe, levers: Levers | None = None) -> dict:
     )
     if not report["sdpa"]:
         log.warning("attention does not run through scaled_dot_product_attention: %s", report["attention"])
-    pipe._negprompt_acceleration = report
     return report
 
 
-def unet_buckets(pipe) -> tuple[int, ...] | None:
-    """The bucket sizes the engine must pad UNet batches to for ``pipe`` (None: the UNet is not compiled)."""
-    report = getattr(pipe, "_negprompt_acceleration", None)
-    return tuple(report["buckets"]) if report and report["buckets"] else None
-
-
-def example_unet_inputs(pipe, n: int, height: int, width: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, dict]:
+def example_unet_inputs(pipe, n: int, height: int,
+                        width: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, dict]:
     """Random UNet inputs of batch ``n`` shaped like the engine's: (sample, timestep, text embeddings, kwargs)."""
     config = pipe.unet.config
     device, dtype = pipe._execution_device, pipe.unet.dtype
@@ -217,14 +224,14 @@ def example_unet_inputs(pipe, n: int, height: int, width: int) -> tuple[torch.Te
 
 
 @torch.no_grad()
-def warmup(pipe, sizes: Iterable[int], height: int | None = None, width: int | None = None) -> dict[int, float]:
-    """Run the UNet once at each batch size in ``sizes`` (rounded to buckets) at ``height`` x ``width`` (default:
-    the model's size), so that a compiled UNet compiles every bucket now, not during a request. Returns seconds per
-    bucket (compile time included)."""
+def warmup(pipe, sizes: Iterable[int], height: int | None = None, width: int | None = None, *,
+           buckets: Sequence[int] | None = None) -> dict[int, float]:
+    """Run the UNet once at each batch size in ``sizes`` (rounded to ``buckets``, the report's) at ``height`` x
+    ``width`` (default: the model's size), so that a compiled UNet compiles every bucket now, not during a request.
+    Returns seconds per bucket (compile time included)."""
     size = pipe.unet.config.sample_size * pipe.vae_scale_factor
     height, width = height or size, width or size
     device = pipe._execution_device
-    buckets = unet_buckets(pipe)
     seconds = {}
     for n in sorted({bucket(s, buckets) if buckets else s for s in sizes}):
         sample, t, text, kwargs = example_unet_inputs(pipe, n, height, width)

@@ -1,5 +1,6 @@
-"""The speed levers must not change what a comparison shows: each one, alone, keeps the UNet's output and the
-comparison's images equal (up to float rounding) on a tiny pipeline, and batch padding drops cleanly."""
+"""The speed levers (negprompt.speedups) must not change what a comparison shows: each one, alone, keeps the
+UNet's output and the comparison's images equal (up to float rounding) on a tiny pipeline, and batch padding
+drops cleanly."""
 
 from __future__ import annotations
 
@@ -7,8 +8,9 @@ import numpy as np
 import pytest
 import torch
 
-from negprompt import acceleration
-from negprompt.acceleration import Levers, accelerate, bucket, bucketed_unet, pad_batch
+from negprompt import speedups
+from negprompt.loading import Loaded, Runtime
+from negprompt.speedups import Levers, apply_speedups, bucket, bucketed_unet, pad_batch
 
 
 @pytest.fixture(autouse=True)
@@ -33,14 +35,15 @@ def _pipe(kind="sd"):
 @torch.no_grad()
 def _unet_out(pipe, n=3, seed=0):
     torch.manual_seed(seed)
-    sample, t, text, kwargs = acceleration.example_unet_inputs(pipe, n, 64, 64)
+    sample, t, text, kwargs = speedups.example_unet_inputs(pipe, n, 64, 64)
     return bucketed_unet(pipe.unet, sample, t, text, buckets=None, **kwargs), (sample, t, text, kwargs)
 
 
-def _images(pipe):
+def _images(pipe, report=None):
     from negprompt.engine import compare
 
-    result = compare(pipe, "portrait photo of a man", ["mustache", "glasses"], seed=3, steps=3)
+    loaded = Loaded(pipe, Runtime(speedups=report)) if report else pipe
+    result = compare(loaded, "portrait photo of a man", ["mustache", "glasses"], seed=3, steps=3)
     return [np.asarray(cell.image, dtype=np.int16) for cell in result.cells]
 
 
@@ -92,7 +95,7 @@ def test_each_lever_keeps_outputs_equal(lever, kind):
     pipe = _pipe(kind)
     reference, inputs = _unet_out(pipe)
     images = _images(pipe)
-    report = accelerate(pipe, Levers(**{lever: True}))
+    report = apply_speedups(pipe, Levers(**{lever: True}))
     assert any(name.startswith(lever) for name in report["applied"]), f"{lever} must be applied: {report}"
     with torch.no_grad():
         out = bucketed_unet(pipe.unet, *inputs[:3], buckets=None, **inputs[3])
@@ -110,17 +113,19 @@ def test_levers_are_off_on_the_cpu_and_applied_once(monkeypatch):
     monkeypatch.setenv("NEGPROMPT_COMPILE", "1")
     assert Levers.for_device("cuda").compile, "NEGPROMPT_COMPILE=1 turns torch.compile on for CUDA."
     pipe = _pipe()
-    report = accelerate(pipe)
-    assert report["applied"] == [] and report["buckets"] is None, "accelerate on the CPU must be a no-op."
-    again = accelerate(pipe, Levers(fuse_qkv=True))
+    report = apply_speedups(pipe)
+    assert report["applied"] == [] and report["buckets"] is None, "apply_speedups on the CPU must be a no-op."
+    again = apply_speedups(pipe, Levers(fuse_qkv=True), report)
     assert again["applied"] == ["fuse_qkv:unet", "fuse_qkv:vae"]
-    assert accelerate(pipe, Levers(fuse_qkv=True))["applied"] == ["fuse_qkv:unet", "fuse_qkv:vae"], \
+    assert apply_speedups(pipe, Levers(fuse_qkv=True), report)["applied"] == ["fuse_qkv:unet", "fuse_qkv:vae"], \
         "A lever must be applied once, not again on a second call."
+    assert not any(name.startswith("_negprompt") for name in vars(pipe)), \
+        "Runtime facts are kept in the report, not on the diffusers object."
 
 
 def test_sdpa_is_verified():
     pipe = _pipe()
-    report = accelerate(pipe, Levers())
+    report = apply_speedups(pipe, Levers())
     assert report["sdpa"], f"diffusers must run attention through SDPA by default: {report['attention']}"
 
 
@@ -129,13 +134,13 @@ def test_zero_gpu_turns_compile_off(monkeypatch):
     monkeypatch.setenv("NEGPROMPT_COMPILE", "1")
     assert not Levers.for_device("cuda").compile, "ZeroGPU does not allow torch.compile."
     pipe = _pipe()
-    report = accelerate(pipe, Levers(compile=True))
+    report = apply_speedups(pipe, Levers(compile=True))
     assert "compile" in report["skipped"] and report["buckets"] is None, "compile must be skipped on ZeroGPU."
 
 
 def test_warmup_runs_each_bucket_once():
     pipe = _pipe()
-    seconds = acceleration.warmup(pipe, [3, 4, 18], 64, 64)
+    seconds = speedups.warmup(pipe, [3, 4, 18], 64, 64)
     assert sorted(seconds) == [3, 4, 18], "Without compile, warm-up runs the sizes as given."
 
 
@@ -145,12 +150,13 @@ def test_compiled_unet_with_buckets_keeps_outputs_equal(monkeypatch):
     pipe = _pipe()
     reference, inputs = _unet_out(pipe, n=3)
     images = _images(pipe)
-    report = accelerate(pipe, Levers(compile=True, compile_mode="default", buckets=(4, 6)))
+    report = apply_speedups(pipe, Levers(compile=True, compile_mode="default", buckets=(4, 6)))
     assert report["buckets"] == [4, 6]
-    assert sorted(acceleration.warmup(pipe, [3, 6], 64, 64)) == [4, 6], "Warm-up compiles the buckets."
+    assert sorted(speedups.warmup(pipe, [3, 6], 64, 64, buckets=report["buckets"])) == [4, 6], \
+        "Warm-up compiles the buckets."
     with torch.no_grad():
         out = bucketed_unet(pipe.unet, *inputs[:3], buckets=report["buckets"], **inputs[3])
     torch.testing.assert_close(out, reference, atol=1e-4, rtol=1e-3,
                                msg="The compiled, padded UNet must give the eager output.")
-    for before, after in zip(images, _images(pipe)):
+    for before, after in zip(images, _images(pipe, report)):
         assert np.abs(before - after).max() <= 1, "torch.compile must keep every image within 1/255."

@@ -1,0 +1,35 @@
+#!/usr/bin/env bash
+# Build and install negprompt NON-editably into a throwaway virtual environment, then run the command line with the
+# embedded model from there: the wheel must carry the weights (assets/ is mapped into the package at build time).
+#
+#     scripts/check_wheel.sh                 # uses ./.venv/bin/python, or $PYTHON
+#
+# The dependencies (torch, diffusers, ...) are not downloaded again: the throwaway environment reads them from the
+# interpreter's own site-packages through a .pth file. About a minute on a 2-core CPU.
+set -euo pipefail
+ROOT="$(cd "$(dirname "$0")/.." && pwd)"
+PYTHON="${PYTHON:-$ROOT/.venv/bin/python}"
+WORK="$(mktemp -d)"
+trap 'rm -rf "$WORK"' EXIT
+
+"$PYTHON" -m venv "$WORK/venv"
+"$WORK/venv/bin/pip" install -q "setuptools>=77" wheel
+"$WORK/venv/bin/pip" install -q --no-deps --no-build-isolation "$ROOT"
+SITE="$("$WORK/venv/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')"
+"$PYTHON" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])' > "$SITE/negprompt-deps.pth"
+
+cd "$WORK"  # away from the checkout, so that only the installed package can be imported
+HF_HUB_OFFLINE=1 "$WORK/venv/bin/negprompt" --prompt "portrait photo of a man" --negative hat --steps 4 --out "$WORK/out"
+"$WORK/venv/bin/python" - "$WORK/out" <<'PY'
+import json, sys
+from pathlib import Path
+
+import negprompt.loading
+
+out = Path(sys.argv[1])
+assert "site-packages" in negprompt.loading.__file__, f"the installed package must run, not {negprompt.loading.__file__}"
+assert negprompt.loading.EMBEDDED_MODEL.is_relative_to(Path(negprompt.loading.__file__).parent), "weights in the wheel"
+cells = json.loads((out / "manifest.json").read_text())["cells"]
+assert [c["label"] for c in cells] == ["baseline: no negative", "- hat"] and (out / "grid.png").is_file()
+print("ok: the installed wheel ran the embedded model from", negprompt.loading.EMBEDDED_MODEL)
+PY
