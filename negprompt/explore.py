@@ -127,6 +127,32 @@ def terms_alone_spec(prompt: str, negative: str, seeds: Sequence[int], *, includ
     return replace(with_cells(base, cells), mode="terms-alone")
 
 
+TERM_MODES = {"leave-one-out": leave_one_out_spec, "terms-alone": terms_alone_spec}
+EXPLORER_MODES = (*TERM_MODES, "timing", "methods")  # spec modes whose cells are worth watching step by step
+
+
+def term_mode_spec(mode: str, prompt: str, negatives: Sequence[str], seeds: Sequence[int], *,
+                   windows: Sequence[tuple[float, float]] | None = None, other_positive: str | None = None,
+                   **settings) -> ComparisonSpec:
+    """The spec of a term mode ("leave-one-out" or "terms-alone") from a front end's inputs: exactly one negative,
+    acting at every step, and no other positive."""
+    if len(negatives) != 1:
+        raise InputError("negatives", list(negatives), f"{mode} takes exactly one negative prompt (its terms are "
+                                                       f"separated by commas); {len(negatives)} were given")
+    if windows is not None and any(tuple(w) != (0.0, 1.0) for w in windows):
+        raise InputError("negatives[0]", negatives[0], f"{mode} runs the negative at every step: write it "
+                                                       "without an @window")
+    if other_positive is not None:
+        raise InputError("other_positive", other_positive, f"{mode} compares the terms of one negative; it takes "
+                                                           "no other positive prompt")
+    return TERM_MODES[mode](prompt, negatives[0], seeds, **settings)
+
+
+def default_preview_every(spec: ComparisonSpec) -> int:
+    """How often to keep every cell's preview: about ten times per run in the explorer's modes, else never."""
+    return max(1, spec.steps // 10) if spec.mode in EXPLORER_MODES else 0
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # Ranking terms
 

@@ -268,3 +268,22 @@ def manifest_fields(result) -> tuple[list[dict], dict]:
     if any(c.kind in ("leave-out", "term-alone") for c in result.spec.cells):
         extra["terms"] = rank_terms(result.spec, result.change_scores).to_dict()
     return cells, extra
+
+
+def summary_lines(result) -> list[str]:
+    """The command line's report of an explained comparison: per cell its change and verdict; for a term mode, the
+    ranked terms and the trimmed negative to copy."""
+    verdicts = result.verdicts or [None] * len(result.cells)
+    lines = [f"{'seed':>6}  {'change':>7}  {'verdict':<20}  cell"]
+    for cell, score, v in zip(result.cells, result.change_scores, verdicts):
+        lines.append(f"{cell.seed:>6}  {score:>6.1f}%  {v.status if v else '':<20}  {result.label(cell)}")
+    _, extra = manifest_fields(result)
+    if "terms" in extra:
+        ranking = extra["terms"]
+        what = "leaving it out" if ranking["kind"] == "leave-out" else "it alone"
+        lines += ["", f"terms ranked by how much {what} changes the image (mean over {len(result.spec.seeds)} "
+                      f"seed(s)):"]
+        lines += [f"{t['mean_change']:>7.2f}%  {t['term']}{'  (does almost nothing)' if t['inert'] else ''}"
+                  for t in ranking["terms"]]
+        lines.append(f"trimmed negative: {ranking['trimmed_negative']}")
+    return lines
