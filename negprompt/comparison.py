@@ -102,6 +102,7 @@ class Comparison:
     verdicts: list = field(default_factory=list)  # per cell a negprompt.verdicts.Verdict, or None (no reference)
     preview_steps: list[int] = field(default_factory=list)  # the steps at which every cell's x0 preview was kept
     previews: list[list[Image.Image]] = field(default_factory=list)  # per kept step, every cell's preview
+    explored: dict = field(default_factory=dict)  # comparison-wide findings, e.g. a timing sweep's tables
 
     @property
     def rows(self) -> list[list[Cell]]:

@@ -382,3 +382,16 @@ def timing_table(spec: ComparisonSpec, detections: Sequence[Mapping[str, float]]
             other_flips=statistics.fmean(flips), change=statistics.fmean(changes[i] for i in members),
             change_outside=outside))
     return table
+
+
+def timing_reports(spec: ComparisonSpec, detections: Sequence[Mapping[str, float]], changes: Sequence[float],
+                   attributes: Sequence[str]) -> dict[str, dict]:
+    """For each negative of a timing sweep that names one of ``attributes`` (what the detector reads), its timing
+    table (``timing_table``, one entry per start) and the latest start that still removes it."""
+    reports = {}
+    for negative in dict.fromkeys(c.negative for c in spec.cells if c.kind != "baseline"):
+        if negative in attributes:
+            table = timing_table(spec, detections, negative, changes, negative=negative)
+            reports[negative] = {"starts": [r.to_dict() for r in table],
+                                 "latest_removing_start": latest_removing_start(table)}
+    return reports

@@ -28,7 +28,14 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 
-from negprompt.explore import INERT_PERCENT, PreviewRecorder, divergence_curves, rank_terms, split_terms
+from negprompt.explore import (
+    INERT_PERCENT,
+    PreviewRecorder,
+    divergence_curves,
+    rank_terms,
+    split_terms,
+    timing_reports,
+)
 from negprompt.plan import ComparisonSpec, window_contains
 from negprompt.portraits import ALL_WORDS
 from negprompt.prompts import count_tokens
@@ -239,7 +246,9 @@ def cell_verdicts(facts: ModelFacts, spec: ComparisonSpec, changes, *, tokenizer
 
 def explain(result, pipe, recorder: PreviewRecorder | None = None, *, threshold: float = INERT_PERCENT):
     """Give a finished ``Comparison`` its verdict per cell and, when ``recorder`` (a ``PreviewRecorder`` passed as
-    ``compare``'s callback) kept previews, every cell's x0 preview per recorded step. Returns ``result``.
+    ``compare``'s callback) kept previews, every cell's x0 preview per recorded step. A timing sweep on the embedded
+    model also gets, per negative that names an attribute, what the detector says each start removed, added and
+    changed elsewhere (``negprompt.explore.timing_reports``). Returns ``result``.
 
     ``pipe``: the pipeline it ran on (or an object holding it as ``.pipe``); only its configs are read."""
     pipe = getattr(pipe, "pipe", pipe)
@@ -249,6 +258,12 @@ def explain(result, pipe, recorder: PreviewRecorder | None = None, *, threshold:
                                     threshold=threshold)
     if recorder is not None:
         result.preview_steps, result.previews = recorder.frames([c.image for c in result.cells])
+    if result.spec.mode == "timing" and facts.name == EMBEDDED_NAME:
+        from negprompt.detector import detect
+        from negprompt.portraits import BINARY
+
+        detections = detect([c.image for c in result.cells])
+        result.explored["timing"] = timing_reports(result.spec, detections, result.change_scores, BINARY)
     return result
 
 
@@ -262,7 +277,7 @@ def manifest_fields(result) -> tuple[list[dict], dict]:
               else [None] * len(result.cells))
     cells = [{"verdict": v.to_dict() if v is not None else None, "divergence": curve}
              for v, curve in zip(verdicts, curves)]
-    extra: dict = {}
+    extra: dict = dict(getattr(result, "explored", None) or {})
     if previews:
         extra["preview_steps"] = list(result.preview_steps)
     if any(c.kind in ("leave-out", "term-alone") for c in result.spec.cells):
@@ -286,4 +301,11 @@ def summary_lines(result) -> list[str]:
         lines += [f"{t['mean_change']:>7.2f}%  {t['term']}{'  (does almost nothing)' if t['inert'] else ''}"
                   for t in ranking["terms"]]
         lines.append(f"trimmed negative: {ranking['trimmed_negative']}")
+    for negative, report in extra.get("timing", {}).items():
+        lines += ["", f"negative '{negative}' by start (the detector's reading, over {len(result.spec.seeds)} "
+                      "seed(s)):", "  start  removed   added  other flips  change"]
+        lines += [f"{r['start']:>7g}  {r['removed']:>3}/{r['present']:<3} {r['added']:>3}/{r['absent']:<3} "
+                  f"{r['other_flips']:>11.2f}  {r['change']:>5.1f}%" for r in report["starts"]]
+        lines.append(f"latest start that still removes it (90% as often as the earliest): "
+                     f"{report['latest_removing_start']}")
     return lines

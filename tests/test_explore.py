@@ -326,3 +326,15 @@ def test_manifest_fields_carry_verdicts_divergence_and_the_ranked_terms():
     assert extra["terms"]["trimmed_negative"] == "hat" and extra["terms"]["inert_terms"] == ["glasses"]
     plain = SimpleNamespace(spec=spec, cells=cells, change_scores=changes)
     assert manifest_fields(plain)[0][1] == {"verdict": None, "divergence": None}, "No verdicts attached: nulls."
+
+
+def test_timing_reports_cover_the_negatives_that_name_an_attribute():
+    from negprompt.explore import timing_reports
+
+    spec = _timing_spec([0.0, 0.5], [1, 2, 3, 4])
+    detections = [_det(0.9), _det(0.1), _det(0.8)] * 4
+    reports = timing_reports(spec, detections, [0.0, 5.0, 1.0] * 4, ["hat", "glasses"])
+    assert list(reports) == ["hat"]
+    assert [r["removal_rate"] for r in reports["hat"]["starts"]] == [1.0, 0.0]
+    assert reports["hat"]["latest_removing_start"] == 0.0
+    assert timing_reports(spec, detections, [0.0] * 12, ["glasses"]) == {}, "'hat' is not a detector attribute here."

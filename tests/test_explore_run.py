@@ -106,3 +106,15 @@ def test_model_facts_of_ordinary_pipelines_predict_no_distillation(tiny_sd, tiny
         facts = model_facts(pipe, "some-model")
         assert facts.time_cond_proj_dim is None and facts.token_limit == 75 and distillation(facts) is None
     assert model_facts(tiny_sd, "negprompt-portraits").vocabulary, "The embedded model's vocabulary is known."
+
+
+@pytest.mark.slow
+def test_cli_timing_on_the_embedded_model_reports_what_each_start_removed(tmp_path, capsys):
+    status, stdout, stderr = cli("--prompt", PROMPT, "--negative", "hat", "--timing", "0,0.5", "--seeds", "1,2",
+                                 "--steps", "4", "--out", tmp_path, capsys=capsys)
+    assert status == 0, stderr
+    manifest = json.loads((tmp_path / "manifest.json").read_text())
+    starts = manifest["timing"]["hat"]["starts"]
+    assert [r["start"] for r in starts] == [0.0, 0.5] and all(r["cells"] == 2 for r in starts)
+    assert all(r["present"] + r["absent"] == 2 for r in starts)
+    assert "negative 'hat' by start" in stdout and "latest start that still removes it" in stdout
