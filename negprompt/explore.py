@@ -127,6 +127,24 @@ def terms_alone_spec(prompt: str, negative: str, seeds: Sequence[int], *, includ
     return replace(with_cells(base, cells), mode="terms-alone")
 
 
+# What each way of exploring a negative shows, in words a teacher can read aloud (front ends show them with the mode).
+EXPLANATIONS = {
+    "leave-one-out": (
+        "Which words of my negative prompt matter? We split the negative prompt at its commas. The first picture "
+        "uses all of it; each other picture leaves out one word. If leaving a word out changes nothing, that word "
+        "was doing nothing, and you can delete it. The words are ranked from the one that matters most."),
+    "terms-alone": (
+        "What does each word do on its own? Each picture uses just one word of the negative prompt, from the same "
+        "starting noise as the picture with no negative prompt. Compare each with that first picture."),
+    "timing": (
+        "When does a negative prompt act? A picture is made in steps, from noise to detail. Here the negative "
+        "prompt is switched on only from a later step: 0 means from the start, 0.5 from halfway. Starting late "
+        "often still removes the object, and changes less of everything else."),
+    "methods": (
+        "Different recipes for using the negative prompt. Ordinary guidance pushes the picture away from the "
+        "negative prompt; Perp-Neg only pushes away from the part of it that does not overlap with your prompt; "
+        "rescaling tames colors that get too strong. Same noise, same words, different recipe."),
+}
 TERM_MODES = {"leave-one-out": leave_one_out_spec, "terms-alone": terms_alone_spec}
 EXPLORER_MODES = (*TERM_MODES, "timing", "methods")  # spec modes whose cells are worth watching step by step
 
