@@ -338,3 +338,17 @@ def test_timing_reports_cover_the_negatives_that_name_an_attribute():
     assert [r["removal_rate"] for r in reports["hat"]["starts"]] == [1.0, 0.0]
     assert reports["hat"]["latest_removing_start"] == 0.0
     assert timing_reports(spec, detections, [0.0] * 12, ["glasses"]) == {}, "'hat' is not a detector attribute here."
+
+
+def test_every_explorer_mode_has_an_explanation_and_term_modes_check_their_inputs():
+    from negprompt.explore import EXPLANATIONS, EXPLORER_MODES, default_preview_every, term_mode_spec
+
+    assert set(EXPLANATIONS) == set(EXPLORER_MODES)
+    spec = term_mode_spec("leave-one-out", PROMPT, ["hat, glasses"], [1], model="m", steps=20)
+    assert spec.mode == "leave-one-out" and default_preview_every(spec) == 2
+    with pytest.raises(InputError) as error:
+        term_mode_spec("terms-alone", PROMPT, ["hat"], [1], model="m", windows=[(0.5, 1.0)])
+    assert error.value.argument == "negatives[0]"
+    with pytest.raises(InputError) as error:
+        term_mode_spec("terms-alone", PROMPT, ["hat"], [1], model="m", other_positive="a man")
+    assert error.value.argument == "other_positive"
