@@ -32,6 +32,7 @@ import hashlib
 import json
 import logging
 import statistics
+import sys
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -40,11 +41,13 @@ import numpy as np
 import torch
 from PIL import Image
 
-from negprompt.detector import detect, load_detector
-from negprompt.difference import change_score
-from negprompt.explore import latest_removing_start, leave_one_out_spec, rank_terms, timing_table
-from negprompt.loading import EMBEDDED_NAME, load_pipeline
-from negprompt.plan import timing_spec, with_cells
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # this checkout's negprompt, whatever is installed
+
+from negprompt.detector import detect, load_detector  # noqa: E402
+from negprompt.difference import change_score  # noqa: E402
+from negprompt.explore import latest_removing_start, leave_one_out_spec, rank_terms, timing_table  # noqa: E402
+from negprompt.loading import EMBEDDED_NAME, load_pipeline  # noqa: E402
+from negprompt.plan import timing_spec, with_cells  # noqa: E402
 
 log = logging.getLogger("explore")
 PROMPT = "portrait photo of a man"
