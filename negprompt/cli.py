@@ -197,6 +197,9 @@ def main(argv: list[str] | None = None) -> int:
         if args.preview_every is not None and args.preview_every < 0:
             raise InputError("preview_every", args.preview_every, "--preview-every must be 0 or more")
         if args.replay is not None:
+            if args.prompt is not None or args.negative or args.negatives_file or args.other_positive is not None:
+                raise InputError("replay", str(args.replay), "--replay runs the cells its manifest recorded: give "
+                                                             "no --prompt, --negative or --other-positive with it")
             spec = _read_manifest(args.replay)
             model = args.model or spec.model
         else:

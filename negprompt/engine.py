@@ -136,10 +136,11 @@ def run(pipe, spec: ComparisonSpec, *, max_batch: int | None = None, max_cells: 
 
     # 2. Encode every distinct text once
     start = time.perf_counter()
-    texts = [t for c in spec.cells for t in (c.positive, c.negative) if t is not None]
+    texts = [c.positive for c in spec.cells] + [c.negative for c in spec.cells if c.negative is not None]
+    texts = [t for t in dict.fromkeys(texts) if t != spec.baseline_negative]
     if spec.baseline_negative is not None:
-        texts.append(spec.baseline_negative)
-    table = _encode(pipe, list(dict.fromkeys(texts)))
+        texts.append(spec.baseline_negative)  # last, as before specs: the batch order changes the encoder's rounding
+    table = _encode(pipe, texts)
     timings["encode_s"] = time.perf_counter() - start
 
     # 3. Starting noise, one latent per seed, shared by every cell with that seed

@@ -13,7 +13,14 @@ embeddings, SDXL's "no negative"), its guidance method, the fraction of the step
 (``reference``: its difference map and change score are taken against that cell).
 
 Builders make the usual specs; every front end (library, command line, app, sweep files) produces specs through
-them, so a new way of comparing is a new builder, not a change to the engine.
+them, so a new way of comparing is a new builder, not a change to the engine:
+
+    negatives_spec(prompt, negatives, seeds, ...)          # baseline + one cell per negative (+ another positive)
+    methods_spec(prompt, negatives, seeds, methods, ...)   # ... one cell per (negative, guidance method)
+    timing_spec(prompt, negatives, seeds, starts, ...)     # ... one cell per (negative, start fraction)
+
+A window is written into a negative as ``hat@0.3`` (from 30% of the steps to the end) or ``hat@0.3-0.8``
+(``parse_window``, shared by the command line and the app; ``format_window`` writes it back).
 """
 
 from __future__ import annotations

@@ -113,6 +113,7 @@ def test_cli_checks_arguments_before_the_model_loads(tmp_path, capsys, args, mes
     (["--device", "bogus"], "device='bogus'"),
     (["--model", "MALFORMED"], "not valid JSON"),
     (["--replay", "MISSING"], "--replay"),
+    (["--replay", "MISSING", "--prompt", "a man"], "give no --prompt"),
 ])
 def test_cli_bad_device_model_or_manifest_is_one_line(tiny_sd_folder, tmp_path, capsys, args, message):
     broken = tmp_path / "broken"

@@ -242,3 +242,18 @@ def test_change_scores_and_maps_are_taken_against_each_cells_reference(tiny_sd):
     assert result.change_scores == [0.0, change_score(hat.image, base.image), change_score(both.image, hat.image)]
     assert result.difference_map(base) is base.image, "A cell with no reference is shown as itself."
     assert result.label(both) == "- hat, glasses vs - hat"
+
+
+def test_sdxl_rows_read_their_own_pooled_embeddings_and_the_zero_baseline(tiny_sdxl):
+    spec = methods_spec(PROMPT, ["hat"], [3], [CFG(), PerpNeg()], model="tiny", steps=3, guidance_scale=5.0,
+                        baseline="zeros", other_positive=OTHER)
+    spec = with_cells(spec, [*spec.cells, CellSpec(3, PROMPT, "hat", PerpNeg(), window=(0.5, 0.5), reference=0)])
+    result = compare(tiny_sdxl, spec)
+    assert result.cells[0].spec.negative is None and "zero embeddings" in result.label(result.cells[0])
+    for cell in result.cells[1:4]:
+        single = compare(tiny_sdxl, with_cells(spec, [alone(cell.spec)]))
+        assert max_diff(cell.image, single.cells[0].image) <= TOLERANCE, f"SDXL cell '{cell.spec.label}' alone."
+    assert max_diff(result.cells[4].image, result.cells[0].image) <= TOLERANCE, \
+        "An empty window reads the zero-embedding baseline, pooled embeddings included."
+    other = plain_call(tiny_sdxl, OTHER, None, 3, num_inference_steps=3, guidance_scale=5.0)
+    assert max_diff(result.cells[3].image, other) <= TOLERANCE, "The other positive equals SDXL's own call."
