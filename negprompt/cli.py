@@ -7,6 +7,7 @@
     negprompt --prompt "portrait photo of a man" --negative hat@0.3 --negative "glasses@0.2-0.8"   # windows
     negprompt --prompt "portrait photo of a man" --negative hat --guidance-methods cfg,perp-neg,cfg-rescale:0.7
     negprompt --prompt "portrait photo of a man" --negative hat --timing 0,0.2,0.4,0.6
+    negprompt --prompt "portrait photo of a man" --negative "hat, glasses, blurry, watermark" --leave-one-out
     negprompt --replay outputs/run1/manifest.json --out outputs/run1-again
     negprompt --model stable-diffusion-v1-5/stable-diffusion-v1-5 --size 512x512 --steps 30 --prompt ... --negative ...
 
@@ -70,6 +71,11 @@ def build_parser() -> argparse.ArgumentParser:
     modes.add_argument("--timing", type=_fractions, default=None, metavar="S1,S2,...",
                        help="one cell per start fraction for each negative: the negative acts from that fraction "
                             "of the steps to the end (0 = the plain negative)")
+    modes.add_argument("--leave-one-out", action="store_true",
+                       help="rank the terms of the single --negative (split on commas): one cell per term with that "
+                            "term left out, compared against the full negative")
+    modes.add_argument("--terms-alone", action="store_true",
+                       help="each term of the single --negative alone, compared against the baseline")
     modes.add_argument("--replay", type=Path, default=None, metavar="MANIFEST",
                        help="run the comparison a manifest.json recorded again (its prompts, cells and settings)")
     parser.add_argument("--model", default=None,
@@ -89,6 +95,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--device", default=None, help="cuda, mps or cpu (default: the best present)")
     parser.add_argument("--out", type=Path, default=Path("outputs"), help="output folder (default ./outputs)")
     parser.add_argument("--no-differences", action="store_true", help="leave the difference maps out of grid.png")
+    parser.add_argument("--preview-every", type=int, default=None, metavar="K",
+                        help="keep every cell's preview every K steps; the manifest gets each cell's divergence "
+                             "curve (default: about ten per run in --leave-one-out, --terms-alone, --timing and "
+                             "--guidance-methods, else none; 0: none)")
     return parser
 
 
@@ -141,6 +151,11 @@ def spec_from_args(args, model: str, baseline: str):
     width, height = args.size or (None, None)
     common = dict(model=model, steps=args.steps, guidance_scale=args.guidance, height=height, width=width,
                   sampler=args.scheduler, baseline=baseline, other_positive=args.other_positive)
+    if args.leave_one_out or args.terms_alone:
+        from negprompt.explore import term_mode_spec
+
+        mode = "leave-one-out" if args.leave_one_out else "terms-alone"
+        return term_mode_spec(mode, args.prompt, texts, seeds, windows=windows, **common)
     if args.guidance_methods is not None:
         methods = [parse_method(m, "guidance_methods") for m in args.guidance_methods.split(",") if m.strip()]
         return methods_spec(args.prompt, texts, seeds, methods, windows=windows, **common)
@@ -176,12 +191,16 @@ def main(argv: list[str] | None = None) -> int:
 
     from negprompt.engine import compare
     from negprompt.errors import LIMITS, InputError
+    from negprompt.explore import PreviewRecorder, default_preview_every
     from negprompt.loading import EMBEDDED_NAME, load, model_source
+    from negprompt.verdicts import explain, summary_lines
 
     try:
         # 1. Check every argument before anything loads
         if args.max_batch is not None and args.max_batch < 1:
             raise InputError("max_batch", args.max_batch, f"--max-batch {args.max_batch} must be at least 1")
+        if args.preview_every is not None and args.preview_every < 0:
+            raise InputError("preview_every", args.preview_every, "--preview-every must be 0 or more")
         if args.replay is not None:
             if args.prompt is not None or args.negative or args.negatives_file or args.other_positive is not None:
                 raise InputError("replay", str(args.replay), "--replay runs the cells its manifest recorded: give "
@@ -206,7 +225,10 @@ def main(argv: list[str] | None = None) -> int:
                 bar.total = total
                 bar.update(done - bar.n)
 
-            result = compare(loaded, spec, max_batch=args.max_batch, callback=on_step)
+            every = default_preview_every(spec) if args.preview_every is None else args.preview_every
+            recorder = PreviewRecorder(spec.steps, then=on_step)
+            result = explain(compare(loaded, spec, max_batch=args.max_batch, callback=recorder, preview_every=every),
+                             loaded, recorder if every else None)
         folder = result.save(args.out, differences=not args.no_differences)
     except (ValueError, OSError) as error:
         print(f"negprompt: error: {error}", file=sys.stderr)
@@ -215,7 +237,5 @@ def main(argv: list[str] | None = None) -> int:
         print(f"warning: {warning}", file=sys.stderr)
     print(f"wrote {folder / 'grid.png'}, {len(result.cells)} cell PNGs and {folder / 'manifest.json'} "
           f"in {result.timings['total_s']:.2f} s")
-    print(f"{'seed':>6}  {'change':>7}  cell")
-    for cell, score in zip(result.cells, result.change_scores):
-        print(f"{cell.seed:>6}  {score:>6.1f}%  {result.label(cell)}")
+    print("\n".join(summary_lines(result)))
     return 0

@@ -26,6 +26,7 @@ from negprompt.difference import change_score, difference_map
 from negprompt.grid import draw_grid
 from negprompt.guidance import method_to_dict
 from negprompt.plan import CellSpec, ComparisonSpec, baseline_label
+from negprompt.verdicts import manifest_fields
 
 
 @dataclass(frozen=True)
@@ -97,6 +98,11 @@ class Comparison:
     warnings: list[str] = field(default_factory=list)
     timings: dict[str, float] = field(default_factory=dict)
     max_batch_used: int = 0  # cells per UNet batch actually used
+    # Mechanism explorer (filled by negprompt.verdicts.explain after the run)
+    verdicts: list = field(default_factory=list)  # per cell a negprompt.verdicts.Verdict, or None (no reference)
+    preview_steps: list[int] = field(default_factory=list)  # the steps at which every cell's x0 preview was kept
+    previews: list[list[Image.Image]] = field(default_factory=list)  # per kept step, every cell's preview
+    explored: dict = field(default_factory=dict)  # comparison-wide findings, e.g. a timing sweep's tables
 
     @property
     def rows(self) -> list[list[Cell]]:
@@ -162,6 +168,7 @@ class Comparison:
 
     def manifest(self) -> dict:
         """The full spec, every cell's results, and how the run went; JSON-ready."""
+        explored, explored_extra = manifest_fields(self)
         return {
             "spec": self.spec.to_dict(),
             "settings": {**asdict(self.settings), "negatives": list(self.settings.negatives),
@@ -185,9 +192,11 @@ class Comparison:
                     "initial_latent_sha256": c.initial_latent_sha256,
                     "change_score": round(self.change_scores[c.index], 4),
                     "parameters": c.parameters,
+                    **explored[c.index],
                 }
                 for c in self.cells
             ],
+            **explored_extra,
             "warnings": self.warnings,
             "timings": {k: round(v, 4) for k, v in self.timings.items()},
             "max_batch_used": self.max_batch_used,

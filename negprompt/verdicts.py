@@ -1,0 +1,311 @@
+""""Does this negative do anything here?": one verdict per cell, from what predicts it and what was measured.
+
+    from negprompt.verdicts import model_facts, verdict
+    facts = model_facts(pipe, "stabilityai/sdxl-turbo")      # plain data read from the pipeline's configs
+    v = verdict(facts, spec, 3, change=0.2, tokenizer=pipe.tokenizer)
+    v.status     # "does almost nothing"
+    v.reasons    # ["it changed 0.20% of the image against its reference (under 1%)", "the model is ...", ...]
+
+Predicted causes (``predicted_causes``), each a sentence a teacher can read aloud:
+- guidance at or below 1: classifier-free guidance is off and diffusers ignores every negative prompt;
+- a guidance-distilled model: an LCM-style UNet that takes the guidance scale as an input (``time_cond_proj_dim``:
+  diffusers runs no negative branch at all), an LCM or TCD scheduler, or a checkpoint named as a few-step distilled
+  model (Turbo, Lightning, Hyper-SD, LCM) that keeps the SDXL/SD architecture and was trained to run without
+  guidance, so at its usual settings (guidance 0 to 1) no negative acts;
+- a window that holds no step: the negative never acts;
+- text past the encoder's token limit, which is cut without a warning (and a cell that reads the same as its
+  reference once cut);
+- A1111 syntax that negprompt passes to the text encoder as literal characters: weights ``(word:1.3)``, emphasis
+  ``((word))``, schedules ``[a:b:10]``, alternation ``[a|b]``, ``<lora:...>`` tags, and textual-inversion embedding
+  names such as ``easynegative`` (negprompt loads no embeddings, so the name is read as letters);
+- words the model never learned (when its vocabulary is known, as for the embedded model).
+The measured cause: the cell changed less than ``negprompt.explore.INERT_PERCENT`` of the image against its
+reference. The verdict is "does almost nothing" on that measurement alone; predicted causes explain it.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+
+from negprompt.explore import (
+    INERT_PERCENT,
+    PreviewRecorder,
+    divergence_curves,
+    rank_terms,
+    split_terms,
+    timing_reports,
+)
+from negprompt.plan import ComparisonSpec, window_contains
+from negprompt.portraits import ALL_WORDS
+from negprompt.prompts import count_tokens
+
+ACTS, INERT = "acts", "does almost nothing"
+EMBEDDED_NAME = "negprompt-portraits"  # negprompt.loading.EMBEDDED_NAME (not imported: loading pulls in diffusers)
+DISTILLED_SCHEDULERS = ("LCMScheduler", "TCDScheduler")
+# Name parts of few-step distilled checkpoints: "sdxl-turbo", "DreamShaperXL_Turbo", "SDXL-Lightning",
+# "juggernautXL_v9Rdphoto2Lightning", "Hyper-SDXL-8steps", "lcm-lora-sdv1-5", "LCM_Dreamshaper_v7".
+_DISTILLED_PARTS = {"turbo": "Turbo (adversarial diffusion distillation)", "lightning": "Lightning (progressive "
+                    "adversarial distillation)", "lcm": "LCM (latent consistency distillation)",
+                    "hypersd": "Hyper-SD (trajectory segmented consistency distillation)"}
+# Textual-inversion embeddings that A1111 users paste into negatives (lower case, as A1111 matches file names).
+KNOWN_EMBEDDINGS = frozenset({
+    "easynegative", "easynegativev2", "badhandv4", "bad-hands-5", "bad_prompt", "bad_prompt_version2",
+    "bad-artist", "bad-artist-anime", "bad-image-v2-39000", "ng_deepnegative_v1_75t", "verybadimagenegative_v1.3",
+    "negative_hand-neg", "fastnegativev2", "unaestheticxl_v13", "unaestheticxlv31", "baddream", "unrealisticdream",
+    "epicnegative", "badneganatomyv1-neg", "realisticvision-negative-embedding", "cyberrealistic_negative",
+    "negativexl_d", "deepnegative", "bad_pictures", "easynegativev2", "aid28", "an-tiartifact",
+})
+_WEIGHT = re.compile(r"(?<!\\)\((?:[^()]|\\[()])*:\s*-?\d+(?:\.\d+)?\s*\)")
+_EMPHASIS = re.compile(r"(?<!\\)(?:\(+|\[+)[^()\[\]:|]+(?:\)+|\]+)")
+_SCHEDULE = re.compile(r"(?<!\\)\[[^\[\]]*:\s*\d+(?:\.\d+)?\s*\]")
+_ALTERNATION = re.compile(r"(?<!\\)\[[^\[\]]*\|[^\[\]]*\]")
+_EXTRA = re.compile(r"<\s*(lora|lyco|hypernet)\s*:[^>]*>", re.IGNORECASE)
+
+
+@dataclass(frozen=True)
+class ModelFacts:
+    """What decides whether negatives can act on a model, as plain data (``model_facts`` reads it from a pipe)."""
+
+    name: str  # Hub id, folder name or the embedded model's name
+    time_cond_proj_dim: int | None = None  # set on UNets that take the guidance scale as an input (LCM-style)
+    scheduler: str = ""  # the scheduler class the model ships with
+    timestep_spacing: str | None = None  # the scheduler's timestep spacing ("trailing" on few-step models)
+    token_limit: int = 75  # tokens of text the encoder reads
+    vocabulary: frozenset[str] | None = None  # words the text encoder knows as words (None: not known, e.g. CLIP)
+    notes: tuple[str, ...] = field(default_factory=tuple)  # anything else worth saying
+
+
+def model_facts(pipe, name: str, vocabulary: frozenset[str] | None = None) -> ModelFacts:
+    """The facts of a loaded pipeline (read only, nothing changes). The embedded model's vocabulary is known: the
+    words of its training captions (``negprompt.portraits.ALL_WORDS``)."""
+    if vocabulary is None and name == EMBEDDED_NAME:
+        vocabulary = frozenset(ALL_WORDS)
+    tokenizer = pipe.tokenizer if getattr(pipe, "tokenizer", None) is not None else pipe.tokenizer_2
+    config = pipe.scheduler.config
+    return ModelFacts(name=name, time_cond_proj_dim=pipe.unet.config.time_cond_proj_dim,
+                      scheduler=type(pipe.scheduler).__name__, timestep_spacing=config.get("timestep_spacing"),
+                      token_limit=tokenizer.model_max_length - 2, vocabulary=vocabulary)
+
+
+def _name_parts(name: str) -> list[str]:
+    """"juggernautXL_v9Rdphoto2Lightning" -> ["juggernaut", "xl", "v", "9", "rdphoto", "2", "lightning"]."""
+    base = name.replace("\\", "/").rstrip("/").rsplit("/", 1)[-1]
+    spaced = re.sub(r"([a-z])([A-Z])", r"\1 \2", base)
+    return re.findall(r"[a-z]+|\d+", spaced.lower())
+
+
+def distillation(facts: ModelFacts) -> str | None:
+    """Why the model is guidance-distilled, or None when nothing says so.
+
+    Evidence, strongest first: the UNet takes the guidance scale as an input; the scheduler is LCM's or TCD's; the
+    checkpoint's name carries "turbo", "lightning", "lcm" or "hyper" followed by "sd" as a word of its own (so
+    "hyperrealism" or "turbulence" do not count). A trailing timestep spacing alone is no evidence: ordinary
+    models use it too (the embedded model does)."""
+    if facts.time_cond_proj_dim is not None:
+        return ("the model is guidance-distilled: its UNet takes the guidance scale as an input "
+                f"(time_cond_proj_dim={facts.time_cond_proj_dim}), so it runs no negative branch and every "
+                "negative is ignored")
+    if facts.scheduler in DISTILLED_SCHEDULERS:
+        return (f"the model ships with the {facts.scheduler}, made for consistency-distilled models that run at "
+                "guidance 0 to 1, where no negative acts")
+    parts = _name_parts(facts.name)
+    if any(a == "hyper" and b.startswith("sd") for a, b in zip(parts, parts[1:])) \
+            or any(p.startswith("hypersd") for p in parts):
+        parts.append("hypersd")
+    for key, what in _DISTILLED_PARTS.items():
+        if key in parts:
+            spacing = " with trailing timestep spacing" if facts.timestep_spacing == "trailing" else ""
+            return (f"'{facts.name}' reads as a {what} checkpoint{spacing}: a few-step model trained to run "
+                    "without classifier-free guidance (guidance 0 to 1), where no negative acts; at higher "
+                    "guidance its images overcook")
+    return None
+
+
+def a1111_syntax(text: str) -> list[str]:
+    """The pieces of ``text`` written in A1111 prompt syntax, each with what it means there."""
+    found = []
+    for pattern, what in ((_EXTRA, "an A1111 extra-network tag (LoRA, LyCORIS, hypernetwork)"),
+                          (_SCHEDULE, "an A1111 prompt schedule (a term switched in or out at a step)"),
+                          (_ALTERNATION, "A1111 alternation (terms swapped every step)"),
+                          (_WEIGHT, "an A1111 attention weight")):
+        found += [f"'{m.group(0)}' is {what}" for m in pattern.finditer(text)]
+        text = pattern.sub(" ", text)
+    found += [f"'{m.group(0)}' is A1111 emphasis (brackets raise or lower a term's weight)"
+              for m in _EMPHASIS.finditer(text)]
+    for term in split_terms(text):
+        bare = term.strip("()[] ").lower()
+        if bare in KNOWN_EMBEDDINGS or _looks_like_embedding(bare):
+            found.append(f"'{term.strip('()[] ')}' looks like the name of a textual-inversion embedding")
+    return found
+
+
+def _looks_like_embedding(word: str) -> bool:
+    """A single token naming an embedding file: "ng_deepnegative_v1_75t", "badhandv4", "negative_hand-neg"."""
+    if " " in word or not re.fullmatch(r"[a-z0-9_.\-]+", word):
+        return False
+    named = "negative" in word and word != "negative" or re.search(r"(^|[_\-])neg($|[_\-])", word)
+    versioned = re.search(r"(bad|neg)[a-z_\-]*v?\d", word)
+    return bool(named or versioned)
+
+
+def _unknown_words(text: str, vocabulary: frozenset[str]) -> list[str]:
+    return [w for w in dict.fromkeys(re.findall(r"[a-z]+", text.lower())) if w not in vocabulary]
+
+
+def predicted_causes(facts: ModelFacts, spec: ComparisonSpec, index: int, tokenizer=None) -> list[str]:
+    """Why cell ``index`` of ``spec`` may show little or no effect of its negative, before measuring anything.
+
+    ``tokenizer`` (the pipeline's CLIP tokenizer) enables the checks of the token limit."""
+    cell = spec.cells[index]
+    causes = []
+    if spec.guidance_scale <= 1:
+        causes.append(f"guidance scale {spec.guidance_scale:g} is at most 1: classifier-free guidance is off and "
+                      "no negative acts")
+    distilled = distillation(facts)
+    if distilled:
+        causes.append(distilled)
+    if not any(window_contains(cell.window, s, spec.steps) for s in range(spec.steps)):
+        causes.append(f"its window {cell.window[0]:g}-{cell.window[1]:g} holds none of the {spec.steps} steps: "
+                      "the negative never acts")
+    text = cell.negative or ""
+    own = cell.term or text
+    if tokenizer is not None and text:
+        count = count_tokens(tokenizer, text)
+        if not count.fits:
+            cut = cut_terms(tokenizer, text)
+            what = (f"{_listing(cut)} {'is' if len(cut) == 1 else 'are'}" if cut else f"'{count.truncated}' is")
+            causes.append(f"its negative has {count.used} tokens and the text encoder reads {count.limit}: "
+                          f"{what} cut off without a warning")
+        ref = spec.cells[cell.reference] if cell.reference is not None else None
+        if ref is not None and ref.negative and ref.window == cell.window and ref.guidance == cell.guidance \
+                and _read_part(tokenizer, text) == _read_part(tokenizer, ref.negative):
+            causes.append("once cut to the token limit its negative reads the same as its reference's"
+                          + (f": '{cell.term}' lies in the part that is cut" if cell.term else ""))
+    causes += [f"{piece}, but negprompt reads it as literal characters" for piece in a1111_syntax(own)]
+    if facts.vocabulary is not None:
+        unknown = _unknown_words(own, facts.vocabulary)
+        if unknown:
+            verb = "is not a word" if len(unknown) == 1 else "are not words"
+            causes.append(f"{_listing(unknown)} {verb} this model learned")
+    return causes
+
+
+def cut_terms(tokenizer, text: str) -> list[str]:
+    """The terms of ``text`` (comma-separated) that reach past the text encoder's token limit, wholly or in part."""
+    limit = tokenizer.model_max_length - 2
+    terms = split_terms(text)
+    return [t for k, t in enumerate(terms) if count_tokens(tokenizer, ", ".join(terms[:k + 1])).used > limit]
+
+
+def _listing(items: list[str], most: int = 6) -> str:
+    shown = ", ".join(repr(i) for i in items[:most])
+    return shown + (f" and {len(items) - most} more" if len(items) > most else "")
+
+
+def _read_part(tokenizer, text: str) -> list[int]:
+    limit = tokenizer.model_max_length - 2
+    return tokenizer(text, truncation=False, add_special_tokens=False).input_ids[:limit]
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """Whether one cell's negative did anything, and why."""
+
+    status: str  # "acts" or "does almost nothing"
+    change: float  # the cell's change score against its reference, in percent
+    reasons: tuple[str, ...]  # the measurement first, then the predicted causes
+
+    def to_dict(self) -> dict:
+        return {"status": self.status, "change": round(self.change, 4), "reasons": list(self.reasons)}
+
+
+def verdict(facts: ModelFacts, spec: ComparisonSpec, index: int, change: float, *, tokenizer=None,
+            threshold: float = INERT_PERCENT) -> Verdict | None:
+    """The verdict on cell ``index`` given its measured ``change`` against its reference (None for a cell with no
+    reference, such as a baseline)."""
+    if spec.cells[index].reference is None:
+        return None
+    inert = change < threshold
+    measured = (f"it changed {change:.2f}% of the image against its reference "
+                f"({'under' if inert else 'at least'} {threshold:g}%)")
+    return Verdict(INERT if inert else ACTS, change,
+                   (measured, *predicted_causes(facts, spec, index, tokenizer)))
+
+
+def cell_verdicts(facts: ModelFacts, spec: ComparisonSpec, changes, *, tokenizer=None,
+                  threshold: float = INERT_PERCENT) -> list[Verdict | None]:
+    """``verdict`` for every cell of ``spec``, given each cell's change against its reference (``changes``, as
+    ``Comparison.change_scores`` gives them)."""
+    return [verdict(facts, spec, i, float(c), tokenizer=tokenizer, threshold=threshold) for i, c in enumerate(changes)]
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# A finished comparison, explained
+
+
+def explain(result, pipe, recorder: PreviewRecorder | None = None, *, threshold: float = INERT_PERCENT):
+    """Give a finished ``Comparison`` its verdict per cell and, when ``recorder`` (a ``PreviewRecorder`` passed as
+    ``compare``'s callback) kept previews, every cell's x0 preview per recorded step. A timing sweep on the embedded
+    model also gets, per negative that names an attribute, what the detector says each start removed, added and
+    changed elsewhere (``negprompt.explore.timing_reports``). Returns ``result``.
+
+    ``pipe``: the pipeline it ran on (or an object holding it as ``.pipe``); only its configs are read."""
+    pipe = getattr(pipe, "pipe", pipe)
+    tokenizer = pipe.tokenizer if getattr(pipe, "tokenizer", None) is not None else pipe.tokenizer_2
+    facts = model_facts(pipe, result.settings.model)
+    result.verdicts = cell_verdicts(facts, result.spec, result.change_scores, tokenizer=tokenizer,
+                                    threshold=threshold)
+    if recorder is not None:
+        result.preview_steps, result.previews = recorder.frames([c.image for c in result.cells])
+    if result.spec.mode == "timing" and facts.name == EMBEDDED_NAME:
+        from negprompt.detector import detect
+        from negprompt.portraits import BINARY
+
+        detections = detect([c.image for c in result.cells])
+        result.explored["timing"] = timing_reports(result.spec, detections, result.change_scores, BINARY)
+    return result
+
+
+def manifest_fields(result) -> tuple[list[dict], dict]:
+    """What the explorer adds to ``manifest.json``: per cell its verdict and divergence curve (its change against
+    its reference at each recorded step, percent), and for the whole comparison the recorded steps and, for a
+    leave-one-out or terms-alone spec, the ranked terms and the trimmed negative."""
+    verdicts = getattr(result, "verdicts", None) or [None] * len(result.cells)
+    previews = getattr(result, "previews", None)
+    curves = (divergence_curves(previews, [c.reference for c in result.cells]) if previews
+              else [None] * len(result.cells))
+    cells = [{"verdict": v.to_dict() if v is not None else None, "divergence": curve}
+             for v, curve in zip(verdicts, curves)]
+    extra: dict = dict(getattr(result, "explored", None) or {})
+    if previews:
+        extra["preview_steps"] = list(result.preview_steps)
+    if any(c.kind in ("leave-out", "term-alone") for c in result.spec.cells):
+        extra["terms"] = rank_terms(result.spec, result.change_scores).to_dict()
+    return cells, extra
+
+
+def summary_lines(result) -> list[str]:
+    """The command line's report of an explained comparison: per cell its change and verdict; for a term mode, the
+    ranked terms and the trimmed negative to copy."""
+    verdicts = result.verdicts or [None] * len(result.cells)
+    lines = [f"{'seed':>6}  {'change':>7}  {'verdict':<20}  cell"]
+    for cell, score, v in zip(result.cells, result.change_scores, verdicts):
+        lines.append(f"{cell.seed:>6}  {score:>6.1f}%  {v.status if v else '':<20}  {result.label(cell)}")
+    _, extra = manifest_fields(result)
+    if "terms" in extra:
+        ranking = extra["terms"]
+        what = "leaving it out" if ranking["kind"] == "leave-out" else "it alone"
+        lines += ["", f"terms ranked by how much {what} changes the image (mean over {len(result.spec.seeds)} "
+                      f"seed(s)):"]
+        lines += [f"{t['mean_change']:>7.2f}%  {t['term']}{'  (does almost nothing)' if t['inert'] else ''}"
+                  for t in ranking["terms"]]
+        lines.append(f"trimmed negative: {ranking['trimmed_negative']}")
+    for negative, report in extra.get("timing", {}).items():
+        lines += ["", f"negative '{negative}' by start (the detector's reading, over {len(result.spec.seeds)} "
+                      "seed(s)):", "  start  removed   added  other flips  change"]
+        lines += [f"{r['start']:>7g}  {r['removed']:>3}/{r['present']:<3} {r['added']:>3}/{r['absent']:<3} "
+                  f"{r['other_flips']:>11.2f}  {r['change']:>5.1f}%" for r in report["starts"]]
+        lines.append(f"latest start that still removes it (90% as often as the earliest): "
+                     f"{report['latest_removing_start']}")
+    return lines
