@@ -6,7 +6,8 @@
 
 The package, by concern: ``loading`` (models), ``engine`` (the comparison), ``guidance`` (the math),
 ``comparison``/``grid``/``difference``/``infotext`` (results and files), ``cli`` and ``ui`` (front ends),
-``portraits``/``train``/``detector`` (the embedded model). Front ends import the engine, never the reverse.
+``portrait_model`` (the embedded model's data, detector and training). Front ends import the engine, never the
+reverse.
 """
 
 __version__ = "0.1.0"

@@ -249,7 +249,7 @@ def detector_readout(images) -> list[dict] | None:
     """What the embedded model's attribute detector (``negprompt.detector``) sees in each image: per image, each
     attribute's probability, ``clean_score`` and ``clean``. None when there is no detector (module or weights)."""
     try:
-        module = importlib.import_module("negprompt.detector")
+        module = importlib.import_module("negprompt.portrait_model.detector")
         if "detector" not in _detector_state:
             _detector_state["detector"] = module.load_detector()
         found = module.detect(images, _detector_state["detector"])
