@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from negprompt.portrait_model.portraits import (ALL_WORDS, BINARY, background_of, caption_for, draw_portrait, portrait_array,
-                                  sample_portraits)
+from negprompt.portrait_model.portraits import (ALL_WORDS, BINARY, background_of, caption_for, draw_portrait,
+                                                portrait_array, sample_portraits)
 from negprompt.tokenizer import build_clip_tokenizer
 
 NEGATIONS = {"without", "no", "not", "never", "none", "nor", "lacking", "free"}

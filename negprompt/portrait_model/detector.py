@@ -1,10 +1,11 @@
 """Attribute detector for the embedded portrait model: what is in a 64x64 portrait, and is it a clean portrait?
 
 A small CNN (about 0.3M parameters, 1.2 MB) with one logit per binary attribute of
-``negprompt.portrait_model.portraits`` (mustache, beard, glasses, hat, smile, earrings, scarf) and one "clean" logit. It is trained on an endless stream of fresh
-procedural portraits: clean ones lightly degraded (blur, noise, color shifts, as a decoder leaves them) and
-corrupted ones (heavy noise or blur, two portraits blended, shuffled tiles, color blobs, a smeared or displaced
-face region), which teach the "clean" head. Attribute losses count only on images that still show one portrait.
+``negprompt.portrait_model.portraits`` (mustache, beard, glasses, hat, smile, earrings, scarf) and one "clean"
+logit. It is trained on an endless stream of fresh procedural portraits: clean ones lightly degraded (blur, noise,
+color shifts, as a decoder leaves them) and corrupted ones (heavy noise or blur, two portraits blended, shuffled
+tiles, color blobs, a smeared or displaced face region), which teach the "clean" head. Attribute losses count only
+on images that still show one portrait.
 
     python -m negprompt.portrait_model.detector --out assets/portrait-detector          # train (a few minutes on a CPU)
 

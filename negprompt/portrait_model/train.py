@@ -1,30 +1,35 @@
 """Train the embedded default model: a tiny latent diffusion model of procedural portraits.
 
 One command draws the data, trains the VAE, then the text encoder and UNet together, writes sample grids as it
-goes and saves a standard diffusers Stable Diffusion folder:
+goes and saves a standard diffusers Stable Diffusion folder (``T`` is ``python -m negprompt.portrait_model.train``):
 
-    python -m negprompt.portrait_model.train --out runs/portrait --minutes 80            # a CPU run (2 cores)
-    python -m negprompt.portrait_model.train --out runs/portrait --minutes 10 --device cuda
-    python -m negprompt.portrait_model.train --out runs/portrait --minutes 40 --resume   # continue after an interruption
-    python -m negprompt.portrait_model.train --out runs/portrait --minutes 90 --resume --extend 10000 --reinit-token mustache
-                                                                          # train a finished run further
-    python -m negprompt.portrait_model.train --out runs/tiny --tiny --vae-steps 5 --steps 5   # seconds; what the tests run
+    T --out runs/portrait --minutes 80                            # a CPU run (2 cores)
+    T --out runs/portrait --minutes 10 --device cuda
+    T --out runs/portrait --minutes 40 --resume                   # continue after an interruption
+    T --out runs/portrait --minutes 90 --resume --extend 10000    # train a finished run further (warm restart)
+    T --out runs/tiny --tiny --vae-steps 5 --steps 5              # seconds; what the tests run
+
+Or start from a saved model, keeping its VAE and adding cross-attention at 16x16 (3 heads 16 channels wide) to its
+UNet, with the new layers starting at zero so that the run starts from exactly the saved model:
+
+    T --out runs/v2 --init-from assets/portrait-model --attn-levels 1,1,1 --attn-heads 3,32,32 --init-lr-scale 0.5 \
+      --name-prob mustache=0.6 --name-prob smile=0.6 --minutes 110
 
 The decoder stage can also run beside the UNet stage, in a second process (it does not change the latents):
 
-    python -m negprompt.portrait_model.train --out runs/portrait --decoder-only --decoder-steps 4000 --minutes 38 --threads 1
-    python -m negprompt.portrait_model.train --out runs/portrait --resume                # afterwards: re-save with that decoder
+    T --out runs/portrait --decoder-only --decoder-steps 4000 --minutes 38 --threads 1
+    T --out runs/portrait --resume                                # afterwards: re-save with that decoder
 
 Output: ``OUT/model/`` (load it with ``StableDiffusionPipeline.from_pretrained``), ``OUT/samples/*.png``,
 ``OUT/train.log.jsonl`` (losses), ``OUT/checkpoint.pt``, ``OUT/stage_*.pt`` and ``OUT/tokenizer/`` (for ``--resume``;
 not the model).
 
-Recipe: a fixed in-memory dataset of portraits (``negprompt.portrait_model.portraits``) drawn from ``--seed``; an AutoencoderKL
-(64x64x3 -> 16x16x4, L1 + MSE + tiny KL) trained first, then its decoder alone on the frozen encoder's latents;
-the dataset is encoded once; then CLIPTextModel + UNet2DConditionModel learn v-prediction under Stable
+Recipe: a fixed in-memory dataset of portraits (``negprompt.portrait_model.portraits``) drawn from ``--seed``; an
+AutoencoderKL (64x64x3 -> 16x16x4, L1 + MSE + tiny KL) trained first, then its decoder alone on the frozen encoder's
+latents; the dataset is encoded once; then CLIPTextModel + UNet2DConditionModel learn v-prediction under Stable
 Diffusion's ``scaled_linear`` schedule with min-SNR-5 loss weights, AdamW, linear warmup then cosine decay, an EMA
-of the weights (what is saved), and a fresh caption per image per step (10% empty: the prompt dropout that gives
-the unconditional branch its meaning). With ``--minutes`` the UNet step count is fitted to the remaining time and
+of the weights (what is saved), and a fresh caption per image per step (10% empty: the prompt dropout that gives the
+unconditional branch its meaning). With ``--minutes`` the UNet step count is fitted to the remaining time and
 re-fitted every 100 steps to the measured speed, so the cosine schedule ends on time on a busy machine; with
 ``--steps`` the run is fully determined by the seed. The UNet is saved in float16 (it loads as float32).
 """
@@ -100,7 +105,8 @@ ARCHITECTURE = ("vae_channels", "text_width", "text_layers", "text_heads", "unet
                 "attn_levels", "attn_heads")
 
 TINY = dict(n_images=256, vae_channels=(8, 16, 16), decoder_steps=2, text_width=32, text_layers=1,
-            unet_channels=(16, 32, 32), attn_heads=2, text_heads=2, batch=8, vae_batch=8, warmup=2, sample_every=10**9, checkpoint_every=10**9)
+            unet_channels=(16, 32, 32), attn_heads=2, text_heads=2, batch=8, vae_batch=8, warmup=2,
+            sample_every=10**9, checkpoint_every=10**9)
 
 
 def build_models(cfg: TrainConfig, vocab_size: int) -> tuple[AutoencoderKL, CLIPTextModel, UNet2DConditionModel]:
