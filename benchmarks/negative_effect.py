@@ -180,7 +180,11 @@ def main() -> None:
         grid(rows, cols=min(8, len(seeds)), scale=2).save(args.grid)
     if args.json:
         settings = {k: getattr(args, k) for k in ("model", "seeds", "first_seed", "steps", "guidance", "attributes")}
+        model = Path(args.model).resolve()
+        settings["model"] = str(model.relative_to(ROOT)) if model.is_relative_to(ROOT) else args.model
+        kept_all = {name: kept(found, backgrounds["plain"]) for name, found in backgrounds.items()}
         Path(args.json).write_text(json.dumps({**table, "clean_share": clean_share, "conditions": by_condition,
+                                               "background_kept_per_condition": kept_all,
                                                "conditions_all_images": all_images, "grid_1_plus_4_seconds": seconds,
                                                "settings": settings}, indent=1))
 

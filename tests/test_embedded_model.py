@@ -174,3 +174,8 @@ def test_a_warm_started_run_trains_its_new_layers_at_their_own_rate(tmp_path):
     assert torch.equal(pipe.vae.decoder.conv_out.weight, saved.vae.decoder.conv_out.weight), "The VAE must stay."
     groups = torch.load(tmp_path / "b" / "checkpoint.pt", weights_only=False)["opt"]["param_groups"]
     assert [g["scale"] for g in groups] == [0.5, 1.0], "Loaded weights learn at init_lr_scale, new ones at full rate."
+
+    # --export saves the model of a checkpoint (a run stopped early): at the last step, the model the run saved.
+    trained = pipe.unet.state_dict()
+    exported = StableDiffusionPipeline.from_pretrained(train.export_checkpoint(cfg, tmp_path / "b")).unet.state_dict()
+    assert all(torch.equal(trained[k], exported[k]) for k in trained), "An export must save the checkpoint's EMA."

@@ -546,6 +546,29 @@ def run(cfg: TrainConfig, out: Path, device: str, minutes: float, decoder_only: 
     return out / "model"
 
 
+def export_checkpoint(cfg: TrainConfig, out: Path) -> Path:
+    """Save ``out/model`` from the EMA weights of ``out/checkpoint.pt`` as they are, without training.
+
+    For a run stopped early (out of time): the model it would save at that step. ``cfg`` must be the run's.
+    """
+    state = torch.load(out / "checkpoint.pt", weights_only=False)
+    tokenizer = _run_tokenizer(out, cfg.init_from)
+    if cfg.init_from:
+        vae, text, unet, _ = warm_start(cfg, Path(cfg.init_from), len(tokenizer))
+        scale = vae.config.scaling_factor
+    else:
+        vae, text, unet = build_models(cfg, len(tokenizer))
+        vae.load_state_dict(torch.load(out / ("stage_decoder.pt" if (out / "stage_decoder.pt").exists()
+                                              else "stage_vae.pt")))
+        people = sample_portraits(np.random.default_rng(cfg.seed), cfg.n_images)
+        scale = float(1.0 / encode_all(vae.eval(), portrait_array(people), "cpu").std())
+    text.load_state_dict(state["ema_text"])
+    unet.load_state_dict(state["ema_unet"])
+    save_model(assemble(vae, text.eval(), unet.eval(), tokenizer, scale), out / "model")
+    log.info("saved %s from the checkpoint of step %d", out / "model", state["step"])
+    return out / "model"
+
+
 def save_model(pipe: StableDiffusionPipeline, folder: Path) -> None:
     """Save the folder as safetensors; the UNet's weights in float16 (they load as float32 by default)."""
     pipe.save_pretrained(folder, safe_serialization=True)
@@ -587,6 +610,9 @@ def main() -> None:
                         help="name a present WORD in captions with probability P instead of 0.5 (repeatable)")
     parser.add_argument("--text-heads", type=int, default=None, help="text encoder attention heads (default: config)")
     parser.add_argument("--tiny", action="store_true", help="tiny sizes for tests")
+    parser.add_argument("--export", action="store_true",
+                        help="only save OUT/model from OUT/checkpoint.pt's EMA weights (a run stopped early); pass "
+                             "the run's model options")
     parser.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt and OUT/stage_vae.pt")
     parser.add_argument("--extend", type=int, default=0,
                         help="with --resume: add this many steps to the planned total (a warm restart of the cosine "
@@ -597,9 +623,11 @@ def main() -> None:
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     out = Path(args.out)
-    if not args.resume and not args.decoder_only and (out / "checkpoint.pt").exists():
+    if args.export and not (out / "checkpoint.pt").exists():
+        parser.error(f"--export saves a checkpoint's model: {out / 'checkpoint.pt'} is missing")
+    if not args.resume and not args.decoder_only and not args.export and (out / "checkpoint.pt").exists():
         parser.error(f"--out {out} already holds a checkpoint: pass --resume or choose another folder")
-    if not args.resume and not args.decoder_only:
+    if not args.resume and not args.decoder_only and not args.export:
         (out / "stage_vae.pt").unlink(missing_ok=True)
         shutil.rmtree(out / "tokenizer", ignore_errors=True)
     if args.threads:
@@ -620,6 +648,9 @@ def main() -> None:
         cfg.name_prob[word] = float(prob)
     if (args.extend or args.reinit_token) and not (out / "checkpoint.pt").exists():
         parser.error("--extend and --reinit-token continue a checkpoint: OUT/checkpoint.pt is missing")
+    if args.export:
+        export_checkpoint(cfg, out)
+        return
     run(cfg, out, args.device, args.minutes, decoder_only=args.decoder_only, extend=args.extend,
         reinit=tuple(args.reinit_token))
 
