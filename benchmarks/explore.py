@@ -43,11 +43,11 @@ from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # this checkout's negprompt, whatever is installed
 
-from negprompt.detector import detect, load_detector  # noqa: E402
 from negprompt.difference import change_score  # noqa: E402
 from negprompt.explore import latest_removing_start, leave_one_out_spec, rank_terms, timing_table  # noqa: E402
 from negprompt.loading import EMBEDDED_NAME, load_pipeline  # noqa: E402
 from negprompt.plan import timing_spec, with_cells  # noqa: E402
+from negprompt.portrait_model.detector import detect, load_detector  # noqa: E402
 
 log = logging.getLogger("explore")
 PROMPT = "portrait photo of a man"
@@ -56,8 +56,8 @@ TIMED = ("hat", "glasses")
 PARTS = ("timing", "leave-one-out", "speed")
 # Known words that name no attribute, one color, unknown words, and the two attributes.
 LONG_NEGATIVE = ("blurry, background, hat, lowres, hair, watermark, glasses, skin, text, purple, photo, cropped")
-# Where a hat or glasses can be drawn on a 64x64 portrait (rows, columns), from negprompt.portraits.draw_portrait's
-# geometry (head offset +-2 px, head size +-2 px) with a 2-pixel margin.
+# Where a hat or glasses can be drawn on a 64x64 portrait (rows, columns), from the geometry of
+# negprompt.portrait_model.portraits.draw_portrait (head offset +-2 px, head size +-2 px) with a 2-pixel margin.
 REGIONS = {"hat": (slice(0, 28), slice(6, 58)), "glasses": (slice(19, 38), slice(16, 49))}
 
 

@@ -1,6 +1,7 @@
 """The seed article's experiment, measured on the embedded portrait model.
 
-For each attribute X of mustache, glasses and hat, with the same starting noise for every seed, it generates
+For each of the seven attributes X (mustache, beard, glasses, hat, smile, earrings, scarf; ``--attributes`` picks
+fewer), with the same starting noise for every seed, it generates
 
   plain       "portrait photo of a man"                      (negative prompt "")
   without     "portrait photo of a man without X"            (negative prompt "")
@@ -9,10 +10,13 @@ For each attribute X of mustache, glasses and hat, with the same starting noise 
 
 and runs the portrait detector on every image. Rates count only images the detector judges clean portraits; the
 share of clean images is reported per condition and overall. ``collateral_max`` is the largest change, in
-percentage points, of any OTHER detector attribute between "plain" and "negative X". Each rate also gets a 95%
-Wilson interval (``ci95`` in the JSON), so a reader can tell a real effect from the noise of a few dozen seeds.
+percentage points, of any OTHER detector attribute between "plain" and "negative X". ``background_kept`` is the
+share of seeds whose background color (``portraits.background_of``: the palette color nearest to the top corners)
+under "negative X" is the one the plain image of the same seed has. Each rate also gets a 95% Wilson interval
+(``ci95`` in the JSON), so a reader can tell a real effect from the noise of a few dozen seeds.
 
-    python benchmarks/negative_effect.py                                  # 64 seeds, prints a markdown table
+    python benchmarks/negative_effect.py                                  # 64 seeds, guidance 7.5 (the app's)
+    python benchmarks/negative_effect.py --first-seed 1000 --json evaluation.json   # seeds 1000-1063
     python benchmarks/negative_effect.py --seeds 128 --json effect.json --grid effect.png
     python benchmarks/negative_effect.py --seeds 4 --steps 4              # a smoke run (the tests use this)
 
@@ -31,19 +35,18 @@ import torch
 from diffusers import StableDiffusionPipeline
 from PIL import Image
 
-from negprompt.detector import detect, load_detector
-from negprompt.portraits import BINARY, grid
+from negprompt.portrait_model.detector import detect, load_detector
+from negprompt.portrait_model.portraits import BINARY, background_of, grid
 
 log = logging.getLogger("negative_effect")
 ROOT = Path(__file__).resolve().parent.parent
 PLAIN = "portrait photo of a man"
-ATTRIBUTES = ("mustache", "glasses", "hat")
 
 
-def conditions() -> dict[str, tuple[str, str]]:
+def conditions(attributes=BINARY) -> dict[str, tuple[str, str]]:
     """Condition name -> (prompt, negative prompt)."""
     out = {"plain": (PLAIN, "")}
-    for x in ATTRIBUTES:
+    for x in attributes:
         out[f"without {x}"] = (f"{PLAIN} without {x}", "")
         out[f"negative {x}"] = (PLAIN, x)
         out[f"with {x}"] = (f"{PLAIN} with {x}", "")
@@ -83,27 +86,35 @@ def wilson(rate: float, n: int, z: float = 1.96) -> tuple[float, float]:
     return max(0.0, center - half), min(1.0, center + half)
 
 
-def summarize(by_condition: dict[str, dict[str, float]]) -> dict:
-    """The table: per attribute its four rates (fractions) and the collateral change (points)."""
+def kept(backgrounds: list[str], plain: list[str]) -> float:
+    """Share of seeds whose background color is the plain image's."""
+    return sum(a == b for a, b in zip(backgrounds, plain)) / len(plain)
+
+
+def summarize(by_condition: dict[str, dict[str, float]], backgrounds: dict[str, list[str]]) -> dict:
+    """The table: per attribute its four rates (fractions), the collateral change (points), the backgrounds kept."""
     plain = by_condition["plain"]
     table = {}
-    for x in ATTRIBUTES:
+    for x in [c.split(" ", 1)[1] for c in by_condition if c.startswith("negative ")]:
         neg = by_condition[f"negative {x}"]
         moves = {y: 100 * abs(neg[y] - plain[y]) for y in BINARY if y != x}
         worst = max(moves, key=moves.get)
         columns = {"plain": "plain", "without": f"without {x}", "negative": f"negative {x}", "adherence": f"with {x}"}
+        background = kept(backgrounds[f"negative {x}"], backgrounds["plain"])
+        n = len(backgrounds["plain"])
         table[x] = {**{key: by_condition[c][x] for key, c in columns.items()}, "collateral_max": moves[worst],
-                    "collateral_attribute": worst,
-                    "ci95": {key: wilson(by_condition[c][x], by_condition[c]["n"]) for key, c in columns.items()}}
+                    "collateral_attribute": worst, "collateral": moves, "background_kept": background,
+                    "ci95": {**{key: wilson(by_condition[c][x], by_condition[c]["n"]) for key, c in columns.items()},
+                             "background_kept": wilson(background, n)}}
     return table
 
 
 def markdown(table: dict, by_condition: dict, n: int) -> str:
-    lines = [f"| attribute (n={n} seeds) | plain | \"without X\" | negative \"X\" | \"with X\" | collateral max |",
-             "| --- | --- | --- | --- | --- | --- |"]
+    lines = [f"| attribute (n={n} seeds) | plain | \"without X\" | negative \"X\" | \"with X\" | collateral max "
+             "| background kept |", "| --- | --- | --- | --- | --- | --- | --- |"]
     for x, r in table.items():
         lines.append(f"| {x} | {r['plain']:.0%} | {r['without']:.0%} | {r['negative']:.0%} | {r['adherence']:.0%} "
-                     f"| {r['collateral_max']:.0f} pts ({r['collateral_attribute']}) |")
+                     f"| {r['collateral_max']:.0f} pts ({r['collateral_attribute']}) | {r['background_kept']:.0%} |")
     clean = ", ".join(f"{c} {v['clean']:.0%}" for c, v in by_condition.items())
     widest = max(100 * (hi - lo) / 2 for r in table.values() for lo, hi in r["ci95"].values())
     return ("\n".join(lines) + f"\n\nClean portraits per condition: {clean}.\n"
@@ -130,7 +141,9 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--seeds", type=int, default=64, help="number of seeds per condition")
     parser.add_argument("--first-seed", type=int, default=0, help="first seed; seeds are consecutive")
     parser.add_argument("--steps", type=int, default=20, help="DDIM steps")
-    parser.add_argument("--guidance", type=float, default=5.0, help="classifier-free guidance scale")
+    parser.add_argument("--guidance", type=float, default=7.5, help="classifier-free guidance scale (the app's: 7.5)")
+    parser.add_argument("--attributes", default=",".join(BINARY),
+                        help=f"comma-separated attributes to test (default: all of {','.join(BINARY)})")
     parser.add_argument("--batch", type=int, default=32, help="images per pipeline call")
     parser.add_argument("--json", default=None, help="write the table and settings as JSON to this file")
     parser.add_argument("--grid", default=None, help="write a grid (one row per condition, 8 seeds) to this PNG")
@@ -148,14 +161,15 @@ def main() -> None:
     detector = load_detector(args.detector)
     seeds = list(range(args.first_seed, args.first_seed + args.seeds))
     latents = seed_latents(seeds)
-    start, by_condition, all_images, rows = time.time(), {}, {}, []
-    for name, (prompt, negative) in conditions().items():
+    start, by_condition, all_images, backgrounds, rows = time.time(), {}, {}, {}, []
+    for name, (prompt, negative) in conditions(tuple(args.attributes.split(","))).items():
         images = generate(pipe, prompt, negative, latents, args)
         records = detect(images, detector)
         by_condition[name], all_images[name] = rates(records), rates(records, clean_only=False)
+        backgrounds[name] = [background_of(image) for image in images]
         rows += images[:8]
         log.info("%s: %s", name, json.dumps({k: round(v, 3) for k, v in by_condition[name].items()}))
-    table = summarize(by_condition)
+    table = summarize(by_condition, backgrounds)
     clean_share = sum(v["clean"] for v in by_condition.values()) / len(by_condition)
     print(markdown(table, by_condition, len(seeds)))
     print(f"\nAll conditions: {clean_share:.1%} clean portraits; {time.time() - start:.0f} s for "
@@ -165,8 +179,12 @@ def main() -> None:
     if args.grid:
         grid(rows, cols=min(8, len(seeds)), scale=2).save(args.grid)
     if args.json:
-        settings = {k: getattr(args, k) for k in ("model", "seeds", "first_seed", "steps", "guidance")}
+        settings = {k: getattr(args, k) for k in ("model", "seeds", "first_seed", "steps", "guidance", "attributes")}
+        model = Path(args.model).resolve()
+        settings["model"] = str(model.relative_to(ROOT)) if model.is_relative_to(ROOT) else args.model
+        kept_all = {name: kept(found, backgrounds["plain"]) for name, found in backgrounds.items()}
         Path(args.json).write_text(json.dumps({**table, "clean_share": clean_share, "conditions": by_condition,
+                                               "background_kept_per_condition": kept_all,
                                                "conditions_all_images": all_images, "grid_1_plus_4_seconds": seconds,
                                                "settings": settings}, indent=1))
 

@@ -19,9 +19,9 @@ import torch
 from diffusers import AutoencoderKL
 from PIL import Image
 
-from negprompt.detector import detect, load_detector
-from negprompt.portraits import BINARY, grid, portrait_array, sample_portraits
-from negprompt.train import to_tensor
+from negprompt.portrait_model.detector import detect, load_detector
+from negprompt.portrait_model.portraits import BINARY, grid, portrait_array, sample_portraits
+from negprompt.portrait_model.train import to_tensor
 
 ROOT = Path(__file__).resolve().parent.parent
 

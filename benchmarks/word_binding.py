@@ -25,8 +25,8 @@ import numpy as np
 import torch
 from diffusers import DDPMScheduler, StableDiffusionPipeline
 
-from negprompt.portraits import BINARY, portrait_array, sample_portraits
-from negprompt.train import TrainConfig, assemble, build_models, to_tensor
+from negprompt.portrait_model.portraits import BINARY, portrait_array, sample_portraits
+from negprompt.portrait_model.train import TrainConfig, assemble, build_models, to_tensor
 
 ROOT = Path(__file__).resolve().parent.parent
 PLAIN = "portrait photo of a man"
@@ -65,7 +65,8 @@ def error_reduction(pipe: StableDiffusionPipeline, attribute: str, n: int, seed:
 
 
 def load_checkpoint(pipe: StableDiffusionPipeline, path: str) -> StableDiffusionPipeline:
-    """``pipe`` with the EMA text encoder and UNet of a ``negprompt.train`` checkpoint (same VAE and tokenizer)."""
+    """``pipe`` with the EMA text encoder and UNet of a ``negprompt.portrait_model.train`` checkpoint (same VAE and
+    tokenizer)."""
     state = torch.load(path, weights_only=False, map_location="cpu")
     _, text, unet = build_models(TrainConfig(**state.get("config", {})), len(pipe.tokenizer))
     text.load_state_dict(state["ema_text"])
@@ -81,7 +82,8 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=123, help="seed of the portraits and the noise")
     parser.add_argument("--json", default=None, help="also write the table as JSON to this file")
     parser.add_argument("--checkpoint", default=None,
-                        help="a negprompt.train checkpoint.pt: measure its EMA weights (VAE and tokenizer from --model)")
+                        help="a negprompt.portrait_model.train checkpoint.pt: measure its EMA weights (VAE and "
+                             "tokenizer from --model)")
     args = parser.parse_args()
     pipe = StableDiffusionPipeline.from_pretrained(args.model)
     if args.checkpoint:

@@ -11,7 +11,7 @@
 The package, by concern: ``plan`` (comparison specs as data), ``engine`` (running a spec), ``guidance`` (the
 math, one class per method), ``loading``/``devices``/``speedups``/``schedulers`` (models), ``comparison``/``grid``/
 ``difference``/``infotext`` (results and files), ``errors`` (bad input as data), ``cli`` and the app (front ends),
-``portraits``/``train``/``detector`` (the embedded model). Front ends import the engine, never the reverse.
+``portrait_model`` (the embedded model's data, detector and training). Front ends import the engine, never the reverse.
 """
 
 __version__ = "0.1.0"

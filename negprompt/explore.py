@@ -370,7 +370,7 @@ def timing_table(spec: ComparisonSpec, detections: Sequence[Mapping[str, float]]
     """Analyse the cells of a timing sweep that carry ``negative`` (default: every cell that is not a baseline),
     grouped by the start of their window, against their reference cells (the rows' baselines).
 
-    ``detections[i]``: detector probabilities of cell i's image (``negprompt.detector.detect``), an attribute
+    ``detections[i]``: detector probabilities of cell i's image (``portrait_model.detector.detect``), an attribute
     present at >= 0.5. ``changes[i]``: cell i's change score against its reference; ``changes_outside[i]``: the
     same outside the attribute's region. ``attributes``: those counted as collateral (default: every key of the
     detections holding a probability, except ``attribute``)."""

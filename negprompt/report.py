@@ -28,7 +28,8 @@ from pathlib import Path
 
 from negprompt.sweep import NO_CHANGE_PERCENT, merge
 
-ATTRIBUTES = ("mustache", "beard", "glasses", "hat", "smile", "earrings", "scarf")  # negprompt.portraits.BINARY
+# negprompt.portrait_model.portraits.BINARY, not imported: the report reads results, not the model
+ATTRIBUTES = ("mustache", "beard", "glasses", "hat", "smile", "earrings", "scarf")
 SAMPLE_GRIDS = 3  # grids shown on the page
 SAMPLE_PAIRS = 6  # baseline -> negative pairs shown for the most effective negative
 

@@ -382,7 +382,7 @@ def run_one(pipe, spec: ComparisonSpec, sid: str, out: Path, detector, rank: int
     images = [c.image for c in result.cells]
     detections = None
     if detector is not None:
-        from negprompt.detector import detect
+        from negprompt.portrait_model.detector import detect
 
         detections = detect(images, detector)
     result.save(partial, differences=False)
@@ -543,7 +543,7 @@ def _load(config: SweepConfig, device):
                          device="cpu" if device.type == "cpu" else device)
     detector = None
     if config.uses_detector:
-        from negprompt.detector import load_detector
+        from negprompt.portrait_model.detector import load_detector
 
         detector = load_detector()
     return time.perf_counter() - start, pipe, detector

@@ -37,7 +37,7 @@ from negprompt.explore import (
     timing_reports,
 )
 from negprompt.plan import ComparisonSpec, window_contains
-from negprompt.portraits import ALL_WORDS
+from negprompt.portrait_model.portraits import ALL_WORDS
 from negprompt.prompts import count_tokens
 
 ACTS, INERT = "acts", "does almost nothing"
@@ -78,7 +78,7 @@ class ModelFacts:
 
 def model_facts(pipe, name: str, vocabulary: frozenset[str] | None = None) -> ModelFacts:
     """The facts of a loaded pipeline (read only, nothing changes). The embedded model's vocabulary is known: the
-    words of its training captions (``negprompt.portraits.ALL_WORDS``)."""
+    words of its training captions (``negprompt.portrait_model.portraits.ALL_WORDS``)."""
     if vocabulary is None and name == EMBEDDED_NAME:
         vocabulary = frozenset(ALL_WORDS)
     tokenizer = pipe.tokenizer if getattr(pipe, "tokenizer", None) is not None else pipe.tokenizer_2
@@ -259,8 +259,8 @@ def explain(result, pipe, recorder: PreviewRecorder | None = None, *, threshold:
     if recorder is not None:
         result.preview_steps, result.previews = recorder.frames([c.image for c in result.cells])
     if result.spec.mode == "timing" and facts.name == EMBEDDED_NAME:
-        from negprompt.detector import detect
-        from negprompt.portraits import BINARY
+        from negprompt.portrait_model.detector import detect
+        from negprompt.portrait_model.portraits import BINARY
 
         detections = detect([c.image for c in result.cells])
         result.explored["timing"] = timing_reports(result.spec, detections, result.change_scores, BINARY)

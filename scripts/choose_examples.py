@@ -47,8 +47,8 @@ def present(record: dict, attribute: str) -> bool:
 def scan(pipe, detector, negatives: list[str], others: list[str], seeds: list[int], steps: int,
          guidance: float) -> tuple[dict, dict]:
     """Detector records per seed: {negative or "": [record per seed]} and {other prompt: [record per seed]}."""
-    from negprompt.detector import detect
     from negprompt.engine import compare
+    from negprompt.portrait_model.detector import detect
 
     width = len(negatives) + 1
     by_negative: dict[str, list] = {name: [] for name in ["", *negatives]}
@@ -107,8 +107,8 @@ def main() -> None:
     args = parser.parse_args()
 
     from negprompt.app.settings import AppSettings
-    from negprompt.detector import load_detector
     from negprompt.loading import load_pipeline
+    from negprompt.portrait_model.detector import load_detector
 
     settings = AppSettings()
     steps, guidance = settings.default_steps, 7.5  # the app's defaults: an example runs as the form sets it

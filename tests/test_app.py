@@ -138,8 +138,8 @@ def test_detector_readout_reads_a_detector_module(monkeypatch):
                {"mustache": 0.2, "hat": 0.7, "clean_score": 0.3, "clean": False}]
     fake = types.SimpleNamespace(load_detector=lambda path=None: "weights",
                                  detect=lambda images, detector: records[:len(images)])
-    monkeypatch.setitem(sys.modules, "negprompt.detector", fake)
-    monkeypatch.setattr(sys.modules["negprompt"], "detector", fake, raising=False)
+    monkeypatch.setitem(sys.modules, "negprompt.portrait_model.detector", fake)
+    monkeypatch.setattr(sys.modules["negprompt.portrait_model"], "detector", fake, raising=False)
     readout = Detector().readout([None, None])
     assert [seen(r) for r in readout] == [["mustache"], ["hat", "unclear image"]], readout
 

@@ -12,10 +12,10 @@ import torch
 from diffusers import StableDiffusionPipeline
 from transformers import CLIPTokenizer
 
-from negprompt import train
-from negprompt.detector import DEFAULT_PATH, detect, evaluate, load_detector
-from negprompt.portraits import draw_portrait, sample_portraits
-from negprompt.train import TINY, TrainConfig, run
+from negprompt.portrait_model import train
+from negprompt.portrait_model.detector import DEFAULT_PATH, detect, evaluate, load_detector
+from negprompt.portrait_model.portraits import draw_portrait, sample_portraits
+from negprompt.portrait_model.train import TINY, TrainConfig, run
 
 ROOT = Path(__file__).resolve().parent.parent
 MODEL = ROOT / "assets" / "portrait-model"
@@ -84,7 +84,8 @@ def test_tiny_training_run_saves_a_loadable_folder_and_resumes_with_its_own_toke
 
     # A checkpoint never resumes under another architecture: a different head count would load and mean nothing.
     with pytest.raises(ValueError, match="another architecture"):
-        run(TrainConfig(**{**TINY, "attn_heads": 4}, steps=3, vae_steps=3), tmp_path / "run", device="cpu", minutes=1.0)
+        run(TrainConfig(**{**TINY, "attn_heads": 4}, steps=3, vae_steps=3), tmp_path / "run", device="cpu",
+            minutes=1.0)
 
 
 def test_reinit_token_gives_a_word_a_fresh_direction_and_restarts_its_optimizer_state():
@@ -97,7 +98,8 @@ def test_reinit_token_gives_a_word_a_fresh_direction_and_restarts_its_optimizer_
     train.reinit_token(5, others, [text, ema], opt, torch.Generator().manual_seed(0))
     weight = text.get_input_embeddings().weight
     assert torch.equal(weight[5], ema.get_input_embeddings().weight[5])
-    assert (weight[others] @ weight[5]).abs().max() < 1e-5, "The fresh embedding must share no direction with the others."
+    assert (weight[others] @ weight[5]).abs().max() < 1e-5, \
+        "The fresh embedding must share no direction with the others."
     assert torch.isclose(weight[5].norm(), weight[others].norm(dim=1).mean())
     moments = opt.state[weight]
     assert not moments["exp_avg"][5].any() and moments["exp_avg_sq"][5].all()
@@ -110,8 +112,9 @@ def test_evaluation_script_runs_end_to_end(tmp_path):
            "--steps", "2", "--json", str(out), "--grid", str(tmp_path / "grid.png")]
     subprocess.run(cmd, check=True, cwd=tmp_path, capture_output=True, timeout=300)
     table = json.loads(out.read_text())
-    for name in ("mustache", "glasses", "hat"):
-        assert set(table[name]) >= {"plain", "without", "negative", "adherence", "collateral_max"}
+    for name in ("mustache", "beard", "glasses", "hat", "smile", "earrings", "scarf"):
+        assert set(table[name]) >= {"plain", "without", "negative", "adherence", "collateral_max", "background_kept"}
+        assert 0 <= table[name]["background_kept"] <= 1
     assert (tmp_path / "grid.png").exists()
 
 
@@ -143,3 +146,41 @@ def test_training_builds_the_attention_heads_it_asks_for():
         layers = [m for name, m in unet.named_modules() if name.endswith(("attn1", "attn2"))]
         assert layers and all(m.heads == heads and m.inner_dim == 96 for m in layers)
         assert text.config.num_attention_heads == text_heads
+
+
+def test_warm_start_adds_16x16_attention_and_starts_out_equal_to_the_shipped_model():
+    tokenizer = CLIPTokenizer.from_pretrained(MODEL / "tokenizer")
+    cfg = TrainConfig(attn_levels=(True, True, True), attn_heads=(3, 32, 32), init_from=str(MODEL))
+    vae, text, unet, new = train.warm_start(cfg, MODEL, len(tokenizer))
+    shipped = StableDiffusionPipeline.from_pretrained(MODEL)
+    assert new and all(k.startswith(("down_blocks.0.attentions.", "up_blocks.2.attentions.")) for k in new), \
+        "Only the 16x16 attention layers may be new."
+    assert unet.down_blocks[0].attentions[0].transformer_blocks[0].attn2.heads == 3, "16x16 must have 3 heads 16 wide."
+    assert vae.config.scaling_factor == shipped.vae.config.scaling_factor, "The latent scale must be the saved one."
+    x, t = torch.randn(3, 4, 16, 16, generator=torch.Generator().manual_seed(0)), torch.tensor([50, 400, 900])
+    ids = tokenizer(["portrait photo of a man with a mustache"] * 3, padding="max_length", max_length=77,
+                    return_tensors="pt").input_ids
+    with torch.no_grad():
+        emb = text(ids)[0]
+        assert torch.equal(emb, shipped.text_encoder(ids)[0]), "The warm start must keep the text encoder."
+        assert torch.equal(unet(x, t, emb).sample, shipped.unet(x, t, emb).sample), \
+            "Before training, the warm-started UNet must compute exactly what the shipped one does."
+
+
+def test_a_warm_started_run_trains_its_new_layers_at_their_own_rate(tmp_path):
+    first = run(TrainConfig(**TINY, steps=2, vae_steps=2), tmp_path / "a", device="cpu", minutes=1.0)
+    cfg = TrainConfig(**{**TINY, "attn_levels": (True, True, True), "attn_heads": (2, 2, 2)}, steps=2,
+                      init_from=str(first), init_lr_scale=0.5, name_prob={"mustache": 0.8})
+    folder = run(cfg, tmp_path / "b", device="cpu", minutes=1.0)
+    assert not (tmp_path / "b" / "stage_vae.pt").exists(), "A warm start must keep the saved VAE, not train one."
+    pipe = StableDiffusionPipeline.from_pretrained(folder)
+    assert pipe.unet.config.down_block_types[0] == "CrossAttnDownBlock2D"
+    saved = StableDiffusionPipeline.from_pretrained(first)
+    assert torch.equal(pipe.vae.decoder.conv_out.weight, saved.vae.decoder.conv_out.weight), "The VAE must stay."
+    groups = torch.load(tmp_path / "b" / "checkpoint.pt", weights_only=False)["opt"]["param_groups"]
+    assert [g["scale"] for g in groups] == [0.5, 1.0], "Loaded weights learn at init_lr_scale, new ones at full rate."
+
+    # --export saves the model of a checkpoint (a run stopped early): at the last step, the model the run saved.
+    trained = pipe.unet.state_dict()
+    exported = StableDiffusionPipeline.from_pretrained(train.export_checkpoint(cfg, tmp_path / "b")).unet.state_dict()
+    assert all(torch.equal(trained[k], exported[k]) for k in trained), "An export must save the checkpoint's EMA."

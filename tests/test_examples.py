@@ -25,9 +25,9 @@ def test_the_app_offers_examples():
 @pytest.mark.parametrize("example", EXAMPLES, ids=[e.label for e in EXAMPLES])
 def test_every_offered_example_shows_its_lesson(example):
     from negprompt.app.settings import AppSettings
-    from negprompt.detector import detect
     from negprompt.engine import compare
     from negprompt.loading import load_pipeline
+    from negprompt.portrait_model.detector import detect
 
     pipe = load_pipeline(device="cpu")
     steps = AppSettings().default_steps  # what the form runs when an example is picked

@@ -5,7 +5,15 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from negprompt.portraits import ALL_WORDS, BINARY, caption_for, portrait_array, sample_portraits
+from negprompt.portrait_model.portraits import (
+    ALL_WORDS,
+    BINARY,
+    background_of,
+    caption_for,
+    draw_portrait,
+    portrait_array,
+    sample_portraits,
+)
 from negprompt.tokenizer import build_clip_tokenizer
 
 NEGATIONS = {"without", "no", "not", "never", "none", "nor", "lacking", "free"}
@@ -59,3 +67,24 @@ def test_every_word_is_one_token():
     for word in ALL_WORDS:
         assert len(tok(word).input_ids) == 3, f"{word!r} must be a single token (plus BOS and EOS)."
     assert set(BINARY) <= set(ALL_WORDS) and "without" in ALL_WORDS
+
+
+def test_name_prob_names_a_word_more_often_and_never_an_absent_attribute():
+    rng = np.random.default_rng(2)
+    people = sample_portraits(rng, 4000)
+    captions = [caption_for(p, rng, name_prob={"mustache": 0.8}) for p in people]
+    named = [getattr(p, "mustache") for p, c in zip(people, captions) if "mustache" in c]
+    assert all(named), "Raising a word's naming probability must still never name an absent attribute."
+    sentences = [(p, c) for p, c in zip(people, captions) if "man" in c]
+    told = np.mean([("mustache" in c) for p, c in sentences if p.mustache])
+    assert 0.74 < told < 0.86, f"A present mustache must be named about 80% of the time, got {told:.3f}."
+    unnamed = np.mean([p.mustache for p, c in sentences if "mustache" not in c])
+    assert 0.13 < unnamed < 0.21, f"P(mustache | not named) must fall to (1 - q) / (2 - q) = 1/6, got {unnamed:.3f}."
+    glasses = np.mean([p.glasses for p, c in sentences if "glasses" not in c])
+    assert 0.29 < glasses < 0.38, f"Other words must keep P(X | not named) at 1/3, got {glasses:.3f}."
+
+
+def test_background_of_reads_a_drawn_portraits_background():
+    people = sample_portraits(np.random.default_rng(4), 300)
+    assert all(background_of(draw_portrait(p)) == p.background for p in people), \
+        "The background measure must read every drawn portrait's background color."

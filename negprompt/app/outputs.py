@@ -54,7 +54,7 @@ class Detector:
         if not images:
             return []
         try:
-            from negprompt import detector
+            from negprompt.portrait_model import detector
 
             with self._lock:
                 if self._model is None:

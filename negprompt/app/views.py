@@ -231,7 +231,7 @@ class Views:
     @staticmethod
     def known_words(model=EMBEDDED_NAME) -> list[str]:
         """The words the embedded model was trained on and its tokenizer holds whole."""
-        from negprompt.portraits import ALL_WORDS
+        from negprompt.portrait_model.portraits import ALL_WORDS
 
         tokenizer = tokenizer_for(model) if model == EMBEDDED_NAME else None
         return known_words(tokenizer, ALL_WORDS) if tokenizer is not None else []

@@ -3,14 +3,14 @@
 Every portrait is a 64x64 RGB drawing of a man, made from a ``Portrait`` record of independently drawn attributes.
 Everything is pure and seedable: the same seed gives the same portraits and the same captions.
 
-    from negprompt.portraits import sample_portraits, draw_portrait, caption_for
+    from negprompt.portrait_model.portraits import sample_portraits, draw_portrait, caption_for
     import numpy as np
     rng = np.random.default_rng(0)
     people = sample_portraits(rng, 4)
     images = [draw_portrait(p) for p in people]          # list of PIL images, 64x64 RGB
     captions = [caption_for(p, rng) for p in people]     # a fresh caption for each, every time you ask
 
-Look at a grid:  python -m negprompt.portraits --out portraits.png --n 64 --seed 0
+Look at a grid:  python -m negprompt.portrait_model.portraits --out portraits.png --n 64 --seed 0
 
 Attribute priors (all independent)
     mustache, beard, glasses, hat, smile, earrings, scarf: present with probability 0.5 each
@@ -25,7 +25,8 @@ Caption grammar (``caption_for``; no caption ever contains "without", "no", "not
     HEAD      = "portrait photo of a man" (60%) | "photo of a man" | "portrait of a man" | "a man" (smiling
                 may make it "a smiling man" in the sentence HEAD instead of "with a smile", 50/50)
     PHRASES   = the named phrases in random order, joined by ", " and a final " and "
-    Naming: each attribute that is PRESENT is named with probability 0.5 (independently); hair color is named
+    Naming: each attribute that is PRESENT is named with probability 0.5 (independently; ``name_prob`` can raise
+    it per attribute, for words a model is slow to bind); hair color is named
     with probability 0.4, skin with 0.2, background with 0.5. An absent attribute is never named.
     Tags: with probability 0.4 the tag caption is one single tag (one of the named items, or if none was
     drawn, one present item); otherwise all the named items as tags (at least one).
@@ -153,9 +154,9 @@ def draw_portrait(p: Portrait) -> Image.Image:
     else:
         d.line(box(cx - 4, mouth_y, cx + 4, mouth_y), fill=(150, 30, 40), width=s + 1)
     if p.mustache:  # a full band, 3-4 px thick: thinner ones vanish in the 16x16 latent (see the model card)
-        d.polygon([(x * s, y * s) for x, y in ((cx - 9, cy + 8), (cx - 3, cy + 4.5), (cx, cy + 5.5), (cx + 3, cy + 4.5),
-                                                (cx + 9, cy + 8), (cx + 8, cy + 10.5), (cx, cy + 8.5),
-                                                (cx - 8, cy + 10.5))], fill=facial)
+        band = ((cx - 9, cy + 8), (cx - 3, cy + 4.5), (cx, cy + 5.5), (cx + 3, cy + 4.5), (cx + 9, cy + 8),
+                (cx + 8, cy + 10.5), (cx, cy + 8.5), (cx - 8, cy + 10.5))
+        d.polygon([(x * s, y * s) for x, y in band], fill=facial)
     if p.earrings:
         for ex in (cx - hw, cx + hw):
             d.ellipse(box(ex - 2, cy + 5, ex + 2, cy + 9), fill=(250, 200, 0), outline=(150, 110, 0))
@@ -170,11 +171,15 @@ def draw_portrait(p: Portrait) -> Image.Image:
     return img.resize((SIZE, SIZE), Image.Resampling.BOX)
 
 
-def _named_items(p: Portrait, rng: np.random.Generator) -> list[tuple[str, str]]:
-    """(tag, phrase) pairs for the attributes this caption names; absent attributes are never named."""
+def _named_items(p: Portrait, rng: np.random.Generator,
+                 name_prob: dict[str, float] | None = None) -> list[tuple[str, str]]:
+    """(tag, phrase) pairs for the attributes this caption names; absent attributes are never named.
+
+    A present attribute is named with probability ``name_prob[name]`` (default 0.5).
+    """
     items = []
     for name in BINARY:
-        if getattr(p, name) and rng.random() < 0.5:
+        if getattr(p, name) and rng.random() < (name_prob or {}).get(name, 0.5):
             items.append(_phrase(p, name, rng))
     if rng.random() < 0.4:
         items.append((f"{p.hair} hair", f"{p.hair} hair"))
@@ -194,11 +199,17 @@ def _phrase(p: Portrait, name: str, rng: np.random.Generator) -> tuple[str, str]
     return name, (f"a {name}" if rng.random() < 0.7 else name)
 
 
-def caption_for(p: Portrait, rng: np.random.Generator, p_empty: float = 0.1, p_tags: float = 0.4) -> str:
-    """Draw one caption for ``p`` following the grammar in the module docstring."""
+def caption_for(p: Portrait, rng: np.random.Generator, p_empty: float = 0.1, p_tags: float = 0.4,
+                name_prob: dict[str, float] | None = None) -> str:
+    """Draw one caption for ``p`` following the grammar in the module docstring.
+
+    ``name_prob`` overrides the probability (0.5) with which a PRESENT attribute is named, per attribute; an absent
+    one is still never named. Naming X with probability q leaves X in (1 - q) / (2 - q) of the sentences that do not
+    name it (1/3 at 0.5, 2/7 at 0.6).
+    """
     if rng.random() < p_empty:
         return ""
-    items = _named_items(p, rng)
+    items = _named_items(p, rng, name_prob)
     bg = rng.random() < 0.5
     if rng.random() < p_tags:
         tags = [t for t, _ in items] + ([f"{p.background} background"] if bg else [])
@@ -221,6 +232,18 @@ def caption_for(p: Portrait, rng: np.random.Generator, p_empty: float = 0.1, p_t
     if bg:
         text += f", {p.background} background"
     return text
+
+
+def background_of(image: Image.Image) -> str:
+    """The palette background color nearest to the mean of the image's two top corners (8x8 pixels each).
+
+    No part of a portrait reaches those corners (the hat brim and hair stop 9 pixels in), so on a drawn portrait
+    this is its background; on a generated one it tells whether a prompt change repainted the background.
+    """
+    pixels = np.asarray(image.convert("RGB"), dtype=np.float32)
+    corner = 8 * SIZE // 64
+    mean = np.concatenate([pixels[:corner, :corner], pixels[:corner, -corner:]]).reshape(-1, 3).mean(axis=0)
+    return min(BACKGROUNDS, key=lambda name: float(((mean - np.array(BACKGROUNDS[name])) ** 2).sum()))
 
 
 def portrait_array(people: list[Portrait]) -> np.ndarray:

@@ -1,14 +1,15 @@
 """Attribute detector for the embedded portrait model: what is in a 64x64 portrait, and is it a clean portrait?
 
-A small CNN (about 0.3M parameters, 1.2 MB) with one logit per binary attribute of ``negprompt.portraits`` (mustache,
-beard, glasses, hat, smile, earrings, scarf) and one "clean" logit. It is trained on an endless stream of fresh
-procedural portraits: clean ones lightly degraded (blur, noise, color shifts, as a decoder leaves them) and
-corrupted ones (heavy noise or blur, two portraits blended, shuffled tiles, color blobs, a smeared or displaced
-face region), which teach the "clean" head. Attribute losses count only on images that still show one portrait.
+A small CNN (about 0.3M parameters, 1.2 MB) with one logit per binary attribute of
+``negprompt.portrait_model.portraits`` (mustache, beard, glasses, hat, smile, earrings, scarf) and one "clean"
+logit. It is trained on an endless stream of fresh procedural portraits: clean ones lightly degraded (blur, noise,
+color shifts, as a decoder leaves them) and corrupted ones (heavy noise or blur, two portraits blended, shuffled
+tiles, color blobs, a smeared or displaced face region), which teach the "clean" head. Attribute losses count only
+on images that still show one portrait.
 
-    python -m negprompt.detector --out assets/portrait-detector          # train (a few minutes on a CPU)
+    python -m negprompt.portrait_model.detector --out assets/portrait-detector         # train (a few minutes on a CPU)
 
-    from negprompt.detector import load_detector, detect
+    from negprompt.portrait_model.detector import load_detector, detect
     detector = load_detector()                      # assets/portrait-detector by default
     detect(images, detector)   # -> [{"mustache": 0.98, ..., "clean_score": 0.97, "clean": True}, ...]
 
@@ -31,10 +32,10 @@ from PIL import Image
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from negprompt.portraits import BINARY, attribute_matrix, portrait_array, sample_portraits
+from negprompt.portrait_model.portraits import BINARY, attribute_matrix, portrait_array, sample_portraits
 
 log = logging.getLogger(__name__)
-DEFAULT_PATH = Path(__file__).resolve().parent.parent / "assets" / "portrait-detector"
+DEFAULT_PATH = Path(__file__).resolve().parents[2] / "assets" / "portrait-detector"
 OUTPUTS = (*BINARY, "clean")
 
 

@@ -1,30 +1,35 @@
 """Train the embedded default model: a tiny latent diffusion model of procedural portraits.
 
 One command draws the data, trains the VAE, then the text encoder and UNet together, writes sample grids as it
-goes and saves a standard diffusers Stable Diffusion folder:
+goes and saves a standard diffusers Stable Diffusion folder (``T`` is ``python -m negprompt.portrait_model.train``):
 
-    python -m negprompt.train --out runs/portrait --minutes 80            # a CPU run (2 cores)
-    python -m negprompt.train --out runs/portrait --minutes 10 --device cuda
-    python -m negprompt.train --out runs/portrait --minutes 40 --resume   # continue after an interruption
-    python -m negprompt.train --out runs/portrait --minutes 90 --resume --extend 10000 --reinit-token mustache
-                                                                          # train a finished run further
-    python -m negprompt.train --out runs/tiny --tiny --vae-steps 5 --steps 5   # seconds; what the tests run
+    T --out runs/portrait --minutes 80                            # a CPU run (2 cores)
+    T --out runs/portrait --minutes 10 --device cuda
+    T --out runs/portrait --minutes 40 --resume                   # continue after an interruption
+    T --out runs/portrait --minutes 90 --resume --extend 10000    # train a finished run further (warm restart)
+    T --out runs/tiny --tiny --vae-steps 5 --steps 5              # seconds; what the tests run
+
+Or start from a saved model, keeping its VAE and adding cross-attention at 16x16 (3 heads 16 channels wide) to its
+UNet, with the new layers starting at zero so that the run starts from exactly the saved model:
+
+    T --out runs/v2 --init-from assets/portrait-model --attn-levels 1,1,1 --attn-heads 3,32,32 --init-lr-scale 0.5 \
+      --name-prob mustache=0.6 --name-prob smile=0.6 --minutes 110
 
 The decoder stage can also run beside the UNet stage, in a second process (it does not change the latents):
 
-    python -m negprompt.train --out runs/portrait --decoder-only --decoder-steps 4000 --minutes 38 --threads 1
-    python -m negprompt.train --out runs/portrait --resume                # afterwards: re-save with that decoder
+    T --out runs/portrait --decoder-only --decoder-steps 4000 --minutes 38 --threads 1
+    T --out runs/portrait --resume                                # afterwards: re-save with that decoder
 
 Output: ``OUT/model/`` (load it with ``StableDiffusionPipeline.from_pretrained``), ``OUT/samples/*.png``,
 ``OUT/train.log.jsonl`` (losses), ``OUT/checkpoint.pt``, ``OUT/stage_*.pt`` and ``OUT/tokenizer/`` (for ``--resume``;
 not the model).
 
-Recipe: a fixed in-memory dataset of portraits (``negprompt.portraits``) drawn from ``--seed``; an AutoencoderKL
-(64x64x3 -> 16x16x4, L1 + MSE + tiny KL) trained first, then its decoder alone on the frozen encoder's latents;
-the dataset is encoded once; then CLIPTextModel + UNet2DConditionModel learn v-prediction under Stable
+Recipe: a fixed in-memory dataset of portraits (``negprompt.portrait_model.portraits``) drawn from ``--seed``; an
+AutoencoderKL (64x64x3 -> 16x16x4, L1 + MSE + tiny KL) trained first, then its decoder alone on the frozen encoder's
+latents; the dataset is encoded once; then CLIPTextModel + UNet2DConditionModel learn v-prediction under Stable
 Diffusion's ``scaled_linear`` schedule with min-SNR-5 loss weights, AdamW, linear warmup then cosine decay, an EMA
-of the weights (what is saved), and a fresh caption per image per step (10% empty: the prompt dropout that gives
-the unconditional branch its meaning). With ``--minutes`` the UNet step count is fitted to the remaining time and
+of the weights (what is saved), and a fresh caption per image per step (10% empty: the prompt dropout that gives the
+unconditional branch its meaning). With ``--minutes`` the UNet step count is fitted to the remaining time and
 re-fitted every 100 steps to the measured speed, so the cosine schedule ends on time on a busy machine; with
 ``--steps`` the run is fully determined by the seed. The UNet is saved in float16 (it loads as float32).
 """
@@ -39,20 +44,22 @@ import math
 import os
 import shutil
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-# OpenMP threads that spin while waiting slow a shared CPU down several times; must be set before torch loads.
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+# OpenMP threads that spin while waiting slow a shared CPU down several times; must be set before torch loads. Only
+# for the command: a program that imports this module (a benchmark, the tests) keeps its own OpenMP settings.
+if __name__ == "__main__":
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 from diffusers import AutoencoderKL, DDIMScheduler, DDPMScheduler, StableDiffusionPipeline, UNet2DConditionModel  # noqa: E402
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer  # noqa: E402
 
-from negprompt.portraits import ALL_WORDS, caption_for, grid, portrait_array, sample_portraits  # noqa: E402
+from negprompt.portrait_model.portraits import ALL_WORDS, BINARY, caption_for, grid, portrait_array, sample_portraits  # noqa: E402
 from negprompt.tokenizer import build_clip_tokenizer  # noqa: E402
 
 log = logging.getLogger(__name__)
@@ -74,8 +81,8 @@ class TrainConfig:
     text_heads: int = 2  # CLIP text encoder attention heads (2 x 32 channels)
     unet_channels: tuple[int, ...] = (48, 96, 96)  # UNet block widths at 16x16, 8x8, 4x4 latent resolution
     unet_layers: int = 1  # resnet layers per UNet block
-    attn_levels: tuple[bool, ...] = (False, True, True)  # attention per UNet level (16x16 costs 3x)
-    attn_heads: int = 32  # heads per UNet attention layer: 32 heads 3 channels wide at 96 (see build_models)
+    attn_levels: tuple[bool, ...] = (False, True, True)  # cross-attention per UNet level (16x16, 8x8, 4x4)
+    attn_heads: int | tuple[int, ...] = 32  # heads per UNet attention layer, or one count per level (see build_models)
     steps: int = 0  # UNet optimizer steps; 0 means: fit them to the time budget
     batch: int = 32  # UNet batch size
     lr: float = 8e-4  # UNet and text encoder peak learning rate
@@ -84,6 +91,9 @@ class TrainConfig:
     snr_gamma: float = 5.0  # min-SNR loss weight cap
     p_empty: float = 0.1  # share of empty captions (prompt dropout)
     p_tags: float = 0.4  # share of tag-style captions among the non-empty ones
+    name_prob: dict[str, float] = field(default_factory=dict)  # per attribute: P(named | present), default 0.5
+    init_from: str = ""  # a saved model folder to start from: its VAE (frozen), tokenizer, text encoder and UNet
+    init_lr_scale: float = 1.0  # with init_from: learning rate of the loaded weights relative to lr (new ones: lr)
     sample_every: int = 2000  # steps between sample grids
     checkpoint_every: int = 500  # steps between checkpoints
     time_margin: float = 0.95  # share of the remaining budget planned for UNet steps (the rest is slack)
@@ -94,8 +104,9 @@ class TrainConfig:
 ARCHITECTURE = ("vae_channels", "text_width", "text_layers", "text_heads", "unet_channels", "unet_layers",
                 "attn_levels", "attn_heads")
 
-TINY = dict(n_images=256, vae_channels=(8, 16, 16), decoder_steps=2, text_width=32, text_layers=1, unet_channels=(16, 32, 32),
-            attn_heads=2, text_heads=2, batch=8, vae_batch=8, warmup=2, sample_every=10**9, checkpoint_every=10**9)
+TINY = dict(n_images=256, vae_channels=(8, 16, 16), decoder_steps=2, text_width=32, text_layers=1,
+            unet_channels=(16, 32, 32), attn_heads=2, text_heads=2, batch=8, vae_batch=8, warmup=2,
+            sample_every=10**9, checkpoint_every=10**9)
 
 
 def build_models(cfg: TrainConfig, vocab_size: int) -> tuple[AutoencoderKL, CLIPTextModel, UNet2DConditionModel]:
@@ -121,10 +132,38 @@ def build_models(cfg: TrainConfig, vocab_size: int) -> tuple[AutoencoderKL, CLIP
         # Stable Diffusion's configs, whose "8" means 8 heads). The shipped model was trained with 32, meant as a
         # width: 32 heads 3 channels wide. 6 heads 16 wide (--attn-heads 6 --text-heads 4) was tried against it:
         # 1.5x faster to sample, the same words bound, slightly worse on the evaluation (see the model card).
+        # A tuple gives one head count per level (down order), e.g. (3, 32, 32): 3 heads 16 wide at 16x16.
         cross_attention_dim=cfg.text_width, attention_head_dim=cfg.attn_heads,
         norm_num_groups=math.gcd(16, *cfg.unet_channels),
     )
     return vae, text, unet
+
+
+def warm_start(cfg: TrainConfig, folder: Path, vocab_size: int):
+    """``build_models(cfg)`` with the weights of the saved model ``folder``; returns (vae, text, unet, new names).
+
+    The VAE and text encoder must match ``cfg`` exactly. The UNet may add cross-attention at levels the saved one
+    lacked (``attn_levels``): those layers are the only new parameters (their names are returned), and each one's
+    output projection starts at zero, so the residual attention adds nothing and the warm-started UNet computes
+    exactly what the saved one does until training moves it.
+    """
+    from safetensors.torch import load_file
+
+    vae, text, unet = build_models(cfg, vocab_size)
+    vae.load_state_dict(load_file(folder / "vae" / "diffusion_pytorch_model.safetensors"))
+    vae.register_to_config(scaling_factor=json.loads((folder / "vae" / "config.json").read_text())["scaling_factor"])
+    text.load_state_dict(load_file(folder / "text_encoder" / "model.safetensors"))
+    missing, unexpected = unet.load_state_dict(load_file(folder / "unet" / "diffusion_pytorch_model.safetensors"),
+                                               strict=False)
+    if unexpected or any(".attentions." not in k for k in missing):
+        lacking = [k for k in missing if ".attentions." not in k]
+        raise ValueError(f"{folder} does not fit this architecture: it lacks {lacking} and has unknown {unexpected}")
+    with torch.no_grad():
+        for name, module in unet.named_modules():
+            if name.endswith(".proj_out") and f"{name}.weight" in missing:
+                module.weight.zero_()
+                module.bias.zero_()
+    return vae.eval(), text, unet, set(missing)
 
 
 def noise_scheduler() -> DDPMScheduler:
@@ -216,6 +255,24 @@ def encode_all(vae: AutoencoderKL, images: np.ndarray, device: str, batch: int =
     return torch.cat(chunks)
 
 
+def train_autoencoder(vae: AutoencoderKL, images: np.ndarray, cfg: TrainConfig, device: str, out: Path,
+                      deadline: float | None) -> None:
+    """The VAE stage, then the decoder stage; each saves its weights in ``out`` and is skipped when they exist."""
+    vae_path = out / "stage_vae.pt"
+    if vae_path.exists():
+        vae.load_state_dict(torch.load(vae_path))
+        vae.eval()
+    else:
+        train_vae(vae, images, cfg, device, out)
+        torch.save(vae.state_dict(), vae_path)
+    decoder_path = out / "stage_decoder.pt"
+    if decoder_path.exists():
+        vae.load_state_dict(torch.load(decoder_path))
+    elif cfg.decoder_steps:
+        finetune_decoder(vae, images, cfg, device, out, deadline=deadline)
+        torch.save(vae.state_dict(), decoder_path)
+
+
 def _log_json(out: Path, record: dict) -> None:
     with open(out / "train.log.jsonl", "a") as f:
         f.write(json.dumps(record) + "\n")
@@ -231,7 +288,8 @@ class CaptionBatcher:
     def __call__(self, rows: np.ndarray, rng: np.random.Generator) -> torch.Tensor:
         ids = []
         for r in rows:
-            text = caption_for(self.people[r], rng, p_empty=self.cfg.p_empty, p_tags=self.cfg.p_tags)
+            text = caption_for(self.people[r], rng, p_empty=self.cfg.p_empty, p_tags=self.cfg.p_tags,
+                               name_prob=self.cfg.name_prob)
             if text not in self.cache:
                 self.cache[text] = self.tokenizer(text, padding="max_length", max_length=77,
                                                   truncation=True).input_ids
@@ -318,18 +376,24 @@ def reinit_token(dst: int, others: list[int], texts: list[CLIPTextModel], opt: t
 
 def train_diffusion(text, unet, latents, batcher, cfg: TrainConfig, device: str, out: Path,
                     plan_end: float | None, make_pipe, extend: int = 0, reinit: tuple[int, ...] = (),
-                    words: tuple[int, ...] = ()) -> dict:
+                    words: tuple[int, ...] = (), new: frozenset[str] = frozenset()) -> dict:
     """Joint text encoder + UNet training; returns a summary. Resumes from ``out/checkpoint.pt`` if present.
 
     With ``plan_end`` (a time.time() value) the step count is re-fitted every ``cfg.replan_every`` steps to the
     measured speed, so the cosine schedule ends on time even when the machine gets busier or quieter. On resume,
     ``extend`` adds steps to the checkpoint's planned total (a warm restart: the cosine schedule stretches to the
     new end, so the learning rate rises again) and each token of ``reinit`` gets a fresh embedding orthogonal to
-    the other tokens of ``words`` (``reinit_token``).
+    the other tokens of ``words`` (``reinit_token``). With ``cfg.init_from``, the UNet parameters named in ``new``
+    (the layers the warm start added) learn at ``cfg.lr`` and all the others at ``cfg.lr * cfg.init_lr_scale``.
     """
     sched = noise_scheduler()
     params = list(unet.parameters()) + list(text.parameters())
-    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.01)
+    fresh = [p for n, p in unet.named_parameters() if n in new]
+    loaded = [p for p in params if all(p is not f for f in fresh)]
+    groups = [dict(params=loaded, scale=cfg.init_lr_scale if cfg.init_from else 1.0)]
+    if fresh:
+        groups.append(dict(params=fresh, scale=1.0))
+    opt = torch.optim.AdamW(groups, lr=cfg.lr, weight_decay=0.01)
     ema_unet, ema_text = copy.deepcopy(unet).eval(), copy.deepcopy(text).eval()
     rng, gen, step, curve = np.random.default_rng(cfg.seed + 2), torch.Generator().manual_seed(cfg.seed + 3), 0, []
     ckpt = out / "checkpoint.pt"
@@ -351,7 +415,7 @@ def train_diffusion(text, unet, latents, batcher, cfg: TrainConfig, device: str,
     t0, running, timed, lap = time.time(), 0.0, step, time.time()
     while step < cfg.steps:
         for g in opt.param_groups:
-            g["lr"] = cosine_lr(step, cfg.steps, cfg.warmup, cfg.lr)
+            g["lr"] = cosine_lr(step, cfg.steps, cfg.warmup, cfg.lr) * g["scale"]
         rows = rng.integers(len(latents), size=cfg.batch)
         loss = diffusion_loss(unet, text, sched, latents[rows].to(device), batcher(rows, rng).to(device), gen, cfg)
         opt.zero_grad(set_to_none=True)
@@ -412,7 +476,7 @@ def _word_id(tokenizer: CLIPTokenizer, word: str) -> int:
     return ids[0]
 
 
-def _run_tokenizer(out: Path) -> CLIPTokenizer:
+def _run_tokenizer(out: Path, init_from: str = "") -> CLIPTokenizer:
     """The run's tokenizer, saved in ``out/tokenizer`` at its start and reloaded by ``--resume``.
 
     The byte-level BPE trainer breaks ties between equally frequent merges in no fixed order, so two builds can
@@ -422,7 +486,10 @@ def _run_tokenizer(out: Path) -> CLIPTokenizer:
     folder = out / "tokenizer"
     if (folder / "tokenizer_config.json").exists():
         return CLIPTokenizer.from_pretrained(folder)
-    tokenizer = build_clip_tokenizer(ALL_WORDS)
+    if init_from:
+        tokenizer = CLIPTokenizer.from_pretrained(Path(init_from) / "tokenizer")
+    else:
+        tokenizer = build_clip_tokenizer(ALL_WORDS)
     tokenizer.save_pretrained(folder)
     return tokenizer
 
@@ -442,28 +509,22 @@ def run(cfg: TrainConfig, out: Path, device: str, minutes: float, decoder_only: 
     torch.manual_seed(cfg.seed)
     people = sample_portraits(np.random.default_rng(cfg.seed), cfg.n_images)
     images = portrait_array(people)
-    tokenizer = _run_tokenizer(out)
-    vae, text, unet = build_models(cfg, len(tokenizer))
+    tokenizer = _run_tokenizer(out, cfg.init_from)
+    new: set[str] = set()
+    if cfg.init_from:  # the saved model's VAE stays as it is: its latents are the ones its UNet learned
+        vae, text, unet, new = warm_start(cfg, Path(cfg.init_from), len(tokenizer))
+        log.info("warm start from %s; new UNet parameters: %d tensors", cfg.init_from, len(new))
+    else:
+        vae, text, unet = build_models(cfg, len(tokenizer))
     vae, text, unet = vae.to(device), text.to(device), unet.to(device)
     log.info("parameters: vae %.2fM, text %.2fM, unet %.2fM", *(sum(p.numel() for p in m.parameters()) / 1e6
                                                               for m in (vae, text, unet)))
-    vae_path = out / "stage_vae.pt"
-    if vae_path.exists():
-        vae.load_state_dict(torch.load(vae_path))
-        vae.eval()
-    else:
-        train_vae(vae, images, cfg, device, out)
-        torch.save(vae.state_dict(), vae_path)
-    decoder_path = out / "stage_decoder.pt"
-    if decoder_path.exists():
-        vae.load_state_dict(torch.load(decoder_path))
-    elif cfg.decoder_steps:
-        finetune_decoder(vae, images, cfg, device, out, deadline=start + minutes * 60 if decoder_only else None)
-        torch.save(vae.state_dict(), decoder_path)
+    if not cfg.init_from:
+        train_autoencoder(vae, images, cfg, device, out, deadline=start + minutes * 60 if decoder_only else None)
     if decoder_only:
-        return decoder_path
+        return out / "stage_decoder.pt"
     raw = encode_all(vae, images, device)
-    scale = float(1.0 / raw.std())
+    scale = vae.config.scaling_factor if cfg.init_from else float(1.0 / raw.std())
     latents = raw * scale
     log.info("latent scaling factor %.4f", scale)
     batcher = CaptionBatcher(people, tokenizer, cfg)
@@ -473,7 +534,7 @@ def run(cfg: TrainConfig, out: Path, device: str, minutes: float, decoder_only: 
     make_pipe = lambda t, u: assemble(vae, t, u, tokenizer, scale)  # noqa: E731
     words = tuple(_word_id(tokenizer, w) for w in ALL_WORDS)
     result = train_diffusion(text, unet, latents, batcher, cfg, device, out, plan_end, make_pipe, extend,
-                             tuple(_word_id(tokenizer, w) for w in reinit), words)
+                             tuple(_word_id(tokenizer, w) for w in reinit), words, frozenset(new))
     save_model(make_pipe(result["ema_text"], result["ema_unet"]), out / "model")
     pipe = StableDiffusionPipeline.from_pretrained(out / "model")
     pipe.set_progress_bar_config(disable=True)
@@ -485,10 +546,37 @@ def run(cfg: TrainConfig, out: Path, device: str, minutes: float, decoder_only: 
     return out / "model"
 
 
+def export_checkpoint(cfg: TrainConfig, out: Path) -> Path:
+    """Save ``out/model`` from the EMA weights of ``out/checkpoint.pt`` as they are, without training.
+
+    For a run stopped early (out of time): the model it would save at that step. ``cfg`` must be the run's.
+    """
+    state = torch.load(out / "checkpoint.pt", weights_only=False)
+    tokenizer = _run_tokenizer(out, cfg.init_from)
+    if cfg.init_from:
+        vae, text, unet, _ = warm_start(cfg, Path(cfg.init_from), len(tokenizer))
+        scale = vae.config.scaling_factor
+    else:
+        vae, text, unet = build_models(cfg, len(tokenizer))
+        vae.load_state_dict(torch.load(out / ("stage_decoder.pt" if (out / "stage_decoder.pt").exists()
+                                              else "stage_vae.pt")))
+        people = sample_portraits(np.random.default_rng(cfg.seed), cfg.n_images)
+        scale = float(1.0 / encode_all(vae.eval(), portrait_array(people), "cpu").std())
+    text.load_state_dict(state["ema_text"])
+    unet.load_state_dict(state["ema_unet"])
+    save_model(assemble(vae, text.eval(), unet.eval(), tokenizer, scale), out / "model")
+    log.info("saved %s from the checkpoint of step %d", out / "model", state["step"])
+    return out / "model"
+
+
 def save_model(pipe: StableDiffusionPipeline, folder: Path) -> None:
     """Save the folder as safetensors; the UNet's weights in float16 (they load as float32 by default)."""
     pipe.save_pretrained(folder, safe_serialization=True)
     copy.deepcopy(pipe.unet).half().save_pretrained(folder / "unet", safe_serialization=True)
+
+
+def _ints(text: str) -> tuple[int, ...]:
+    return tuple(int(v) for v in text.split(","))
 
 
 def main() -> None:
@@ -506,9 +594,25 @@ def main() -> None:
     parser.add_argument("--decoder-only", action="store_true",
                         help="only run the decoder stage on OUT/stage_vae.pt (it can run beside the UNet stage, "
                              "whose latents it does not change); a later --resume picks it up")
-    parser.add_argument("--attn-heads", type=int, default=None, help="heads per UNet attention layer (default: config)")
+    parser.add_argument("--attn-heads", type=_ints, default=None,
+                        help="heads per UNet attention layer: one count, or one per level such as 3,32,32 "
+                             "(default: config)")
+    parser.add_argument("--attn-levels", type=_ints, default=None,
+                        help="cross-attention per UNet level as 0/1, e.g. 1,1,1 adds it at 16x16 (default: 0,1,1)")
+    parser.add_argument("--init-from", default=None,
+                        help="start from this saved model folder (its VAE, frozen; tokenizer; text encoder; UNet, "
+                             "with any attention level it lacks added so that it starts out computing the same)")
+    parser.add_argument("--init-lr-scale", type=float, default=None,
+                        help="with --init-from: learning rate of the loaded weights relative to --lr (default 1)")
+    parser.add_argument("--lr", type=float, default=None, help="peak learning rate (default: config)")
+    parser.add_argument("--warmup", type=int, default=None, help="warmup steps (default: config)")
+    parser.add_argument("--name-prob", action="append", default=[], metavar="WORD=P",
+                        help="name a present WORD in captions with probability P instead of 0.5 (repeatable)")
     parser.add_argument("--text-heads", type=int, default=None, help="text encoder attention heads (default: config)")
     parser.add_argument("--tiny", action="store_true", help="tiny sizes for tests")
+    parser.add_argument("--export", action="store_true",
+                        help="only save OUT/model from OUT/checkpoint.pt's EMA weights (a run stopped early); pass "
+                             "the run's model options")
     parser.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt and OUT/stage_vae.pt")
     parser.add_argument("--extend", type=int, default=0,
                         help="with --resume: add this many steps to the planned total (a warm restart of the cosine "
@@ -519,19 +623,34 @@ def main() -> None:
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     out = Path(args.out)
-    if not args.resume and not args.decoder_only and (out / "checkpoint.pt").exists():
+    if args.export and not (out / "checkpoint.pt").exists():
+        parser.error(f"--export saves a checkpoint's model: {out / 'checkpoint.pt'} is missing")
+    if not args.resume and not args.decoder_only and not args.export and (out / "checkpoint.pt").exists():
         parser.error(f"--out {out} already holds a checkpoint: pass --resume or choose another folder")
-    if not args.resume and not args.decoder_only:
+    if not args.resume and not args.decoder_only and not args.export:
         (out / "stage_vae.pt").unlink(missing_ok=True)
         shutil.rmtree(out / "tokenizer", ignore_errors=True)
     if args.threads:
         torch.set_num_threads(args.threads)
     cfg = TrainConfig(**(TINY if args.tiny else {}), seed=args.seed, steps=args.steps)
-    for name in ("vae_steps", "decoder_steps", "batch", "n_images", "attn_heads", "text_heads"):
+    for name in ("vae_steps", "decoder_steps", "batch", "n_images", "attn_heads", "text_heads", "init_from",
+                 "init_lr_scale", "lr", "warmup"):
         if getattr(args, name) is not None:
             setattr(cfg, name, getattr(args, name))
+    if args.attn_levels is not None:
+        cfg.attn_levels = tuple(bool(a) for a in args.attn_levels)
+    if isinstance(cfg.attn_heads, tuple) and len(cfg.attn_heads) == 1:
+        cfg.attn_heads = cfg.attn_heads[0]
+    for item in args.name_prob:
+        word, _, prob = item.partition("=")
+        if word not in BINARY or not prob:
+            parser.error(f"--name-prob {item!r}: expected WORD=P with WORD one of {', '.join(BINARY)}")
+        cfg.name_prob[word] = float(prob)
     if (args.extend or args.reinit_token) and not (out / "checkpoint.pt").exists():
         parser.error("--extend and --reinit-token continue a checkpoint: OUT/checkpoint.pt is missing")
+    if args.export:
+        export_checkpoint(cfg, out)
+        return
     run(cfg, out, args.device, args.minutes, decoder_only=args.decoder_only, extend=args.extend,
         reinit=tuple(args.reinit_token))
 
