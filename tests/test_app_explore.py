@@ -85,3 +85,15 @@ def test_an_unknown_mode_is_refused_by_name():
     with pytest.raises(InputError) as caught:
         build_request(AppSettings(), Form(prompt="a", negatives=((0, "hat"),), mode="everything"))
     assert caught.value.argument == "mode"
+
+
+def test_a_caption_says_when_its_negative_does_almost_nothing():
+    from types import SimpleNamespace
+
+    from negprompt.app.outputs import badge
+    from negprompt.verdicts import ACTS, INERT, Verdict
+
+    result = SimpleNamespace(verdicts=[None, Verdict(INERT, 0.2, ("it changed 0.20% of the image", "guidance <= 1")),
+                                       Verdict(ACTS, 9.0, ("it changed 9.00% of the image",))])
+    assert badge(result, SimpleNamespace(index=1)) == "⚠️ does almost nothing: it changed 0.20% of the image"
+    assert badge(result, SimpleNamespace(index=2)) == "" and badge(result, SimpleNamespace(index=0)) == ""

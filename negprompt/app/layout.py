@@ -8,8 +8,9 @@ no-negative baseline.
 Layout (inputs left, results right; one column on a phone): prompt and negative-prompt rows with token counters, the
 words the embedded model knows, seed, examples, advanced options; a status line (queue position and step progress
 show there, so previews never hide), the gallery (baseline first, PNG with infotext), the selected image's infotext,
-per-cell change scores and what the embedded model's detector sees, the grid and a zip. Further modes of the app
-(ways to explore a negative prompt) go in ``build_demo`` as accordions or tabs beside "Advanced options".
+per-cell change scores and what the embedded model's detector sees, the grid and a zip. The Mode radio under the
+negative prompts picks a way to explore them (``negprompt.app.form.MODES``), its explanation shown beneath it; the
+ranked terms, the trimmed negative and the timing table show under the results.
 
 One public API endpoint, ``/compare``; every other event is private. Handlers live in ``negprompt.app.views`` and
 receive their inputs by name (``inputs_kwargs``), never by position.
