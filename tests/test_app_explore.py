@@ -97,3 +97,13 @@ def test_a_caption_says_when_its_negative_does_almost_nothing():
                                        Verdict(ACTS, 9.0, ("it changed 9.00% of the image",))])
     assert badge(result, SimpleNamespace(index=1)) == "⚠️ does almost nothing: it changed 0.20% of the image"
     assert badge(result, SimpleNamespace(index=2)) == "" and badge(result, SimpleNamespace(index=0)) == ""
+
+
+def test_the_cost_estimate_counts_every_image_of_the_mode():
+    from negprompt.app.runner import Runner
+
+    runner = Runner(AppSettings())
+    base = dict(prompt="portrait photo of a man", negatives=((0, "hat"), (1, "glasses")))
+    plain, timing = (runner.estimate(build_request(AppSettings(), Form(**base, mode=mode)))
+                     for mode in ("Compare negatives", "When it acts (timing)"))
+    assert timing == pytest.approx(plain * 9 / 3), "Timing makes 9 images (baseline + 4 starts x 2), not 3."
