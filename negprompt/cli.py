@@ -134,7 +134,7 @@ def spec_from_args(args, model: str, baseline: str):
     flag to ``build_parser``'s group and one branch here."""
     from negprompt.errors import InputError
     from negprompt.guidance import parse_method
-    from negprompt.plan import check_text, methods_spec, negatives_spec, parse_window, timing_spec
+    from negprompt.plan import check_text, parse_window
 
     if args.prompt is None:
         raise InputError("prompt", None, "--prompt is required (or --replay a manifest)")
@@ -151,20 +151,14 @@ def spec_from_args(args, model: str, baseline: str):
     width, height = args.size or (None, None)
     common = dict(model=model, steps=args.steps, guidance_scale=args.guidance, height=height, width=width,
                   sampler=args.scheduler, baseline=baseline, other_positive=args.other_positive)
-    if args.leave_one_out or args.terms_alone:
-        from negprompt.explore import term_mode_spec
+    from negprompt.explore import mode_spec
 
-        mode = "leave-one-out" if args.leave_one_out else "terms-alone"
-        return term_mode_spec(mode, args.prompt, texts, seeds, windows=windows, **common)
-    if args.guidance_methods is not None:
-        methods = [parse_method(m, "guidance_methods") for m in args.guidance_methods.split(",") if m.strip()]
-        return methods_spec(args.prompt, texts, seeds, methods, windows=windows, **common)
-    if args.timing is not None:
-        if any(w != (0.0, 1.0) for w in windows):
-            raise InputError("timing", args.timing, "--timing sets each negative's start itself: write the "
-                                                    "negatives without @windows")
-        return timing_spec(args.prompt, texts, seeds, args.timing, **common)
-    return negatives_spec(args.prompt, texts, seeds, windows=windows, **common)
+    mode = ("leave-one-out" if args.leave_one_out else "terms-alone" if args.terms_alone
+            else "methods" if args.guidance_methods is not None else "timing" if args.timing is not None
+            else "negatives")
+    methods = [parse_method(m, "guidance_methods") for m in (args.guidance_methods or "").split(",") if m.strip()]
+    return mode_spec(mode, args.prompt, texts, seeds, windows=windows, starts=args.timing, methods=methods,
+                     **common)
 
 
 def quiet_libraries() -> None:

@@ -34,7 +34,7 @@ import numpy as np
 from PIL import Image
 
 from negprompt.errors import InputError
-from negprompt.plan import CellSpec, ComparisonSpec, negatives_spec, with_cells
+from negprompt.plan import CellSpec, ComparisonSpec, methods_spec, negatives_spec, timing_spec, with_cells
 
 INERT_PERCENT = 1.0  # a cell changing less than this (mean absolute pixel difference, % of full scale) "does almost
 #                      nothing"; about 2.5 grey levels on average, below what a viewer notices side by side
@@ -164,6 +164,26 @@ def term_mode_spec(mode: str, prompt: str, negatives: Sequence[str], seeds: Sequ
         raise InputError("other_positive", other_positive, f"{mode} compares the terms of one negative; it takes "
                                                            "no other positive prompt")
     return TERM_MODES[mode](prompt, negatives[0], seeds, **settings)
+
+
+def mode_spec(mode: str, prompt: str, negatives: Sequence[str], seeds: Sequence[int], *,
+              windows: Sequence[tuple[float, float]] | None = None, starts: Sequence[float] | None = None,
+              methods: Sequence | None = None, **settings) -> ComparisonSpec:
+    """The spec of any mode from a front end's inputs (the command line and the app share it): "negatives" (the
+    plain comparison), a term mode, "timing" (one cell per start in ``starts`` for each negative) or "methods" (one
+    cell per guidance method in ``methods`` for each negative). ``settings``: those of ``negatives_spec``."""
+    if mode in TERM_MODES:
+        return term_mode_spec(mode, prompt, negatives, seeds, windows=windows, **settings)
+    if mode == "methods":
+        return methods_spec(prompt, negatives, seeds, list(methods or ()), windows=windows, **settings)
+    if mode == "timing":
+        if windows is not None and any(tuple(w) != (0.0, 1.0) for w in windows):
+            raise InputError("timing", list(starts or ()), "timing sets each negative's start itself: write the "
+                                                            "negatives without @windows")
+        return timing_spec(prompt, negatives, seeds, list(starts or ()), **settings)
+    if mode != "negatives":
+        raise InputError("mode", mode, f"{mode!r} is not one of negatives, {', '.join(EXPLORER_MODES)}")
+    return negatives_spec(prompt, negatives, seeds, windows=windows, **settings)
 
 
 def default_preview_every(spec: ComparisonSpec) -> int:

@@ -88,3 +88,33 @@ def test_on_a_phone_errors_show_at_their_field_and_results_fit(browser, app_url)
         right = image.bounding_box()
         assert right["x"] + right["width"] <= 392, f"A gallery image is clipped on the phone: {right}"
     page.close()
+
+
+def _compare(page, negative: str, done: str) -> list[str]:
+    """Type ``negative`` in the first box, press Compare, wait for a status with ``done``; the gallery's captions."""
+    page.get_by_label("Negative prompt 1").fill(negative)
+    page.click("#run")
+    page.wait_for_selector(f"#status:has-text('{done}')", timeout=180_000)
+    return page.locator("#gallery .caption-label").all_inner_texts()
+
+
+def test_the_explorer_modes_in_the_browser(browser, app_url):
+    """One click on a mode shows its explanation; leave-one-out captions name the left-out terms and rank them; the
+    timing sweep makes one image per start."""
+    page = browser.new_page(viewport={"width": 1400, "height": 1100})
+    page.goto(app_url)
+    page.get_by_label("Leave one out").check()
+    page.wait_for_selector("#mode-help:has-text('Which words of my negative prompt matter?')", timeout=30_000)
+    captions = _compare(page, "hat, glasses, beard", "Leave one out:")
+    assert [c.split(" · ")[0] for c in captions] == ["baseline", "full negative", "without hat", "without glasses",
+                                                     "without beard"], captions
+    assert "rank" in page.locator("#explored").inner_text(), "The ranked terms must show under the results."
+
+    page.get_by_label("When it acts (timing)").check()
+    page.wait_for_selector("#mode-help:has-text('When does a negative prompt act?')", timeout=30_000)
+    captions = _compare(page, "hat", "When it acts (timing):")
+    ARTIFACTS.mkdir(exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / "app-timing.png"), full_page=True)
+    page.close()
+    assert [c.split(" · ")[0] for c in captions] == ["baseline", "- hat", "- hat @0.2", "- hat @0.4", "- hat @0.6"], \
+        captions

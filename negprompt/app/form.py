@@ -41,7 +41,21 @@ LABELS = {
     "width": "Size",
     "scheduler": "Scheduler",
     "model": "Model",
+    "mode": "Mode",
+    "timing": "Mode",
+    "methods": "Mode",
 }
+
+# The app's modes: the label a user picks -> the spec mode (``negprompt.explore.mode_spec``). The first is the default.
+MODES = {
+    "Compare negatives": "negatives",
+    "Leave one out": "leave-one-out",
+    "Each term alone": "terms-alone",
+    "When it acts (timing)": "timing",
+    "Guidance methods": "methods",
+}
+TIMING_STARTS = (0.0, 0.2, 0.4, 0.6)  # the timing mode's start fractions, for each negative
+GUIDANCE_METHODS = ("cfg", "perp-neg", "cfg-rescale:0.7")  # the guidance-methods mode's methods (parse_method text)
 
 
 def field_label(argument: str, boxes: tuple[int, ...] | None = None) -> str:
@@ -72,6 +86,7 @@ class Form:
     scheduler: object = "Default"
     model: object = ""
     other: object = ""
+    mode: object = "negatives"  # a value of MODES (or its label)
 
 
 @dataclass(frozen=True)
@@ -89,11 +104,12 @@ class Request:
     model: str  # a Hub id, a folder, or EMBEDDED_NAME
     other_positive: str = ""  # another positive prompt shown beside, with no negative ("" none)
     boxes: tuple[int, ...] = field(default=())  # the form box each negative came from (for error labels)
+    mode: str = "negatives"  # a value of MODES
 
     @property
     def cells(self) -> int:
-        """Images the comparison makes: per seed, the baseline, one per negative and the other positive."""
-        return len(self.seeds) * (len(self.negatives) + 1 + bool(self.other_positive))
+        """Images the comparison makes (every cell of its spec)."""
+        return len(request_spec(self).cells)
 
     @property
     def embedded(self) -> bool:
@@ -170,6 +186,31 @@ def check_form_text(argument: str, value, *, allow_empty: bool = False) -> None:
         raise InputError(argument, value, "has no visible text (only spaces or invisible characters)") from None
 
 
+def request_spec(request: Request, *, model: str | None = None, baseline: str = "empty"):
+    """The comparison spec of ``request`` in its mode (pure: nothing loads). Term modes read the first negative box
+    as the long negative, whose terms are separated by commas. ``model`` and ``baseline`` as the loaded pipeline
+    names them (defaults: the request's model, the empty prompt)."""
+    from negprompt.explore import TERM_MODES, mode_spec
+    from negprompt.guidance import parse_method
+
+    negatives = request.negatives[:1] if request.mode in TERM_MODES else request.negatives
+    return mode_spec(request.mode, request.prompt, list(negatives), list(request.seeds),
+                     starts=TIMING_STARTS, methods=[parse_method(m, "methods") for m in GUIDANCE_METHODS],
+                     model=model or request.model, steps=request.steps, guidance_scale=request.guidance_scale,
+                     height=request.height, width=request.width, sampler=request.scheduler, baseline=baseline,
+                     other_positive=request.other_positive or None)
+
+
+def check_mode(mode) -> str:
+    """A mode's spec name from a value or a label of ``MODES``."""
+    mode = MODES.get(mode, mode) if isinstance(mode, str) else mode
+    if mode in (None, ""):
+        return "negatives"
+    if mode not in MODES.values():
+        raise InputError("mode", mode, f"{_show(mode)} is not one of {', '.join(MODES)}")
+    return mode
+
+
 def build_request(settings: AppSettings, form: Form) -> Request:
     """Check the form against the app's caps and return the request; raises ``InputError``."""
     check_form_text("prompt", form.prompt)
@@ -207,9 +248,15 @@ def build_request(settings: AppSettings, form: Form) -> Request:
         raise InputError("scheduler", scheduler, f"{_show(scheduler)} is not one of {', '.join(scheduler_names())}")
     model = _check_model(settings, form.model)
     texts = tuple(text.strip() for _, text in negatives)
+    mode = check_mode(form.mode)
     request = Request(prompt=form.prompt.strip(), negatives=texts, seeds=tuple(range(seed, seed + rows)),
                       steps=steps, guidance_scale=float(guidance), width=width, height=height, scheduler=scheduler,
-                      model=model, other_positive=other, boxes=tuple(box for box, _ in negatives))
+                      model=model, other_positive=other, boxes=tuple(box for box, _ in negatives), mode=mode)
+    if mode != "negatives" and request.cells > settings.max_cells:
+        first = f"negatives[{request.boxes[0]}]" if request.boxes else "negatives[0]"
+        raise InputError(first if mode in ("leave-one-out", "terms-alone") else "max_cells", request.cells,
+                         f"{rows} seed(s) x this mode's images per seed = {request.cells} images; this app makes at "
+                         f"most {settings.max_cells}. Use fewer seeds, terms or negatives.")
     if request.cells > settings.max_cells:
         raise InputError("max_cells", request.cells,
                          f"{rows} seed(s) x ({len(texts)} negatives + baseline{' + other positive' if other else ''})"

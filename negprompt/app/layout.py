@@ -8,8 +8,9 @@ no-negative baseline.
 Layout (inputs left, results right; one column on a phone): prompt and negative-prompt rows with token counters, the
 words the embedded model knows, seed, examples, advanced options; a status line (queue position and step progress
 show there, so previews never hide), the gallery (baseline first, PNG with infotext), the selected image's infotext,
-per-cell change scores and what the embedded model's detector sees, the grid and a zip. Further modes of the app
-(ways to explore a negative prompt) go in ``build_demo`` as accordions or tabs beside "Advanced options".
+per-cell change scores and what the embedded model's detector sees, the grid and a zip. The Mode radio under the
+negative prompts picks a way to explore them (``negprompt.app.form.MODES``), its explanation shown beneath it; the
+ranked terms, the trimmed negative and the timing table show under the results.
 
 One public API endpoint, ``/compare``; every other event is private. Handlers live in ``negprompt.app.views`` and
 receive their inputs by name (``inputs_kwargs``), never by position.
@@ -23,10 +24,11 @@ from dataclasses import dataclass
 import gradio as gr
 
 from negprompt.app.examples import load_examples
-from negprompt.app.form import Form, field_label, form_from_api, negatives_from_boxes
+from negprompt.app.form import MODES, Form, field_label, form_from_api, negatives_from_boxes
 from negprompt.app.settings import AppSettings, on_spaces
 from negprompt.app.views import FormError, Views
 from negprompt.errors import LIMITS, InputError
+from negprompt.explore import EXPLANATIONS, TERM_MODES
 from negprompt.loading import EMBEDDED_NAME
 from negprompt.schedulers import scheduler_names
 
@@ -75,6 +77,18 @@ CSS = """
 """
 
 
+def mode_help(label) -> str:
+    """What the mode picked in the form shows, in words a teacher can read aloud."""
+    mode = MODES.get(label, "negatives")
+    if mode == "negatives":
+        return ("Each picture uses one of your negative prompts, all from the same starting noise as the first "
+                "picture, which has no negative prompt. Whatever differs from it was done by the negative prompt.")
+    text = EXPLANATIONS[mode]
+    if mode in TERM_MODES:
+        text += " This mode uses the first negative prompt box: paste your whole negative prompt there."
+    return text
+
+
 def launch_options(settings: AppSettings | None = None) -> dict:
     """What ``demo.launch()`` needs besides Gradio's own variables: the CSS and the upload limit (the app takes no
     uploads, so a hosted app cannot be used to store files)."""
@@ -97,17 +111,19 @@ class Fields:
     other: gr.Textbox
     count: gr.Number
     boxes: list
+    mode: gr.Radio
 
     def kwargs(self) -> dict:
         named = {name: getattr(self, name) for name in
-                 ("prompt", "seed", "rows", "steps", "guidance", "size", "scheduler", "model", "other", "count")}
+                 ("prompt", "seed", "rows", "steps", "guidance", "size", "scheduler", "model", "other", "count",
+                  "mode")}
         return {**named, **{f"negative_{i}": box for i, box in enumerate(self.boxes)}}
 
     def by_label(self) -> dict[str, gr.components.Component]:
         """Form label -> widget (what ``field_label`` names)."""
         found = {"Prompt": self.prompt, "Seed": self.seed, "Seeds (rows)": self.rows, "Steps": self.steps,
                  "Guidance scale": self.guidance, "Size": self.size, "Scheduler": self.scheduler, "Model": self.model,
-                 "Another positive prompt": self.other, "Negative prompts": self.boxes[0]}
+                 "Another positive prompt": self.other, "Negative prompts": self.boxes[0], "Mode": self.mode}
         found.update({f"Negative prompt {i + 1}": box for i, box in enumerate(self.boxes)})
         return found
 
@@ -120,7 +136,7 @@ def form_from_widgets(values: dict) -> Form:
     return Form(prompt=values.get("prompt"), negatives=negatives_from_boxes(boxes, count), seed=values.get("seed"),
                 rows=values.get("rows"), steps=values.get("steps"), guidance=values.get("guidance"),
                 size=values.get("size"), scheduler=values.get("scheduler"), model=values.get("model"),
-                other=values.get("other"))
+                other=values.get("other"), mode=values.get("mode"))
 
 
 def _negative_rows(settings: AppSettings, shown: int):
@@ -285,6 +301,9 @@ def build_demo(settings: AppSettings | None = None) -> gr.Blocks:
                 count = gr.Number(1, precision=0, visible=False)
                 groups, boxes, removes, counters = _negative_rows(settings, shown=1)
                 add_button = gr.Button("+ Add a negative prompt", size="sm", elem_id="add-negative")
+                mode = gr.Radio(list(MODES), value=next(iter(MODES)), label="Mode", elem_id="mode",
+                                info="what to show about the negative prompt")
+                mode_text = gr.Markdown(mode_help(next(iter(MODES))), elem_id="mode-help")
                 _known_words(views, settings, boxes, count)
                 with gr.Row(equal_height=True):
                     seed = gr.Number(0, label="Seed", scale=4, elem_id="seed",
@@ -303,11 +322,15 @@ def build_demo(settings: AppSettings | None = None) -> gr.Blocks:
                 infotext = gr.Textbox(label="Infotext of the selected image (select an image)", lines=3,
                                       buttons=["copy"], interactive=False)
                 table = gr.Markdown(elem_id="table")
+                found = gr.Markdown(elem_id="explored")
+                trimmed = gr.Textbox(label="Trimmed negative prompt (without the terms that do almost nothing), to "
+                                           "copy", buttons=["copy"], interactive=False, visible=False,
+                                     elem_id="trimmed")
                 gr.Markdown("**Labeled grid** (download it with the button on the image)")
                 grid = gr.Image(format="png", type="filepath", interactive=False, show_label=False, elem_id="grid")
                 download = gr.File(label="Download: grid, cells (PNG with infotext), manifest", interactive=False)
         fields = Fields(prompt=prompt, seed=seed, rows=rows, steps=steps, guidance=guidance, size=size,
-                        scheduler=scheduler, model=model, other=other, count=count, boxes=boxes)
+                        scheduler=scheduler, model=model, other=other, count=count, boxes=boxes, mode=mode)
         if examples:
             _examples(views, settings, examples, fields, {"status": status, "gallery": gallery, "grid": grid,
                                                           "download": download, "table": table})
@@ -318,11 +341,14 @@ def build_demo(settings: AppSettings | None = None) -> gr.Blocks:
 
         # Wiring: everything but /compare is private.
         named_outputs = {"status": status, "gallery": gallery, "grid": grid, "download": download, "table": table,
-                         "outcome": outcome, "infotext": infotext}
+                         "outcome": outcome, "infotext": infotext, "explored": found, "trimmed": trimmed}
         labelled = fields.by_label()
 
         def to_components(view: dict) -> dict:
-            return {named_outputs[name]: value for name, value in view.items() if name in named_outputs}
+            shown = {named_outputs[name]: value for name, value in view.items() if name in named_outputs}
+            if "trimmed" in view:
+                shown[trimmed] = gr.update(value=view["trimmed"], visible=bool(view["trimmed"]))
+            return shown
 
         def run(differences=False, progress=gr.Progress(), **values):
             for view in views.run(form_from_widgets(values), bool(differences), progress):
@@ -358,6 +384,7 @@ def build_demo(settings: AppSettings | None = None) -> gr.Blocks:
         for i, button in enumerate(removes):
             button.click(remove(i), [count, *boxes], [count, *boxes], **QUICK)
         count.change(show, count, groups, **QUICK)
+        mode.change(mode_help, mode, mode_text, **QUICK)
         randomize.click(lambda: random.randint(0, LIMITS.max_seed), None, seed, **QUICK)
         differences.change(lambda o, d: to_components(views.toggle(o, d)), [outcome, differences], [gallery, grid],
                            **PRIVATE)

@@ -20,7 +20,7 @@ from pathlib import Path
 
 from PIL.PngImagePlugin import PngInfo
 
-from negprompt.app.form import Request
+from negprompt.app.form import MODES, Request
 
 log = logging.getLogger(__name__)
 
@@ -168,9 +168,24 @@ def caption(outcome: Outcome, cell) -> str:
         text += f" · seed {cell.seed}"
     if not cell.is_baseline:
         text += f" · {result.change_scores[cell.index]:.1f}% changed"
+    verdict = badge(result, cell)
+    if verdict:
+        text += f" · {verdict}"
     if outcome.readout is not None:
         text += " · sees " + (", ".join(seen(outcome.readout[cell.index])) or "nothing")
     return text
+
+
+def badge(result, cell) -> str:
+    """The cell's verdict badge when its negative does almost nothing (``negprompt.verdicts.explain``), with the
+    verdict's first reason; "" otherwise."""
+    from negprompt.verdicts import INERT
+
+    verdicts = getattr(result, "verdicts", None)
+    found = verdicts[cell.index] if verdicts else None
+    if found is None or found.status != INERT:
+        return ""
+    return f"⚠️ {found.status}: {found.reasons[0]}"
 
 
 def gallery_items(outcome: Outcome, differences: bool) -> list[tuple]:
@@ -195,7 +210,11 @@ def status(outcome: Outcome, seconds: float | None = None) -> str:
         parts.append("another positive prompt")
     took = f" in {seconds:.1f} s" if seconds is not None else ""
     per_seed = " per seed" if len(s.seeds) > 1 else ""
-    return (f"**Done: {plural(images, 'image')}** ({seeds}: baseline + {' + '.join(parts)}{per_seed}){took}"
+    what = f"baseline + {' + '.join(parts)}{per_seed}"
+    if outcome.request.mode != "negatives":
+        mode = next(label for label, name in MODES.items() if name == outcome.request.mode)
+        what = f"{mode}: {plural(len(outcome.result.rows[0]), 'image')} per seed"
+    return (f"**Done: {plural(images, 'image')}** ({seeds}: {what}){took}"
             f" · `{s.model}` · {s.width}x{s.height} · {s.steps} steps · {s.scheduler}. "
             "Select an image to see its infotext.")
 
@@ -240,3 +259,31 @@ def tally(outcome: Outcome) -> str:
         counts = [sum(name in seen(r) for r in records) for records in per_column]
         lines.append(f"| {name} | " + " | ".join(f"{n}/{rows}" for n in counts) + " |")
     return "\n".join(lines)
+
+
+def explored(outcome: Outcome) -> tuple[str, str]:
+    """What an explorer mode found, as (Markdown, the trimmed negative to copy): for a term mode the ranked terms;
+    for a timing sweep on the embedded model, per start what the detector says the negative removed and changed
+    elsewhere (the command line's table). ("", "") in the plain mode."""
+    from negprompt.verdicts import manifest_fields
+
+    _, extra = manifest_fields(outcome.result)
+    lines, trimmed = [], ""
+    rows = len(outcome.result.settings.seeds)
+    if "terms" in extra:
+        ranking = extra["terms"]
+        what = "leaving it out" if ranking["kind"] == "leave-out" else "it alone"
+        lines += [f"**Terms ranked** by how much {what} changes the image (mean over {plural(rows, 'seed')}):", "",
+                  "| rank | term | change | verdict |", "|---|---|---|---|"]
+        lines += [f"| {i} | {_md(t['term'])} | {t['mean_change']:.2f}% | "
+                  f"{'does almost nothing' if t['inert'] else 'acts'} |"
+                  for i, t in enumerate(ranking["terms"], 1)]
+        trimmed = ranking["trimmed_negative"]
+    for negative, report in extra.get("timing", {}).items():
+        lines += ["", f"**'{_md(negative)}' by start** (the detector's reading, over {plural(rows, 'seed')}):", "",
+                  "| start | removed | added | other flips | change |", "|---|---|---|---|---|"]
+        lines += [f"| {r['start']:g} | {r['removed']}/{r['present']} | {r['added']}/{r['absent']} | "
+                  f"{r['other_flips']:.2f} | {r['change']:.1f}% |" for r in report["starts"]]
+        lines += ["", f"Latest start that still removes it (90% as often as the earliest): "
+                      f"{report['latest_removing_start']}"]
+    return "\n".join(lines).strip(), trimmed

@@ -22,7 +22,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
-from negprompt.app.form import Request
+from negprompt.app.form import Request, request_spec
 from negprompt.app.settings import AppSettings, zero_gpu_available
 from negprompt.errors import InputError
 from negprompt.loading import EMBEDDED_NAME
@@ -52,14 +52,16 @@ class DeadlineExceeded(Cancelled):
     """The comparison ran longer than the app allows one request."""
 
 
-def compare_call(request: Request) -> dict:
-    """The keyword arguments of the engine's ``compare(pipe, **...)`` for ``request``: the one place that turns a
-    request into an engine call. The other positive prompt (the seed article's "without X") is one more cell of
-    each row, in the same batch and from the same starting noise as the row's baseline."""
-    return dict(prompt=request.prompt, negatives=list(request.negatives), seeds=list(request.seeds),
-                steps=request.steps, guidance_scale=request.guidance_scale, height=request.height,
-                width=request.width, scheduler=request.scheduler, other_positive=request.other_positive or None,
-                max_cells=max(request.cells, 1))
+def request_spec_for(request: Request, pipe):
+    """The spec the engine runs for ``request`` on the loaded ``pipe``: the one place that turns a request into an
+    engine call (``negprompt.app.form.request_spec`` in the request's mode, named and with the baseline as the
+    loaded model has them: zero embeddings for SDXL, the empty prompt otherwise). The other positive prompt (the
+    seed article's "without X") is one more cell of each row, in the same batch and from the same starting noise."""
+    from negprompt.loading import model_source
+
+    diffusers_pipe = getattr(pipe, "pipe", pipe)
+    sdxl = getattr(diffusers_pipe, "text_encoder_2", None) is not None
+    return request_spec(request, model=model_source(diffusers_pipe), baseline="zeros" if sdxl else "empty")
 
 
 # -----------------------------------------------------------------------------------------------------------------
@@ -180,6 +182,7 @@ class Runner:
         """Yield ``Step``s while denoising, then the finished ``Comparison``. Exceptions reach the caller; closing
         the stream (the caller went away) stops the comparison at its next step and frees the lock."""
         from negprompt.engine import compare
+        from negprompt.verdicts import explain
 
         events: queue.Queue = queue.Queue()
         stop = threading.Event()
@@ -205,9 +208,10 @@ class Runner:
                     if stop.is_set():
                         raise Cancelled("the request was abandoned")
                     pipe = load(request.model, settings.device)
-                    call = compare_call(request)
+                    spec = request_spec_for(request, pipe)
                     every = settings.preview_every if previews else 0
-                    result = compare(pipe, **call, callback=on_step, preview_every=every)
+                    result = explain(compare(pipe, spec, callback=on_step, preview_every=every,
+                                             max_cells=max(len(spec.cells), 1)), pipe)
                 denoise = result.timings.get("denoise_s", 0.0)
                 if request.width is None:
                     self.sides[request.model] = max(result.settings.width, result.settings.height)

@@ -18,11 +18,12 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import replace
 
-from negprompt.app.form import Form, Request, build_request, field_label, known_words, unknown_words
+from negprompt.app.form import Form, Request, build_request, field_label, known_words, request_spec, unknown_words
 from negprompt.app.models import check_available, tokenizer_for
 from negprompt.app.outputs import (
     Detector,
     Outcome,
+    explored,
     gallery_items,
     output_folder,
     output_root,
@@ -84,9 +85,7 @@ class Views:
             yield self._error_view(*self.refusal(error))
             return
         started = time.perf_counter()
-        other = [f"+ {request.other_positive}"] if request.other_positive else []
-        labels = [label for _ in request.seeds
-                  for label in ("baseline", *(f"- {n}" for n in request.negatives), *other)]
+        labels = [cell.label for cell in request_spec(request).cells]
         try:
             for event in self.runner.generate(request):
                 if isinstance(event, Step):
@@ -149,8 +148,9 @@ class Views:
 
     def show(self, outcome: Outcome, differences: bool) -> View:
         """What the results column shows for a finished comparison, before its grid and zip are written."""
+        found, trimmed = explored(outcome)
         return {"gallery": gallery_items(outcome, differences), "table": table(outcome), "outcome": outcome,
-                "infotext": ""}
+                "infotext": "", "explored": found, "trimmed": trimmed}
 
     @staticmethod
     def grid(outcome: Outcome, differences: bool):
