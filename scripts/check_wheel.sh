@@ -31,5 +31,11 @@ assert "site-packages" in negprompt.loading.__file__, f"the installed package mu
 assert negprompt.loading.EMBEDDED_MODEL.is_relative_to(Path(negprompt.loading.__file__).parent), "weights in the wheel"
 cells = json.loads((out / "manifest.json").read_text())["cells"]
 assert [c["label"] for c in cells] == ["baseline: no negative", "- hat"] and (out / "grid.png").is_file()
+from negprompt.app.examples import EXAMPLES_FILE
+from negprompt.portrait_model.detector import DEFAULT_PATH, load_detector
+
+load_detector()  # the detector the app and benchmarks read, from the wheel too
+assert DEFAULT_PATH.is_relative_to(Path(negprompt.loading.__file__).parent), f"detector in the wheel: {DEFAULT_PATH}"
+assert EXAMPLES_FILE.is_file(), "the app's examples must be in the wheel"
 print("ok: the installed wheel ran the embedded model from", negprompt.loading.EMBEDDED_MODEL)
 PY

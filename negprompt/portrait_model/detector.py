@@ -32,10 +32,11 @@ from PIL import Image
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from negprompt._assets import asset
 from negprompt.portrait_model.portraits import BINARY, attribute_matrix, portrait_array, sample_portraits
 
 log = logging.getLogger(__name__)
-DEFAULT_PATH = Path(__file__).resolve().parents[2] / "assets" / "portrait-detector"
+DEFAULT_PATH = asset("portrait-detector")  # the repository's assets/, or the installed package's copy
 OUTPUTS = (*BINARY, "clean")
 
 
