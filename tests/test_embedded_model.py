@@ -91,7 +91,9 @@ def test_tiny_training_run_saves_a_loadable_folder_and_resumes_with_its_own_toke
 def test_reinit_token_gives_a_word_a_fresh_direction_and_restarts_its_optimizer_state():
     text = train.build_models(TrainConfig(**TINY), vocab_size=40)[1]
     opt = torch.optim.AdamW(text.parameters(), lr=1e-3)
-    text(torch.tensor([[38, 5, 7, 9, 39]]))[0].sum().backward()
+    # A squared loss: the plain sum of a layer-normed output has a zero gradient, which left the optimizer's
+    # moments at zero (or rounding noise) and made this test depend on the random state.
+    text(torch.tensor([[38, 5, 7, 9, 39]]))[0].pow(2).sum().backward()
     opt.step()
     ema = train.copy.deepcopy(text)
     others = [7, 9, 11, 12]
