@@ -45,7 +45,7 @@ from negprompt.errors import LIMITS, InputError
 from negprompt.guidance import BRANCHES, GuidanceMethod
 from negprompt.infotext import cell_infotext
 from negprompt.loading import Loaded, model_label, model_source, runtime_of
-from negprompt.plan import BASELINES, CellSpec, ComparisonSpec, check_text, negatives_spec
+from negprompt.plan import BASELINES, CellSpec, ComparisonSpec, check_int, check_text, negatives_spec
 from negprompt.prompts import spec_warnings
 from negprompt.schedulers import DEFAULT, is_stochastic, make_scheduler, sampler_label, scheduler_names
 from negprompt.speedups import bucketed_unet
@@ -116,11 +116,11 @@ def run(pipe, spec: ComparisonSpec, *, max_batch: int | None = None, max_cells: 
     pipe, runtime = (pipe.pipe, pipe.runtime) if isinstance(pipe, Loaded) else (pipe, runtime_of(pipe))
     if not isinstance(spec, ComparisonSpec):
         raise InputError("spec", spec, f"spec={type(spec).__name__} must be a ComparisonSpec")
-    _check_int("max_cells", max_cells, 1, 10**6)
+    check_int("max_cells", max_cells, 1, 10**6)
     spec.validate(max_cells)
     if max_batch is not None:
-        _check_int("max_batch", max_batch, 1, 10**6)
-    _check_int("preview_every", preview_every, 0, 10**6)
+        check_int("max_batch", max_batch, 1, 10**6)
+    check_int("preview_every", preview_every, 0, 10**6)
     if callback is not None and not callable(callback):
         raise InputError("callback", callback, "callback must be callable")
     if spec.sampler not in scheduler_names():
@@ -175,11 +175,6 @@ def run(pipe, spec: ComparisonSpec, *, max_batch: int | None = None, max_cells: 
 # Input checks
 
 
-def _check_int(argument: str, value, low: int, high: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
-        raise InputError(argument, value, f"{argument}={value!r} must be an integer from {low} to {high}")
-
-
 def _check_convenience(prompt, negatives, seed, seeds, baseline, other_positive, scheduler, max_cells) -> list[int]:
     """The checks of ``compare``'s own arguments (the spec's ``validate`` checks the rest), named as its
     parameters are."""
@@ -204,7 +199,7 @@ def _check_convenience(prompt, negatives, seed, seeds, baseline, other_positive,
             raise InputError(argument, s, f"seed={s!r} must be an integer from 0 to {MAX_SEED}")
     if len(set(rows)) != len(rows):
         raise InputError("seeds", rows, f"seeds={rows!r} repeats a seed")
-    _check_int("max_cells", max_cells, 1, 10**6)
+    check_int("max_cells", max_cells, 1, 10**6)
     cells = len(rows) * (len(negatives) + 1 + (other_positive is not None))
     if cells > max_cells:
         raise InputError("max_cells", cells, f"{len(rows)} seed(s) x ({len(negatives)} negatives + baseline) = "

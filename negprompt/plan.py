@@ -201,7 +201,7 @@ class ComparisonSpec:
     def validate(self, max_cells: int = LIMITS.max_cells) -> ComparisonSpec:
         """Raise ``InputError`` naming the first bad field; return the spec itself when it is good."""
         check_text("model", self.model)
-        _check_int("steps", self.steps, 1, LIMITS.max_steps)
+        check_int("steps", self.steps, 1, LIMITS.max_steps)
         scale = self.guidance_scale
         if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not math.isfinite(scale) \
                 or not 0 <= scale <= LIMITS.max_guidance:
@@ -212,7 +212,7 @@ class ComparisonSpec:
         for name in ("height", "width"):
             value = getattr(self, name)
             if value is not None:
-                _check_int(name, value, 1, LIMITS.max_side)
+                check_int(name, value, 1, LIMITS.max_side)
         if not self.cells:
             raise InputError("cells", [], "a comparison needs at least one cell")
         if len(self.cells) > max_cells:
@@ -223,7 +223,8 @@ class ComparisonSpec:
         return self
 
 
-def _check_int(argument: str, value, low: int, high: int) -> None:
+def check_int(argument: str, value, low: int, high: int) -> None:
+    """An integer (not a bool) from ``low`` to ``high``, else ``InputError`` naming ``argument``."""
     if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
         raise InputError(argument, value, f"{argument}={value!r} must be an integer from {low} to {high}")
 
@@ -246,7 +247,7 @@ def _visible(text: str) -> bool:
 
 def _check_cell(i: int, cell: CellSpec, n: int) -> None:
     where = f"cells[{i}]"
-    _check_int(f"{where}.seed", cell.seed, 0, LIMITS.max_seed)
+    check_int(f"{where}.seed", cell.seed, 0, LIMITS.max_seed)
     check_text(f"{where}.positive", cell.positive)
     if cell.negative is not None:
         check_text(f"{where}.negative", cell.negative, allow_empty=True)
@@ -256,7 +257,7 @@ def _check_cell(i: int, cell: CellSpec, n: int) -> None:
     check_window(f"{where}.window", cell.window)
     if not isinstance(cell.label, str) or not isinstance(cell.kind, str) or not isinstance(cell.term, str):
         raise InputError(f"{where}.label", cell.label, f"{where}: label, kind and term must be strings")
-    _check_int(f"{where}.row", cell.row, 0, LIMITS.max_cells)
+    check_int(f"{where}.row", cell.row, 0, LIMITS.max_cells)
     if cell.reference is not None and not (isinstance(cell.reference, int) and 0 <= cell.reference < n
                                            and cell.reference != i):
         raise InputError(f"{where}.reference", cell.reference, f"{where}.reference={cell.reference!r} must be the "
