@@ -183,7 +183,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     from tqdm.auto import tqdm
 
-    from negprompt.engine import compare
+    from negprompt.engine import compare, default_baseline
     from negprompt.errors import LIMITS, InputError
     from negprompt.explore import PreviewRecorder, default_preview_every
     from negprompt.loading import EMBEDDED_NAME, load, model_source
@@ -209,8 +209,7 @@ def main(argv: list[str] | None = None) -> int:
         # 2. Load the model; resolve the baseline "auto" for it
         loaded = load(None if model == EMBEDDED_NAME else model, device=args.device)
         if args.replay is None:
-            sdxl = getattr(loaded.pipe, "text_encoder_2", None) is not None
-            baseline = ("zeros" if sdxl else "empty") if args.baseline == "auto" else args.baseline
+            baseline = default_baseline(loaded.pipe) if args.baseline == "auto" else args.baseline
             spec = spec_from_args(args, model_source(loaded.pipe), baseline)
 
         # 3. Run and save

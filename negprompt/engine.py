@@ -101,7 +101,7 @@ def compare(
     rows = _check_convenience(prompt, negatives, seed, seeds, baseline, other_positive, scheduler, max_cells)
     diffusers_pipe = pipe.pipe if isinstance(pipe, Loaded) else pipe
     if baseline == "auto":
-        baseline = "zeros" if _is_sdxl(diffusers_pipe) else "empty"
+        baseline = default_baseline(diffusers_pipe)
     spec = negatives_spec(prompt, negatives, rows, model=model_name or model_source(diffusers_pipe), steps=steps,
                           guidance_scale=guidance_scale, height=height, width=width, sampler=scheduler,
                           baseline=baseline, other_positive=other_positive, guidance=guidance_method)
@@ -227,6 +227,12 @@ def _check_size(pipe, height, width):
 
 def _is_sdxl(pipe) -> bool:
     return getattr(pipe, "text_encoder_2", None) is not None
+
+
+def default_baseline(pipe) -> str:
+    """What a pipeline does with no negative prompt: "zeros" (zero embeddings) for SDXL, else "empty" (the empty
+    prompt). ``pipe``: a diffusers pipeline or a ``Loaded`` record. What ``baseline="auto"`` resolves to."""
+    return "zeros" if _is_sdxl(pipe.pipe if isinstance(pipe, Loaded) else pipe) else "empty"
 
 
 def _tokenizer(pipe):

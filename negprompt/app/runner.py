@@ -57,11 +57,11 @@ def request_spec_for(request: Request, pipe):
     engine call (``negprompt.app.form.request_spec`` in the request's mode, named and with the baseline as the
     loaded model has them: zero embeddings for SDXL, the empty prompt otherwise). The other positive prompt (the
     seed article's "without X") is one more cell of each row, in the same batch and from the same starting noise."""
+    from negprompt.engine import default_baseline
     from negprompt.loading import model_source
 
     diffusers_pipe = getattr(pipe, "pipe", pipe)
-    sdxl = getattr(diffusers_pipe, "text_encoder_2", None) is not None
-    return request_spec(request, model=model_source(diffusers_pipe), baseline="zeros" if sdxl else "empty")
+    return request_spec(request, model=model_source(diffusers_pipe), baseline=default_baseline(diffusers_pipe))
 
 
 # -----------------------------------------------------------------------------------------------------------------
