@@ -531,6 +531,15 @@ def run_sweep(config: SweepConfig | str | Path, out: str | Path, *, device: str 
     return summary
 
 
+def _end_process_group() -> None:
+    """Tear down the launched processes' group before the interpreter exits: left to exit, a gloo group can abort
+    one process ("terminate called without an active exception") after all its work is written."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
 def _load(config: SweepConfig, device):
     """Load the pipeline (once per process) and, where the config wants it, the portrait detector."""
     import torch
@@ -586,6 +595,8 @@ def main(argv: list[str] | None = None) -> int:
     except SweepInterrupted as error:
         print(f"negprompt sweep: {error}", file=sys.stderr)
         return 3
+    finally:
+        _end_process_group()
     if summary:
         rate = summary["cells_per_s"]
         print(f"{summary['cells_run']} cells in {summary['wall_s']:.1f} s on {summary['processes']} process(es): "
