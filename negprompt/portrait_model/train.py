@@ -77,7 +77,9 @@ class TrainConfig:
     decoder_steps: int = 1500  # extra steps that train only the VAE decoder on the frozen encoder's latents
     decoder_lr: float = 5e-4  # peak learning rate of the decoder-only stage
     text_width: int = 64  # CLIP text encoder hidden size
-    text_layers: int = 2  # CLIP text encoder layers
+    text_layers: int = 2  # CLIP text encoder layers (0: each output position is its token's own normalised embedding)
+    text_positions: bool = True  # learn position embeddings; False: they stay zero, so with 0 layers "mustache"
+    # gives the same key wherever it stands (a bag of words; see build_models)
     text_heads: int = 2  # CLIP text encoder attention heads (2 x 32 channels)
     unet_channels: tuple[int, ...] = (48, 96, 96)  # UNet block widths at 16x16, 8x8, 4x4 latent resolution
     unet_layers: int = 1  # resnet layers per UNet block
@@ -94,6 +96,8 @@ class TrainConfig:
     name_prob: dict[str, float] = field(default_factory=dict)  # per attribute: P(named | present), default 0.5
     init_from: str = ""  # a saved model folder to start from: its VAE (frozen), tokenizer, text encoder and UNet
     init_lr_scale: float = 1.0  # with init_from: learning rate of the loaded weights relative to lr (new ones: lr)
+    fresh_text: bool = False  # with init_from: a new text encoder (from this config) instead of the saved one
+    mouth_weight: float = 0.0  # extra loss weight on the latent cells of the mouth (see region_weights)
     sample_every: int = 2000  # steps between sample grids
     checkpoint_every: int = 500  # steps between checkpoints
     time_margin: float = 0.95  # share of the remaining budget planned for UNet steps (the rest is slack)
@@ -101,8 +105,8 @@ class TrainConfig:
 
 
 # The fields that shape the models: a checkpoint only resumes under the same values.
-ARCHITECTURE = ("vae_channels", "text_width", "text_layers", "text_heads", "unet_channels", "unet_layers",
-                "attn_levels", "attn_heads")
+ARCHITECTURE = ("vae_channels", "text_width", "text_layers", "text_heads", "text_positions", "unet_channels",
+                "unet_layers", "attn_levels", "attn_heads")
 
 TINY = dict(n_images=256, vae_channels=(8, 16, 16), decoder_steps=2, text_width=32, text_layers=1,
             unet_channels=(16, 32, 32), attn_heads=2, text_heads=2, batch=8, vae_batch=8, warmup=2,
@@ -123,6 +127,14 @@ def build_models(cfg: TrainConfig, vocab_size: int) -> tuple[AutoencoderKL, CLIP
         max_position_embeddings=77, projection_dim=cfg.text_width,
         bos_token_id=vocab_size - 2, eos_token_id=vocab_size - 1, pad_token_id=vocab_size - 1,
     ))
+    if not cfg.text_positions:
+        # Without layers, CLIP's text model is final_layer_norm(token + position). With the position term fixed at
+        # zero each output is its token's embedding normalised to unit scale: training can turn a word's direction
+        # but cannot shrink it into silence (what collapsed "mustache" and "smile" in the 2-layer encoder), and
+        # a negative prompt's keys are the same words the captions taught, wherever they stand.
+        with torch.no_grad():
+            _positions(text).zero_()
+        _positions(text).requires_grad_(False)
     down = tuple("CrossAttnDownBlock2D" if a else "DownBlock2D" for a in cfg.attn_levels)
     up = tuple("CrossAttnUpBlock2D" if a else "UpBlock2D" for a in reversed(cfg.attn_levels))
     unet = UNet2DConditionModel(
@@ -139,6 +151,11 @@ def build_models(cfg: TrainConfig, vocab_size: int) -> tuple[AutoencoderKL, CLIP
     return vae, text, unet
 
 
+def _positions(text: CLIPTextModel) -> torch.nn.Parameter:
+    """The position embedding table of a CLIP text model (its module path differs between transformers versions)."""
+    return next(p for n, p in text.named_parameters() if n.endswith("position_embedding.weight"))
+
+
 def warm_start(cfg: TrainConfig, folder: Path, vocab_size: int):
     """``build_models(cfg)`` with the weights of the saved model ``folder``; returns (vae, text, unet, new names).
 
@@ -146,13 +163,18 @@ def warm_start(cfg: TrainConfig, folder: Path, vocab_size: int):
     lacked (``attn_levels``): those layers are the only new parameters (their names are returned), and each one's
     output projection starts at zero, so the residual attention adds nothing and the warm-started UNet computes
     exactly what the saved one does until training moves it.
+
+    With ``cfg.fresh_text`` the text encoder is new (built from ``cfg``) and the UNet keeps everything but what it
+    read from the old encoder: every cross-attention output projection starts at zero (the UNet starts out as the
+    saved one with its text removed) and the cross-attention layers count as new.
     """
     from safetensors.torch import load_file
 
     vae, text, unet = build_models(cfg, vocab_size)
     vae.load_state_dict(load_file(folder / "vae" / "diffusion_pytorch_model.safetensors"))
     vae.register_to_config(scaling_factor=json.loads((folder / "vae" / "config.json").read_text())["scaling_factor"])
-    text.load_state_dict(load_file(folder / "text_encoder" / "model.safetensors"))
+    if not cfg.fresh_text:
+        text.load_state_dict(load_file(folder / "text_encoder" / "model.safetensors"))
     missing, unexpected = unet.load_state_dict(load_file(folder / "unet" / "diffusion_pytorch_model.safetensors"),
                                                strict=False)
     if unexpected or any(".attentions." not in k for k in missing):
@@ -163,6 +185,12 @@ def warm_start(cfg: TrainConfig, folder: Path, vocab_size: int):
             if name.endswith(".proj_out") and f"{name}.weight" in missing:
                 module.weight.zero_()
                 module.bias.zero_()
+        if cfg.fresh_text:
+            for name, module in unet.named_modules():
+                if name.endswith(".attn2"):
+                    module.to_out[0].weight.zero_()
+                    module.to_out[0].bias.zero_()
+                    missing += [f"{name}.{k}" for k, _ in module.named_parameters()]
     return vae.eval(), text, unet, set(missing)
 
 
@@ -297,8 +325,23 @@ class CaptionBatcher:
         return torch.tensor(ids)
 
 
-def diffusion_loss(unet, text, sched, latents, ids, gen, cfg: TrainConfig) -> torch.Tensor:
-    """v-prediction MSE at uniform random timesteps, weighted by min(SNR, gamma) / (SNR + 1)."""
+def region_weights(cfg: TrainConfig, side: int = 16) -> torch.Tensor | None:
+    """Per latent cell loss weights with mean 1: ``1 + cfg.mouth_weight`` on the mouth, 1 elsewhere (None if 0).
+
+    The mustache and the mouth (``portraits.draw_portrait``: y 32-45, x 21-43 with the head's jitter) cover about
+    24 of the 256 latent cells, so their share of the loss is small next to the hat, hair and background; the
+    weight raises it while leaving the rest of the image in the loss.
+    """
+    if not cfg.mouth_weight:
+        return None
+    weights = torch.ones(side, side)
+    weights[8:12, 5:11] += cfg.mouth_weight
+    return weights / weights.mean()
+
+
+def diffusion_loss(unet, text, sched, latents, ids, gen, cfg: TrainConfig,
+                   region: torch.Tensor | None = None) -> torch.Tensor:
+    """v-prediction MSE at uniform random timesteps, weighted by min(SNR, gamma) / (SNR + 1) (and ``region``)."""
     noise = torch.randn(latents.shape, generator=gen).to(latents.device)
     t = torch.randint(0, sched.config.num_train_timesteps, (latents.shape[0],), generator=gen).to(latents.device)
     noisy = sched.add_noise(latents, noise, t)
@@ -307,7 +350,10 @@ def diffusion_loss(unet, text, sched, latents, ids, gen, cfg: TrainConfig) -> to
     alpha = sched.alphas_cumprod.to(latents.device)[t]
     snr = alpha / (1 - alpha)
     weight = torch.clamp(snr, max=cfg.snr_gamma) / (snr + 1)
-    return (weight * F.mse_loss(pred, target, reduction="none").mean(dim=(1, 2, 3))).mean()
+    error = F.mse_loss(pred, target, reduction="none")
+    if region is not None:
+        error = error * region.to(error.device)
+    return (weight * error.mean(dim=(1, 2, 3))).mean()
 
 
 def update_ema(ema: torch.nn.Module, model: torch.nn.Module, decay: float) -> None:
@@ -386,10 +432,13 @@ def train_diffusion(text, unet, latents, batcher, cfg: TrainConfig, device: str,
     the other tokens of ``words`` (``reinit_token``). With ``cfg.init_from``, the UNet parameters named in ``new``
     (the layers the warm start added) learn at ``cfg.lr`` and all the others at ``cfg.lr * cfg.init_lr_scale``.
     """
-    sched = noise_scheduler()
-    params = list(unet.parameters()) + list(text.parameters())
+    sched, region = noise_scheduler(), region_weights(cfg)
+    params = [p for p in list(unet.parameters()) + list(text.parameters()) if p.requires_grad]
     fresh = [p for n, p in unet.named_parameters() if n in new]
     loaded = [p for p in params if all(p is not f for f in fresh)]
+    if cfg.fresh_text:  # the new text encoder learns at the full rate
+        fresh += [p for p in text.parameters() if p.requires_grad]
+        loaded = [p for p in loaded if all(p is not f for f in fresh)]
     groups = [dict(params=loaded, scale=cfg.init_lr_scale if cfg.init_from else 1.0)]
     if fresh:
         groups.append(dict(params=fresh, scale=1.0))
@@ -417,7 +466,8 @@ def train_diffusion(text, unet, latents, batcher, cfg: TrainConfig, device: str,
         for g in opt.param_groups:
             g["lr"] = cosine_lr(step, cfg.steps, cfg.warmup, cfg.lr) * g["scale"]
         rows = rng.integers(len(latents), size=cfg.batch)
-        loss = diffusion_loss(unet, text, sched, latents[rows].to(device), batcher(rows, rng).to(device), gen, cfg)
+        loss = diffusion_loss(unet, text, sched, latents[rows].to(device), batcher(rows, rng).to(device), gen, cfg,
+                              region)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
@@ -609,6 +659,16 @@ def main() -> None:
     parser.add_argument("--name-prob", action="append", default=[], metavar="WORD=P",
                         help="name a present WORD in captions with probability P instead of 0.5 (repeatable)")
     parser.add_argument("--text-heads", type=int, default=None, help="text encoder attention heads (default: config)")
+    parser.add_argument("--text-layers", type=int, default=None,
+                        help="text encoder layers (default: config); 0 keeps each token's own embedding")
+    parser.add_argument("--no-text-positions", dest="text_positions", action="store_false", default=None,
+                        help="keep the text encoder's position embeddings at zero (with --text-layers 0: a bag of "
+                             "words, each word the same key wherever it stands)")
+    parser.add_argument("--fresh-text", action="store_true", default=None,
+                        help="with --init-from: a new text encoder from the options above instead of the saved one "
+                             "(the UNet's cross-attention outputs start at zero)")
+    parser.add_argument("--mouth-weight", type=float, default=None,
+                        help="extra loss weight on the mouth's latent cells, e.g. 3 (default 0; see region_weights)")
     parser.add_argument("--tiny", action="store_true", help="tiny sizes for tests")
     parser.add_argument("--export", action="store_true",
                         help="only save OUT/model from OUT/checkpoint.pt's EMA weights (a run stopped early); pass "
@@ -633,8 +693,8 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     cfg = TrainConfig(**(TINY if args.tiny else {}), seed=args.seed, steps=args.steps)
-    for name in ("vae_steps", "decoder_steps", "batch", "n_images", "attn_heads", "text_heads", "init_from",
-                 "init_lr_scale", "lr", "warmup"):
+    for name in ("vae_steps", "decoder_steps", "batch", "n_images", "attn_heads", "text_heads", "text_layers",
+                 "text_positions", "fresh_text", "mouth_weight", "init_from", "init_lr_scale", "lr", "warmup"):
         if getattr(args, name) is not None:
             setattr(cfg, name, getattr(args, name))
     if args.attn_levels is not None:
