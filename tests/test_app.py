@@ -35,9 +35,30 @@ def call(client, served_model, **overrides):
     return client.predict(**args, api_name="/compare")
 
 
-def test_only_compare_is_public(client):
+def test_only_compare_and_explore_are_public(client):
     endpoints = client.view_api(print_info=False, return_format="dict")["named_endpoints"]
-    assert list(endpoints) == ["/compare"], f"Exactly one public endpoint, /compare, must be listed: {list(endpoints)}"
+    assert list(endpoints) == ["/compare", "/explore"], f"Exactly /compare and /explore are public: {list(endpoints)}"
+    names = [p["parameter_name"] for p in endpoints["/explore"]["parameters"]]
+    assert names[:3] == ["prompt", "negative_prompts", "mode"], names
+
+
+def test_explore_runs_the_explorer_modes_through_the_api(client, served):
+    """/explore: a leave-one-out of a three-term negative, and a timing sweep, each recorded in the manifest."""
+    args = dict(prompt="portrait photo of a man", negative_prompts=["hat, glasses, beard"], mode="leave-one-out",
+                seed=3, steps=2, guidance_scale=7.5, size="auto", model=served[1], rows=1, scheduler="Default")
+    gallery, manifest = client.predict(**args, api_name="/explore")
+    captions = [item["caption"].split(" · ")[0] for item in gallery]
+    assert captions[0] == "baseline" and captions[1].startswith("full negative"), captions
+    assert captions[2:] == ["without hat", "without glasses", "without beard"], captions
+    assert manifest["spec"]["mode"] == "leave-one-out"
+    assert [t["term"] for t in manifest["terms"]["terms"]] != [], "The manifest ranks the terms."
+    gallery, manifest = client.predict(**{**args, "negative_prompts": ["hat"], "mode": "When it acts (timing)"},
+                                       api_name="/explore")
+    assert [item["caption"].split(" · ")[0] for item in gallery][1:] == ["- hat", "- hat @0.2", "- hat @0.4",
+                                                                         "- hat @0.6"]
+    assert manifest["spec"]["mode"] == "timing"
+    with pytest.raises(Exception, match="Mode"):
+        client.predict(**{**args, "mode": "sideways"}, api_name="/explore")
 
 
 def test_compare_returns_captioned_cells_from_one_latent(client, served):

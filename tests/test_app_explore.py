@@ -107,3 +107,27 @@ def test_the_cost_estimate_counts_every_image_of_the_mode():
     plain, timing = (runner.estimate(build_request(AppSettings(), Form(**base, mode=mode)))
                      for mode in ("Compare negatives", "When it acts (timing)"))
     assert timing == pytest.approx(plain * 9 / 3), "Timing makes 9 images (baseline + 4 starts x 2), not 3."
+
+
+def test_step_scrubber_shows_every_cell_at_each_kept_step_and_the_curves_end_at_the_change(tiny_sd_folder):
+    """After a run, the scrubber's last position shows the final images, an earlier one every cell at that step,
+    and the plot has one curve per cell with a reference, ending at the change score shown in the gallery."""
+    from negprompt.app.views import Views
+
+    model = str(tiny_sd_folder)
+    views = Views(AppSettings(model=model, models=(model,), preview_every=2))
+    final = views.final(Form(prompt="portrait photo of a man", seed=5, steps=6, model=model,
+                             negatives=((0, "hat"), (1, "glasses"))))
+    assert not final.get("errors"), final.get("status")
+    outcome = final["outcome"]
+    assert final["scrubber"] == 2, "Kept steps 2, 4 and the final 6: the slider runs over indices 0-2."
+    assert [caption.split(" · ")[0] for _, caption in final["frames"]] == ["step 6/6"] * 3
+    early = views.frame(outcome, 0)["frames"]
+    assert [caption for _, caption in early] == ["step 2/6 · baseline", "step 2/6 · - hat", "step 2/6 · - glasses"]
+    assert views.frame(outcome, 99)["frames"] == final["frames"], "An index past the end shows the last step."
+    assert views.frame(None, 0)["frames"] == [], "Before any run there is nothing to scrub."
+    curves = final["curves"]
+    assert sorted(set(curves["image"])) == ["- glasses", "- hat"], "No curve for the baseline (no reference)."
+    assert list(curves[curves["image"] == "- hat"]["step"]) == [2, 4, 6]
+    last = curves[(curves["image"] == "- hat") & (curves["step"] == 6)]["change"].item()
+    assert last == pytest.approx(outcome.result.change_scores[1], abs=0.01)

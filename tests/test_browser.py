@@ -118,3 +118,23 @@ def test_the_explorer_modes_in_the_browser(browser, app_url):
     page.close()
     assert [c.split(" · ")[0] for c in captions] == ["baseline", "- hat", "- hat @0.2", "- hat @0.4", "- hat @0.6"], \
         captions
+
+
+def test_the_step_scrubber_in_the_browser(browser, app_url):
+    """After a comparison, the step-by-step panel shows every image at the last kept step; moving the slider to its
+    start shows them at the first kept step; the plot of each image's change over the steps is drawn."""
+    page = browser.new_page(viewport={"width": 1400, "height": 1100})
+    page.goto(app_url)
+    _compare(page, "hat", "Done:")
+    frames = page.locator("#frames .caption-label")
+    frames.first.wait_for(timeout=30_000)
+    assert [c.split(" · ")[0] for c in frames.all_inner_texts()] == ["step 3/3"] * 2, frames.all_inner_texts()
+    slider = page.locator("#scrubber input[type=range]")
+    slider.focus()
+    page.keyboard.press("Home")
+    page.wait_for_selector("#frames .caption-label:has-text('step 1/3')", timeout=30_000)
+    assert [c.split(" · ")[0] for c in frames.all_inner_texts()] == ["step 1/3"] * 2, frames.all_inner_texts()
+    page.locator("#curves canvas, #curves svg").first.wait_for(timeout=30_000)
+    ARTIFACTS.mkdir(exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / "app-steps.png"), full_page=True)
+    page.close()

@@ -166,11 +166,11 @@ def negatives_from_boxes(texts, count) -> tuple[tuple[int, str], ...]:
 
 
 def form_from_api(prompt="", negative_prompts=(), seed=0, steps=20, guidance_scale=7.5, size="auto", model="",
-                  rows=1, scheduler="Default") -> Form:
-    """The ``Form`` of a /compare call, its values as they arrived; raises ``InputError`` for a negative_prompts
-    that is not a list."""
+                  rows=1, scheduler="Default", mode="negatives") -> Form:
+    """The ``Form`` of a /compare (or, with ``mode``, /explore) call, its values as they arrived; raises
+    ``InputError`` for a negative_prompts that is not a list."""
     return Form(prompt=prompt, negatives=negatives_from_list(negative_prompts), seed=seed, rows=rows, steps=steps,
-                guidance=guidance_scale, size=size, scheduler=scheduler, model=model)
+                guidance=guidance_scale, size=size, scheduler=scheduler, model=model, mode=mode)
 
 
 def check_form_text(argument: str, value, *, allow_empty: bool = False) -> None:
@@ -207,7 +207,8 @@ def check_mode(mode) -> str:
     if mode in (None, ""):
         return "negatives"
     if mode not in MODES.values():
-        raise InputError("mode", mode, f"{_show(mode)} is not one of {', '.join(MODES)}")
+        raise InputError("mode", mode, f"{_show(mode)} is not one of {', '.join(MODES)} (or, by name: "
+                                       f"{', '.join(MODES.values())})")
     return mode
 
 

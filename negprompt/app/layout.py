@@ -62,6 +62,11 @@ same steps: whatever differs from it was done by the negative prompt. The differ
 If you see something you do not want, name it in the negative prompt.
 """
 
+STEPS_HELP = """Each image here is the clean picture the model was heading for at that step (its estimate of
+the final image). Drag the slider to watch every image form from the same noise. The plot shows, for each image, how
+far it is from its reference (the baseline; in *Leave one out*, the full negative prompt) at each step: where a line
+leaves zero is when that negative prompt started to matter."""
+
 CSS = """
 .token-count p {font-size: 0.8em; opacity: 0.75; margin: -6px 0 4px 4px}
 #run {min-height: 48px}
@@ -247,10 +252,16 @@ def _examples(views: Views, settings: AppSettings, examples, fields: Fields, sho
                 cache_examples=cache, cache_mode="lazy")
 
 
-def _api_endpoint(views: Views, settings: AppSettings) -> None:
-    """The one public endpoint, /compare, on hidden components so that its signature is plain for API users. Values
-    reach the handler unprocessed (``preprocess=False``), so that every check, and every refusal's wording, is the
-    app's own."""
+def _api_endpoints(views: Views, settings: AppSettings) -> None:
+    """The two public endpoints, on hidden components so that their signatures are plain for API users:
+
+    - /compare: one positive prompt, several negatives, one cell each beside the baseline;
+    - /explore: the same arguments after a ``mode`` (a value or label of ``MODES``: "leave-one-out",
+      "terms-alone", "timing", "methods" or "negatives"), the explorer's modes. A separate endpoint, so that
+      /compare keeps its signature: a raw HTTP caller sends its arguments as a positional list.
+
+    Values reach the handlers unprocessed (``preprocess=False``), so that every check, and every refusal's wording,
+    is the app's own."""
     with gr.Column(visible=False):
         named = {
             "prompt": gr.Textbox(label="prompt"),
@@ -266,12 +277,14 @@ def _api_endpoint(views: Views, settings: AppSettings) -> None:
         }
         outputs = [gr.Gallery(format="png", label="images"), gr.JSON(label="manifest")]
         button = gr.Button()
+        explore_named = {"prompt": named["prompt"], "negative_prompts": named["negative_prompts"],
+                         "mode": gr.Textbox("leave-one-out", label="mode"),
+                         **{k: v for k, v in named.items() if k not in ("prompt", "negative_prompts")}}
+        explore_button = gr.Button()
 
-    def compare(prompt="", negative_prompts=(), seed=0, steps=settings.default_steps, guidance_scale=7.5,
-                size="auto", model="", rows=1, scheduler="Default"):
-        """Compare negative prompts from one seed; returns captioned images (baseline first) and the manifest."""
+    def answer(form_of):
         try:
-            form = form_from_api(prompt, negative_prompts, seed, steps, guidance_scale, size, model, rows, scheduler)
+            form = form_of()
             for result in views.api(form):
                 yield (gr.skip(), gr.skip()) if result is None else result
         except InputError as error:  # raised while reading the form
@@ -279,9 +292,27 @@ def _api_endpoint(views: Views, settings: AppSettings) -> None:
         except FormError as error:
             raise gr.Error(str(error), title="Check the input") from None
 
+    def compare(prompt="", negative_prompts=(), seed=0, steps=settings.default_steps, guidance_scale=7.5,
+                size="auto", model="", rows=1, scheduler="Default"):
+        """Compare negative prompts from one seed; returns captioned images (baseline first) and the manifest."""
+        yield from answer(lambda: form_from_api(prompt, negative_prompts, seed, steps, guidance_scale, size, model,
+                                                rows, scheduler))
+
+    def explore(prompt="", negative_prompts=(), mode="leave-one-out", seed=0, steps=settings.default_steps,
+                guidance_scale=7.5, size="auto", model="", rows=1, scheduler="Default"):
+        """Explore a negative prompt in one of the explorer's modes (leave-one-out, terms-alone, timing, methods,
+        negatives); returns captioned images (baseline first) and the manifest, with each cell's term, window or
+        method, reference, change score and verdict."""
+        yield from answer(lambda: form_from_api(prompt, negative_prompts, seed, steps, guidance_scale, size, model,
+                                                rows, scheduler, mode))
+
     button.click(compare, None, outputs, inputs_kwargs=named, api_name="compare", preprocess=False,
                  api_description="Compare negative prompts from one seed; returns captioned images (baseline "
                                  "first) and the manifest.", **RUN)
+    explore_button.click(explore, None, outputs, inputs_kwargs=explore_named, api_name="explore",
+                         preprocess=False, api_description="One negative prompt explored: leave-one-out, "
+                         "terms-alone, timing or methods (the app's modes); returns captioned images and the "
+                         "manifest.", **RUN)
 
 
 def build_demo(settings: AppSettings | None = None) -> gr.Blocks:
@@ -326,6 +357,18 @@ def build_demo(settings: AppSettings | None = None) -> gr.Blocks:
                 trimmed = gr.Textbox(label="Trimmed negative prompt (without the terms that do almost nothing), to "
                                            "copy", buttons=["copy"], interactive=False, visible=False,
                                      elem_id="trimmed")
+                # Open: a plot updated inside a closed accordion is not drawn when the accordion opens.
+                with gr.Accordion("Step by step: when each negative prompt starts to matter", open=True,
+                                  elem_id="steps"):
+                    gr.Markdown(STEPS_HELP)
+                    scrubber = gr.Slider(0, 1, value=1, step=1, label="Kept step (drag to see every image at that "
+                                                                      "step; the last is the final image)",
+                                         visible=False, elem_id="scrubber")
+                    frames = gr.Gallery(format="png", columns=4, object_fit="contain", height="auto",
+                                        show_label=False, elem_id="frames", visible=False)
+                    curves = gr.LinePlot(x="step", y="change", color="image", y_title="change against its "
+                                         "reference (%)", x_title="step", elem_id="curves", show_label=False,
+                                         visible=False)
                 gr.Markdown("**Labeled grid** (download it with the button on the image)")
                 grid = gr.Image(format="png", type="filepath", interactive=False, show_label=False, elem_id="grid")
                 download = gr.File(label="Download: grid, cells (PNG with infotext), manifest", interactive=False)
@@ -337,17 +380,24 @@ def build_demo(settings: AppSettings | None = None) -> gr.Blocks:
         with gr.Accordion("How it works", open=False):
             gr.Markdown(HOW_IT_WORKS, latex_delimiters=[{"left": "$$", "right": "$$", "display": True},
                                                         {"left": "\\(", "right": "\\)", "display": False}])
-        _api_endpoint(views, settings)
+        _api_endpoints(views, settings)
 
         # Wiring: everything but /compare is private.
         named_outputs = {"status": status, "gallery": gallery, "grid": grid, "download": download, "table": table,
-                         "outcome": outcome, "infotext": infotext, "explored": found, "trimmed": trimmed}
+                         "outcome": outcome, "infotext": infotext, "explored": found, "trimmed": trimmed,
+                         "scrubber": scrubber, "frames": frames, "curves": curves}
         labelled = fields.by_label()
 
         def to_components(view: dict) -> dict:
             shown = {named_outputs[name]: value for name, value in view.items() if name in named_outputs}
             if "trimmed" in view:
                 shown[trimmed] = gr.update(value=view["trimmed"], visible=bool(view["trimmed"]))
+            if "scrubber" in view:  # the index of the last kept step (the final images); hidden with nothing to scrub
+                last = view["scrubber"]
+                shown[scrubber] = gr.update(maximum=max(last, 1), value=max(last, 0), visible=last >= 1)
+            if "curves" in view:  # shown from the first run that kept previews on
+                shown[curves] = gr.update(value=view["curves"], visible=not view["curves"].empty)
+                shown[frames] = gr.update(value=view["frames"], visible=bool(view["frames"]))
             return shown
 
         def run(differences=False, progress=gr.Progress(), **values):
@@ -393,4 +443,5 @@ def build_demo(settings: AppSettings | None = None) -> gr.Blocks:
             return views.select(outcome_value, event.index)
 
         gallery.select(select, outcome, infotext, **PRIVATE)
+        scrubber.input(lambda o, k: to_components(views.frame(o, k)), [outcome, scrubber], frames, **QUICK)
     return demo

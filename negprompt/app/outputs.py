@@ -200,6 +200,47 @@ def gallery_items(outcome: Outcome, differences: bool) -> list[tuple]:
     return items
 
 
+def _cell_name(outcome: Outcome, cell) -> str:
+    result = outcome.result
+    text = "baseline" if cell.is_baseline else result.label(cell)
+    return text + (f" · seed {cell.seed}" if len(result.settings.seeds) > 1 else "")
+
+
+def frame_count(outcome: Outcome | None) -> int:
+    """How many steps of previews the outcome kept (the last is the final images); 0 when none."""
+    return len(getattr(outcome.result, "preview_steps", None) or []) if outcome is not None else 0
+
+
+def frame_items(outcome: Outcome | None, index: int) -> list[tuple]:
+    """(image, caption) per cell at the ``index``-th kept step (clamped): what every cell was heading for then, in
+    the gallery's order."""
+    count = frame_count(outcome)
+    if not count:
+        return []
+    index = min(max(int(index), 0), count - 1)
+    result = outcome.result
+    step = result.preview_steps[index]
+    return [(image, f"step {step}/{result.settings.steps} · {_cell_name(outcome, cell)}")
+            for image, cell in zip(result.previews[index], result.cells)]
+
+
+def divergence_frame(outcome: Outcome | None):
+    """A pandas DataFrame (step, change, image): per cell with a reference, its change against that reference at
+    each kept step, in percent of full scale (``negprompt.explore.divergence_curves``). Empty without previews."""
+    import pandas as pd
+
+    from negprompt.explore import divergence_curves
+
+    rows = []
+    if frame_count(outcome):
+        result = outcome.result
+        curves = divergence_curves(result.previews, [cell.reference for cell in result.cells])
+        for cell, curve in zip(result.cells, curves):
+            if curve is not None:
+                rows += [(step, value, _cell_name(outcome, cell)) for step, value in zip(result.preview_steps, curve)]
+    return pd.DataFrame(rows, columns=["step", "change", "image"])
+
+
 def status(outcome: Outcome, seconds: float | None = None) -> str:
     """One line on what was made: images, seeds, steps, model, size, sampler, time."""
     s = outcome.result.settings

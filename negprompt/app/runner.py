@@ -33,6 +33,7 @@ GENERATION_LOCK = threading.Lock()  # one comparison at a time per process, UI a
 # A caller that has not come back for the next event this long has gone away (Gradio stops iterating a cancelled or
 # disconnected request's generator without always closing it): the run stops at its next step.
 ABANDONED_AFTER_S = 3.0
+PREVIEW_SIDE = 256  # the step scrubber's previews are kept at most this many pixels a side, per session
 
 
 @dataclass(frozen=True)
@@ -182,6 +183,7 @@ class Runner:
         """Yield ``Step``s while denoising, then the finished ``Comparison``. Exceptions reach the caller; closing
         the stream (the caller went away) stops the comparison at its next step and frees the lock."""
         from negprompt.engine import compare
+        from negprompt.explore import PreviewRecorder
         from negprompt.verdicts import explain
 
         events: queue.Queue = queue.Queue()
@@ -210,8 +212,10 @@ class Runner:
                     pipe = load(request.model, settings.device)
                     spec = request_spec_for(request, pipe)
                     every = settings.preview_every if previews else 0
-                    result = explain(compare(pipe, spec, callback=on_step, preview_every=every,
-                                             max_cells=max(len(spec.cells), 1)), pipe)
+                    # every cell's preview every ``every`` steps is kept for the step scrubber and the curves
+                    recorder = PreviewRecorder(spec.steps, then=on_step, max_side=PREVIEW_SIDE)
+                    result = explain(compare(pipe, spec, callback=recorder, preview_every=every,
+                                             max_cells=max(len(spec.cells), 1)), pipe, recorder if every else None)
                 denoise = result.timings.get("denoise_s", 0.0)
                 if request.width is None:
                     self.sides[request.model] = max(result.settings.width, result.settings.height)

@@ -23,7 +23,10 @@ from negprompt.app.models import check_available, tokenizer_for
 from negprompt.app.outputs import (
     Detector,
     Outcome,
+    divergence_frame,
     explored,
+    frame_count,
+    frame_items,
     gallery_items,
     output_folder,
     output_root,
@@ -149,8 +152,15 @@ class Views:
     def show(self, outcome: Outcome, differences: bool) -> View:
         """What the results column shows for a finished comparison, before its grid and zip are written."""
         found, trimmed = explored(outcome)
+        last = frame_count(outcome) - 1
         return {"gallery": gallery_items(outcome, differences), "table": table(outcome), "outcome": outcome,
-                "infotext": "", "explored": found, "trimmed": trimmed}
+                "infotext": "", "explored": found, "trimmed": trimmed, "scrubber": last,
+                "frames": frame_items(outcome, last), "curves": divergence_frame(outcome)}
+
+    @staticmethod
+    def frame(outcome: Outcome | None, index: int) -> View:
+        """Every cell's preview at the ``index``-th kept step (the step scrubber)."""
+        return {"frames": frame_items(outcome, index)}
 
     @staticmethod
     def grid(outcome: Outcome, differences: bool):
