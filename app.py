@@ -17,5 +17,5 @@ if __name__ == "__main__":
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if settings.warmup:
-        load(settings.model, settings.device)
+        load(settings.model, settings.device, settings.preview_decoder(settings.model))
     demo.queue(max_size=settings.queue_size, default_concurrency_limit=1).launch(**launch_options(settings))

@@ -95,15 +95,20 @@ def tiny_sdxl_pipeline(seed: int = 0) -> StableDiffusionXLPipeline:
     )
 
 
+def sd_vae(sample_size: int = 512, **overrides) -> AutoencoderKL:
+    """Stable Diffusion's VAE at full size (84M; SD 1.x, 2.x and SDXL share the architecture)."""
+    return AutoencoderKL(
+        block_out_channels=(128, 256, 512, 512), layers_per_block=2, latent_channels=4, sample_size=sample_size,
+        down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4, **overrides,
+    )
+
+
 def sd15_pipeline(seed: int = 0) -> StableDiffusionPipeline:
     """The Stable Diffusion 1.5 architecture at full size (860M UNet, 123M CLIP ViT-L/14 text encoder, 84M VAE)."""
     torch.manual_seed(seed)
     tokenizer = build_clip_tokenizer(TEST_WORDS)
     unet = UNet2DConditionModel(sample_size=64, cross_attention_dim=768, attention_head_dim=8)
-    vae = AutoencoderKL(
-        block_out_channels=(128, 256, 512, 512), layers_per_block=2, latent_channels=4, sample_size=512,
-        down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
-    )
+    vae = sd_vae(512)
     text_encoder = CLIPTextModel(_text_config(
         tokenizer, vocab_size=49408, hidden_size=768, intermediate_size=3072, num_attention_heads=12,
         num_hidden_layers=12, hidden_act="quick_gelu", projection_dim=768,
@@ -127,11 +132,7 @@ def sdxl_pipeline(seed: int = 0) -> StableDiffusionXLPipeline:
         use_linear_projection=True, addition_embed_type="text_time", addition_time_embed_dim=256,
         projection_class_embeddings_input_dim=2816,
     )
-    vae = AutoencoderKL(
-        block_out_channels=(128, 256, 512, 512), layers_per_block=2, latent_channels=4, sample_size=1024,
-        down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
-        scaling_factor=0.13025, force_upcast=True,
-    )
+    vae = sd_vae(1024, scaling_factor=0.13025, force_upcast=True)
     text_encoder = CLIPTextModel(_text_config(
         tokenizer, vocab_size=49408, hidden_size=768, intermediate_size=3072, num_attention_heads=12,
         num_hidden_layers=12, hidden_act="quick_gelu", projection_dim=768,

@@ -93,6 +93,10 @@ def build_parser() -> argparse.ArgumentParser:
                         help="the no-negative cell: empty prompt or zero embeddings (auto: zeros for SDXL only)")
     parser.add_argument("--max-batch", type=int, default=None, help="at most this many images per UNet batch")
     parser.add_argument("--device", default=None, help="cuda, mps or cpu (default: the best present)")
+    parser.add_argument("--preview-decoder", default=None, metavar="TAESD",
+                        help="an AutoencoderTiny (folder or Hub id: madebyollin/taesd for SD 1.x/2.x, "
+                             "madebyollin/taesdxl for SDXL) that decodes the kept step previews; the final images "
+                             "still come from the model's VAE")
     parser.add_argument("--out", type=Path, default=Path("outputs"), help="output folder (default ./outputs)")
     parser.add_argument("--no-differences", action="store_true", help="leave the difference maps out of grid.png")
     parser.add_argument("--preview-every", type=int, default=None, metavar="K",
@@ -207,7 +211,8 @@ def main(argv: list[str] | None = None) -> int:
         spec.validate(LIMITS.max_cells)
 
         # 2. Load the model; resolve the baseline "auto" for it
-        loaded = load(None if model == EMBEDDED_NAME else model, device=args.device)
+        loaded = load(None if model == EMBEDDED_NAME else model, device=args.device,
+                      preview_decoder=args.preview_decoder)
         if args.replay is None:
             baseline = default_baseline(loaded.pipe) if args.baseline == "auto" else args.baseline
             spec = spec_from_args(args, model_source(loaded.pipe), baseline)

@@ -275,8 +275,10 @@ def _sha256(latent: torch.Tensor) -> str:
 
 
 @torch.no_grad()
-def _decode(pipe, latents: torch.Tensor) -> list[Image.Image]:
-    vae = pipe.vae
+def _decode(pipe, latents: torch.Tensor, vae=None) -> list[Image.Image]:
+    """Images from ``latents`` through ``vae`` (default: the pipeline's), with the pipeline's post-processing. An
+    ``AutoencoderTiny`` (scaling factor 1, no latent statistics) takes the latents as the UNet makes them."""
+    vae = vae if vae is not None else pipe.vae
     latents = latents.to(vae.dtype)
     mean, std = vae.config.get("latents_mean"), vae.config.get("latents_std")
     if mean is not None and std is not None:
@@ -435,7 +437,7 @@ def _denoise(pipe, runtime, chunk: _Chunk, spec: ComparisonSpec, table: _TextTab
                              for cell, rows in zip(cells, layout.rows)])
         else:
             eps = out
-        progress.step(lambda: _preview(pipe, stepper.scheduler, model_input, eps, t))
+        progress.step(lambda: _preview(pipe, stepper.scheduler, model_input, eps, t, runtime.preview_decoder))
         latents = stepper.step(eps, t, latents)
     return latents
 
@@ -446,11 +448,12 @@ def _sdxl_time_ids(pipe, spec: ComparisonSpec, dtype) -> torch.Tensor:
     return pipe._get_add_time_ids(size, (0, 0), size, dtype=dtype, text_encoder_projection_dim=projection)
 
 
-def _preview(pipe, scheduler, model_input, eps, t) -> list[Image.Image]:
-    """Decode the clean image each cell is heading for (its x0 estimate) at this step."""
+def _preview(pipe, scheduler, model_input, eps, t, decoder=None) -> list[Image.Image]:
+    """Decode the clean image each cell is heading for (its x0 estimate) at this step, all cells in one batch,
+    through ``decoder`` (a small preview decoder, ``loading.load(preview_decoder=...)``) or the full VAE."""
     alpha_bar = scheduler.alphas_cumprod[int(round(float(t)))]
     x0 = guidance.predicted_original(model_input, eps, alpha_bar, scheduler.config.prediction_type)
-    return _decode(pipe, x0.to(model_input.dtype))
+    return _decode(pipe, x0.to(model_input.dtype), decoder)
 
 
 class _Progress:

@@ -72,6 +72,7 @@ class Runtime:
     speedups: dict = field(default_factory=new_report)  # speedups.apply_speedups' report: levers applied, buckets
     safe_batch: dict[tuple[int, int], int] = field(default_factory=dict)  # (height, width) -> cells per UNet batch
     # known to fit in memory, learned from out-of-memory errors
+    preview_decoder: object = None  # an AutoencoderTiny that decodes step previews (None: the pipeline's VAE)
 
     @property
     def buckets(self) -> tuple[int, ...] | None:
@@ -136,17 +137,20 @@ def model_source(pipe) -> str:
 
 
 def load(model: str | Path | None = None, *, device: str | torch.device | None = None,
-         dtype: torch.dtype | str | None = None) -> Loaded:
+         dtype: torch.dtype | str | None = None, preview_decoder: str | Path | None = None) -> Loaded:
     """Load (once) and return the pipeline for ``model`` with its runtime facts, ready on ``device`` in ``dtype``.
 
     ``model``: a Hub id, a local diffusers folder or a single-file .safetensors checkpoint holding a Stable Diffusion
     1.x/2.x or SDXL pipeline; ``None`` for the embedded model. ``device`` defaults to cuda, then mps, then cpu;
-    ``dtype`` to half precision on a GPU and float32 on the CPU.
+    ``dtype`` to half precision on a GPU and float32 on the CPU. ``preview_decoder``: a folder or Hub id of an
+    ``AutoencoderTiny`` for the model's latents (TAESD for SD 1.x/2.x, ``madebyollin/taesd``; TAESDXL for SDXL,
+    ``madebyollin/taesdxl``) that decodes the step previews in place of the full VAE; the final images always
+    come from the full VAE.
     """
     device = pick_device(device)
     dtype = pick_dtype(device, dtype)
     source = resolve_model(model)
-    key = (source, str(device), dtype)
+    key = (source, str(device), dtype, str(preview_decoder or ""))
     with _lock:
         if key in _cache:
             _cache.move_to_end(key)
@@ -154,15 +158,18 @@ def load(model: str | Path | None = None, *, device: str | torch.device | None =
         kind = "cpu" if device.type == "cpu" else "gpu"
         _evict(kind, keep=CACHE_SIZE[kind] - 1)
         pipe = _load(source, device, dtype)
-        loaded = Loaded(pipe=pipe, runtime=Runtime(speedups=apply_speedups(pipe)), source=source)
+        decoder = _load_preview_decoder(str(preview_decoder), pipe, device, dtype) if preview_decoder else None
+        loaded = Loaded(pipe=pipe, runtime=Runtime(speedups=apply_speedups(pipe), preview_decoder=decoder),
+                        source=source)
         _cache[key] = loaded
         return loaded
 
 
 def load_pipeline(model: str | Path | None = None, *, device: str | torch.device | None = None,
-                  dtype: torch.dtype | str | None = None) -> DiffusionPipeline:
+                  dtype: torch.dtype | str | None = None,
+                  preview_decoder: str | Path | None = None) -> DiffusionPipeline:
     """``load(...).pipe``: the cached pipeline alone (see ``load``)."""
-    return load(model, device=device, dtype=dtype).pipe
+    return load(model, device=device, dtype=dtype, preview_decoder=preview_decoder).pipe
 
 
 def runtime_of(pipe) -> Runtime:
@@ -173,6 +180,29 @@ def runtime_of(pipe) -> Runtime:
             if loaded.pipe is pipe:
                 return loaded.runtime
     return Runtime()
+
+
+def _load_preview_decoder(name: str, pipe, device: torch.device, dtype: torch.dtype):
+    """The ``AutoencoderTiny`` at ``name`` (a folder or a Hub id), checked against ``pipe``'s latents."""
+    from diffusers import AutoencoderTiny
+
+    local = Path(name).expanduser()
+    if not local.is_dir() and _offline():
+        from huggingface_hub import try_to_load_from_cache
+
+        if not isinstance(try_to_load_from_cache(name, "config.json") if name.count("/") == 1 else None, str):
+            raise ModelNotFoundError(name, f"preview_decoder={name!r} is not downloaded and no network "
+                                           "(HF_HUB_OFFLINE is set): download it first, or pass a local folder")
+    try:
+        decoder = AutoencoderTiny.from_pretrained(str(local) if local.is_dir() else name, use_safetensors=True)
+    except Exception as error:  # the Hub client and diffusers raise several unrelated types for "not there"
+        raise ModelNotFoundError(name, f"preview_decoder={name!r} could not be loaded as an AutoencoderTiny: "
+                                       f"{error}") from error
+    channels = pipe.unet.config.in_channels
+    if decoder.config.latent_channels != channels:
+        raise InputError("preview_decoder", name, f"preview_decoder={name!r} decodes {decoder.config.latent_channels}"
+                                                  f"-channel latents; this model's have {channels}")
+    return decoder.to(device=device, dtype=dtype).eval().requires_grad_(False)
 
 
 def _evict(kind: str, keep: int) -> None:

@@ -132,11 +132,11 @@ def on_gpu(fn: Callable, duration: Callable) -> Callable:
     return spaces.GPU(duration=duration)(fn)
 
 
-def load(model: str, device: str | None = None):
-    """The cached pipeline for ``model`` (EMBEDDED_NAME: the embedded model)."""
+def load(model: str, device: str | None = None, preview_decoder: str | None = None):
+    """The cached pipeline for ``model`` (EMBEDDED_NAME: the embedded model), with its preview decoder if any."""
     from negprompt.loading import load_pipeline
 
-    return load_pipeline(None if model == EMBEDDED_NAME else model, device=device)
+    return load_pipeline(None if model == EMBEDDED_NAME else model, device=device, preview_decoder=preview_decoder)
 
 
 def zero_gpu_seconds(request: Request, *_args, **_kwargs) -> int:
@@ -209,7 +209,7 @@ class Runner:
                 with GENERATION_LOCK:
                     if stop.is_set():
                         raise Cancelled("the request was abandoned")
-                    pipe = load(request.model, settings.device)
+                    pipe = load(request.model, settings.device, settings.preview_decoder(request.model))
                     spec = request_spec_for(request, pipe)
                     every = settings.preview_every if previews else 0
                     # every cell's preview every ``every`` steps is kept for the step scrubber and the curves

@@ -73,6 +73,16 @@ def _list(name: str, default: tuple[str, ...]) -> tuple[str, ...]:
     return tuple(item.strip() for item in text.split(",") if item.strip())
 
 
+def _pairs(name: str) -> tuple[tuple[str, str], ...]:
+    pairs = []
+    for item in _list(name, ()):
+        model, sep, value = item.rpartition("=")
+        if not sep or not model.strip() or not value.strip():
+            raise ValueError(f"{name}: {item!r} is not MODEL=DECODER")
+        pairs.append((model.strip(), value.strip()))
+    return tuple(pairs)
+
+
 def on_spaces() -> bool:
     """Whether we run on Hugging Face Spaces (which sets SPACE_ID)."""
     return bool(os.environ.get("SPACE_ID"))
@@ -104,6 +114,9 @@ class AppSettings:
     budget_s: float = 60.0  # NEGPROMPT_BUDGET_S: refuse a request whose estimated run time exceeds this (seconds)
     deadline_s: float = 180.0  # NEGPROMPT_DEADLINE_S: stop a running request after this long (seconds)
     max_upload: str = "1kb"  # NEGPROMPT_MAX_UPLOAD: Gradio's max_file_size (the app takes no uploads)
+    # NEGPROMPT_PREVIEW_DECODERS: MODEL=DECODER pairs, comma-separated: an AutoencoderTiny (folder or Hub id) that
+    # decodes that model's step previews, e.g. "stable-diffusion-v1-5/stable-diffusion-v1-5=madebyollin/taesd"
+    preview_decoders: tuple[tuple[str, str], ...] = ()
 
     def __post_init__(self):
         caps = {"max_seeds": LIMITS.max_cells, "max_cells": LIMITS.max_cells, "max_steps": LIMITS.max_steps,
@@ -138,4 +151,9 @@ class AppSettings:
             budget_s=_float("NEGPROMPT_BUDGET_S", cls.budget_s),
             deadline_s=_float("NEGPROMPT_DEADLINE_S", cls.deadline_s),
             max_upload=os.environ.get("NEGPROMPT_MAX_UPLOAD", "").strip() or cls.max_upload,
+            preview_decoders=_pairs("NEGPROMPT_PREVIEW_DECODERS"),
         )
+
+    def preview_decoder(self, model: str) -> str | None:
+        """The preview decoder configured for ``model`` (None: its own VAE decodes the previews)."""
+        return dict(self.preview_decoders).get(model)
