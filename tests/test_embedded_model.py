@@ -186,3 +186,49 @@ def test_a_warm_started_run_trains_its_new_layers_at_their_own_rate(tmp_path):
     trained = pipe.unet.state_dict()
     exported = StableDiffusionPipeline.from_pretrained(train.export_checkpoint(cfg, tmp_path / "b")).unet.state_dict()
     assert all(torch.equal(trained[k], exported[k]) for k in trained), "An export must save the checkpoint's EMA."
+
+
+def test_a_text_encoder_without_layers_or_positions_gives_each_word_one_key_that_cannot_shrink():
+    """--text-layers 0 --no-text-positions: a word's output is its own normalised embedding, the same wherever it
+    stands, and shrinking its embedding does not silence it (the final layer norm undoes the scale, down to norms
+    far below the 0.35 at which the 2-layer encoder's "mustache" ended)."""
+    _, text, _ = train.build_models(TrainConfig(text_layers=0, text_positions=False), vocab_size=64)
+    positions = train._positions(text)
+    assert not positions.requires_grad and torch.count_nonzero(positions) == 0
+    ids = torch.tensor([[62, 5, 7, 63, 63], [62, 9, 5, 63, 63]])
+    with torch.no_grad():
+        out = text(ids)[0]
+        assert torch.allclose(out[0, 1], out[1, 2], atol=1e-6), "Word 5 must give the same key at positions 1 and 2."
+        word = text.get_input_embeddings().weight[5]
+        word *= 0.35 / word.norm()
+        before = text(ids)[0][0, 1]
+        word *= 0.25
+        after = text(ids)[0][0, 1]
+        assert torch.cosine_similarity(before, after, dim=0) > 0.999, "Shrinking a word must keep its key's direction."
+        assert after.norm() > 0.9 * before.norm(), "Shrinking a word fourfold must keep its key's length."
+
+
+def test_a_fresh_text_encoder_on_a_warm_started_unet_starts_from_the_unet_without_its_text():
+    tokenizer = CLIPTokenizer.from_pretrained(MODEL / "tokenizer")
+    saved = json.loads((MODEL / "unet" / "config.json").read_text())
+    cfg = TrainConfig(attn_levels=tuple(t.startswith("CrossAttn") for t in saved["down_block_types"]),
+                      attn_heads=tuple(saved["attention_head_dim"]) if isinstance(saved["attention_head_dim"], list)
+                      else saved["attention_head_dim"], init_from=str(MODEL), fresh_text=True, text_layers=0,
+                      text_positions=False)
+    _, text, unet, new = train.warm_start(cfg, MODEL, len(tokenizer))
+    assert text.config.num_hidden_layers == 0
+    assert new and all(".attn2." in k for k in new), "Only the cross-attention layers count as new."
+    x, t = torch.randn(2, 4, 16, 16, generator=torch.Generator().manual_seed(0)), torch.tensor([100, 700])
+    ids = tokenizer(["portrait photo of a man with a mustache", "glasses"], padding="max_length", max_length=77,
+                    return_tensors="pt").input_ids
+    with torch.no_grad():
+        emb = text(ids)[0]
+        assert torch.equal(unet(x, t, emb).sample, unet(x, t, emb.flip(0)).sample), \
+            "With the cross-attention outputs at zero, the warm-started UNet must ignore the text."
+
+
+def test_the_mouth_weight_raises_the_mouth_cells_and_keeps_the_mean():
+    assert train.region_weights(TrainConfig()) is None
+    weights = train.region_weights(TrainConfig(mouth_weight=3.0))
+    assert weights.shape == (16, 16) and weights.mean().item() == pytest.approx(1.0)
+    assert weights[9, 8] / weights[0, 0] == pytest.approx(4.0), "A mouth cell weighs 1 + 3 times a corner cell."
