@@ -152,6 +152,24 @@ def build_models(cfg: TrainConfig, vocab_size: int) -> tuple[AutoencoderKL, CLIP
     return vae, text, unet
 
 
+def architecture_of(folder: Path) -> dict:
+    """The ``TrainConfig`` architecture fields of a saved model folder (for ``TrainConfig(**architecture_of(f))``).
+
+    ``text_positions`` is False when the saved position embeddings are all zero."""
+    from safetensors.torch import load_file
+
+    text = json.loads((Path(folder) / "text_encoder" / "config.json").read_text())
+    unet = json.loads((Path(folder) / "unet" / "config.json").read_text())
+    positions = next(v for k, v in load_file(Path(folder) / "text_encoder" / "model.safetensors").items()
+                     if k.endswith("position_embedding.weight"))
+    heads = unet["attention_head_dim"]
+    return dict(text_width=text["hidden_size"], text_layers=text["num_hidden_layers"],
+                text_heads=text["num_attention_heads"], text_positions=bool(torch.count_nonzero(positions)),
+                unet_channels=tuple(unet["block_out_channels"]), unet_layers=unet["layers_per_block"],
+                attn_levels=tuple(t.startswith("CrossAttn") for t in unet["down_block_types"]),
+                attn_heads=tuple(heads) if isinstance(heads, list) else heads)
+
+
 def _positions(text: CLIPTextModel) -> torch.nn.Parameter:
     """The position embedding table of a CLIP text model (its module path differs between transformers versions)."""
     return next(p for n, p in text.named_parameters() if n.endswith("position_embedding.weight"))
