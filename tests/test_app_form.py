@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import re
 import time
+from dataclasses import replace
 
 import pytest
 
@@ -142,3 +143,23 @@ def test_a_run_past_its_deadline_stops(tiny_sd_folder):
     with pytest.raises(DeadlineExceeded, match="longest this app runs"):
         list(Runner(settings).generate(request))
     assert not GENERATION_LOCK.locked()
+
+
+def test_an_identical_request_gets_the_finished_result_without_queueing(tiny_sd_folder):
+    """A class pressing the same example: the second identical request is answered from the first one's result,
+    even while another comparison holds the model; any difference (here the seed) runs anew."""
+    from negprompt.app.form import Form, build_request
+    from negprompt.app.runner import GENERATION_LOCK, Reused, Runner, Step
+    from negprompt.app.settings import AppSettings
+
+    settings = AppSettings(device="cpu", preview_every=2)
+    runner = Runner(settings)
+    form = Form(prompt="portrait photo of a man", negatives=((0, "hat"),), seed=4, steps=4, model=str(tiny_sd_folder))
+    first = [e for e in runner.generate(build_request(settings, form)) if not isinstance(e, Step)]
+    with GENERATION_LOCK:  # the model is busy with someone else's comparison
+        again = list(runner.generate(build_request(settings, form)))
+    assert len(again) == 1 and isinstance(again[0], Reused) and again[0].result is first[0], \
+        "An identical request must get the finished result at once, without waiting for the model."
+    other = list(runner.generate(build_request(settings, replace(form, seed=5))))
+    assert not any(isinstance(e, Reused) for e in other), "Another seed is another comparison."
+    assert other[-1].cells[0].seed == 5

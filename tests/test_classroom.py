@@ -29,3 +29,4 @@ def test_thirty_students_at_once(tmp_path_factory):
     assert figures["lost"] == 0, f"Every student must get a result: {figures}"
     assert figures["cross_talk"] == 0, f"Every result must be its own request's: {figures}"
     assert figures["saw_queue_position"] > 0, f"Waiting students must see their place in the queue: {figures}"
+

@@ -19,7 +19,9 @@ import math
 import queue
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Iterator
+from contextlib import closing
 from dataclasses import dataclass
 
 from negprompt.app.form import Request, request_spec
@@ -33,6 +35,7 @@ GENERATION_LOCK = threading.Lock()  # one comparison at a time per process, UI a
 # A caller that has not come back for the next event this long has gone away (Gradio stops iterating a cancelled or
 # disconnected request's generator without always closing it): the run stops at its next step.
 ABANDONED_AFTER_S = 3.0
+REUSED_RESULTS = 8  # finished comparisons kept to answer identical requests
 PREVIEW_SIDE = 256  # the step scrubber's previews are kept at most this many pixels a side, per session
 
 
@@ -43,6 +46,13 @@ class Step:
     done: int
     total: int
     previews: list | None
+
+
+@dataclass(frozen=True)
+class Reused:
+    """The finished ``Comparison`` of an identical request that ran a moment ago (same seed, same images)."""
+
+    result: object
 
 
 class Cancelled(Exception):
@@ -154,7 +164,32 @@ class Runner:
         self.settings = settings
         self.speed = Speed()
         self.sides: dict[str, int] = {}  # each model's own image side, once it has run
-        self.generate = on_gpu(self._generate, duration=lambda request, *a, **k: zero_gpu_seconds(request))
+        self._run = on_gpu(self._generate, duration=lambda request, *a, **k: zero_gpu_seconds(request))
+        # The last few finished comparisons by request: a class that presses the same example gets the first
+        # result at once instead of queueing for identical images (a run is a pure function of its request).
+        self._finished: OrderedDict[Request, object] = OrderedDict()
+        self._finished_lock = threading.Lock()
+
+    def generate(self, request: Request, *, previews: bool = True) -> Iterator:
+        """Yield ``Step``s while denoising, then the finished ``Comparison``; or only ``Reused(comparison)`` when
+        an identical request finished a moment ago (with previews, if ``previews``), without queueing for the
+        model or asking for a GPU."""
+        with self._finished_lock:
+            hit = self._finished.get(request)
+            if hit is not None:
+                self._finished.move_to_end(request)
+        if hit is not None and (hit.previews or not previews or not self.settings.preview_every):
+            yield Reused(hit)
+            return
+        with closing(self._run(request, previews=previews)) as events:
+            for event in events:
+                if not isinstance(event, Step):
+                    with self._finished_lock:
+                        self._finished[request] = event
+                        self._finished.move_to_end(request)
+                        while len(self._finished) > REUSED_RESULTS:
+                            self._finished.popitem(last=False)
+                yield event
 
     def estimate(self, request: Request) -> float:
         """Seconds the comparison should take on this app's device, from the measured speed of its model."""

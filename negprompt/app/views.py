@@ -35,7 +35,7 @@ from negprompt.app.outputs import (
     write_bundle,
     write_cells,
 )
-from negprompt.app.runner import Cancelled, DeadlineExceeded, Runner, Step
+from negprompt.app.runner import Cancelled, DeadlineExceeded, Reused, Runner, Step
 from negprompt.app.settings import AppSettings
 from negprompt.errors import InputError
 from negprompt.loading import EMBEDDED_NAME
@@ -99,7 +99,8 @@ class Views:
                                            for image, label in zip(event.previews, labels)]}
                 else:
                     result = event
-            outcome = self.finish(request, result)
+            reused = isinstance(result, Reused)
+            outcome = self.finish(request, result.result if reused else result)
         except InputError as error:
             yield self._error_view(*self.refusal(error, request))
             return
@@ -115,6 +116,9 @@ class Views:
             return
         view = self.show(outcome, differences)
         view["status"] = status(outcome, time.perf_counter() - started)
+        if reused:
+            view["status"] += " The same request had just run: these are its images (the same seed gives the same " \
+                              "images)."
         warnings = list(outcome.result.warnings)
         if outcome.readout is None and request.embedded and self.settings.detector:
             warnings.append("No attribute detector installed: no detector readout.")
@@ -195,7 +199,7 @@ class Views:
             last = time.monotonic()
             for event in self.runner.generate(request, previews=False):
                 if not isinstance(event, Step):
-                    result = event
+                    result = event.result if isinstance(event, Reused) else event
                 elif time.monotonic() - last > API_BEAT_S:
                     last = time.monotonic()
                     yield None
