@@ -103,6 +103,10 @@ def build_parser() -> argparse.ArgumentParser:
                         help="keep every cell's preview every K steps; the manifest gets each cell's divergence "
                              "curve (default: about ten per run in --leave-one-out, --terms-alone, --timing and "
                              "--guidance-methods, else none; 0: none)")
+    parser.add_argument("--attention-maps", action="store_true",
+                        help="also capture where each negative prompt's tokens were attended to: an "
+                             "attention-*.png overlay per cell, and in the manifest each cell's change inside and "
+                             "outside that region (the images do not change)")
     return parser
 
 
@@ -225,7 +229,8 @@ def main(argv: list[str] | None = None) -> int:
 
             every = default_preview_every(spec) if args.preview_every is None else args.preview_every
             recorder = PreviewRecorder(spec.steps, then=on_step)
-            result = explain(compare(loaded, spec, max_batch=args.max_batch, callback=recorder, preview_every=every),
+            result = explain(compare(loaded, spec, max_batch=args.max_batch, callback=recorder, preview_every=every,
+                                     attention_maps=args.attention_maps),
                              loaded, recorder if every else None)
         folder = result.save(args.out, differences=not args.no_differences)
     except (ValueError, OSError) as error:

@@ -103,6 +103,8 @@ class Comparison:
     preview_steps: list[int] = field(default_factory=list)  # the steps at which every cell's x0 preview was kept
     previews: list[list[Image.Image]] = field(default_factory=list)  # per kept step, every cell's preview
     explored: dict = field(default_factory=dict)  # comparison-wide findings, e.g. a timing sweep's tables
+    attention_maps: list = field(default_factory=list)  # per cell, where its negative was attended to ([0, 1] array
+    # at the latent size, or None); empty unless the run captured them (negprompt.attention)
 
     @property
     def rows(self) -> list[list[Cell]]:
@@ -126,6 +128,13 @@ class Comparison:
         """Per cell, its change score against its reference cell (0 for cells with none), in percent."""
         return [0.0 if (ref := self.reference_of(c)) is None else change_score(c.image, ref.image)
                 for c in self.cells]
+
+    def attention_overlays(self) -> list[Image.Image | None]:
+        """Per cell, its image with where its negative was attended to laid over it in red (None: no map)."""
+        from negprompt.attention import overlay
+
+        maps = self.attention_maps or [None] * len(self.cells)
+        return [None if m is None else overlay(c.image, m) for c, m in zip(self.cells, maps)]
 
     def difference_map(self, cell: Cell) -> Image.Image:
         """Heat map of where ``cell`` differs from its reference; a cell with no reference is shown as itself."""
@@ -212,6 +221,9 @@ class Comparison:
             info = PngInfo()
             info.add_text("parameters", cell.parameters)
             cell.image.save(folder / _cell_file(cell, self.label(cell)), pnginfo=info)
+        for cell, overlay in zip(self.cells, self.attention_overlays()):
+            if overlay is not None:
+                overlay.save(folder / ("attention-" + _cell_file(cell, self.label(cell))))
         (folder / "manifest.json").write_text(json.dumps(self.manifest(), indent=2, ensure_ascii=False) + "\n")
         return folder
 

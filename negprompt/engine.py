@@ -34,12 +34,13 @@ import hashlib
 import math
 import time
 from collections.abc import Callable, Sequence
+from contextlib import nullcontext
 from dataclasses import dataclass, replace
 
 import torch
 from PIL import Image
 
-from negprompt import guidance
+from negprompt import attention, guidance
 from negprompt.comparison import Cell, Comparison, Settings
 from negprompt.errors import LIMITS, InputError
 from negprompt.guidance import BRANCHES, GuidanceMethod
@@ -77,6 +78,7 @@ def compare(
     model_name: str | None = None,
     callback: StepCallback | None = None,
     preview_every: int = 0,
+    attention_maps: bool = False,
 ) -> Comparison:
     """Run a comparison: ``compare(pipe, spec)`` runs a ``ComparisonSpec`` as it stands; ``compare(pipe, prompt,
     negatives, ...)`` runs ``prompt`` with no negative (the baseline) and with each of ``negatives``, for each seed.
@@ -89,14 +91,16 @@ def compare(
     per UNet batch (None: all, halved automatically on out-of-memory); results do not depend on it.
     ``callback(done_steps, total_steps, previews)`` is called after every step, with preview images of every cell of
     the running chunk every ``preview_every`` steps (else None); an exception raised by the callback stops the
-    comparison and propagates (that is how a front end cancels an abandoned run). Bad input raises ``InputError``.
+    comparison and propagates (that is how a front end cancels an abandoned run). ``attention_maps``: also capture,
+    per cell, where its negative prompt's tokens were attended to (``negprompt.attention``; the images do not
+    change), in ``result.attention_maps``. Bad input raises ``InputError``.
     """
     if isinstance(prompt, ComparisonSpec):
         if negatives or other_positive is not None or seed is not None or seeds is not None:
             raise InputError("negatives", negatives, "with a ComparisonSpec, the cells come from the spec: give no "
                                                      "negatives, seeds or other_positive")
         return run(pipe, prompt, max_batch=max_batch, max_cells=max_cells, callback=callback,
-                   preview_every=preview_every)
+                   preview_every=preview_every, attention_maps=attention_maps)
     negatives = [negatives] if isinstance(negatives, str) else list(negatives)
     rows = _check_convenience(prompt, negatives, seed, seeds, baseline, other_positive, scheduler, max_cells)
     diffusers_pipe = pipe.pipe if isinstance(pipe, Loaded) else pipe
@@ -105,11 +109,12 @@ def compare(
     spec = negatives_spec(prompt, negatives, rows, model=model_name or model_source(diffusers_pipe), steps=steps,
                           guidance_scale=guidance_scale, height=height, width=width, sampler=scheduler,
                           baseline=baseline, other_positive=other_positive, guidance=guidance_method)
-    return run(pipe, spec, max_batch=max_batch, max_cells=max_cells, callback=callback, preview_every=preview_every)
+    return run(pipe, spec, max_batch=max_batch, max_cells=max_cells, callback=callback, preview_every=preview_every,
+               attention_maps=attention_maps)
 
 
 def run(pipe, spec: ComparisonSpec, *, max_batch: int | None = None, max_cells: int = MAX_CELLS,
-        callback: StepCallback | None = None, preview_every: int = 0) -> Comparison:
+        callback: StepCallback | None = None, preview_every: int = 0, attention_maps: bool = False) -> Comparison:
     """Make every cell of ``spec`` (see ``compare``). The result keeps the spec with the image size resolved, so
     ``run(pipe, result.spec)`` gives the same images again."""
     # 1. Check inputs
@@ -123,6 +128,9 @@ def run(pipe, spec: ComparisonSpec, *, max_batch: int | None = None, max_cells: 
     check_int("preview_every", preview_every, 0, 10**6)
     if callback is not None and not callable(callback):
         raise InputError("callback", callback, "callback must be callable")
+    if attention_maps and not attention.installed(pipe.unet):
+        raise InputError("attention_maps", attention_maps, "this pipeline's UNet captures no attention maps: load it "
+                                                           "with negprompt.loading.load (a compiled UNet has none)")
     if spec.sampler not in scheduler_names():
         raise InputError("sampler", spec.sampler, f"sampler={spec.sampler!r} is not one of {scheduler_names()}")
     default_side = pipe.unet.config.sample_size * pipe.vae_scale_factor
@@ -152,8 +160,13 @@ def run(pipe, spec: ComparisonSpec, *, max_batch: int | None = None, max_cells: 
 
     # 4. Denoise every cell, in chunks of whole cells
     start = time.perf_counter()
-    latents, batch_used = _denoise_all(pipe, runtime, spec, table, seed_latents, max_batch, callback,
-                                       preview_every)
+    capture = None
+    if attention_maps:
+        capture = attention.Capture([attention.token_positions(_tokenizer(pipe), c.negative) for c in spec.cells],
+                                    shape[2], shape[3])
+    with attention.capturing(capture) if capture is not None else nullcontext():
+        latents, batch_used = _denoise_all(pipe, runtime, spec, table, seed_latents, max_batch, callback,
+                                           preview_every, capture)
     timings["denoise_s"] = time.perf_counter() - start
 
     # 5. Decode
@@ -168,7 +181,7 @@ def run(pipe, spec: ComparisonSpec, *, max_batch: int | None = None, max_cells: 
                   parameters=cell_infotext(settings, c))
              for i, (c, image) in enumerate(zip(spec.cells, images))]
     return Comparison(spec=spec, settings=settings, cells=cells, warnings=warnings, timings=timings,
-                      max_batch_used=batch_used)
+                      max_batch_used=batch_used, attention_maps=capture.maps() if capture is not None else [])
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -295,7 +308,7 @@ def _decode(pipe, latents: torch.Tensor, vae=None) -> list[Image.Image]:
 
 
 def _denoise_all(pipe, runtime, spec: ComparisonSpec, table: _TextTable, seed_latents, max_batch, callback,
-                 preview_every):
+                 preview_every, capture=None):
     """Denoise every cell of ``spec``, in chunks of whole cells; returns final latents and the chunk size used.
     An out-of-memory error halves the chunk size and starts over; the size that fits is remembered with the
     pipeline (``runtime.safe_batch``), so the next comparison of that size starts there."""
@@ -308,14 +321,16 @@ def _denoise_all(pipe, runtime, spec: ComparisonSpec, table: _TextTable, seed_la
             progress = _Progress(callback, spec.steps * math.ceil(n / batch), preview_every)
             outputs = []
             for i in range(0, n, batch):
-                chunk = _Chunk(spec.cells[i:i + batch], seed_latents, device)
-                outputs.append(_denoise(pipe, runtime, chunk, spec, table, progress))
+                chunk = _Chunk(spec.cells[i:i + batch], seed_latents, device, offset=i)
+                outputs.append(_denoise(pipe, runtime, chunk, spec, table, progress, capture))
             return torch.cat(outputs), batch
         except torch.OutOfMemoryError:
             if batch == 1:
                 raise
             batch = max(1, batch // 2)
             runtime.safe_batch[size] = batch
+            if capture is not None:
+                capture.reset()
             if device.type == "cuda":
                 torch.cuda.empty_cache()
 
@@ -327,6 +342,7 @@ class _Chunk:
     cells: Sequence[CellSpec]
     seed_latents: dict
     device: torch.device
+    offset: int = 0  # the index of its first cell in the spec
 
     def __post_init__(self):
         self.latents = torch.cat([self.seed_latents[c.seed] for c in self.cells]).to(self.device)
@@ -401,7 +417,7 @@ class _Stepper:
 
 @torch.no_grad()
 def _denoise(pipe, runtime, chunk: _Chunk, spec: ComparisonSpec, table: _TextTable,
-             progress: _Progress) -> torch.Tensor:
+             progress: _Progress, capture=None) -> torch.Tensor:
     unet = pipe.unet
     cells = chunk.cells
     stepper = _Stepper(pipe, spec.sampler, chunk, spec.steps)
@@ -429,6 +445,10 @@ def _denoise(pipe, runtime, chunk: _Chunk, spec: ComparisonSpec, table: _TextTab
         text, pooled = texts[keys]
         added = {"text_embeds": pooled, "time_ids": time_ids} if pooled is not None else None
         model_input = stepper.scale(latents, t)
+        if capture is not None:  # the rows reading their cell's own negative prompt, at about five steps of the run
+            sampled = step % max(1, round(spec.steps / attention.STEPS_SAMPLED)) == 0
+            capture.watch({k: chunk.offset + j for k, (j, branch) in enumerate(layout.order) if sampled
+                           and branch == "negative" and keys[k] is not None and keys[k] == cells[j].negative})
         unet_input = model_input[cell_of_row] if active else model_input
         out = bucketed_unet(unet, unet_input, t, text, buckets=runtime.buckets, timestep_cond=timestep_cond,
                             added_cond_kwargs=added)

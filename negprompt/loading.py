@@ -34,6 +34,7 @@ from pathlib import Path
 import torch
 from diffusers import DiffusionPipeline, StableDiffusionPipeline, StableDiffusionXLPipeline
 
+from negprompt import attention
 from negprompt._assets import asset
 from negprompt.devices import pick_device, pick_dtype
 from negprompt.errors import InputError
@@ -159,8 +160,10 @@ def load(model: str | Path | None = None, *, device: str | torch.device | None =
         _evict(kind, keep=CACHE_SIZE[kind] - 1)
         pipe = _load(source, device, dtype)
         decoder = _load_preview_decoder(str(preview_decoder), pipe, device, dtype) if preview_decoder else None
-        loaded = Loaded(pipe=pipe, runtime=Runtime(speedups=apply_speedups(pipe), preview_decoder=decoder),
-                        source=source)
+        speedups = apply_speedups(pipe)
+        if speedups.get("buckets") is None:  # a compiled UNet keeps its graph whole: no attention maps
+            attention.install(pipe.unet)
+        loaded = Loaded(pipe=pipe, runtime=Runtime(speedups=speedups, preview_decoder=decoder), source=source)
         _cache[key] = loaded
         return loaded
 

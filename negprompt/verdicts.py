@@ -277,6 +277,15 @@ def manifest_fields(result) -> tuple[list[dict], dict]:
               else [None] * len(result.cells))
     cells = [{"verdict": v.to_dict() if v is not None else None, "divergence": curve}
              for v, curve in zip(verdicts, curves)]
+    maps = getattr(result, "attention_maps", None)
+    if maps:
+        from negprompt.attention import REGION_SHARE, change_inside_outside
+
+        for record, cell, picture in zip(cells, result.cells, maps):
+            ref = result.reference_of(cell)
+            split = change_inside_outside(cell.image, ref.image, picture) if ref is not None else None
+            record["attention"] = None if split is None else {
+                "change_inside": split[0], "change_outside": split[1], "region_share": REGION_SHARE}
     extra: dict = dict(getattr(result, "explored", None) or {})
     if previews:
         extra["preview_steps"] = list(result.preview_steps)

@@ -131,3 +131,21 @@ def test_step_scrubber_shows_every_cell_at_each_kept_step_and_the_curves_end_at_
     assert list(curves[curves["image"] == "- hat"]["step"]) == [2, 4, 6]
     last = curves[(curves["image"] == "- hat") & (curves["step"] == 6)]["change"].item()
     assert last == pytest.approx(outcome.result.change_scores[1], abs=0.01)
+
+
+def test_the_gallery_can_show_where_each_negative_was_attended_to(tiny_sd_folder):
+    """The attention toggle swaps in each negative cell's overlay; the baseline stays its image; the manifest in
+    the zip holds each cell's change inside and outside the attended region."""
+    from negprompt.app.views import Views
+
+    model = str(tiny_sd_folder)
+    views = Views(AppSettings(model=model, models=(model,), preview_every=0))
+    final = views.final(Form(prompt="portrait photo of a man", seed=5, steps=3, model=model,
+                             negatives=((0, "hat"),)))
+    outcome = final["outcome"]
+    plain = views.toggle(outcome, False, False)["gallery"]
+    shown = views.toggle(outcome, False, True)["gallery"]
+    assert isinstance(plain[1][0], str) and not isinstance(shown[1][0], str), "The negative's cell shows its overlay."
+    assert shown[0][0] == plain[0][0], "The baseline has no negative: it stays its image."
+    manifest = json.loads(zipfile.ZipFile(final["download"]).read("manifest.json"))
+    assert manifest["cells"][0]["attention"] is None and "change_inside" in manifest["cells"][1]["attention"]

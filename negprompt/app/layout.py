@@ -350,6 +350,9 @@ def build_demo(settings: AppSettings | None = None) -> gr.Blocks:
                                      show_label=False)
                 differences = gr.Checkbox(label="Show difference maps (where each negative prompt changed the "
                                                 "baseline)", elem_id="differences")
+                attended = gr.Checkbox(label="Show where each negative prompt was attended to (red: where the "
+                                             "model looked for its words)", elem_id="attended",
+                                       visible=settings.attention_maps)
                 infotext = gr.Textbox(label="Infotext of the selected image (select an image)", lines=3,
                                       buttons=["copy"], interactive=False)
                 table = gr.Markdown(elem_id="table")
@@ -400,11 +403,11 @@ def build_demo(settings: AppSettings | None = None) -> gr.Blocks:
                 shown[frames] = gr.update(value=view["frames"], visible=bool(view["frames"]))
             return shown
 
-        def run(differences=False, progress=gr.Progress(), **values):
-            for view in views.run(form_from_widgets(values), bool(differences), progress):
+        def run(differences=False, attended=False, progress=gr.Progress(), **values):
+            for view in views.run(form_from_widgets(values), bool(differences), progress, bool(attended)):
                 yield to_components(view)
 
-        def validate(differences=False, **values):
+        def validate(differences=False, attended=False, **values):
             """Point at the field a refusal concerns, before the comparison is queued."""
             bad = {}
             try:
@@ -413,10 +416,10 @@ def build_demo(settings: AppSettings | None = None) -> gr.Blocks:
                 label, message = views.refusal(error)
                 bad = {labelled.get(label, boxes[0]): message}
             return [gr.validate(component not in bad, bad.get(component, "")) for component in
-                    [*fields.kwargs().values(), differences_box]]
+                    [*fields.kwargs().values(), differences_box, attended]]
 
         differences_box = differences
-        run_kwargs = {**fields.kwargs(), "differences": differences}
+        run_kwargs = {**fields.kwargs(), "differences": differences, "attended": attended}
         for trigger in (run_button.click, prompt.submit):
             trigger(run, None, list(named_outputs.values()), inputs_kwargs=run_kwargs, validator=validate,
                     preprocess=False, show_progress_on=[status], **RUN, **PRIVATE)
@@ -436,8 +439,9 @@ def build_demo(settings: AppSettings | None = None) -> gr.Blocks:
         count.change(show, count, groups, **QUICK)
         mode.change(mode_help, mode, mode_text, **QUICK)
         randomize.click(lambda: random.randint(0, LIMITS.max_seed), None, seed, **QUICK)
-        differences.change(lambda o, d: to_components(views.toggle(o, d)), [outcome, differences], [gallery, grid],
-                           **PRIVATE)
+        for box in (differences, attended):
+            box.change(lambda o, d, a: to_components(views.toggle(o, d, a)), [outcome, differences, attended],
+                       [gallery, grid], **PRIVATE)
 
         def select(outcome_value, event: gr.SelectData):
             return views.select(outcome_value, event.index)

@@ -188,13 +188,18 @@ def badge(result, cell) -> str:
     return f"⚠️ {found.status}: {found.reasons[0]}"
 
 
-def gallery_items(outcome: Outcome, differences: bool) -> list[tuple]:
+def gallery_items(outcome: Outcome, differences: bool, attended: bool = False) -> list[tuple]:
     """(image, caption) per cell, in row order. With ``differences``, each cell shows where it differs from its
-    row's baseline; the baselines themselves stay images (their map would be empty)."""
+    row's baseline; the baselines themselves stay images (their map would be empty). With ``attended``, each cell
+    with a negative prompt shows where its tokens were attended to, in red over the image (it wins over
+    ``differences``)."""
     result, items = outcome.result, []
-    for cell in result.cells:
+    overlays = result.attention_overlays() if attended else [None] * len(result.cells)
+    for cell, overlay in zip(result.cells, overlays):
         image = str(outcome.files[cell.index])
-        if differences and not cell.is_baseline:
+        if overlay is not None:
+            image = overlay
+        elif differences and not cell.is_baseline:
             image = result.difference_map(cell)
         items.append((image, caption(outcome, cell)))
     return items

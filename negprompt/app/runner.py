@@ -217,6 +217,7 @@ class Runner:
     def _generate(self, request: Request, *, previews: bool = True) -> Iterator:
         """Yield ``Step``s while denoising, then the finished ``Comparison``. Exceptions reach the caller; closing
         the stream (the caller went away) stops the comparison at its next step and frees the lock."""
+        from negprompt import attention
         from negprompt.engine import compare
         from negprompt.explore import PreviewRecorder
         from negprompt.verdicts import explain
@@ -249,8 +250,10 @@ class Runner:
                     every = settings.preview_every if previews else 0
                     # every cell's preview every ``every`` steps is kept for the step scrubber and the curves
                     recorder = PreviewRecorder(spec.steps, then=on_step, max_side=PREVIEW_SIDE)
+                    maps = settings.attention_maps and attention.installed(pipe.unet)
                     result = explain(compare(pipe, spec, callback=recorder, preview_every=every,
-                                             max_cells=max(len(spec.cells), 1)), pipe, recorder if every else None)
+                                             max_cells=max(len(spec.cells), 1), attention_maps=maps), pipe,
+                                     recorder if every else None)
                 denoise = result.timings.get("denoise_s", 0.0)
                 if request.width is None:
                     self.sides[request.model] = max(result.settings.width, result.settings.height)

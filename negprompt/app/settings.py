@@ -111,6 +111,7 @@ class AppSettings:
     device: str | None = None  # NEGPROMPT_DEVICE: cuda, mps or cpu (default: the best present)
     warmup: bool = False  # NEGPROMPT_WARMUP: load the default model at launch instead of on the first request
     detector: bool = True  # NEGPROMPT_DETECTOR: list what the embedded model's attribute detector sees
+    attention_maps: bool = True  # NEGPROMPT_ATTENTION_MAPS: capture where each negative was attended to
     budget_s: float = 60.0  # NEGPROMPT_BUDGET_S: refuse a request whose estimated run time exceeds this (seconds)
     deadline_s: float = 180.0  # NEGPROMPT_DEADLINE_S: stop a running request after this long (seconds)
     max_upload: str = "1kb"  # NEGPROMPT_MAX_UPLOAD: Gradio's max_file_size (the app takes no uploads)
@@ -148,6 +149,7 @@ class AppSettings:
             device=os.environ.get("NEGPROMPT_DEVICE", "").strip() or None,
             warmup=_bool("NEGPROMPT_WARMUP", zero_gpu_available()),
             detector=_bool("NEGPROMPT_DETECTOR", True),
+            attention_maps=_bool("NEGPROMPT_ATTENTION_MAPS", True),
             budget_s=_float("NEGPROMPT_BUDGET_S", cls.budget_s),
             deadline_s=_float("NEGPROMPT_DEADLINE_S", cls.deadline_s),
             max_upload=os.environ.get("NEGPROMPT_MAX_UPLOAD", "").strip() or cls.max_upload,

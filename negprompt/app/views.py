@@ -80,7 +80,8 @@ class Views:
 
     # -- the Compare button -----------------------------------------------------------------------------------------
 
-    def run(self, form: Form, differences: bool = False, progress: Callable | None = None) -> Iterator[View]:
+    def run(self, form: Form, differences: bool = False, progress: Callable | None = None,
+            attended: bool = False) -> Iterator[View]:
         """Stream step counts and previews, then the gallery, grid, files and readouts; or the errors."""
         try:
             request = self.request(form)
@@ -114,7 +115,7 @@ class Views:
             yield {"status": "**The comparison failed** (an internal error, logged for the app's maintainer). "
                              "Try again, or another model or size.", "errors": {}}
             return
-        view = self.show(outcome, differences)
+        view = self.show(outcome, differences, attended)
         view["status"] = status(outcome, time.perf_counter() - started)
         if reused:
             view["status"] += " The same request had just run: these are its images (the same seed gives the same " \
@@ -153,11 +154,11 @@ class Views:
         grid, differences, archive = write_bundle(outcome.request, outcome.result, outcome.files[0].parent.parent)
         return replace(outcome, grid_file=grid, differences_file=differences, archive=archive)
 
-    def show(self, outcome: Outcome, differences: bool) -> View:
+    def show(self, outcome: Outcome, differences: bool, attended: bool = False) -> View:
         """What the results column shows for a finished comparison, before its grid and zip are written."""
         found, trimmed = explored(outcome)
         last = frame_count(outcome) - 1
-        return {"gallery": gallery_items(outcome, differences), "table": table(outcome), "outcome": outcome,
+        return {"gallery": gallery_items(outcome, differences, attended), "table": table(outcome), "outcome": outcome,
                 "infotext": "", "explored": found, "trimmed": trimmed, "scrubber": last,
                 "frames": frame_items(outcome, last), "curves": divergence_frame(outcome)}
 
@@ -172,10 +173,10 @@ class Views:
         written = outcome.differences_file if differences else outcome.grid_file
         return str(written) if written is not None else outcome.result.grid(differences=differences)
 
-    def toggle(self, outcome: Outcome | None, differences: bool) -> View:
+    def toggle(self, outcome: Outcome | None, differences: bool, attended: bool = False) -> View:
         if outcome is None:
             return {}
-        return {"gallery": gallery_items(outcome, differences), "grid": self.grid(outcome, differences)}
+        return {"gallery": gallery_items(outcome, differences, attended), "grid": self.grid(outcome, differences)}
 
     @staticmethod
     def select(outcome: Outcome | None, index: int) -> str:

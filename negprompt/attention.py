@@ -1,0 +1,172 @@
+"""Where a negative prompt acted: the cross-attention of each cell's negative-prompt tokens, captured during the run.
+
+``install(unet)`` (``negprompt.loading.load`` calls it once, when a model loads) wraps every cross-attention
+processor of the UNet in a ``CaptureProcessor``. The wrapper calls the processor it wraps and returns its output
+untouched, so a run computes exactly what it would without it; only while a ``Capture`` is active in the running
+thread (``with capturing(capture):``, which ``engine.run(..., attention_maps=True)`` opens) does it also compute,
+for the UNet batch rows the capture names (each cell's negative branch), the attention that every image position
+pays to that cell's negative-prompt tokens, averaged over heads, and add it to the cell's map at the latent size.
+The maps are then averaged over layers and over about ``STEPS_SAMPLED`` evenly spaced steps.
+
+Why by hand: diffusers' attention processors return the attention output, not the probabilities (Prompt-to-Prompt
+and the diffusers community examples capture maps the same way, with a processor that recomputes them).
+
+    from negprompt.attention import change_inside_outside, overlay
+    result = compare(loaded, "portrait photo of a man", ["hat"], attention_maps=True)
+    overlay(result.cells[1].image, result.attention_maps[1])          # a heat map over the image
+    change_inside_outside(result.cells[1].image, result.cells[0].image, result.attention_maps[1])
+
+A compiled UNet is not wrapped (the wrapper's per-call check would break its graph); it has no maps.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+from contextlib import contextmanager
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+_state = threading.local()
+REGION_SHARE = 0.2  # the region a negative attended to: its map's top 20% of image positions
+STEPS_SAMPLED = 5  # the maps are averaged over about this many evenly spaced steps (every step would cost the
+# embedded model's CPU run 21% more time; five of twenty cost about 7%: benchmarks/attention_maps.py)
+
+
+class Capture:
+    """Per cell, the running sum of its negative tokens' attention maps at the latent size ``(height, width)``;
+    ``positions[i]``: where cell i's negative-prompt tokens sit in its text encoding (``token_positions``)."""
+
+    def __init__(self, positions: list[list[int]], height: int, width: int):
+        self.positions, self.height, self.width = positions, height, width
+        cells = len(positions)
+        self.sums: list[torch.Tensor | None] = [None] * cells
+        self.counts = [0] * cells
+        self.rows: dict[int, tuple[int, list[int]]] = {}  # UNet batch row -> (cell, token positions)
+
+    def reset(self) -> None:
+        """Forget everything (the engine starts over with smaller chunks after running out of memory)."""
+        self.sums, self.counts, self.rows = [None] * len(self.sums), [0] * len(self.counts), {}
+
+    def watch(self, rows: dict[int, int]) -> None:
+        """Name the rows of the next UNet calls: batch row -> the cell whose negative prompt that row reads."""
+        self.rows = {r: (cell, self.positions[cell]) for r, cell in rows.items() if self.positions[cell]}
+
+    @torch.no_grad()
+    def add(self, attn, hidden_states: torch.Tensor, encoder_hidden_states: torch.Tensor) -> None:
+        if not self.rows or hidden_states.ndim != 3:
+            return
+        rows = list(self.rows)
+        query = attn.head_to_batch_dim(attn.to_q(hidden_states[rows]))
+        key = attn.head_to_batch_dim(attn.to_k(encoder_hidden_states[rows]))
+        probs = attn.get_attention_scores(query, key, None).float()  # (rows * heads, positions, tokens)
+        probs = probs.view(len(rows), attn.heads, *probs.shape[1:]).mean(dim=1)
+        positions = probs.shape[1]
+        scale = math.sqrt(self.height * self.width / positions)
+        h, w = round(self.height / scale), round(self.width / scale)
+        if h * w != positions:
+            return
+        mask = torch.zeros(len(rows), probs.shape[2], device=probs.device)
+        for i, row in enumerate(rows):
+            mask[i, self.rows[row][1]] = 1.0
+        pictures = torch.einsum("rpt,rt->rp", probs, mask).view(len(rows), 1, h, w)
+        if (h, w) != (self.height, self.width):
+            pictures = F.interpolate(pictures, size=(self.height, self.width), mode="bilinear", align_corners=False)
+        pictures = pictures[:, 0].cpu()
+        for i, row in enumerate(rows):
+            cell = self.rows[row][0]
+            self.sums[cell] = pictures[i] if self.sums[cell] is None else self.sums[cell] + pictures[i]
+            self.counts[cell] += 1
+
+    def maps(self) -> list[np.ndarray | None]:
+        """Per cell, its mean map scaled to [0, 1] (None: a cell with no negative tokens, or never watched)."""
+        out: list[np.ndarray | None] = []
+        for total, count in zip(self.sums, self.counts):
+            if total is None or not count:
+                out.append(None)
+                continue
+            picture = (total / count).numpy()
+            low, high = float(picture.min()), float(picture.max())
+            out.append((picture - low) / (high - low) if high > low else np.zeros_like(picture))
+        return out
+
+
+class CaptureProcessor:
+    """Wraps a cross-attention processor: the same output, plus the active capture's maps (see the module doc)."""
+
+    def __init__(self, inner):
+        self.inner = inner
+
+    def __call__(self, attn, hidden_states, encoder_hidden_states=None, *args, **kwargs):
+        capture = getattr(_state, "capture", None)
+        if capture is not None and encoder_hidden_states is not None:
+            capture.add(attn, hidden_states, encoder_hidden_states)
+        return self.inner(attn, hidden_states, encoder_hidden_states, *args, **kwargs)
+
+
+def install(unet) -> bool:
+    """Wrap every cross-attention processor of ``unet`` (once; the outputs stay the same). False when it has none."""
+    processors = unet.attn_processors
+    if not any(name.endswith("attn2.processor") for name in processors):
+        return False
+    if not any(isinstance(p, CaptureProcessor) for p in processors.values()):
+        unet.set_attn_processor({name: CaptureProcessor(p) if name.endswith("attn2.processor") else p
+                                 for name, p in processors.items()})
+    return True
+
+
+def installed(unet) -> bool:
+    return any(isinstance(p, CaptureProcessor) for p in unet.attn_processors.values())
+
+
+@contextmanager
+def capturing(capture: Capture):
+    """Activate ``capture`` for the UNet calls this thread makes inside the block."""
+    previous = getattr(_state, "capture", None)
+    _state.capture = capture
+    try:
+        yield capture
+    finally:
+        _state.capture = previous
+
+
+def token_positions(tokenizer, text: str | None) -> list[int]:
+    """Positions of ``text``'s word tokens in its 77-token encoding (no start or end token; none for no text)."""
+    if not text:
+        return []
+    ids = tokenizer(text, truncation=True, max_length=tokenizer.model_max_length).input_ids
+    return list(range(1, len(ids) - 1))
+
+
+def _region(attention: np.ndarray, size: tuple[int, int], share: float = REGION_SHARE) -> np.ndarray:
+    """The boolean mask, at image ``size`` (width, height), of the ``share`` of positions the map weighs most."""
+    picture = Image.fromarray((attention * 255).astype(np.uint8)).resize(size, Image.Resampling.BILINEAR)
+    values = np.asarray(picture, dtype=np.float32)
+    return values >= np.quantile(values, 1 - share)
+
+
+def change_inside_outside(image, reference, attention: np.ndarray | None,
+                          share: float = REGION_SHARE) -> tuple[float, float] | None:
+    """(change inside, change outside) the region ``attention`` marks, in percent (mean absolute pixel
+    difference against ``reference``, as the change score); None without a map."""
+    if attention is None:
+        return None
+    a = np.asarray(image.convert("RGB"), dtype=np.float32) / 255.0
+    b = np.asarray(reference.convert("RGB"), dtype=np.float32) / 255.0
+    inside = _region(attention, image.size, share)
+    difference = np.abs(a - b).mean(axis=-1)
+    return (round(float(difference[inside].mean() * 100), 3), round(float(difference[~inside].mean() * 100), 3))
+
+
+def overlay(image, attention: np.ndarray | None, strength: float = 0.6) -> Image.Image:
+    """``image`` with ``attention`` laid over it in red (the image itself without a map)."""
+    if attention is None:
+        return image
+    heat = Image.fromarray((attention * 255).astype(np.uint8)).resize(image.size, Image.Resampling.BILINEAR)
+    alpha = np.asarray(heat, dtype=np.float32)[..., None] / 255.0 * strength
+    base = np.asarray(image.convert("RGB"), dtype=np.float32)
+    red = np.array([255.0, 30.0, 30.0])
+    return Image.fromarray((base * (1 - alpha) + red * alpha).round().astype(np.uint8))
