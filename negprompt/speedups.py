@@ -126,9 +126,13 @@ def bucketed_unet(unet, sample, timestep, encoder_hidden_states, *, buckets: Seq
 
 
 def attention_processors(model) -> dict[str, int]:
-    """How many attention layers of ``model`` use each processor class, e.g. {"AttnProcessor2_0": 16}."""
+    """How many attention layers of ``model`` use each processor class, e.g. {"AttnProcessor2_0": 16}. A processor
+    that wraps another (``negprompt.attention.CaptureProcessor``, which calls it unchanged) counts as the one it
+    wraps."""
     counts: dict[str, int] = {}
     for processor in getattr(model, "attn_processors", {}).values():
+        while hasattr(processor, "inner"):
+            processor = processor.inner
         name = type(processor).__name__
         counts[name] = counts.get(name, 0) + 1
     return counts

@@ -78,3 +78,13 @@ def test_the_command_line_writes_overlays_and_the_split_change(tmp_path, tiny_sd
     assert cells[0].get("attention") is None
     split = cells[1]["attention"]
     assert set(split) == {"change_inside", "change_outside", "region_share"} and split["region_share"] == 0.2
+
+
+def test_the_wrapped_processors_still_count_as_scaled_dot_product_attention(tiny_sd_folder):
+    from negprompt.attention import installed
+    from negprompt.loading import load
+    from negprompt.speedups import attention_processors, uses_sdpa
+
+    unet = load(tiny_sd_folder, device="cpu").pipe.unet
+    assert installed(unet)
+    assert "CaptureProcessor" not in attention_processors(unet) and uses_sdpa(unet), attention_processors(unet)
