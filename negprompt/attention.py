@@ -33,7 +33,8 @@ from PIL import Image
 _state = threading.local()
 REGION_SHARE = 0.2  # the region a negative attended to: its map's top 20% of image positions
 STEPS_SAMPLED = 5  # the maps are averaged over about this many evenly spaced steps (every step would cost the
-# embedded model's CPU run 21% more time; five of twenty cost about 7%: benchmarks/attention_maps.py)
+# first embedded model's CPU run 21% more time; five of twenty cost it 7%, and the current one 2%:
+# benchmarks/attention_maps.py)
 
 
 class Capture:
