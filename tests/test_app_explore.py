@@ -121,6 +121,7 @@ def test_step_scrubber_shows_every_cell_at_each_kept_step_and_the_curves_end_at_
     assert not final.get("errors"), final.get("status")
     outcome = final["outcome"]
     assert final["scrubber"] == 2, "Kept steps 2, 4 and the final 6: the slider runs over indices 0-2."
+    assert final["scrubber_steps"] == [2, 4, 6], "The slider names the steps it runs over."
     assert [caption.split(" · ")[0] for _, caption in final["frames"]] == ["step 6/6"] * 3
     early = views.frame(outcome, 0)["frames"]
     assert [caption for _, caption in early] == ["step 2/6 · baseline", "step 2/6 · - hat", "step 2/6 · - glasses"]

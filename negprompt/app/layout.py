@@ -396,8 +396,9 @@ def build_demo(settings: AppSettings | None = None) -> gr.Blocks:
             if "trimmed" in view:
                 shown[trimmed] = gr.update(value=view["trimmed"], visible=bool(view["trimmed"]))
             if "scrubber" in view:  # the index of the last kept step (the final images); hidden with nothing to scrub
-                last = view["scrubber"]
-                shown[scrubber] = gr.update(maximum=max(last, 1), value=max(last, 0), visible=last >= 1)
+                last, steps = view["scrubber"], view.get("scrubber_steps") or []
+                kept = f"kept steps {', '.join(map(str, steps))}" if steps else ""
+                shown[scrubber] = gr.update(maximum=max(last, 1), value=max(last, 0), visible=last >= 1, info=kept)
             if "curves" in view:  # shown from the first run that kept previews on
                 shown[curves] = gr.update(value=view["curves"], visible=not view["curves"].empty)
                 shown[frames] = gr.update(value=view["frames"], visible=bool(view["frames"]))

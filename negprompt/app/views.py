@@ -160,6 +160,7 @@ class Views:
         last = frame_count(outcome) - 1
         return {"gallery": gallery_items(outcome, differences, attended), "table": table(outcome), "outcome": outcome,
                 "infotext": "", "explored": found, "trimmed": trimmed, "scrubber": last,
+                "scrubber_steps": list(getattr(outcome.result, "preview_steps", None) or []),
                 "frames": frame_items(outcome, last), "curves": divergence_frame(outcome)}
 
     @staticmethod
