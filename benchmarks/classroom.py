@@ -2,6 +2,7 @@
 
     python benchmarks/classroom.py                     # 30 clients within 10 s, the embedded model, this CPU
     python benchmarks/classroom.py --clients 8 --within 2
+    python benchmarks/classroom.py --same-example      # all 30 send the same request (one example, one seed)
 
 Starts the app in this process on a loopback port (nothing leaves the machine), warms it with one request, then
 times the engine alone (``compare`` on the loaded model, median of 3) against a warm request through the app's API
@@ -32,13 +33,13 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, max(0, round(q * (len(ordered) - 1))))]
 
 
-def student(url: str, index: int, delay: float, out: dict, clients: list) -> None:
+def student(url: str, index: int, delay: float, out: dict, clients: list, same: bool = False) -> None:
     """One student: waits ``delay`` s, submits, polls the queue position, checks the result is its own."""
     from gradio_client import Client
 
     record = out[index] = {"refused": False, "lost": True, "own": False, "rank": 0, "seconds": None}
-    negatives = NEGATIVES[index % 3:] + NEGATIVES[:index % 3]  # each student's own order
-    seed = 1000 + index
+    negatives = NEGATIVES if same else NEGATIVES[index % 3:] + NEGATIVES[:index % 3]  # each student's own order
+    seed = 1000 if same else 1000 + index
     try:
         client = clients[index] if clients else Client(url, verbose=False)
         time.sleep(delay)
@@ -72,10 +73,11 @@ def engine_seconds(steps: int) -> float:
     return time.perf_counter() - start
 
 
-def app_seconds(client) -> float:
-    """A request through the app's API, at its defaults: seconds from submit to result."""
+def app_seconds(client, seed: int = 1) -> float:
+    """A request through the app's API, at its defaults: seconds from submit to result. Each timed request needs
+    its own seed: the app answers a request identical to one it just finished from that result."""
     start = time.perf_counter()
-    client.predict(prompt=PROMPT, negative_prompts=NEGATIVES, seed=1, api_name="/compare")
+    client.predict(prompt=PROMPT, negative_prompts=NEGATIVES, seed=seed, api_name="/compare")
     return time.perf_counter() - start
 
 
@@ -85,23 +87,26 @@ def overhead(url: str, steps: int, repeats: int = 3) -> tuple[float, float]:
     from gradio_client import Client
 
     client = Client(url, verbose=False)
-    app_seconds(client)  # loads the model
+    app_seconds(client, seed=100)  # loads the model
     engine, app = [], []
-    for _ in range(repeats):
+    for repeat in range(repeats):
         engine.append(engine_seconds(steps))
-        app.append(app_seconds(client))
+        app.append(app_seconds(client, seed=101 + repeat))
     return statistics.median(engine), statistics.median(app)
 
 
-def classroom(url: str, clients: int, within: float, seed: int = 0, connect_first: bool = True) -> dict:
-    """Run the class; returns the figures (see the module docstring)."""
+def classroom(url: str, clients: int, within: float, seed: int = 0, connect_first: bool = True,
+              same: bool = False) -> dict:
+    """Run the class; returns the figures (see the module docstring). ``same``: every student sends the same
+    request (a class pressing the same example)."""
     from gradio_client import Client
 
     rng = random.Random(seed)
     delays = sorted(rng.uniform(0, within) for _ in range(clients))
     connected = [Client(url, verbose=False) for _ in range(clients)] if connect_first else []
     out: dict[int, dict] = {}
-    threads = [threading.Thread(target=student, args=(url, i, delays[i], out, connected)) for i in range(clients)]
+    threads = [threading.Thread(target=student, args=(url, i, delays[i], out, connected, same))
+               for i in range(clients)]
     for thread in threads:
         thread.start()
     for thread in threads:
@@ -125,6 +130,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--clients", type=int, default=30, help="students (0: only the app-vs-engine timing)")
     parser.add_argument("--within", type=float, default=10.0, help="seconds over which they all submit")
+    parser.add_argument("--same-example", action="store_true",
+                        help="every student sends the same request (seed 1000), as a class pressing one example")
     args = parser.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     sys.path.insert(0, str(ROOT))
@@ -146,7 +153,7 @@ def main() -> None:
         print(f"engine 1+3 at {settings.default_steps} steps: {engine:.2f} s; warm app request: {app:.2f} s "
               f"({app / engine:.2f}x)", flush=True)
         if args.clients:
-            figures = classroom(url, args.clients, args.within)
+            figures = classroom(url, args.clients, args.within, same=args.same_example)
             print(" ".join(f"{k}={v:.2f}" if isinstance(v, float) else f"{k}={v}" for k, v in figures.items()))
     finally:
         demo.close()
