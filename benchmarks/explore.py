@@ -43,7 +43,7 @@ from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # this checkout's negprompt, whatever is installed
 
-from negprompt.difference import change_score  # noqa: E402
+from negprompt.difference import change_score, pixel_differences  # noqa: E402
 from negprompt.explore import latest_removing_start, leave_one_out_spec, rank_terms, timing_table  # noqa: E402
 from negprompt.loading import EMBEDDED_NAME, load_pipeline  # noqa: E402
 from negprompt.plan import timing_spec, with_cells  # noqa: E402
@@ -63,10 +63,10 @@ REGIONS = {"hat": (slice(0, 28), slice(6, 58)), "glasses": (slice(19, 38), slice
 
 def change_outside(image, reference, attribute: str) -> float:
     """The change score (percent) over the pixels outside ``attribute``'s region."""
-    a, b = (np.asarray(im.convert("RGB"), dtype=np.float32) / 255 for im in (image, reference))
-    keep = np.ones(a.shape[:2], bool)
+    difference = pixel_differences(image, reference)
+    keep = np.ones(difference.shape, bool)
     keep[REGIONS[attribute]] = False
-    return float(np.abs(a - b)[keep].mean() * 100)
+    return float(difference[keep].mean() * 100)
 
 
 def run(pipe, spec, rows_per_call: int, cache: Path | None = None) -> list:

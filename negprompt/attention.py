@@ -153,12 +153,12 @@ def change_inside_outside(image, reference, attention: np.ndarray | None,
                           share: float = REGION_SHARE) -> tuple[float, float] | None:
     """(change inside, change outside) the region ``attention`` marks, in percent (mean absolute pixel
     difference against ``reference``, as the change score); None without a map."""
+    from negprompt.difference import pixel_differences
+
     if attention is None:
         return None
-    a = np.asarray(image.convert("RGB"), dtype=np.float32) / 255.0
-    b = np.asarray(reference.convert("RGB"), dtype=np.float32) / 255.0
     inside = _region(attention, image.size, share)
-    difference = np.abs(a - b).mean(axis=-1)
+    difference = pixel_differences(image, reference)
     return (round(float(difference[inside].mean() * 100), 3), round(float(difference[~inside].mean() * 100), 3))
 
 

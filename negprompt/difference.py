@@ -26,6 +26,11 @@ def _pixels(image: Image.Image) -> np.ndarray:
     return np.asarray(image.convert("RGB"), dtype=np.float32) / 255.0
 
 
+def pixel_differences(image: Image.Image, baseline: Image.Image) -> np.ndarray:
+    """Per pixel, the mean absolute difference from ``baseline`` over the channels, in [0, 1] (height x width)."""
+    return np.abs(_pixels(image) - _pixels(baseline)).mean(axis=2)
+
+
 def change_score(image: Image.Image, baseline: Image.Image) -> float:
     """Mean absolute difference from ``baseline``, in percent of full scale."""
     return float(np.abs(_pixels(image) - _pixels(baseline)).mean() * 100.0)
@@ -33,7 +38,6 @@ def change_score(image: Image.Image, baseline: Image.Image) -> float:
 
 def difference_map(image: Image.Image, baseline: Image.Image) -> Image.Image:
     """A heat map, the size of ``image``, of where it differs from ``baseline``."""
-    diff = np.abs(_pixels(image) - _pixels(baseline)).mean(axis=2)
-    level = np.clip(diff / MAP_FULL_SCALE, 0.0, 1.0)
+    level = np.clip(pixel_differences(image, baseline) / MAP_FULL_SCALE, 0.0, 1.0)
     channels = [np.interp(level, _PALETTE_STOPS[:, 0], _PALETTE_STOPS[:, k]) for k in (1, 2, 3)]
     return Image.fromarray(np.stack(channels, axis=2).astype(np.uint8), "RGB")

@@ -190,12 +190,8 @@ def _load_preview_decoder(name: str, pipe, device: torch.device, dtype: torch.dt
     from diffusers import AutoencoderTiny
 
     local = Path(name).expanduser()
-    if not local.is_dir() and _offline():
-        from huggingface_hub import try_to_load_from_cache
-
-        if not isinstance(try_to_load_from_cache(name, "config.json") if name.count("/") == 1 else None, str):
-            raise ModelNotFoundError(name, f"preview_decoder={name!r} is not downloaded and no network "
-                                           "(HF_HUB_OFFLINE is set): download it first, or pass a local folder")
+    if not local.is_dir():
+        _check_downloaded("preview_decoder", name, "config.json")
     try:
         decoder = AutoencoderTiny.from_pretrained(str(local) if local.is_dir() else name, use_safetensors=True)
     except Exception as error:  # the Hub client and diffusers raise several unrelated types for "not there"
@@ -228,6 +224,18 @@ def _offline() -> bool:
                                                                                                "TRUE")
 
 
+def _check_downloaded(argument: str, name: str, filename: str) -> None:
+    """With no network (HF_HUB_OFFLINE), fail at once unless the Hub id ``name`` has ``filename`` in the cache."""
+    if not _offline():
+        return
+    from huggingface_hub import try_to_load_from_cache
+
+    cached = try_to_load_from_cache(name, filename) if name.count("/") == 1 else None
+    if not isinstance(cached, str):
+        raise ModelNotFoundError(name, f"{argument}={name!r} is not downloaded and no network (HF_HUB_OFFLINE is "
+                                       "set): download it first, or pass a local folder")
+
+
 def _read_config(source: str) -> dict:
     """The pipeline's model_index.json, from a folder, the Hub cache or the Hub."""
     local = Path(source)
@@ -237,13 +245,7 @@ def _read_config(source: str) -> dict:
         except (json.JSONDecodeError, UnicodeDecodeError) as error:
             raise ModelNotFoundError(source, f"model={source!r}: its model_index.json is not valid JSON "
                                              f"({error})") from None
-    if _offline():
-        from huggingface_hub import try_to_load_from_cache
-
-        cached = try_to_load_from_cache(source, "model_index.json") if source.count("/") == 1 else None
-        if not isinstance(cached, str):
-            raise ModelNotFoundError(source, f"model={source!r} is not downloaded and no network (HF_HUB_OFFLINE is "
-                                             "set): download it first, or pass a local folder")
+    _check_downloaded("model", source, "model_index.json")
     try:
         return DiffusionPipeline.load_config(source)
     except Exception as error:  # the Hub client raises several unrelated types for "not there"

@@ -163,9 +163,7 @@ def caption(outcome: Outcome, cell) -> str:
     """A gallery caption: what the cell is, its seed when there are several, its change score, what the detector
     sees."""
     result = outcome.result
-    text = "baseline" if cell.is_baseline else result.label(cell)
-    if len(result.settings.seeds) > 1:
-        text += f" · seed {cell.seed}"
+    text = _cell_name(outcome, cell)
     if not cell.is_baseline:
         text += f" · {result.change_scores[cell.index]:.1f}% changed"
     verdict = badge(result, cell)
@@ -206,6 +204,7 @@ def gallery_items(outcome: Outcome, differences: bool, attended: bool = False) -
 
 
 def _cell_name(outcome: Outcome, cell) -> str:
+    """What a cell is ("baseline", or its label), with its seed when there are several."""
     result = outcome.result
     text = "baseline" if cell.is_baseline else result.label(cell)
     return text + (f" · seed {cell.seed}" if len(result.settings.seeds) > 1 else "")

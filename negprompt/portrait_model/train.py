@@ -454,10 +454,9 @@ def train_diffusion(text, unet, latents, batcher, cfg: TrainConfig, device: str,
     sched, region = noise_scheduler(), region_weights(cfg)
     params = [p for p in list(unet.parameters()) + list(text.parameters()) if p.requires_grad]
     fresh = [p for n, p in unet.named_parameters() if n in new]
-    loaded = [p for p in params if all(p is not f for f in fresh)]
     if cfg.fresh_text:  # the new text encoder learns at the full rate
         fresh += [p for p in text.parameters() if p.requires_grad]
-        loaded = [p for p in loaded if all(p is not f for f in fresh)]
+    loaded = [p for p in params if all(p is not f for f in fresh)]
     groups = [dict(params=loaded, scale=cfg.init_lr_scale if cfg.init_from else 1.0)]
     if fresh:
         groups.append(dict(params=fresh, scale=1.0))
