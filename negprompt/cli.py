@@ -14,24 +14,37 @@
 A negative may carry a window, the fraction of the steps during which it acts: ``hat@0.3`` from 30% of the steps
 to the end, ``hat@0.3-0.8`` from 30% to 80%; outside it the cell uses the baseline's negative. ``--guidance-methods``
 makes one cell per method for each negative, ``--timing`` one cell per start fraction. ``--replay`` runs the spec a
-manifest recorded again (same images on the same machine). Without --model it runs the embedded portrait model from
+manifest recorded again (same images on the same machine), into a new folder that appears whole when done.
+Without --model it runs the embedded portrait model from
 assets/. Every argument is checked before the model loads; errors print one line and exit with status 2.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import sys
 from pathlib import Path
 
 
+class OneLineParser(argparse.ArgumentParser):
+    """argparse, with a bad argument reported as one line (``negprompt: error: ...``) and exit status 2, like every
+    other refusal of the command line (argparse prints its usage first)."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
 def _seeds(text: str) -> list[int]:
+    """``1,2,3`` or ranges ``0-7``: counted before a range is expanded (one comparison holds at most
+    ``LIMITS.max_cells`` images, so at most that many seeds)."""
+    from negprompt.errors import LIMITS, InputError
+    from negprompt.plan import parse_seeds
+
     try:
-        return [int(s) for s in text.split(",") if s.strip()]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"--seeds {text!r} must be integers separated by commas") from None
+        return list(parse_seeds([item for item in text.split(",") if item.strip()], "--seeds", LIMITS.max_cells))
+    except InputError as error:
+        raise argparse.ArgumentTypeError(str(error).replace("--seeds[", "item [")) from None
 
 
 def _size(text: str) -> tuple[int, int]:
@@ -52,7 +65,7 @@ def _fractions(text: str) -> list[float]:
 def build_parser() -> argparse.ArgumentParser:
     from negprompt.schedulers import scheduler_names
 
-    parser = argparse.ArgumentParser(
+    parser = OneLineParser(
         prog="negprompt", description="Compare negative prompts side by side, all from the same starting noise.")
     parser.add_argument("--prompt", default=None, help="the positive prompt, shared by every cell (required unless "
                                                        "--replay)")
@@ -83,7 +96,8 @@ def build_parser() -> argparse.ArgumentParser:
                              "default: the embedded model (with --replay: the manifest's model)")
     seeds = parser.add_mutually_exclusive_group()
     seeds.add_argument("--seed", type=int, default=None, help="the seed of the single row (default 0)")
-    seeds.add_argument("--seeds", type=_seeds, default=None, metavar="S1,S2,...", help="one row per seed")
+    seeds.add_argument("--seeds", type=_seeds, default=None, metavar="S1,S2,...",
+                       help="one row per seed; ranges too: 0-7")
     parser.add_argument("--steps", type=int, default=20, help="denoising steps (default 20)")
     parser.add_argument("--guidance", type=float, default=7.5, help="classifier-free guidance scale (default 7.5)")
     parser.add_argument("--size", type=_size, default=None, metavar="WxH", help="image size (default: the model's)")
@@ -111,36 +125,48 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _read_negatives(args) -> list[str]:
+    from negprompt.errors import LIMITS
+    from negprompt.inputs import read_text_file
+
     negatives = list(args.negative)
     if args.negatives_file is not None:
-        try:
-            lines = args.negatives_file.read_text(encoding="utf-8").splitlines()
-        except OSError as error:
-            raise ValueError(f"--negatives-file {str(args.negatives_file)!r}: {error.strerror}") from None
-        negatives += [ln.strip() for ln in lines if ln.strip() and not ln.lstrip().startswith("#")]
+        text = read_text_file(args.negatives_file, "--negatives-file", LIMITS.max_text_file_bytes)
+        negatives += [ln.strip() for ln in text.splitlines() if ln.strip() and not ln.lstrip().startswith("#")]
     return negatives
 
 
 def _read_manifest(path: Path):
-    from negprompt.errors import InputError
+    from negprompt.errors import LIMITS, InputError
+    from negprompt.inputs import load_json_file
     from negprompt.plan import ComparisonSpec
 
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except OSError as error:
-        raise InputError("replay", str(path), f"--replay {str(path)!r}: {error.strerror}") from None
-    except json.JSONDecodeError as error:
-        raise InputError("replay", str(path), f"--replay {str(path)!r} is not valid JSON: {error}") from None
+    data = load_json_file(path, "--replay", LIMITS.max_manifest_bytes)
     if not isinstance(data, dict) or "spec" not in data:
         raise InputError("replay", str(path), f"--replay {str(path)!r} is not a negprompt manifest (it has no "
                                               "'spec'; manifests written before version 0.2 cannot be replayed)")
     return ComparisonSpec.from_dict(data["spec"])
 
 
+def save_atomic(result, out: Path, differences: bool) -> Path:
+    """Write ``result`` into a temporary folder beside ``out`` and rename it to ``out`` when complete (``out`` does
+    not exist or is empty): a failure leaves no images without their manifest."""
+    import os
+    import shutil
+
+    partial = out.parent / f".{out.name}.partial-{os.getpid()}"
+    shutil.rmtree(partial, ignore_errors=True)
+    try:
+        result.save(partial, differences=differences)
+        os.replace(partial, out)  # a rename; onto an empty folder too
+    finally:
+        shutil.rmtree(partial, ignore_errors=True)
+    return out
+
+
 def spec_from_args(args, model: str, baseline: str):
     """The comparison spec the arguments ask for (pure: nothing loads). One builder per mode; a new mode adds its
     flag to ``build_parser``'s group and one branch here."""
-    from negprompt.errors import InputError
+    from negprompt.errors import LIMITS, InputError
     from negprompt.guidance import parse_method
     from negprompt.plan import check_text, parse_window
 
@@ -150,7 +176,11 @@ def spec_from_args(args, model: str, baseline: str):
     if args.other_positive is not None:
         check_text("other_positive", args.other_positive)
     texts, windows = [], []
-    for i, text in enumerate(_read_negatives(args)):
+    negatives = _read_negatives(args)
+    if len(negatives) >= LIMITS.max_cells:  # each row also holds its baseline
+        raise InputError("negatives", len(negatives), f"{len(negatives):,} negatives make more than "
+                                                      f"{LIMITS.max_cells} images per seed")
+    for i, text in enumerate(negatives):
         negative, window = parse_window(text, f"negatives[{i}]")
         check_text(f"negatives[{i}]", negative)
         texts.append(negative)
@@ -194,7 +224,9 @@ def main(argv: list[str] | None = None) -> int:
     from negprompt.engine import compare, default_baseline
     from negprompt.errors import LIMITS, InputError
     from negprompt.explore import PreviewRecorder, default_preview_every
+    from negprompt.inputs import check_out_folder
     from negprompt.loading import EMBEDDED_NAME, load, model_source
+    from negprompt.schedulers import scheduler_names
     from negprompt.verdicts import explain, summary_lines
 
     try:
@@ -207,12 +239,17 @@ def main(argv: list[str] | None = None) -> int:
             if args.prompt is not None or args.negative or args.negatives_file or args.other_positive is not None:
                 raise InputError("replay", str(args.replay), "--replay runs the cells its manifest recorded: give "
                                                              "no --prompt, --negative or --other-positive with it")
+            check_out_folder(args.out, empty=True)  # the replay's folder is written whole, by one rename
             spec = _read_manifest(args.replay)
             model = args.model or spec.model
         else:
+            check_out_folder(args.out)
             model = args.model or EMBEDDED_NAME
             spec = spec_from_args(args, model, "empty" if args.baseline == "auto" else args.baseline)
         spec.validate(LIMITS.max_cells)
+        if spec.sampler not in scheduler_names():
+            raise InputError("sampler", spec.sampler, f"sampler={spec.sampler!r} is not one of "
+                                                      f"{', '.join(scheduler_names())}")
 
         # 2. Load the model; resolve the baseline "auto" for it
         loaded = load(None if model == EMBEDDED_NAME else model, device=args.device,
@@ -232,7 +269,10 @@ def main(argv: list[str] | None = None) -> int:
             result = explain(compare(loaded, spec, max_batch=args.max_batch, callback=recorder, preview_every=every,
                                      attention_maps=args.attention_maps),
                              loaded, recorder if every else None)
-        folder = result.save(args.out, differences=not args.no_differences)
+        if args.replay is not None:
+            folder = save_atomic(result, args.out, differences=not args.no_differences)
+        else:
+            folder = result.save(args.out, differences=not args.no_differences)
     except (ValueError, OSError) as error:
         print(f"negprompt: error: {error}", file=sys.stderr)
         return 2

@@ -33,8 +33,16 @@ from dataclasses import dataclass, replace
 import numpy as np
 from PIL import Image
 
-from negprompt.errors import InputError
-from negprompt.plan import CellSpec, ComparisonSpec, methods_spec, negatives_spec, timing_spec, with_cells
+from negprompt.errors import InputError, shown
+from negprompt.plan import (
+    CellSpec,
+    ComparisonSpec,
+    check_text,
+    methods_spec,
+    negatives_spec,
+    timing_spec,
+    with_cells,
+)
 
 INERT_PERCENT = 1.0  # a cell changing less than this (mean absolute pixel difference, % of full scale) "does almost
 #                      nothing"; about 2.5 grey levels on average, below what a viewer notices side by side
@@ -73,13 +81,21 @@ def join_terms(terms: Sequence[str]) -> str:
     return ", ".join(terms)
 
 
-def _terms_of(negative: str) -> list[str]:
+def _terms_of(negative: str, argument: str = "negative") -> list[str]:
+    """The terms of ``negative``, each visible text; an ``InputError`` naming ``argument`` (the field the negative
+    came from) otherwise."""
     if not isinstance(negative, str):
-        raise InputError("negative", negative, f"negative={negative!r} must be a string")
+        raise InputError(argument, negative, f"{argument}={shown(negative)} must be a string")
     terms = split_terms(negative)
     if not terms:
-        raise InputError("negative", negative, f"negative={negative!r} has no terms to compare (terms are "
-                                               "separated by commas)")
+        raise InputError(argument, negative, f"{argument}={shown(negative)} has no terms to compare (terms are "
+                                             "separated by commas)")
+    for k, term in enumerate(terms):
+        try:
+            check_text(argument, term)
+        except InputError:
+            raise InputError(argument, negative, f"{argument}: term {k + 1} ({shown(term)}) has no visible "
+                                                 "text") from None
     return terms
 
 
@@ -87,14 +103,16 @@ def _terms_of(negative: str) -> list[str]:
 # Builders
 
 
-def leave_one_out_spec(prompt: str, negative: str, seeds: Sequence[int], **settings) -> ComparisonSpec:
+def leave_one_out_spec(prompt: str, negative: str, seeds: Sequence[int], *, argument: str = "negative",
+                       **settings) -> ComparisonSpec:
     """Per seed row: the baseline, the full negative, then one cell per term with that term left out (kind
     "leave-out", ``term`` the term left out), compared against the row's full-negative cell.
 
     ``settings`` are those of ``negprompt.plan.negatives_spec`` (model, steps, guidance_scale, height, width,
     sampler, baseline, guidance). The full negative is written as its terms joined by ", ", like every leave-out
-    cell, so a leave-out cell differs from the full one by exactly one term."""
-    terms = _terms_of(negative)
+    cell, so a leave-out cell differs from the full one by exactly one term. ``argument`` names the negative in
+    errors (a front end's field)."""
+    terms = _terms_of(negative, argument)
     base = negatives_spec(prompt, [], list(seeds), **settings)
     cells: list[CellSpec] = []
     for baseline in base.cells:
@@ -110,10 +128,10 @@ def leave_one_out_spec(prompt: str, negative: str, seeds: Sequence[int], **setti
 
 
 def terms_alone_spec(prompt: str, negative: str, seeds: Sequence[int], *, include_full: bool = True,
-                     **settings) -> ComparisonSpec:
+                     argument: str = "negative", **settings) -> ComparisonSpec:
     """Per seed row: the baseline, (with ``include_full``) the full negative, then each term alone as the negative
     (kind "term-alone"), every cell compared against the row's baseline."""
-    terms = _terms_of(negative)
+    terms = _terms_of(negative, argument)
     base = negatives_spec(prompt, [], list(seeds), **settings)
     cells: list[CellSpec] = []
     for baseline in base.cells:
@@ -154,16 +172,19 @@ def term_mode_spec(mode: str, prompt: str, negatives: Sequence[str], seeds: Sequ
                    **settings) -> ComparisonSpec:
     """The spec of a term mode ("leave-one-out" or "terms-alone") from a front end's inputs: exactly one negative,
     acting at every step, and no other positive."""
-    if len(negatives) != 1:
-        raise InputError("negatives", list(negatives), f"{mode} takes exactly one negative prompt (its terms are "
-                                                       f"separated by commas); {len(negatives)} were given")
+    if not negatives:
+        raise InputError("negatives[0]", "", f"{mode} needs one negative prompt (its terms separated by commas)")
+    if len(negatives) > 1:  # never dropped silently: a second negative would be left out of every cell
+        raise InputError("negatives[1]", shown(negatives[1]), f"{mode} takes exactly one negative prompt (its terms "
+                         f"separated by commas); {len(negatives)} were given: put every term in the first and "
+                         "remove the others")
     if windows is not None and any(tuple(w) != (0.0, 1.0) for w in windows):
         raise InputError("negatives[0]", negatives[0], f"{mode} runs the negative at every step: write it "
                                                        "without an @window")
     if other_positive is not None:
         raise InputError("other_positive", other_positive, f"{mode} compares the terms of one negative; it takes "
                                                            "no other positive prompt")
-    return TERM_MODES[mode](prompt, negatives[0], seeds, **settings)
+    return TERM_MODES[mode](prompt, negatives[0], seeds, argument="negatives[0]", **settings)
 
 
 def mode_spec(mode: str, prompt: str, negatives: Sequence[str], seeds: Sequence[int], *,
