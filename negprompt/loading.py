@@ -254,11 +254,53 @@ def _read_config(source: str) -> dict:
 
 
 def _check_class(source: str, class_name) -> type:
-    if class_name in PIPELINE_CLASSES:
+    if isinstance(class_name, str) and class_name in PIPELINE_CLASSES:
         return PIPELINE_CLASSES[class_name]
-    reason = REFUSED.get(class_name, "negprompt's engine drives these two pipelines' UNet, text encoders and VAE")
-    raise InputError("model", source, f"model={source!r} is a {class_name}; negprompt runs "
+    if isinstance(class_name, (list, tuple)):  # ["my_pipeline", "MyPipeline"]: a pipeline from a .py of its own
+        raise ModelNotFoundError(source, f"model={source!r} names a custom pipeline ({_named(class_name)}); "
+                                         "negprompt runs no code from a model folder")
+    reason = REFUSED.get(class_name, "negprompt's engine drives these two pipelines' UNet, text encoders and VAE") \
+        if isinstance(class_name, str) else "its model_index.json names no pipeline class (_class_name)"
+    raise InputError("model", source, f"model={source!r} is a {_named(class_name)}; negprompt runs "
                                       f"{', '.join(PIPELINE_CLASSES)} only: {reason}")
+
+
+# The components each pipeline class needs, and the libraries negprompt loads them from (no remote or local code).
+COMPONENTS = {
+    "StableDiffusionPipeline": ("unet", "vae", "text_encoder", "tokenizer", "scheduler"),
+    "StableDiffusionXLPipeline": ("unet", "vae", "text_encoder", "text_encoder_2", "tokenizer", "tokenizer_2",
+                                  "scheduler"),
+}
+LIBRARIES = ("diffusers", "transformers")
+
+
+def check_model_index(source: str, config) -> type:
+    """The pipeline class a ``model_index.json`` (already parsed) names, after checking that it is one negprompt
+    runs and that every component it needs is there and comes from diffusers or transformers; raises
+    ``ModelNotFoundError`` (``InputError("model", ...)``) naming what is wrong. Nothing is imported or run."""
+    if not isinstance(config, dict):
+        raise ModelNotFoundError(source, f"model={source!r}: its model_index.json is not a JSON object")
+    cls = _check_class(source, config.get("_class_name"))
+    missing = [name for name in COMPONENTS[cls.__name__]
+               if not (isinstance(config.get(name), (list, tuple)) and len(config[name]) == 2
+                       and all(config[name]))]
+    if missing:
+        raise ModelNotFoundError(source, f"model={source!r} has no {', '.join(missing)} in its model_index.json; "
+                                         f"a {cls.__name__} needs {', '.join(COMPONENTS[cls.__name__])}")
+    custom = [f"{name} ({_named(config[name])})" for name in COMPONENTS[cls.__name__]
+              if config[name][0] not in LIBRARIES]
+    if custom or config.get("_custom_pipeline") or config.get("trust_remote_code") or config.get("auto_map"):
+        what = ", ".join(custom) or "a custom pipeline"
+        raise ModelNotFoundError(source, f"model={source!r} needs custom code: {what}; negprompt loads components "
+                                         f"from {' and '.join(LIBRARIES)} only and runs no code from a model folder")
+    return cls
+
+
+def _named(value) -> str:
+    """A class name as model_index.json gives it, for a message: "UNet2DConditionModel", "my_unet.MyUNet"."""
+    if isinstance(value, (list, tuple)):
+        return ".".join(str(part) for part in value if part)[:80]
+    return repr(value)[:80] if not isinstance(value, str) else value[:80]
 
 
 def _single_file_class(path: str) -> type:
@@ -289,7 +331,7 @@ def _load(source: str, device: torch.device, dtype: torch.dtype) -> DiffusionPip
                                              f"load ({error}); convert it to a diffusers folder") from error
     else:
         config = _read_config(source)
-        cls = _check_class(source, config.get("_class_name"))
+        cls = check_model_index(source, config)
         extra = {"safety_checker": None, "requires_safety_checker": False} if cls is StableDiffusionPipeline else {}
         log.info("loading %s (%s) on %s in %s", source, cls.__name__, device, dtype)
         try:
@@ -297,6 +339,10 @@ def _load(source: str, device: torch.device, dtype: torch.dtype) -> DiffusionPip
         except OSError as error:
             raise ModelNotFoundError(source, f"model={source!r} could not be loaded: {error} (negprompt reads only "
                                              "safetensors weights)") from error
+        except (ValueError, TypeError, ImportError, AttributeError, KeyError) as error:  # a broken component config
+            log.warning("loading %s failed", source, exc_info=True)
+            raise ModelNotFoundError(source, f"model={source!r} could not be loaded as a {cls.__name__}: "
+                                             f"{str(error)[:300]}") from error
     pipe.to(device)
     if dtype == torch.float16 and pipe.vae.config.get("force_upcast", False):
         # SDXL's VAE overflows in float16. diffusers upcasts it inside every call (mutating the pipeline); we do
