@@ -196,6 +196,7 @@ class Comparison:
                     "window": list(c.spec.window),
                     "guidance": method_to_dict(c.spec.guidance),
                     "term": c.spec.term,
+                    "reading": self.spec.reading_of(c.spec),
                     "baseline": c.is_baseline,
                     "reference": c.reference,
                     "initial_latent_sha256": c.initial_latent_sha256,

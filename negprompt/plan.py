@@ -35,6 +35,7 @@ from typing import Any
 
 from negprompt.errors import LIMITS, InputError
 from negprompt.guidance import BRANCHES, CFG, GuidanceMethod, method_from_dict, method_label, method_to_dict
+from negprompt.reading import READINGS
 
 SPEC_VERSION = 1
 BASELINES = ("empty", "zeros")  # the baseline's negative: the empty prompt, or zero embeddings
@@ -55,11 +56,13 @@ class CellSpec:
     row: int = 0  # the grid row it is shown in
     kind: str = "negative"  # "baseline", "negative", "positive", or an axis a builder adds ("leave-out", ...)
     term: str = ""  # for axes over one term of a negative: that term
+    reading: str = ""  # how its prompts are read ("plain", "a1111"; see negprompt.reading); "" the comparison's
 
     def to_dict(self) -> dict[str, Any]:
-        return {"seed": self.seed, "positive": self.positive, "negative": self.negative,
-                "guidance": method_to_dict(self.guidance), "window": list(self.window), "label": self.label,
-                "reference": self.reference, "row": self.row, "kind": self.kind, "term": self.term}
+        out = {"seed": self.seed, "positive": self.positive, "negative": self.negative,
+               "guidance": method_to_dict(self.guidance), "window": list(self.window), "label": self.label,
+               "reference": self.reference, "row": self.row, "kind": self.kind, "term": self.term}
+        return out | ({"reading": self.reading} if self.reading else {})
 
     @classmethod
     def from_dict(cls, data: dict[str, Any], argument: str = "cell") -> CellSpec:
@@ -146,6 +149,7 @@ class ComparisonSpec:
     sampler: str = "Default"  # sampler name (see negprompt.schedulers)
     baseline: str = "empty"  # the baseline negative: "empty" (the empty prompt) or "zeros" (zero embeddings)
     mode: str = "negatives"  # the builder that made it, for front ends and the manifest
+    reading: str = "plain"  # how prompts are read: "plain" (as diffusers does) or "a1111" (negprompt.reading)
 
     @property
     def baseline_negative(self) -> str | None:
@@ -160,10 +164,14 @@ class ComparisonSpec:
     def rows(self) -> int:
         return 1 + max((c.row for c in self.cells), default=-1)
 
+    def reading_of(self, cell: CellSpec) -> str:
+        """How ``cell``'s prompts are read: its own reading, else the comparison's."""
+        return cell.reading or self.reading
+
     def to_dict(self) -> dict[str, Any]:
         return {"version": SPEC_VERSION, "model": self.model, "steps": self.steps,
                 "guidance_scale": self.guidance_scale, "height": self.height, "width": self.width,
-                "sampler": self.sampler, "baseline": self.baseline, "mode": self.mode,
+                "sampler": self.sampler, "baseline": self.baseline, "mode": self.mode, "reading": self.reading,
                 "cells": [c.to_dict() for c in self.cells]}
 
     @classmethod
@@ -209,6 +217,7 @@ class ComparisonSpec:
                                                       f"{LIMITS.max_guidance:g}")
         if self.baseline not in BASELINES:
             raise InputError("baseline", self.baseline, f"baseline={self.baseline!r} must be 'empty' or 'zeros'")
+        check_reading("reading", self.reading)
         for name in ("height", "width"):
             value = getattr(self, name)
             if value is not None:
@@ -240,6 +249,12 @@ def check_text(argument: str, text, *, allow_empty: bool = False) -> None:
         raise InputError(argument, text, f"{argument}={text!r} has no visible text")
 
 
+def check_reading(argument: str, reading) -> None:
+    """A prompt reading is one of ``READINGS`` ("plain", "a1111")."""
+    if reading not in READINGS:
+        raise InputError(argument, reading, f"{argument}={reading!r} must be one of {', '.join(READINGS)}")
+
+
 def _visible(text: str) -> bool:
     """Whether ``text`` holds a character that is neither whitespace nor an invisible format character."""
     return any(not ch.isspace() and unicodedata.category(ch) not in ("Cf", "Cc", "Zs", "Zl", "Zp") for ch in text)
@@ -258,6 +273,8 @@ def _check_cell(i: int, cell: CellSpec, n: int) -> None:
     if not isinstance(cell.label, str) or not isinstance(cell.kind, str) or not isinstance(cell.term, str):
         raise InputError(f"{where}.label", cell.label, f"{where}: label, kind and term must be strings")
     check_int(f"{where}.row", cell.row, 0, LIMITS.max_cells)
+    if cell.reading != "":
+        check_reading(f"{where}.reading", cell.reading)
     if cell.reference is not None and not (isinstance(cell.reference, int) and 0 <= cell.reference < n
                                            and cell.reference != i):
         raise InputError(f"{where}.reference", cell.reference, f"{where}.reference={cell.reference!r} must be the "
@@ -271,12 +288,12 @@ def _check_cell(i: int, cell: CellSpec, n: int) -> None:
 def negatives_spec(prompt: str, negatives: Sequence[str], seeds: Sequence[int], *, model: str, steps: int = 20,
                    guidance_scale: float = 7.5, height: int | None = None, width: int | None = None,
                    sampler: str = "Default", baseline: str = "empty", other_positive: str | None = None,
-                   guidance: GuidanceMethod | None = None,
-                   windows: Sequence[tuple[float, float]] | None = None) -> ComparisonSpec:
+                   guidance: GuidanceMethod | None = None, windows: Sequence[tuple[float, float]] | None = None,
+                   reading: str = "plain") -> ComparisonSpec:
     """The classic comparison: one row per seed, holding the baseline (no negative), one cell per negative and,
     with ``other_positive``, one cell that runs another positive prompt with no negative (the seed article's
     "... without mustache"), all compared against the row's baseline. ``windows`` (one per negative) limits when
-    each negative acts (see ``parse_window``)."""
+    each negative acts (see ``parse_window``). ``reading``: how every prompt is read ("plain" or "a1111")."""
     windows = list(windows) if windows is not None else [WHOLE] * len(negatives)
     if len(windows) != len(negatives):
         raise InputError("windows", windows, f"{len(windows)} windows for {len(negatives)} negatives")
@@ -284,7 +301,8 @@ def negatives_spec(prompt: str, negatives: Sequence[str], seeds: Sequence[int], 
     variants = [[(negative, window, method)] for negative, window in zip(negatives, windows)]
     return _rows_spec(prompt, variants, seeds, mode="negatives" if other_positive is None else "negatives+positive",
                       other_positive=other_positive, model=model, steps=steps, guidance_scale=guidance_scale,
-                      height=height, width=width, sampler=sampler, baseline=baseline, method=method)
+                      height=height, width=width, sampler=sampler, baseline=baseline, method=method,
+                      reading=reading)
 
 
 def methods_spec(prompt: str, negatives: Sequence[str], seeds: Sequence[int], methods: Sequence[GuidanceMethod], *,
@@ -330,7 +348,7 @@ def _rows_spec(prompt: str, variants: list[list[tuple[str, tuple[float, float], 
                seeds: Sequence[int], *, mode: str, model: str, steps: int = 20, guidance_scale: float = 7.5,
                height: int | None = None, width: int | None = None, sampler: str = "Default",
                baseline: str = "empty", other_positive: str | None = None,
-               method: GuidanceMethod | None = None) -> ComparisonSpec:
+               method: GuidanceMethod | None = None, reading: str = "plain") -> ComparisonSpec:
     """One row per seed: the baseline, one cell per (negative, window, method) variant, and the other positive."""
     if baseline not in BASELINES:
         raise InputError("baseline", baseline, f"baseline={baseline!r} must be 'empty' or 'zeros'")
@@ -350,7 +368,8 @@ def _rows_spec(prompt: str, variants: list[list[tuple[str, tuple[float, float], 
             cells.append(CellSpec(seed, other_positive, none, base_method, label=f"+ {other_positive}",
                                   reference=base, row=row, kind="positive"))
     return ComparisonSpec(model=model, cells=tuple(cells), steps=steps, guidance_scale=guidance_scale,
-                          height=height, width=width, sampler=sampler, baseline=baseline, mode=mode)
+                          height=height, width=width, sampler=sampler, baseline=baseline, mode=mode,
+                          reading=reading)
 
 
 def with_cells(spec: ComparisonSpec, cells: list[CellSpec] | tuple[CellSpec, ...]) -> ComparisonSpec:
