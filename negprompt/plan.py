@@ -18,6 +18,7 @@ them, so a new way of comparing is a new builder, not a change to the engine:
     negatives_spec(prompt, negatives, seeds, ...)          # baseline + one cell per negative (+ another positive)
     methods_spec(prompt, negatives, seeds, methods, ...)   # ... one cell per (negative, guidance method)
     timing_spec(prompt, negatives, seeds, starts, ...)     # ... one cell per (negative, start fraction)
+    readings_spec(prompt, negatives, seeds, ...)           # ... each negative read plain and read a1111
 
 A window is written into a negative as ``hat@0.3`` (from 30% of the steps to the end) or ``hat@0.3-0.8``
 (``parse_window``, shared by the command line and the app; ``format_window`` writes it back).
@@ -328,6 +329,30 @@ def timing_spec(prompt: str, negatives: Sequence[str], seeds: Sequence[int], sta
     method = guidance or CFG()
     variants = [[(negative, (float(start), 1.0), method) for start in starts] for negative in negatives]
     return _rows_spec(prompt, variants, seeds, mode="timing", model=model, method=method, **settings)
+
+
+def readings_spec(prompt: str, negatives: Sequence[str], seeds: Sequence[int], *, model: str,
+                  windows: Sequence[tuple[float, float]] | None = None, other_positive: str | None = None,
+                  reading: str = "plain", **settings) -> ComparisonSpec:
+    """Prompt readings as an axis: per row, the baseline read plain and read a1111, then each negative read plain
+    (compared against the plain baseline) and read a1111 (against the a1111 baseline), from the same noise. The
+    a1111 baseline differs from the plain one only where the positive holds A1111 syntax or where a long a1111
+    negative pads every a1111 text to more chunks. ``reading`` is the comparison's own (unused: each cell names
+    its own); ``settings``: those of ``negatives_spec``."""
+    if other_positive is not None:
+        raise InputError("other_positive", other_positive, "comparing readings takes no other positive prompt")
+    base = negatives_spec(prompt, negatives, seeds, model=model, windows=windows, **settings)
+    cells: list[CellSpec] = []
+    for row in range(len(seeds)):
+        members = [c for c in base.cells if c.row == row]
+        bases = {}
+        for how in READINGS:
+            bases[how] = len(cells)
+            cells.append(replace(members[0], reading=how, label=f"{members[0].label} ({how})"))
+        for cell in members[1:]:
+            cells += [replace(cell, reading=how, reference=bases[how], label=f"{cell.label} ({how})")
+                      for how in READINGS]
+    return replace(base, cells=tuple(cells), mode="readings", reading=reading)
 
 
 def cell_label(negative: str, window: tuple[float, float] = WHOLE, method: GuidanceMethod | None = None) -> str:

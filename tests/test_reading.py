@@ -11,7 +11,7 @@ import torch
 
 from negprompt import compare
 from negprompt.infotext import parse_infotext
-from negprompt.plan import ComparisonSpec, negatives_spec
+from negprompt.plan import CellSpec, ComparisonSpec, negatives_spec
 from negprompt.reading import BREAK, CHUNK, attention, chunks, describe, schedule, terms, text_at
 
 PROMPT = "portrait photo of a man"
@@ -268,3 +268,81 @@ def test_an_unknown_reading_is_refused():
     spec = negatives_spec(PROMPT, ["hat"], [1], model="tiny", reading="compel")
     with pytest.raises(InputError, match="reading='compel' must be one of plain, a1111"):
         spec.validate()
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The readings axis, explanations and the ranking
+
+
+def test_readings_spec_puts_each_negative_read_both_ways_side_by_side():
+    from negprompt.plan import readings_spec
+
+    spec = readings_spec(PROMPT, ["(hat:1.3)", "glasses"], [1, 2], model="m", steps=4)
+    row = [c for c in spec.cells if c.row == 0]
+    assert [(c.kind, c.negative, c.reading, c.reference) for c in row] == [
+        ("baseline", "", "plain", None), ("baseline", "", "a1111", None),
+        ("negative", "(hat:1.3)", "plain", 0), ("negative", "(hat:1.3)", "a1111", 1),
+        ("negative", "glasses", "plain", 0), ("negative", "glasses", "a1111", 1)], (
+        "Each negative must be read plain against the plain baseline and a1111 against the a1111 baseline.")
+    assert spec.mode == "readings" and len(spec.cells) == 12
+    assert ComparisonSpec.from_json(spec.to_json()) == spec
+
+
+def test_reading_notes_say_cut_read_as_characters_and_unknown_embedding(tiny_sd):
+    from negprompt.verdicts import reading_notes
+
+    tok = tiny_sd.tokenizer
+    long = ", ".join(["hat"] * 40 + ["glasses"])
+    cells = (CellSpec(1, PROMPT, "", kind="baseline"), CellSpec(1, PROMPT, "(hat:1.3), EasyNegative", reference=0),
+             CellSpec(1, PROMPT, long, reference=0), CellSpec(1, PROMPT, "(hat:1.3), EasyNegative", reference=0,
+                                                              reading="a1111"),
+             CellSpec(1, PROMPT, long, reference=0, reading="a1111"))
+    spec = ComparisonSpec(model="m", cells=cells, steps=4)
+    assert reading_notes(spec, 1, tok) == ["A1111 syntax read as characters", "no embedding 'EasyNegative' loaded"]
+    assert reading_notes(spec, 2, tok) == ["cut at 75 tokens"]
+    assert reading_notes(spec, 3, tok) == ["no embedding 'EasyNegative' loaded"], "a1111 reads the weight."
+    assert reading_notes(spec, 4, tok) == [], "The a1111 reading cuts nothing: it reads 75-token chunks."
+
+
+def test_identical_term_images_are_grouped_and_the_spread_is_per_seed():
+    from negprompt.explore import leave_one_out_spec, rank_terms
+    from negprompt.verdicts import ranking_lines
+
+    spec = leave_one_out_spec(PROMPT, "(worst quality:1.4), EasyNegative, text, hat", [1, 2], model="m",
+                              reading="a1111")
+    same, other = np.zeros((4, 4, 3), np.uint8), np.full((4, 4, 3), 9, np.uint8)
+    # per row: baseline, full, then one cell per term; EasyNegative and text give the full negative's image
+    images = [other, same, other, same, same, other] * 2
+    changes = [0, 20, 3.0, 0.0, 0.0, 5.0, 0, 20, 1.0, 0.0, 0.0, 7.0]
+    ranking = rank_terms(spec, changes, images=images)
+    assert ranking.identical == (("worst quality (weight 1.4)", "hat"), ("EasyNegative", "text")), (
+        "Terms whose cells are the same image on every seed must be grouped.")
+    assert [t.label for t in ranking.terms] == ["hat", "worst quality (weight 1.4)", "EasyNegative", "text"]
+    assert ranking.terms[0].spread == (5.0, 7.0)
+    lines = ranking_lines(ranking.to_dict(), 2)
+    assert any(line.startswith("these 2 terms did the same thing") and "EasyNegative, text" in line
+               for line in lines), lines
+    assert any("[5.00-7.00%]  hat" in line for line in lines), "Each term shows its lowest and highest seed."
+    assert ranking.trimmed == "(worst quality:1.4), hat", "The trimmed negative keeps A1111 syntax to copy."
+
+
+def test_cli_compare_readings_runs_both_readings_and_checks_its_flags(tiny_sd_folder, tmp_path, capsys):
+    import json
+
+    from negprompt.cli import main
+
+    status = main(["--model", str(tiny_sd_folder), "--prompt", PROMPT, "--negative", "(hat:1.3), glasses",
+                   "--compare-readings", "--steps", "2", "--out", str(tmp_path)])
+    out = capsys.readouterr()
+    assert status == 0, out.err
+    manifest = json.loads((tmp_path / "manifest.json").read_text())
+    assert manifest["spec"]["mode"] == "readings"
+    assert [c["reading"] for c in manifest["cells"]] == ["plain", "a1111", "plain", "a1111"]
+    assert "A1111 syntax read as characters" in out.out, "The plain cell must say its weight was read as text."
+    assert "Prompt reading: a1111" in manifest["cells"][3]["parameters"]
+    status = main(["--prompt", PROMPT, "--negative", "hat", "--compare-readings", "--reading", "a1111"])
+    err = capsys.readouterr().err
+    assert status == 2 and err.count("\n") == 1 and "give no --reading" in err, err
+    with pytest.raises(SystemExit) as exit_:
+        main(["--prompt", PROMPT, "--negative", "hat", "--reading", "compel"])
+    assert exit_.value.code == 2
