@@ -8,6 +8,8 @@
     negprompt --prompt "portrait photo of a man" --negative hat --guidance-methods cfg,perp-neg,cfg-rescale:0.7
     negprompt --prompt "portrait photo of a man" --negative hat --timing 0,0.2,0.4,0.6
     negprompt --prompt "portrait photo of a man" --negative "hat, glasses, blurry, watermark" --leave-one-out
+    negprompt --prompt "portrait photo of a man" --negative "(hat:1.4), [glasses:0.5]" --reading a1111
+    negprompt --prompt "portrait photo of a man" --negative "(hat:1.4), blurry" --compare-readings
     negprompt --replay outputs/run1/manifest.json --out outputs/run1-again
     negprompt --model stable-diffusion-v1-5/stable-diffusion-v1-5 --size 512x512 --steps 30 --prompt ... --negative ...
 
@@ -15,8 +17,9 @@ A negative may carry a window, the fraction of the steps during which it acts: `
 to the end, ``hat@0.3-0.8`` from 30% to 80%; outside it the cell uses the baseline's negative. ``--guidance-methods``
 makes one cell per method for each negative, ``--timing`` one cell per start fraction. ``--replay`` runs the spec a
 manifest recorded again (same images on the same machine), into a new folder that appears whole when done.
-Without --model it runs the embedded portrait model from
-assets/. Every argument is checked before the model loads; errors print one line and exit with status 2.
+``--reading a1111`` reads every prompt as the A1111 web UI does (``negprompt.reading``); ``--compare-readings``
+shows each negative read both ways. Without --model it runs the embedded portrait model from assets/. Every
+argument is checked before the model loads; errors print one line and exit with status 2.
 """
 
 from __future__ import annotations
@@ -25,6 +28,8 @@ import argparse
 import logging
 import sys
 from pathlib import Path
+
+TERM_SEEDS = [0, 1, 2]  # leave-one-out and terms-alone rank over at least three seeds unless told otherwise
 
 
 class OneLineParser(argparse.ArgumentParser):
@@ -89,6 +94,9 @@ def build_parser() -> argparse.ArgumentParser:
                             "term left out, compared against the full negative")
     modes.add_argument("--terms-alone", action="store_true",
                        help="each term of the single --negative alone, compared against the baseline")
+    modes.add_argument("--compare-readings", action="store_true",
+                       help="each negative read plain (the text as it is, cut at 75 tokens) and read as A1111 reads "
+                            "it (weights, BREAK, 75-token chunks, prompt editing), side by side from the same noise")
     modes.add_argument("--replay", type=Path, default=None, metavar="MANIFEST",
                        help="run the comparison a manifest.json recorded again (its prompts, cells and settings)")
     parser.add_argument("--model", default=None,
@@ -97,7 +105,12 @@ def build_parser() -> argparse.ArgumentParser:
     seeds = parser.add_mutually_exclusive_group()
     seeds.add_argument("--seed", type=int, default=None, help="the seed of the single row (default 0)")
     seeds.add_argument("--seeds", type=_seeds, default=None, metavar="S1,S2,...",
-                       help="one row per seed; ranges too: 0-7")
+                       help="one row per seed; ranges too: 0-7 (default: 0; for --leave-one-out and "
+                            "--terms-alone 0,1,2, so the ranking shows each term's spread over seeds)")
+    parser.add_argument("--reading", default=None, choices=("plain", "a1111"),
+                        help="how prompts are read: plain (the text as it is, as diffusers reads it: A1111 "
+                             "syntax is characters, past 75 tokens is cut; the default) or a1111 ((x:1.3), (x), "
+                             "[x], BREAK, 75-token chunks, [a:b:0.4] prompt editing, as the A1111 web UI reads it)")
     parser.add_argument("--steps", type=int, default=20, help="denoising steps (default 20)")
     parser.add_argument("--guidance", type=float, default=7.5, help="classifier-free guidance scale (default 7.5)")
     parser.add_argument("--size", type=_size, default=None, metavar="WxH", help="image size (default: the model's)")
@@ -185,18 +198,27 @@ def spec_from_args(args, model: str, baseline: str):
         check_text(f"negatives[{i}]", negative)
         texts.append(negative)
         windows.append(window)
-    seeds = args.seeds if args.seeds is not None else [0 if args.seed is None else args.seed]
+    if args.compare_readings and args.reading is not None:
+        raise InputError("reading", args.reading, "--compare-readings reads every negative both ways: give no "
+                                                  "--reading with it")
+    terms = args.leave_one_out or args.terms_alone
+    seeds = args.seeds if args.seeds is not None else (
+        [args.seed] if args.seed is not None else TERM_SEEDS if terms else [0])
     width, height = args.size or (None, None)
     common = dict(model=model, steps=args.steps, guidance_scale=args.guidance, height=height, width=width,
-                  sampler=args.scheduler, baseline=baseline, other_positive=args.other_positive)
+                  sampler=args.scheduler, baseline=baseline, other_positive=args.other_positive,
+                  reading=args.reading or "plain")
     from negprompt.explore import mode_spec
 
     mode = ("leave-one-out" if args.leave_one_out else "terms-alone" if args.terms_alone
             else "methods" if args.guidance_methods is not None else "timing" if args.timing is not None
-            else "negatives")
+            else "readings" if args.compare_readings else "negatives")
     methods = [parse_method(m, "guidance_methods") for m in (args.guidance_methods or "").split(",") if m.strip()]
-    return mode_spec(mode, args.prompt, texts, seeds, windows=windows, starts=args.timing, methods=methods,
-                     **common)
+    spec = mode_spec(mode, args.prompt, texts, seeds, windows=windows, starts=args.timing, methods=methods, **common)
+    if terms and args.seeds is None and args.seed is None and len(spec.cells) > LIMITS.max_cells:
+        fit = max(1, LIMITS.max_cells // (len(spec.cells) // len(seeds)))  # the default seeds that fit
+        spec = mode_spec(mode, args.prompt, texts, seeds[:fit], windows=windows, **common)
+    return spec
 
 
 def quiet_libraries() -> None:
@@ -236,9 +258,11 @@ def main(argv: list[str] | None = None) -> int:
         if args.preview_every is not None and args.preview_every < 0:
             raise InputError("preview_every", args.preview_every, "--preview-every must be 0 or more")
         if args.replay is not None:
-            if args.prompt is not None or args.negative or args.negatives_file or args.other_positive is not None:
+            if args.prompt is not None or args.negative or args.negatives_file or args.other_positive is not None \
+                    or args.reading is not None:
                 raise InputError("replay", str(args.replay), "--replay runs the cells its manifest recorded: give "
-                                                             "no --prompt, --negative or --other-positive with it")
+                                                             "no --prompt, --negative, --other-positive or "
+                                                             "--reading with it")
             check_out_folder(args.out, empty=True)  # the replay's folder is written whole, by one rename
             spec = _read_manifest(args.replay)
             model = args.model or spec.model
