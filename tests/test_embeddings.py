@@ -111,3 +111,68 @@ def test_embedding_arguments_are_checked_before_anything_loads(tmp_path):
         load(None, device="cpu", embeddings=[("hub", "someone/some-embedding")])
     with pytest.raises(InputError, match="no such file"):
         load(None, device="cpu", embeddings=[("gone", str(tmp_path / "missing.pt"))])
+
+
+def test_xray_gives_one_cell_per_vector_each_that_vector_alone_and_its_nearest_words(tiny_sd_folder, tmp_path):
+    from negprompt.embeddings import find, xray_findings, xray_spec
+
+    path = write_a1111(tmp_path, "safetensors", 32, seed=5)
+    loaded = load(tiny_sd_folder, device="cpu", embeddings=[("badthing", str(path))])
+    embedding = find(loaded.embeddings, "BadThing")
+    spec = xray_spec(PROMPT, embedding, [2], model="tiny", steps=2, guidance_scale=6.0)
+    result = compare(loaded, spec)
+    xray = [c for c in result.cells if c.kind == "xray"]
+    assert len(xray) == 1 + VECTORS, "X-ray must show the whole embedding, then one cell per vector."
+    assert [c.negative_prompt for c in xray[1:]] == ["badthing#1", "badthing#2", "badthing#3"]
+    table = loaded.pipe.text_encoder.get_input_embeddings().weight
+    tokenizer = loaded.pipe.tokenizer
+    inner = tokenizer.convert_tokens_to_ids(["badthing", "badthing_1", "badthing_2"])
+    alone = tokenizer.convert_tokens_to_ids(list(embedding.xray_tokens))
+    assert torch.equal(table[inner], table[alone]), "Each X-ray token must hold exactly one vector of the embedding."
+    assert loaded.pipe.maybe_convert_prompt("badthing#2", tokenizer) == "badthing#2", (
+        "An X-ray token must stand for its one vector, not be expanded into the whole embedding.")
+    reference = plain_pipe(StableDiffusionPipeline, tiny_sd_folder)
+    reference.load_textual_inversion(vectors(32, 5)[1], token="onlysecond")
+    assert max_diff(xray[2].image, plain_image(reference, "onlysecond", 2, steps=2)) <= TOLERANCE, (
+        "The cell of vector 2 must equal diffusers with that vector alone loaded as an embedding.")
+    findings = xray_findings(loaded.pipe, embedding, k=3)
+    assert len(findings["vectors"]) == VECTORS and all(len(v["nearest_words"]) == 3 for v in findings["vectors"])
+    words = {w["word"] for v in findings["vectors"] for w in v["nearest_words"]}
+    assert not any(w.startswith("badthing") or w.startswith("<|") for w in words), (
+        "Nearest words must come from the model's own vocabulary, not embedding or special tokens.")
+
+
+def run_cli(*args, cwd):
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(root), os.environ.get("PYTHONPATH")]))}
+    return subprocess.run([sys.executable, "-m", "negprompt", *args], capture_output=True, text=True, cwd=cwd,
+                          timeout=300, env=env)
+
+
+@pytest.mark.slow
+def test_cli_embedding_xray_and_replay_check(tiny_sd_folder, tmp_path):
+    import json
+
+    path = write_a1111(tmp_path, "pt", 32, seed=6)
+    out = tmp_path / "xray"
+    done = run_cli("--model", str(tiny_sd_folder), "--embedding", f"badthing={path}", "--prompt", PROMPT, "--xray",
+                   "badthing", "--steps", "2", "--out", str(out), cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert [v["token"] for v in manifest["xray"]["vectors"]] == ["badthing#1", "badthing#2", "badthing#3"]
+    assert "vector 2 (badthing#2)" in done.stdout, "The command line must list each vector's nearest words."
+    assert manifest["model_additions"]["embeddings"][0]["name"] == "badthing"
+    again = run_cli("--replay", str(out / "manifest.json"), "--out", str(tmp_path / "again"), cwd=tmp_path)
+    assert again.returncode == 0, again.stderr
+    write_a1111(tmp_path, "pt", 32, seed=7)  # the same file, other vectors
+    changed = run_cli("--replay", str(out / "manifest.json"), "--out", str(tmp_path / "x"), cwd=tmp_path)
+    assert changed.returncode == 2 and "another file hash" in changed.stderr.strip().splitlines()[-1], (
+        "A replay must refuse, in one line, an embedding whose file changed since the recorded run.")
+    lora = run_cli("--model", str(tiny_sd_folder), "--prompt", PROMPT, "--negative", "<lora:detail:0.8>",
+                   cwd=tmp_path)
+    assert lora.returncode == 2 and "a LoRA changes the model" in lora.stderr.strip().splitlines()[-1]
