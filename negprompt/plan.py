@@ -36,6 +36,7 @@ from typing import Any
 
 from negprompt.errors import LIMITS, InputError, shown
 from negprompt.guidance import BRANCHES, CFG, GuidanceMethod, method_from_dict, method_label, method_to_dict
+from negprompt.loras import check_prompt
 from negprompt.reading import READINGS
 
 SPEC_VERSION = 1
@@ -311,6 +312,7 @@ def check_text(argument: str, text, *, allow_empty: bool = False) -> None:
                                                       f"{LIMITS.max_text_chars:,} are accepted")
     if not (allow_empty and text == "") and not _visible(text):
         raise InputError(argument, text, f"{argument}={text!r} has no visible text")
+    check_prompt(argument, text)
 
 
 def check_reading(argument: str, reading) -> None:
