@@ -83,7 +83,8 @@ def model_facts(pipe, name: str, vocabulary: frozenset[str] | None = None) -> Mo
         vocabulary = frozenset(ALL_WORDS)
     tokenizer = pipe.tokenizer if getattr(pipe, "tokenizer", None) is not None else pipe.tokenizer_2
     config = pipe.scheduler.config
-    return ModelFacts(name=name, time_cond_proj_dim=pipe.unet.config.time_cond_proj_dim,
+    unet = getattr(pipe, "unet", None)
+    return ModelFacts(name=name, time_cond_proj_dim=unet.config.time_cond_proj_dim if unet is not None else None,
                       scheduler=type(pipe.scheduler).__name__, timestep_spacing=config.get("timestep_spacing"),
                       token_limit=tokenizer.model_max_length - 2, vocabulary=vocabulary)
 

@@ -220,6 +220,7 @@ class Runner:
         from negprompt import attention
         from negprompt.engine import compare
         from negprompt.explore import PreviewRecorder
+        from negprompt.families import family_of
         from negprompt.verdicts import explain
 
         events: queue.Queue = queue.Queue()
@@ -250,7 +251,7 @@ class Runner:
                     every = settings.preview_every if previews else 0
                     # every cell's preview every ``every`` steps is kept for the step scrubber and the curves
                     recorder = PreviewRecorder(spec.steps, then=on_step, max_side=PREVIEW_SIDE)
-                    maps = settings.attention_maps and attention.installed(pipe.unet)
+                    maps = settings.attention_maps and attention.installed(family_of(pipe).denoiser)
                     result = explain(compare(pipe, spec, callback=recorder, preview_every=every,
                                              max_cells=max(len(spec.cells), 1), attention_maps=maps), pipe,
                                      recorder if every else None)
