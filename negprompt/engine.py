@@ -44,7 +44,7 @@ from negprompt import attention
 from negprompt.comparison import Cell, Comparison, Settings
 from negprompt.errors import LIMITS, InputError
 from negprompt.families import Family, TextTable, family_of
-from negprompt.guidance import BRANCHES, GuidanceMethod
+from negprompt.guidance import BRANCHES, GuidanceMethod, steers_attention
 from negprompt.infotext import cell_infotext
 from negprompt.loading import Loaded, model_label, model_source, runtime_of
 from negprompt.plan import BASELINES, CellSpec, ComparisonSpec, check_int, check_text, negatives_spec
@@ -134,6 +134,13 @@ def run(pipe, spec: ComparisonSpec, *, max_batch: int | None = None, max_cells: 
                                                            "captures no attention maps: load it with "
                                                            "negprompt.loading.load (a compiled UNet, or a "
                                                            "transformer, has none)")
+    steer = attention.Steering() if any(steers_attention(c.guidance) for c in spec.cells) else None
+    if steer is not None and not attention.installed(family.denoiser):
+        method = next(c.guidance.name for c in spec.cells if steers_attention(c.guidance))
+        raise InputError("guidance", method, f"guidance method {method!r} acts inside cross-attention; this "
+                                             f"pipeline's {type(family.denoiser).__name__} is not wrapped for it "
+                                             "(load a UNet model with negprompt.loading.load; a compiled UNet, or "
+                                             "a transformer, cannot be steered yet)")
     if spec.sampler not in (family.samplers() or scheduler_names()):
         only = f" ({type(pipe).__name__} runs its own flow-matching sampler)" if family.samplers() else ""
         raise InputError("sampler", spec.sampler, f"sampler={spec.sampler!r} is not one of "
@@ -165,9 +172,10 @@ def run(pipe, spec: ComparisonSpec, *, max_batch: int | None = None, max_cells: 
         factor = pipe.vae_scale_factor
         capture = attention.Capture([attention.token_positions(family.tokenizer, c.negative) for c in spec.cells],
                                     spec.height // factor, spec.width // factor)
-    with attention.capturing(capture) if capture is not None else nullcontext():
+    with attention.capturing(capture) if capture is not None else nullcontext(), \
+            attention.steering(steer) if steer is not None else nullcontext():
         latents, batch_used = _denoise_all(family, runtime, spec, table, seed_latents, max_batch, callback,
-                                           preview_every, capture)
+                                           preview_every, capture, steer)
     timings["denoise_s"] = time.perf_counter() - start
 
     # 5. Decode
@@ -255,7 +263,7 @@ def _sha256(latent: torch.Tensor) -> str:
 
 
 def _denoise_all(family: Family, runtime, spec: ComparisonSpec, table: TextTable, seed_latents, max_batch, callback,
-                 preview_every, capture=None):
+                 preview_every, capture=None, steer=None):
     """Denoise every cell of ``spec``, in chunks of whole cells; returns final latents and the chunk size used.
     An out-of-memory error halves the chunk size and starts over; the size that fits is remembered with the
     pipeline (``runtime.safe_batch``), so the next comparison of that size starts there."""
@@ -269,7 +277,7 @@ def _denoise_all(family: Family, runtime, spec: ComparisonSpec, table: TextTable
             outputs = []
             for i in range(0, n, batch):
                 chunk = _Chunk(spec.cells[i:i + batch], seed_latents, device, offset=i)
-                outputs.append(_denoise(family, runtime, chunk, spec, table, progress, capture))
+                outputs.append(_denoise(family, runtime, chunk, spec, table, progress, capture, steer))
             return torch.cat(outputs), batch
         except torch.OutOfMemoryError:
             if batch == 1:
@@ -331,7 +339,7 @@ class _Layout:
 
 @torch.no_grad()
 def _denoise(family: Family, runtime, chunk: _Chunk, spec: ComparisonSpec, table: TextTable,
-             progress: _Progress, capture=None) -> torch.Tensor:
+             progress: _Progress, capture=None, steer=None) -> torch.Tensor:
     cells = chunk.cells
     stepper = family.stepper(spec.sampler, chunk.seeds, chunk.latents, spec.steps, spec.height, spec.width)
     g = spec.guidance_scale
@@ -354,6 +362,8 @@ def _denoise(family: Family, runtime, chunk: _Chunk, spec: ComparisonSpec, table
             sampled = step % max(1, round(spec.steps / attention.STEPS_SAMPLED)) == 0
             capture.watch({k: chunk.offset + j for k, (j, branch) in enumerate(layout.order) if sampled
                            and branch == "negative" and keys[k] is not None and keys[k] == cells[j].negative})
+        if steer is not None:
+            steer.watch(_steered_rows(layout, cells, step, spec.steps, unconditional, table))
         out = call(model_input[cell_of_row] if active else model_input, t, text, pooled)
         if active:
             eps = torch.cat([cell.guidance.combine({b: out[k:k + 1] for b, k in rows.items()}, g)
@@ -364,6 +374,19 @@ def _denoise(family: Family, runtime, chunk: _Chunk, spec: ComparisonSpec, table
                                             runtime.preview_decoder))
         latents = stepper.step(eps, t, latents)
     return latents
+
+
+def _steered_rows(layout: _Layout, cells, step: int, steps: int, unconditional, table: TextTable) -> dict:
+    """Each attention-steering cell's positive row -> (its method, its negative's embeddings), while its window is
+    open and its negative is a text of its own."""
+    rows = {}
+    for k, (j, branch) in enumerate(layout.order):
+        if branch != "positive" or not steers_attention(cells[j].guidance):
+            continue
+        negative = cells[j].negative_at(step, steps, unconditional)
+        if negative is not None and negative != unconditional:
+            rows[k] = (cells[j].guidance, table.embeds[negative])
+    return rows
 
 
 class _Progress:
