@@ -181,25 +181,24 @@ def installed(unet) -> bool:
 
 
 @contextmanager
+def _active(slot: str, value):
+    """Make ``value`` the thread's active ``slot`` ("capture" or "steering") inside the block."""
+    previous = getattr(_state, slot, None)
+    setattr(_state, slot, value)
+    try:
+        yield value
+    finally:
+        setattr(_state, slot, previous)
+
+
 def capturing(capture: Capture):
     """Activate ``capture`` for the UNet calls this thread makes inside the block."""
-    previous = getattr(_state, "capture", None)
-    _state.capture = capture
-    try:
-        yield capture
-    finally:
-        _state.capture = previous
+    return _active("capture", capture)
 
 
-@contextmanager
 def steering(steer: Steering):
     """Activate ``steer`` for the UNet calls this thread makes inside the block."""
-    previous = getattr(_state, "steering", None)
-    _state.steering = steer
-    try:
-        yield steer
-    finally:
-        _state.steering = previous
+    return _active("steering", steer)
 
 
 def token_positions(tokenizer, text: str | None) -> list[int]:
