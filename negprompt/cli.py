@@ -195,7 +195,7 @@ def main(argv: list[str] | None = None) -> int:
     from negprompt.errors import LIMITS, InputError
     from negprompt.explore import PreviewRecorder, default_preview_every
     from negprompt.loading import EMBEDDED_NAME, load, model_source
-    from negprompt.verdicts import explain, summary_lines
+    from negprompt.verdicts import explain, nag_for_distilled, summary_lines
 
     try:
         # 1. Check every argument before anything loads
@@ -219,7 +219,7 @@ def main(argv: list[str] | None = None) -> int:
                       preview_decoder=args.preview_decoder)
         if args.replay is None:
             baseline = default_baseline(loaded.pipe) if args.baseline == "auto" else args.baseline
-            spec = spec_from_args(args, model_source(loaded.pipe), baseline)
+            spec = nag_for_distilled(spec_from_args(args, model_source(loaded.pipe), baseline), loaded)
 
         # 3. Run and save
         with tqdm(total=None, unit="step", desc="denoising") as bar:

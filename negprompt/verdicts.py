@@ -241,6 +241,37 @@ def cell_verdicts(facts: ModelFacts, spec: ComparisonSpec, changes, *, tokenizer
     return [verdict(facts, spec, i, float(c), tokenizer=tokenizer, threshold=threshold) for i, c in enumerate(changes)]
 
 
+def nag_for_distilled(spec: ComparisonSpec, pipe) -> ComparisonSpec:
+    """On a guidance-distilled model whose attention negprompt can steer, every plain negative cell becomes two:
+    the CFG cell, labeled as inert (the model runs no negative branch, so it equals the baseline), and the same
+    negative through NAG (``negprompt.guidance.NAG``), which acts inside the one branch such a model runs. Any
+    other spec, or model, is returned as it is. ``pipe``: the pipeline (or an object holding it as ``.pipe``)."""
+    from dataclasses import replace
+
+    from negprompt.attention import installed
+    from negprompt.families import family_of
+    from negprompt.guidance import CFG, NAG
+
+    pipe = getattr(pipe, "pipe", pipe)
+    if spec.mode not in ("negatives", "negatives+positive") or not installed(family_of(pipe).denoiser) \
+            or distillation(model_facts(pipe, spec.model)) is None:
+        return spec
+    doubled = [c.kind == "negative" and c.guidance == CFG() for c in spec.cells]
+    index, position = [], 0
+    for double in doubled:
+        index.append(position)
+        position += 2 if double else 1
+    cells = []
+    for cell, double in zip(spec.cells, doubled):
+        cell = replace(cell, reference=None if cell.reference is None else index[cell.reference])
+        if double:
+            cells += [replace(cell, label=f"{cell.label} (cfg, inert here)"),
+                      replace(cell, guidance=NAG(), label=f"{cell.label} (nag)")]
+        else:
+            cells.append(cell)
+    return replace(spec, cells=tuple(cells))
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # A finished comparison, explained
 

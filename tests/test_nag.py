@@ -136,3 +136,21 @@ def test_nag_on_a_transformer_is_refused_by_name(tmp_path):
     with pytest.raises(InputError, match="acts inside cross-attention") as caught:
         compare(tiny_sd3_pipeline(), methods_spec(PROMPT, ["hat"], [1], [NAG()], model="tiny", steps=1))
     assert caught.value.argument == "guidance"
+
+
+def test_a_distilled_model_gets_cfg_inert_beside_nag_automatically(tiny_distilled, tiny_sd):
+    from negprompt.engine import compare
+    from negprompt.plan import negatives_spec
+    from negprompt.verdicts import nag_for_distilled
+
+    spec = negatives_spec(PROMPT, ["hat", "glasses"], [4, 5], model="tiny", steps=3)
+    assert nag_for_distilled(spec, tiny_sd) == spec, "A model that runs the negative branch keeps its comparison."
+    doubled = nag_for_distilled(spec, tiny_distilled)
+    assert [c.label for c in doubled.cells[:5]] == [
+        "baseline: no negative", "- hat (cfg, inert here)", "- hat (nag)", "- glasses (cfg, inert here)",
+        "- glasses (nag)"]
+    assert [c.reference for c in doubled.cells] == [None, 0, 0, 0, 0, None, 5, 5, 5, 5], (
+        "Every cell is still compared against its own row's baseline.")
+    result = compare(tiny_distilled, doubled)
+    base, cfg, nag = (np.asarray(result.cells[i].image, np.int16) for i in (5, 6, 7))
+    assert np.abs(cfg - base).max() <= 2 and np.abs(nag - base).max() > 2, "CFG inert, NAG acting, in row 2."
