@@ -42,7 +42,9 @@ log = logging.getLogger(__name__)
 # (1 to 8 negatives plus the baseline, with guidance) pads nothing; beyond that the padding stays under a third.
 BUCKETS: tuple[int, ...] = (1, 2, 4, 6, 8, 10, 12, 14, 16, 18, 24, 32, 48, 64, 96, 128)
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
-SDPA_PROCESSORS = ("AttnProcessor2_0", "FusedAttnProcessor2_0")
+# (FLUX's processors go through diffusers' attention dispatch, which runs SDPA unless another backend is chosen.)
+SDPA_PROCESSORS = ("AttnProcessor2_0", "FusedAttnProcessor2_0", "JointAttnProcessor2_0", "FusedJointAttnProcessor2_0",
+                   "FluxAttnProcessor", "FluxAttnProcessor2_0")
 
 
 @dataclass
