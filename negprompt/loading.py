@@ -41,7 +41,7 @@ from diffusers import (
 )
 
 from negprompt import attention
-from negprompt._assets import asset
+from negprompt._assets import EMBEDDED_NAME, asset
 from negprompt.devices import pick_device, pick_dtype
 from negprompt.errors import InputError
 from negprompt.families import family_of, refusal
@@ -50,7 +50,6 @@ from negprompt.speedups import apply_speedups, new_report
 log = logging.getLogger(__name__)
 
 EMBEDDED_MODEL = asset("portrait-model")
-EMBEDDED_NAME = "negprompt-portraits"
 
 PIPELINE_CLASSES = {cls.__name__: cls for cls in (StableDiffusionPipeline, StableDiffusionXLPipeline,
                                                    StableDiffusion3Pipeline, FluxPipeline)}

@@ -28,6 +28,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 
+from negprompt._assets import EMBEDDED_NAME
 from negprompt.explore import (
     INERT_PERCENT,
     PreviewRecorder,
@@ -41,7 +42,6 @@ from negprompt.portrait_model.portraits import ALL_WORDS
 from negprompt.prompts import count_tokens
 
 ACTS, INERT = "acts", "does almost nothing"
-EMBEDDED_NAME = "negprompt-portraits"  # negprompt.loading.EMBEDDED_NAME (not imported: loading pulls in diffusers)
 DISTILLED_SCHEDULERS = ("LCMScheduler", "TCDScheduler")
 # Name parts of few-step distilled checkpoints: "sdxl-turbo", "DreamShaperXL_Turbo", "SDXL-Lightning",
 # "juggernautXL_v9Rdphoto2Lightning", "Hyper-SDXL-8steps", "lcm-lora-sdv1-5", "LCM_Dreamshaper_v7".
