@@ -249,6 +249,8 @@ SWEEP_CASES.append(("sweep-config-a-folder", ["sweep", "{tmp}/folder", "--out", 
 SWEEP_CASES.append(("sweep-config-dev-zero", ["sweep", "/dev/zero", "--out", "{tmp}/out"], {}, "system file"))
 SWEEP_CASES.append(("sweep-config-too-large", ["sweep", "{tmp}/sweep.toml", "--out", "{tmp}/out"],
                     {"sweep.toml": GOOD_SWEEP + "#" * 2_000_000 + "\n"}, "bytes"))
+sweep("sweep-out-broken-record", GOOD_SWEEP, "sweep.json", {"out/sweep.json": "{ not json"})
+sweep("sweep-out-deep-record", GOOD_SWEEP, "sweep.json", {"out/sweep.json": nested(100_000)})
 sweep("sweep-out-is-a-file", GOOD_SWEEP, "--out", {"file.txt": "x"}, ["--out", "{tmp}/file.txt"])
 sweep("sweep-stop-after-negative", GOOD_SWEEP, "--stop-after", args=["--stop-after", "-1"])
 sweep("sweep-threads-text", GOOD_SWEEP, "--threads", args=["--threads", "many"])

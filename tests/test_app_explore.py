@@ -76,9 +76,13 @@ def test_the_cell_cap_counts_the_mode_cells_and_names_the_box():
 def test_each_mode_counts_its_cells():
     base = dict(prompt="portrait photo of a man", negatives=((0, "hat"), (1, "glasses")))
     counts = {mode: build_request(AppSettings(), Form(**base, mode=mode)).cells for mode in
-              ("Compare negatives", "When it acts (timing)", "Guidance methods", "Each term alone")}
-    assert counts == {"Compare negatives": 3, "When it acts (timing)": 9, "Guidance methods": 7,
-                      "Each term alone": 3}, counts
+              ("Compare negatives", "When it acts (timing)", "Guidance methods")}
+    assert counts == {"Compare negatives": 3, "When it acts (timing)": 9, "Guidance methods": 7}, counts
+    one = dict(prompt="portrait photo of a man", negatives=((0, "hat, glasses"),), mode="Each term alone")
+    assert build_request(AppSettings(), Form(**one)).cells == 4, "Baseline, full negative and each term"
+    with pytest.raises(InputError) as caught:
+        build_request(AppSettings(), Form(**base, mode="Each term alone"))
+    assert caught.value.argument == "negatives[1]", "A second negative in a term mode is refused, never dropped"
 
 
 def test_an_unknown_mode_is_refused_by_name():
