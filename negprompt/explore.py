@@ -26,6 +26,7 @@ Everything here is pure (plain data in, plain data out); no model runs.
 
 from __future__ import annotations
 
+import hashlib
 import statistics
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
@@ -40,6 +41,7 @@ from negprompt.plan import (
     check_text,
     methods_spec,
     negatives_spec,
+    readings_spec,
     timing_spec,
     with_cells,
 )
@@ -76,17 +78,30 @@ def split_terms(negative: str) -> list[str]:
     return [t for t in (" ".join(t.split()) for t in terms) if t]
 
 
+def term_labels(terms: Sequence[str], reading: str = "plain") -> list[str]:
+    """How each term is shown: as written; under the a1111 reading in words (``"(worst quality:1.4)"`` ->
+    ``"worst quality (weight 1.4)"``, ``negprompt.reading.describe``)."""
+    if reading != "a1111":
+        return list(terms)
+    from negprompt.reading import describe
+
+    return [describe(t) for t in terms]
+
+
 def join_terms(terms: Sequence[str]) -> str:
     """The negative made of ``terms``, as ``split_terms`` reads it back."""
     return ", ".join(terms)
 
 
-def _terms_of(negative: str, argument: str = "negative") -> list[str]:
-    """The terms of ``negative``, each visible text; an ``InputError`` naming ``argument`` (the field the negative
-    came from) otherwise."""
+def _terms_of(negative: str, argument: str = "negative", reading: str = "plain") -> list[str]:
+    """The terms of ``negative``, each visible text: split at commas outside brackets; under the a1111 reading by
+    its parser (``negprompt.reading.terms``: weights stay with their term, BREAK separates, weighted groups split).
+    An ``InputError`` naming ``argument`` (the field the negative came from) otherwise."""
     if not isinstance(negative, str):
         raise InputError(argument, negative, f"{argument}={shown(negative)} must be a string")
-    terms = split_terms(negative)
+    from negprompt import reading as readings
+
+    terms = readings.terms(negative) if reading == "a1111" else split_terms(negative)
     if not terms:
         raise InputError(argument, negative, f"{argument}={shown(negative)} has no terms to compare (terms are "
                                              "separated by commas)")
@@ -112,7 +127,8 @@ def leave_one_out_spec(prompt: str, negative: str, seeds: Sequence[int], *, argu
     sampler, baseline, guidance). The full negative is written as its terms joined by ", ", like every leave-out
     cell, so a leave-out cell differs from the full one by exactly one term. ``argument`` names the negative in
     errors (a front end's field)."""
-    terms = _terms_of(negative, argument)
+    terms = _terms_of(negative, argument, settings.get("reading", "plain"))
+    labels = term_labels(terms, settings.get("reading", "plain"))
     base = negatives_spec(prompt, [], list(seeds), **settings)
     cells: list[CellSpec] = []
     for baseline in base.cells:
@@ -122,7 +138,7 @@ def leave_one_out_spec(prompt: str, negative: str, seeds: Sequence[int], *, argu
                              kind="negative"))
         for k, term in enumerate(terms):
             rest = join_terms(terms[:k] + terms[k + 1:])
-            cells.append(replace(baseline, negative=rest or baseline.negative, label=f"without {term}",
+            cells.append(replace(baseline, negative=rest or baseline.negative, label=f"without {labels[k]}",
                                  reference=full, kind="leave-out", term=term))
     return replace(with_cells(base, cells), mode="leave-one-out")
 
@@ -131,7 +147,8 @@ def terms_alone_spec(prompt: str, negative: str, seeds: Sequence[int], *, includ
                      argument: str = "negative", **settings) -> ComparisonSpec:
     """Per seed row: the baseline, (with ``include_full``) the full negative, then each term alone as the negative
     (kind "term-alone"), every cell compared against the row's baseline."""
-    terms = _terms_of(negative, argument)
+    terms = _terms_of(negative, argument, settings.get("reading", "plain"))
+    labels = term_labels(terms, settings.get("reading", "plain"))
     base = negatives_spec(prompt, [], list(seeds), **settings)
     cells: list[CellSpec] = []
     for baseline in base.cells:
@@ -140,8 +157,8 @@ def terms_alone_spec(prompt: str, negative: str, seeds: Sequence[int], *, includ
         if include_full:
             cells.append(replace(baseline, negative=join_terms(terms), label="full negative", reference=ref,
                                  kind="negative"))
-        cells += [replace(baseline, negative=term, label=term, reference=ref, kind="term-alone", term=term)
-                  for term in terms]
+        cells += [replace(baseline, negative=term, label=label, reference=ref, kind="term-alone", term=term)
+                  for term, label in zip(terms, labels)]
     return replace(with_cells(base, cells), mode="terms-alone")
 
 
@@ -191,8 +208,9 @@ def mode_spec(mode: str, prompt: str, negatives: Sequence[str], seeds: Sequence[
               windows: Sequence[tuple[float, float]] | None = None, starts: Sequence[float] | None = None,
               methods: Sequence | None = None, **settings) -> ComparisonSpec:
     """The spec of any mode from a front end's inputs (the command line and the app share it): "negatives" (the
-    plain comparison), a term mode, "timing" (one cell per start in ``starts`` for each negative) or "methods" (one
-    cell per guidance method in ``methods`` for each negative). ``settings``: those of ``negatives_spec``."""
+    plain comparison), "readings" (each negative read plain and a1111, ``negprompt.plan.readings_spec``), a term
+    mode, "timing" (one cell per start in ``starts`` for each negative) or "methods" (one cell per guidance method
+    in ``methods`` for each negative). ``settings``: those of ``negatives_spec``."""
     if mode in TERM_MODES:
         return term_mode_spec(mode, prompt, negatives, seeds, windows=windows, **settings)
     if mode == "methods":
@@ -202,8 +220,10 @@ def mode_spec(mode: str, prompt: str, negatives: Sequence[str], seeds: Sequence[
             raise InputError("timing", list(starts or ()), "timing sets each negative's start itself: write the "
                                                             "negatives without @windows")
         return timing_spec(prompt, negatives, seeds, list(starts or ()), **settings)
+    if mode == "readings":
+        return readings_spec(prompt, negatives, seeds, windows=windows, **settings)
     if mode != "negatives":
-        raise InputError("mode", mode, f"{mode!r} is not one of negatives, {', '.join(EXPLORER_MODES)}")
+        raise InputError("mode", mode, f"{mode!r} is not one of negatives, readings, {', '.join(EXPLORER_MODES)}")
     return negatives_spec(prompt, negatives, seeds, windows=windows, **settings)
 
 
@@ -224,14 +244,21 @@ class TermEffect:
     position: int  # its place in the negative (0-based)
     changes: tuple[float, ...]  # per row, the change score of its cell against the cell's reference, in percent
     inert: bool  # below INERT_PERCENT (or the threshold given) on every row: "does almost nothing"
+    label: str = ""  # how it is shown (``term_labels``: under the a1111 reading its words and weight)
 
     @property
     def mean(self) -> float:
         return statistics.fmean(self.changes)
 
+    @property
+    def spread(self) -> tuple[float, float]:
+        """The smallest and largest change over the rows (seeds), in percent."""
+        return min(self.changes), max(self.changes)
+
     def to_dict(self) -> dict:
-        return {"term": self.term, "position": self.position, "mean_change": round(self.mean, 4),
-                "changes": [round(c, 4) for c in self.changes], "inert": self.inert}
+        return {"term": self.term, "label": self.label or self.term, "position": self.position,
+                "mean_change": round(self.mean, 4), "changes": [round(c, 4) for c in self.changes],
+                "spread": [round(v, 4) for v in self.spread], "inert": self.inert}
 
 
 @dataclass(frozen=True)
@@ -242,6 +269,7 @@ class TermRanking:
     terms: tuple[TermEffect, ...]  # sorted by mean change, largest first (ties: in the negative's order)
     threshold: float  # the change below which a term does almost nothing, in percent
     row_orders: tuple[tuple[int, ...], ...]  # per row, the term positions sorted by that row's change
+    identical: tuple[tuple[str, ...], ...] = ()  # groups of terms whose cells are the same image on every row
 
     @property
     def inert(self) -> list[str]:
@@ -260,12 +288,16 @@ class TermRanking:
 
     def to_dict(self) -> dict:
         return {"kind": self.kind, "threshold_percent": self.threshold, "trimmed_negative": self.trimmed,
-                "inert_terms": self.inert, "terms": [t.to_dict() for t in self.terms]}
+                "inert_terms": self.inert, "terms": [t.to_dict() for t in self.terms],
+                "identical_groups": [list(g) for g in self.identical]}
 
 
-def rank_terms(spec: ComparisonSpec, changes: Sequence[float], *, threshold: float = INERT_PERCENT) -> TermRanking:
+def rank_terms(spec: ComparisonSpec, changes: Sequence[float], *, threshold: float = INERT_PERCENT,
+               images: Sequence | None = None) -> TermRanking:
     """Rank the terms of a leave-one-out or terms-alone spec by their cells' ``changes`` (per cell of the spec, its
-    change score against its reference, as ``Comparison.change_scores`` gives them), averaged over the rows."""
+    change score against its reference, as ``Comparison.change_scores`` gives them), averaged over the rows.
+    ``images`` (per cell, a PIL image or an array) groups the terms whose cells are the same image, pixel for pixel,
+    on every row ("these 5 terms did the same thing")."""
     if len(changes) != len(spec.cells):
         raise InputError("changes", len(changes), f"{len(changes)} change scores for {len(spec.cells)} cells")
     kind = "leave-out" if any(c.kind == "leave-out" for c in spec.cells) else "term-alone"
@@ -279,11 +311,26 @@ def rank_terms(spec: ComparisonSpec, changes: Sequence[float], *, threshold: flo
     terms = [t for t, _ in rows[0]]
     if any([t for t, _ in r] != terms for r in rows):
         raise InputError("spec", spec.mode, "every row must hold the same terms in the same order")
-    effects = [TermEffect(term, k, tuple(r[k][1] for r in rows), all(r[k][1] < threshold for r in rows))
+    labels = term_labels(terms, spec.reading)
+    effects = [TermEffect(term, k, tuple(r[k][1] for r in rows), all(r[k][1] < threshold for r in rows), labels[k])
                for k, term in enumerate(terms)]
     effects.sort(key=lambda e: (-e.mean, e.position))
     orders = tuple(tuple(sorted(range(len(terms)), key=lambda k, r=r: (-r[k][1], k))) for r in rows)
-    return TermRanking(kind, tuple(effects), threshold, orders)
+    identical = ()
+    if images is not None:
+        signatures: dict[int, list[str]] = {}
+        for cell, image in zip(spec.cells, images):
+            if cell.kind == kind:
+                signatures.setdefault(cell.row, []).append(hashlib.sha256(_as_bytes(image)).hexdigest())
+        keyed: dict[tuple, list[str]] = {}
+        for k, label in enumerate(labels):
+            keyed.setdefault(tuple(r[k] for r in signatures.values()), []).append(label)
+        identical = tuple(tuple(group) for group in keyed.values() if len(group) > 1)
+    return TermRanking(kind, tuple(effects), threshold, orders, identical)
+
+
+def _as_bytes(image) -> bytes:
+    return np.ascontiguousarray(np.asarray(image)).tobytes()
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -147,6 +147,9 @@ replay("replay-mode-a-megabyte", manifest({"mode": "M" * 1_000_000}), "mode")
 replay("replay-model-a-list", manifest({"model": ["a"]}), "model")
 replay("replay-version-text", manifest({"version": "1"}), "version")
 replay("replay-huge-integer", manifest({"steps": 0}).replace('"steps": 0', '"steps": ' + "9" * 5000), "JSON")
+replay("replay-additions-a-list", manifest()[:-1] + ', "model_additions": [1]}', "model_additions")
+replay("replay-additions-too-many", manifest()[:-1] + ', "model_additions": {"loras": ['
+       + ", ".join(['{"source": "x", "weight": 1, "sha256": "0"}'] * 1000) + "]}}", "model_additions")
 CLI_CASES.append(("replay-dev-zero", ["--replay", "/dev/zero", "--out", "{tmp}/out"], {}, "system file"))
 CLI_CASES.append(("replay-a-fifo", ["--replay", "{tmp}/pipe", "--out", "{tmp}/out"], {"pipe": FIFO},
                   "regular file"))

@@ -77,12 +77,17 @@ def test_each_mode_counts_its_cells():
     base = dict(prompt="portrait photo of a man", negatives=((0, "hat"), (1, "glasses")))
     counts = {mode: build_request(AppSettings(), Form(**base, mode=mode)).cells for mode in
               ("Compare negatives", "When it acts (timing)", "Guidance methods")}
-    assert counts == {"Compare negatives": 3, "When it acts (timing)": 9, "Guidance methods": 7}, counts
-    one = dict(prompt="portrait photo of a man", negatives=((0, "hat, glasses"),), mode="Each term alone")
-    assert build_request(AppSettings(), Form(**one)).cells == 4, "Baseline, full negative and each term"
+    terms = Form(prompt=base["prompt"], negatives=((0, "hat, glasses"),), mode="Each term alone")
+    counts["Each term alone"] = build_request(AppSettings(), terms).cells
+    assert counts == {"Compare negatives": 3, "When it acts (timing)": 9, "Guidance methods": 7,
+                      "Each term alone": 4}, counts
+
+
+def test_a_term_mode_refuses_a_second_negative_at_its_box():
+    form = Form(prompt="portrait photo of a man", negatives=((0, "hat"), (1, "glasses")), mode="Each term alone")
     with pytest.raises(InputError) as caught:
-        build_request(AppSettings(), Form(**base, mode="Each term alone"))
-    assert caught.value.argument == "negatives[1]", "A second negative in a term mode is refused, never dropped"
+        build_request(AppSettings(), form)
+    assert caught.value.argument == "negatives[1]", "The refusal must point at the extra box, not drop it silently."
 
 
 def test_an_unknown_mode_is_refused_by_name():

@@ -34,7 +34,8 @@ def make_files(tmp: Path, files: dict) -> None:
 
 
 def test_the_tables_are_large_enough():
-    assert len(ALL_CASES) >= 150, f"The tables must hold at least 150 cases, not {len(ALL_CASES)}"
+    assert len(ALL_CASES) >= 150, (f"The command-line and sweep tables must hold at least 150 cases, not "
+                                   f"{len(ALL_CASES)}")
     assert len(set(IDS)) == len(IDS), "Case names must be unique"
 
 

@@ -116,6 +116,7 @@ class Request:
         return self.model == EMBEDDED_NAME
 
 
+SURROGATE = re.compile("[\ud800-\udfff]")  # half of a UTF-16 pair: no text encoder, file or JSON takes it alone
 SIZE_PATTERN = re.compile(r"([0-9]{1,5}) *[x×*] *([0-9]{1,5})")
 
 
@@ -177,9 +178,13 @@ def check_form_text(argument: str, value, *, allow_empty: bool = False) -> None:
     """``negprompt.plan.check_text`` with messages written for a form (the label is shown beside them)."""
     if not isinstance(value, str):
         raise InputError(argument, value, f"{_show(value)} is not text")
-    if len(value) > LIMITS.max_text_chars:
-        raise InputError(argument, len(value), f"is {len(value):,} characters long; at most "
-                                               f"{LIMITS.max_text_chars:,} are accepted")
+    if len(value) > LIMITS.max_text_chars:  # the boxes set no maxlength: a browser never cuts a text unseen
+        raise InputError(argument, len(value), f"{len(value):,} characters; at most {LIMITS.max_text_chars:,}")
+    lone = SURROGATE.search(value)
+    if lone:
+        raise InputError(argument, lone[0].encode("unicode_escape").decode(),
+                         f"character {lone.start() + 1} is a lone surrogate "
+                         f"({lone[0].encode('unicode_escape').decode()}), not a character: retype the text")
     try:
         check_text(argument, value, allow_empty=allow_empty)
     except InputError:
