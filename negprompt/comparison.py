@@ -105,6 +105,8 @@ class Comparison:
     explored: dict = field(default_factory=dict)  # comparison-wide findings, e.g. a timing sweep's tables
     attention_maps: list = field(default_factory=list)  # per cell, where its negative was attended to ([0, 1] array
     # at the latent size, or None); empty unless the run captured them (negprompt.attention)
+    additions: dict = field(default_factory=dict)  # what the model was loaded with: negative embeddings and LoRAs
+    # (loading.Loaded.additions), recorded so a replay can check it runs with the same ones
 
     @property
     def rows(self) -> list[list[Cell]]:
@@ -185,6 +187,7 @@ class Comparison:
         explored, explored_extra = manifest_fields(self)
         return {
             "spec": self.spec.to_dict(),
+            **({"model_additions": self.additions} if self.additions else {}),
             "settings": {**asdict(self.settings), "negatives": list(self.settings.negatives),
                          "seeds": list(self.settings.seeds)},
             "cells": [

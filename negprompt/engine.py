@@ -42,10 +42,11 @@ from PIL import Image
 
 from negprompt import attention, guidance, reading, weighting
 from negprompt.comparison import Cell, Comparison, Settings
+from negprompt.embeddings import prompt_text
 from negprompt.errors import LIMITS, InputError
 from negprompt.guidance import BRANCHES, GuidanceMethod
 from negprompt.infotext import cell_infotext
-from negprompt.loading import Loaded, model_label, model_source, runtime_of
+from negprompt.loading import Loaded, additions_of, model_label, model_source, runtime_of
 from negprompt.plan import BASELINES, CellSpec, ComparisonSpec, check_int, check_text, negatives_spec
 from negprompt.prompts import spec_warnings
 from negprompt.schedulers import DEFAULT, is_stochastic, make_scheduler, sampler_label, scheduler_names
@@ -158,8 +159,10 @@ def run(pipe, spec: ComparisonSpec, *, max_batch: int | None = None, max_cells: 
     start = time.perf_counter()
     capture = None
     if attention_maps:
-        positions = [reading.token_positions(_tokenizer(pipe), c.negative) if spec.reading_of(c) == "a1111"
-                     else attention.token_positions(_tokenizer(pipe), c.negative) for c in spec.cells]
+        positions = [reading.token_positions(_tokenizer(pipe), prompt_text(pipe, c.negative, True))
+                     if spec.reading_of(c) == "a1111"
+                     else attention.token_positions(_tokenizer(pipe), prompt_text(pipe, c.negative, True))
+                     for c in spec.cells]
         capture = attention.Capture(positions, shape[2], shape[3])
     with attention.capturing(capture) if capture is not None else nullcontext():
         latents, batch_used = _denoise_all(pipe, runtime, spec, table, seed_latents, max_batch, callback,
@@ -178,7 +181,8 @@ def run(pipe, spec: ComparisonSpec, *, max_batch: int | None = None, max_cells: 
                   parameters=cell_infotext(settings, c, spec.reading_of(c)))
              for i, (c, image) in enumerate(zip(spec.cells, images))]
     return Comparison(spec=spec, settings=settings, cells=cells, warnings=warnings, timings=timings,
-                      max_batch_used=batch_used, attention_maps=capture.maps() if capture is not None else [])
+                      max_batch_used=batch_used, attention_maps=capture.maps() if capture is not None else [],
+                      additions=additions_of(pipe))
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -300,7 +304,7 @@ def _encode_spec(pipe, spec: ComparisonSpec) -> _TextTable:
         keys = dict.fromkeys(text_key("a1111", text, step, spec.steps) for c in a1111 for step in range(spec.steps)
                              for text in (c.positive, c.negative_at(step, spec.steps, unconditional)))
         texts = [text for _, text in keys if text is not None]
-        read, read_pooled = weighting.encode_a1111(pipe, texts or [""])
+        read, read_pooled = weighting.encode_a1111(pipe, texts or [""], rewrite=lambda t: prompt_text(pipe, t))
         zeros = torch.zeros_like(next(iter(read.values())))
         embeds |= {("a1111", text): value for text, value in read.items()} | {("a1111", None): zeros}
         if read_pooled is not None:
@@ -311,13 +315,15 @@ def _encode_spec(pipe, spec: ComparisonSpec) -> _TextTable:
 
 @torch.no_grad()
 def _encode(pipe, texts: list[str]) -> _TextTable:
-    """Text -> embeddings (and SDXL's pooled embeddings), through the pipeline's own ``encode_prompt``."""
+    """Text -> embeddings (and SDXL's pooled embeddings), through the pipeline's own ``encode_prompt`` (which
+    writes out multi-vector negative embeddings; ``prompt_text`` lets it find their names in any case)."""
     device = pipe._execution_device
+    prompts = [prompt_text(pipe, t) for t in texts]
     if _is_sdxl(pipe):
-        embeds, _, pooled, _ = pipe.encode_prompt(texts, device=device, num_images_per_prompt=1,
+        embeds, _, pooled, _ = pipe.encode_prompt(prompts, device=device, num_images_per_prompt=1,
                                                   do_classifier_free_guidance=False)
         return _TextTable(dict(zip(texts, embeds.split(1))), dict(zip(texts, pooled.split(1))))
-    embeds, _ = pipe.encode_prompt(texts, device, 1, False)
+    embeds, _ = pipe.encode_prompt(prompts, device, 1, False)
     return _TextTable(dict(zip(texts, embeds.split(1))), None)
 
 

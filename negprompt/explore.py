@@ -34,10 +34,11 @@ from dataclasses import dataclass, replace
 import numpy as np
 from PIL import Image
 
-from negprompt.errors import InputError
+from negprompt.errors import InputError, shown
 from negprompt.plan import (
     CellSpec,
     ComparisonSpec,
+    check_text,
     methods_spec,
     negatives_spec,
     readings_spec,
@@ -92,17 +93,24 @@ def join_terms(terms: Sequence[str]) -> str:
     return ", ".join(terms)
 
 
-def _terms_of(negative: str, reading: str = "plain") -> list[str]:
-    """The terms of ``negative``: split at commas outside brackets; under the a1111 reading by its parser
-    (``negprompt.reading.terms``: weights stay with their term, BREAK separates, weighted groups split)."""
+def _terms_of(negative: str, argument: str = "negative", reading: str = "plain") -> list[str]:
+    """The terms of ``negative``, each visible text: split at commas outside brackets; under the a1111 reading by
+    its parser (``negprompt.reading.terms``: weights stay with their term, BREAK separates, weighted groups split).
+    An ``InputError`` naming ``argument`` (the field the negative came from) otherwise."""
     if not isinstance(negative, str):
-        raise InputError("negative", negative, f"negative={negative!r} must be a string")
+        raise InputError(argument, negative, f"{argument}={shown(negative)} must be a string")
     from negprompt import reading as readings
 
     terms = readings.terms(negative) if reading == "a1111" else split_terms(negative)
     if not terms:
-        raise InputError("negative", negative, f"negative={negative!r} has no terms to compare (terms are "
-                                               "separated by commas)")
+        raise InputError(argument, negative, f"{argument}={shown(negative)} has no terms to compare (terms are "
+                                             "separated by commas)")
+    for k, term in enumerate(terms):
+        try:
+            check_text(argument, term)
+        except InputError:
+            raise InputError(argument, negative, f"{argument}: term {k + 1} ({shown(term)}) has no visible "
+                                                 "text") from None
     return terms
 
 
@@ -110,15 +118,17 @@ def _terms_of(negative: str, reading: str = "plain") -> list[str]:
 # Builders
 
 
-def leave_one_out_spec(prompt: str, negative: str, seeds: Sequence[int], **settings) -> ComparisonSpec:
+def leave_one_out_spec(prompt: str, negative: str, seeds: Sequence[int], *, argument: str = "negative",
+                       **settings) -> ComparisonSpec:
     """Per seed row: the baseline, the full negative, then one cell per term with that term left out (kind
     "leave-out", ``term`` the term left out), compared against the row's full-negative cell.
 
     ``settings`` are those of ``negprompt.plan.negatives_spec`` (model, steps, guidance_scale, height, width,
     sampler, baseline, guidance). The full negative is written as its terms joined by ", ", like every leave-out
-    cell, so a leave-out cell differs from the full one by exactly one term."""
-    terms = _terms_of(negative, settings.get("reading", "plain"))
-    shown = term_labels(terms, settings.get("reading", "plain"))
+    cell, so a leave-out cell differs from the full one by exactly one term. ``argument`` names the negative in
+    errors (a front end's field)."""
+    terms = _terms_of(negative, argument, settings.get("reading", "plain"))
+    labels = term_labels(terms, settings.get("reading", "plain"))
     base = negatives_spec(prompt, [], list(seeds), **settings)
     cells: list[CellSpec] = []
     for baseline in base.cells:
@@ -128,17 +138,17 @@ def leave_one_out_spec(prompt: str, negative: str, seeds: Sequence[int], **setti
                              kind="negative"))
         for k, term in enumerate(terms):
             rest = join_terms(terms[:k] + terms[k + 1:])
-            cells.append(replace(baseline, negative=rest or baseline.negative, label=f"without {shown[k]}",
+            cells.append(replace(baseline, negative=rest or baseline.negative, label=f"without {labels[k]}",
                                  reference=full, kind="leave-out", term=term))
     return replace(with_cells(base, cells), mode="leave-one-out")
 
 
 def terms_alone_spec(prompt: str, negative: str, seeds: Sequence[int], *, include_full: bool = True,
-                     **settings) -> ComparisonSpec:
+                     argument: str = "negative", **settings) -> ComparisonSpec:
     """Per seed row: the baseline, (with ``include_full``) the full negative, then each term alone as the negative
     (kind "term-alone"), every cell compared against the row's baseline."""
-    terms = _terms_of(negative, settings.get("reading", "plain"))
-    shown = term_labels(terms, settings.get("reading", "plain"))
+    terms = _terms_of(negative, argument, settings.get("reading", "plain"))
+    labels = term_labels(terms, settings.get("reading", "plain"))
     base = negatives_spec(prompt, [], list(seeds), **settings)
     cells: list[CellSpec] = []
     for baseline in base.cells:
@@ -148,7 +158,7 @@ def terms_alone_spec(prompt: str, negative: str, seeds: Sequence[int], *, includ
             cells.append(replace(baseline, negative=join_terms(terms), label="full negative", reference=ref,
                                  kind="negative"))
         cells += [replace(baseline, negative=term, label=label, reference=ref, kind="term-alone", term=term)
-                  for term, label in zip(terms, shown)]
+                  for term, label in zip(terms, labels)]
     return replace(with_cells(base, cells), mode="terms-alone")
 
 
@@ -177,7 +187,7 @@ EXPLANATIONS = {
         "as A1111 does."),
 }
 TERM_MODES = {"leave-one-out": leave_one_out_spec, "terms-alone": terms_alone_spec}
-EXPLORER_MODES = (*TERM_MODES, "timing", "methods")  # spec modes whose cells are worth watching step by step
+EXPLORER_MODES = (*TERM_MODES, "timing", "methods", "readings")  # spec modes whose cells are worth watching
 
 
 def term_mode_spec(mode: str, prompt: str, negatives: Sequence[str], seeds: Sequence[int], *,
@@ -185,16 +195,19 @@ def term_mode_spec(mode: str, prompt: str, negatives: Sequence[str], seeds: Sequ
                    **settings) -> ComparisonSpec:
     """The spec of a term mode ("leave-one-out" or "terms-alone") from a front end's inputs: exactly one negative,
     acting at every step, and no other positive."""
-    if len(negatives) != 1:
-        raise InputError("negatives", list(negatives), f"{mode} takes exactly one negative prompt (its terms are "
-                                                       f"separated by commas); {len(negatives)} were given")
+    if not negatives:
+        raise InputError("negatives[0]", "", f"{mode} needs one negative prompt (its terms separated by commas)")
+    if len(negatives) > 1:  # never dropped silently: a second negative would be left out of every cell
+        raise InputError("negatives[1]", shown(negatives[1]), f"{mode} takes exactly one negative prompt (its terms "
+                         f"separated by commas); {len(negatives)} were given: put every term in the first and "
+                         "remove the others")
     if windows is not None and any(tuple(w) != (0.0, 1.0) for w in windows):
         raise InputError("negatives[0]", negatives[0], f"{mode} runs the negative at every step: write it "
                                                        "without an @window")
     if other_positive is not None:
         raise InputError("other_positive", other_positive, f"{mode} compares the terms of one negative; it takes "
                                                            "no other positive prompt")
-    return TERM_MODES[mode](prompt, negatives[0], seeds, **settings)
+    return TERM_MODES[mode](prompt, negatives[0], seeds, argument="negatives[0]", **settings)
 
 
 def mode_spec(mode: str, prompt: str, negatives: Sequence[str], seeds: Sequence[int], *,
@@ -216,7 +229,7 @@ def mode_spec(mode: str, prompt: str, negatives: Sequence[str], seeds: Sequence[
     if mode == "readings":
         return readings_spec(prompt, negatives, seeds, windows=windows, **settings)
     if mode != "negatives":
-        raise InputError("mode", mode, f"{mode!r} is not one of negatives, readings, {', '.join(EXPLORER_MODES)}")
+        raise InputError("mode", mode, f"{mode!r} is not one of negatives, {', '.join(EXPLORER_MODES)}")
     return negatives_spec(prompt, negatives, seeds, windows=windows, **settings)
 
 

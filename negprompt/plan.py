@@ -34,8 +34,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from negprompt.errors import LIMITS, InputError
+from negprompt.errors import LIMITS, InputError, shown
 from negprompt.guidance import BRANCHES, CFG, GuidanceMethod, method_from_dict, method_label, method_to_dict
+from negprompt.loras import check_prompt
 from negprompt.reading import READINGS
 
 SPEC_VERSION = 1
@@ -71,10 +72,14 @@ class CellSpec:
         unknown = sorted(set(data) - set(cls.__dataclass_fields__))
         if unknown:
             raise InputError(argument, unknown, f"{argument} has unknown field(s) {', '.join(unknown)}")
+        for name in ("label", "kind", "term"):  # checked before anything renders them
+            if name in data:
+                check_cell_text(f"{argument}.{name}", data[name])
         data["guidance"] = method_from_dict(data.get("guidance", "cfg"), f"{argument}.guidance")
         window = data.get("window", (0.0, 1.0))
         if not isinstance(window, (list, tuple)) or len(window) != 2:
-            raise InputError(f"{argument}.window", window, f"{argument}.window={window!r} must be [start, stop]")
+            raise InputError(f"{argument}.window", window, f"{argument}.window={shown(window)} must be "
+                                                           "[start, stop]")
         data["window"] = tuple(window)
         try:
             return cls(**data)
@@ -189,7 +194,13 @@ class ComparisonSpec:
             raise InputError("spec", unknown, f"the spec has unknown field(s) {', '.join(unknown)}")
         cells = data.get("cells")
         if not isinstance(cells, list) or not all(isinstance(c, dict) for c in cells):
-            raise InputError("cells", cells, "the spec's cells must be a list of objects")
+            raise InputError("cells", shown(cells), "the spec's cells must be a list of objects")
+        if len(cells) > LIMITS.max_cells:  # counted before any cell is read
+            raise InputError("max_cells", len(cells), f"the spec has {len(cells):,} cells; at most "
+                                                      f"{LIMITS.max_cells} are run")
+        for name in ("mode", "sampler"):
+            if name in data:
+                check_name(name, data[name])
         data["cells"] = tuple(CellSpec.from_dict(c, f"cells[{i}]") for i, c in enumerate(cells))
         try:
             return cls(**data)
@@ -217,7 +228,10 @@ class ComparisonSpec:
             raise InputError("guidance_scale", scale, f"guidance_scale={scale!r} must be a finite number from 0 to "
                                                       f"{LIMITS.max_guidance:g}")
         if self.baseline not in BASELINES:
-            raise InputError("baseline", self.baseline, f"baseline={self.baseline!r} must be 'empty' or 'zeros'")
+            raise InputError("baseline", shown(self.baseline), f"baseline={shown(self.baseline)} must be 'empty' or "
+                                                               "'zeros'")
+        check_name("sampler", self.sampler)
+        check_name("mode", self.mode)
         check_reading("reading", self.reading)
         for name in ("height", "width"):
             value = getattr(self, name)
@@ -236,7 +250,57 @@ class ComparisonSpec:
 def check_int(argument: str, value, low: int, high: int) -> None:
     """An integer (not a bool) from ``low`` to ``high``, else ``InputError`` naming ``argument``."""
     if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
-        raise InputError(argument, value, f"{argument}={value!r} must be an integer from {low} to {high}")
+        raise InputError(argument, value, f"{argument}={shown(value)} must be an integer from {low} to {high}")
+
+
+def check_name(argument: str, value) -> None:
+    """A short name (a sampler, a mode): a string of at most ``LIMITS.max_kind_chars`` printable characters."""
+    if not isinstance(value, str) or len(value) > LIMITS.max_kind_chars or not value.isprintable():
+        raise InputError(argument, shown(value), f"{argument}={shown(value)} must be a name of at most "
+                                                 f"{LIMITS.max_kind_chars} printable characters")
+
+
+def check_cell_text(argument: str, value) -> None:
+    """A cell's ``label``, ``kind`` or ``term`` (``argument`` ends with its name): a string within its limit (a
+    label: ``LIMITS.max_label_chars``; a term: ``max_text_chars``); a kind is a short name (``check_name``)."""
+    name = argument.rsplit(".", 1)[-1]
+    if name == "kind":
+        return check_name(argument, value)
+    limit = LIMITS.max_label_chars if name == "label" else LIMITS.max_text_chars
+    if not isinstance(value, str):
+        raise InputError(argument, shown(value), f"{argument}={shown(value)} must be a string")
+    if len(value) > limit:
+        raise InputError(argument, shown(value), f"{argument} is {len(value):,} characters long; at most {limit:,} "
+                                                 "are accepted")
+
+
+def parse_seeds(value, argument: str = "seeds", max_count: int = LIMITS.max_sweep_seeds) -> tuple[int, ...]:
+    """``"0-63"``, ``7``, or a list of both -> the seeds in order. Ranges are counted before they are expanded: more
+    than ``max_count`` seeds, a seed outside 0 to ``LIMITS.max_seed`` or a repeated seed is an ``InputError``."""
+    items = value if isinstance(value, list) else [value]
+    ranges: list[tuple[int, int]] = []
+    for i, item in enumerate(items):
+        where = f"{argument}[{i}]" if isinstance(value, list) else argument
+        if isinstance(item, int) and not isinstance(item, bool):
+            low = high = item
+        else:
+            match = re.fullmatch(r"\s*(\d{1,20})\s*(?:-\s*(\d{1,20})\s*)?", item) if isinstance(item, str) else None
+            if not match or (match[2] is not None and int(match[1]) > int(match[2])):
+                raise InputError(where, shown(item), f"{where}={shown(item)} must be a seed or a range like \"0-63\"")
+            low, high = int(match[1]), int(match[2] if match[2] is not None else match[1])
+        for s in (low, high):
+            if not 0 <= s <= LIMITS.max_seed:
+                raise InputError(where, s, f"{where}: seed {s} is outside 0 to {LIMITS.max_seed}")
+        ranges.append((low, high))
+    count = sum(high - low + 1 for low, high in ranges)
+    if count > max_count:
+        raise InputError(argument, count, f"{argument} names {count:,} seeds; at most {max_count:,} are run")
+    seeds = [s for low, high in ranges for s in range(low, high + 1)]
+    if len(set(seeds)) != len(seeds):
+        raise InputError(argument, shown(value), f"{argument}={shown(value)} names a seed twice")
+    if not seeds:
+        raise InputError(argument, shown(value), f"{argument} must name at least one seed")
+    return tuple(seeds)
 
 
 def check_text(argument: str, text, *, allow_empty: bool = False) -> None:
@@ -248,12 +312,14 @@ def check_text(argument: str, text, *, allow_empty: bool = False) -> None:
                                                       f"{LIMITS.max_text_chars:,} are accepted")
     if not (allow_empty and text == "") and not _visible(text):
         raise InputError(argument, text, f"{argument}={text!r} has no visible text")
+    check_prompt(argument, text)
 
 
 def check_reading(argument: str, reading) -> None:
     """A prompt reading is one of ``READINGS`` ("plain", "a1111")."""
     if reading not in READINGS:
-        raise InputError(argument, reading, f"{argument}={reading!r} must be one of {', '.join(READINGS)}")
+        raise InputError(argument, shown(reading), f"{argument}={shown(reading)} must be one of "
+                                                   f"{', '.join(READINGS)}")
 
 
 def _visible(text: str) -> bool:
@@ -271,8 +337,8 @@ def _check_cell(i: int, cell: CellSpec, n: int) -> None:
         raise InputError(f"{where}.guidance", cell.guidance, f"{where}.guidance={cell.guidance!r} is not a "
                                                              "guidance method (see negprompt.guidance.METHODS)")
     check_window(f"{where}.window", cell.window)
-    if not isinstance(cell.label, str) or not isinstance(cell.kind, str) or not isinstance(cell.term, str):
-        raise InputError(f"{where}.label", cell.label, f"{where}: label, kind and term must be strings")
+    for name in ("label", "kind", "term"):
+        check_cell_text(f"{where}.{name}", getattr(cell, name))
     check_int(f"{where}.row", cell.row, 0, LIMITS.max_cells)
     if cell.reading != "":
         check_reading(f"{where}.reading", cell.reading)
