@@ -385,3 +385,25 @@ def test_the_app_form_reads_the_reading_and_refuses_an_unknown_one():
     with pytest.raises(InputError) as refused:
         build_request(settings, Form(prompt=PROMPT, negatives=((0, "hat"),), reading="compel"))
     assert field_label(refused.value.argument) == "Prompt reading" and "plain, a1111" in str(refused.value)
+
+
+def test_a_loaded_embedding_reads_the_same_under_both_readings(tiny_sd_folder, tmp_path):
+    """A multi-vector textual-inversion name (any case) is written out as its tokens by both readings; under a1111
+    its weight applies to all of them, and it is no longer called an unknown embedding."""
+    from negprompt.loading import load
+    from negprompt.verdicts import reading_notes
+
+    dim = load(tiny_sd_folder, device="cpu").pipe.text_encoder.config.hidden_size
+    path = tmp_path / "badthing.pt"
+    torch.save({"string_to_token": {"*": 265}, "name": "badthing",
+                "string_to_param": {"*": torch.randn(3, dim, generator=torch.Generator().manual_seed(0)) * 2}}, path)
+    loaded = load(tiny_sd_folder, device="cpu", embeddings=[("BadHandV4", str(path))])
+    spec = negatives_spec(PROMPT, ["blurry, BadHandV4", "blurry, (badhandv4:1.5)"], [3], model="tiny", steps=3,
+                          guidance_scale=6.0)
+    plain, a1111 = compare(loaded, spec), compare(loaded, replace(spec, reading="a1111"))
+    assert max_diff(plain.cells[1].image, a1111.cells[1].image) <= TOLERANCE, (
+        "An embedding without syntax must read the same under both readings.")
+    assert max_diff(a1111.cells[1].image, a1111.cells[2].image) > 0, "Its weight must change the a1111 cell."
+    assert reading_notes(replace(spec, reading="a1111"), 1, loaded.pipe.tokenizer) == [], (
+        "A loaded embedding is not an unknown one.")
+    assert reading_notes(replace(spec, reading="a1111"), 1) == ["no embedding 'BadHandV4' loaded"]
