@@ -407,3 +407,20 @@ def test_a_loaded_embedding_reads_the_same_under_both_readings(tiny_sd_folder, t
     assert reading_notes(replace(spec, reading="a1111"), 1, loaded.pipe.tokenizer) == [], (
         "A loaded embedding is not an unknown one.")
     assert reading_notes(replace(spec, reading="a1111"), 1) == ["no embedding 'BadHandV4' loaded"]
+
+
+def test_attention_maps_follow_the_a1111_tokens(tiny_sd_folder):
+    """Under the a1111 reading a cell's attention map is taken over its text tokens in every chunk (weights and
+    brackets are not tokens); the images do not change."""
+    from negprompt.loading import load
+    from negprompt.reading import token_positions
+
+    loaded = load(tiny_sd_folder, device="cpu")
+    negative = "(hat:1.2) " + " ".join(["glasses"] * 80)
+    assert token_positions(loaded.pipe.tokenizer, negative) == [*range(1, 76), *range(78, 84)], (
+        "81 tokens of text: 75 in the first chunk, 6 in the second, after its start token.")
+    spec = negatives_spec(PROMPT, [negative], [1], model="tiny", steps=3, reading="a1111")
+    with_maps = compare(loaded, spec, attention_maps=True)
+    without = compare(loaded, spec)
+    assert with_maps.attention_maps[1] is not None and with_maps.attention_maps[0] is None
+    assert max_diff(with_maps.cells[1].image, without.cells[1].image) == 0, "Maps must not change the images."
