@@ -392,9 +392,22 @@ def ranking_lines(ranking: dict, seeds: int) -> list[str]:
         flags = (["does almost nothing"] if t["inert"] else []) + t.get("notes", [])
         lines.append(f"{t['mean_change']:>7.2f}%  [{low:.2f}-{high:.2f}%]  {t['label']}"
                      + (f"  ({'; '.join(flags)})" if flags else ""))
-    lines += [f"these {len(g)} terms did the same thing (identical images on every seed): {', '.join(g)}"
-              for g in ranking.get("identical_groups", [])]
+    lines += identical_lines(ranking)
     lines.append(f"trimmed negative: {ranking['trimmed_negative']}")
+    return lines
+
+
+def identical_lines(ranking: dict) -> list[str]:
+    """The sentences on identical images in a term ranking: the terms that did the same thing, and those whose cell
+    is the same image as its reference (the full negative; the baseline for terms alone) on every seed."""
+    lines = [f"these {len(g)} terms did the same thing (identical images on every seed): {', '.join(g)}"
+             for g in ranking.get("identical_groups", [])]
+    same = ranking.get("same_as_reference", [])
+    if same:
+        reference = "the full negative's" if ranking["kind"] == "leave-out" else "the baseline's"
+        what = "leaving out" if ranking["kind"] == "leave-out" else "using"
+        lines.append(f"{what} {', '.join(same)} gave {reference} image on every seed, pixel for pixel: "
+                     f"{'it' if len(same) == 1 else 'they'} did nothing here")
     return lines
 
 

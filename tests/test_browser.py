@@ -105,9 +105,9 @@ def test_the_explorer_modes_in_the_browser(browser, app_url):
     page.goto(app_url)
     page.get_by_label("Leave one out").check()
     page.wait_for_selector("#mode-help:has-text('Which words of my negative prompt matter?')", timeout=30_000)
-    captions = _compare(page, "hat, glasses, beard", "Leave one out:")
-    assert [c.split(" · ")[0] for c in captions] == ["baseline", "full negative", "without hat", "without glasses",
-                                                     "without beard"], captions
+    captions = _compare(page, "hat, glasses", "Leave one out:")  # three seeds by default: 12 images
+    assert [c.split(" · ")[0] for c in captions] == ["baseline", "full negative", "without hat",
+                                                     "without glasses"] * 3, captions
     assert "rank" in page.locator("#explored").inner_text(), "The ranked terms must show under the results."
 
     page.get_by_label("When it acts (timing)").check()
