@@ -144,9 +144,14 @@ EXPLANATIONS = {
         "Different recipes for using the negative prompt. Ordinary guidance pushes the picture away from the "
         "negative prompt; Perp-Neg only pushes away from the part of it that does not overlap with your prompt; "
         "rescaling tames colors that get too strong. Same noise, same words, different recipe."),
+    "xray": (
+        "What is inside a negative embedding? An embedding such as EasyNegative is not a word but a few learned "
+        "vectors that a name stands for. The first picture has no negative prompt, the next uses the whole "
+        "embedding, and each other picture uses one of its vectors alone. Below, each vector's nearest words in "
+        "the model's vocabulary."),
 }
 TERM_MODES = {"leave-one-out": leave_one_out_spec, "terms-alone": terms_alone_spec}
-EXPLORER_MODES = (*TERM_MODES, "timing", "methods")  # spec modes whose cells are worth watching step by step
+EXPLORER_MODES = (*TERM_MODES, "timing", "methods", "xray")  # spec modes whose cells are worth watching step by step
 
 
 def term_mode_spec(mode: str, prompt: str, negatives: Sequence[str], seeds: Sequence[int], *,
@@ -181,6 +186,9 @@ def mode_spec(mode: str, prompt: str, negatives: Sequence[str], seeds: Sequence[
             raise InputError("timing", list(starts or ()), "timing sets each negative's start itself: write the "
                                                             "negatives without @windows")
         return timing_spec(prompt, negatives, seeds, list(starts or ()), **settings)
+    if mode == "xray":
+        raise InputError("mode", mode, "the X-ray mode's cells depend on the loaded embedding: build its spec with "
+                                       "negprompt.embeddings.xray_spec")
     if mode != "negatives":
         raise InputError("mode", mode, f"{mode!r} is not one of negatives, {', '.join(EXPLORER_MODES)}")
     return negatives_spec(prompt, negatives, seeds, windows=windows, **settings)

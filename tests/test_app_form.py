@@ -163,3 +163,26 @@ def test_an_identical_request_gets_the_finished_result_without_queueing(tiny_sd_
     other = list(runner.generate(build_request(settings, replace(form, seed=5))))
     assert not any(isinstance(e, Reused) for e in other), "Another seed is another comparison."
     assert other[-1].cells[0].seed == 5
+
+
+@needs_model
+def test_the_xray_mode_names_a_loaded_embedding_and_makes_one_cell_per_vector():
+    from negprompt.embeddings import vector_count
+    from negprompt.loading import EMBEDDED_EMBEDDINGS
+
+    name, path = EMBEDDED_EMBEDDINGS[0]
+    form = Form(prompt="portrait photo of a man", negatives=((0, name.upper()),), mode="X-ray an embedding")
+    request = build_request(AppSettings(), form)
+    vectors = vector_count(str(path))
+    assert request.vectors == vectors and request.cells == 2 + vectors, (
+        "X-ray makes the baseline, the whole embedding and one cell per vector.")
+    with pytest.raises(InputError, match="not a negative embedding of this model") as error:
+        build_request(AppSettings(), replace(form, negatives=((1, "mustache"),)))
+    assert field_label(error.value.argument, (1,)) == "Negative prompt 2"
+
+
+def test_a_lora_tag_in_a_negative_is_explained_at_its_field():
+    form = Form(prompt="portrait photo of a man", negatives=((0, "hat"), (2, "blurry, <lora:detail:0.8>")))
+    with pytest.raises(InputError, match="a LoRA changes the model, not the negative prompt") as error:
+        build_request(AppSettings(), form)
+    assert field_label(error.value.argument) == "Negative prompt 3"

@@ -119,7 +119,7 @@ def test_xray_gives_one_cell_per_vector_each_that_vector_alone_and_its_nearest_w
     path = write_a1111(tmp_path, "safetensors", 32, seed=5)
     loaded = load(tiny_sd_folder, device="cpu", embeddings=[("badthing", str(path))])
     embedding = find(loaded.embeddings, "BadThing")
-    spec = xray_spec(PROMPT, embedding, [2], model="tiny", steps=2, guidance_scale=6.0)
+    spec = xray_spec(PROMPT, embedding.name, embedding.vectors, [2], model="tiny", steps=2, guidance_scale=6.0)
     result = compare(loaded, spec)
     xray = [c for c in result.cells if c.kind == "xray"]
     assert len(xray) == 1 + VECTORS, "X-ray must show the whole embedding, then one cell per vector."
@@ -135,7 +135,7 @@ def test_xray_gives_one_cell_per_vector_each_that_vector_alone_and_its_nearest_w
     reference.load_textual_inversion(vectors(32, 5)[1], token="onlysecond")
     assert max_diff(xray[2].image, plain_image(reference, "onlysecond", 2, steps=2)) <= TOLERANCE, (
         "The cell of vector 2 must equal diffusers with that vector alone loaded as an embedding.")
-    findings = xray_findings(loaded.pipe, embedding, k=3)
+    findings = xray_findings(loaded.pipe, embedding.name, embedding.vectors, k=3)
     assert len(findings["vectors"]) == VECTORS and all(len(v["nearest_words"]) == 3 for v in findings["vectors"])
     words = {w["word"] for v in findings["vectors"] for w in v["nearest_words"]}
     assert not any(w.startswith("badthing") or w.startswith("<|") for w in words), (
