@@ -8,11 +8,8 @@ With the same starting noise per seed, it generates
 
 and measures every image with pixel statistics and the portrait detector:
 
-  edge sharpness   the 95th percentile of the gray image's gradient magnitude (0-255 per pixel): blur lowers it
-  noise            the mean absolute difference between the image and its 3x3 median (0-255): pixel noise raises it;
-                   a clean cartoon's flat areas and edges survive a median filter
-  contrast         the standard deviation of the gray image (0-255): washing out lowers it
-  saturation       the mean of (max - min) / max over the color channels (0-1): washing out lowers it
+  edge sharpness, noise, contrast, saturation   ``negprompt.difference.image_statistics``: blur lowers the
+                   sharpness, pixel noise raises the noise, washing out lowers contrast and saturation
   clean            the share of images the detector judges clean portraits
   attributes       the share of clean images with each attribute; collateral = |negative - plain| in points
   background kept  the share of seeds whose background color (``portraits.background_of``) is the plain image's
@@ -40,8 +37,8 @@ import numpy as np
 import torch
 from diffusers import StableDiffusionPipeline
 from negative_effect import PLAIN, add_run_arguments, generate, kept, rates, seed_latents, wilson
-from PIL import Image, ImageFilter
 
+from negprompt.difference import image_statistics
 from negprompt.portrait_model.detector import detect, load_detector
 from negprompt.portrait_model.portraits import BINARY, background_of, grid
 
@@ -54,17 +51,6 @@ STATISTICS = ("sharpness", "noise", "contrast", "saturation")
 def conditions(token: str = TOKEN) -> dict[str, tuple[str, str]]:
     """Condition name -> (prompt, negative prompt)."""
     return {"plain": (PLAIN, ""), "negative": (PLAIN, token), "with it": (f"{PLAIN}, {token}", "")}
-
-
-def pixel_statistics(image: Image.Image) -> dict[str, float]:
-    """Edge sharpness, noise, contrast and saturation of one image (see the module doc)."""
-    rgb = np.asarray(image.convert("RGB"), dtype=np.float32)
-    gray = np.asarray(image.convert("L"), dtype=np.float32)
-    gy, gx = np.gradient(gray)
-    median = np.asarray(image.convert("L").filter(ImageFilter.MedianFilter(3)), dtype=np.float32)
-    high, low = rgb.max(axis=2), rgb.min(axis=2)
-    return {"sharpness": float(np.percentile(np.hypot(gx, gy), 95)), "noise": float(np.abs(gray - median).mean()),
-            "contrast": float(gray.std()), "saturation": float(((high - low) / np.maximum(high, 1)).mean())}
 
 
 def summarize(stats: dict[str, list[dict]], by_condition: dict, backgrounds: dict) -> dict:
@@ -87,6 +73,25 @@ def summarize(stats: dict[str, list[dict]], by_condition: dict, backgrounds: dic
     return out
 
 
+def add_example(args, seeds, stats, records, backgrounds, sharper: float) -> None:
+    """Write the embedding's app example (one entry, marked as chosen here, which scripts/choose_examples.py keeps)."""
+    def flips(i: int) -> int:
+        return sum((records["plain"][i][y] >= 0.5) != (records["negative"][i][y] >= 0.5) for y in BINARY)
+
+    fair = [i for i in range(len(seeds)) if not flips(i) and backgrounds["negative"][i] == backgrounds["plain"][i]
+            and records["plain"][i]["clean"] and records["negative"][i]["clean"]]
+    best = max(fair, key=lambda i: stats["negative"][i]["sharpness"] - stats["plain"][i]["sharpness"])
+    path = ROOT / "negprompt" / "app" / "examples.json"
+    data = json.loads(path.read_text())
+    entry = {"label": f"Negative embedding '{args.token}' (learned from blurred, noisy, washed-out portraits)",
+             "prompt": PLAIN, "negatives": [args.token], "other": "", "seed": seeds[best],
+             "rates": {f"{args.token} sharper than plain": round(sharper, 3)},
+             "chosen_by": "benchmarks/negative_embedding.py --example"}
+    data["examples"] = [e for e in data["examples"] if e.get("chosen_by") != entry["chosen_by"]] + [entry]
+    path.write_text(json.dumps(data, indent=1) + "\n")
+    log.info("example: seed %d", seeds[best])
+
+
 def markdown(table: dict, n: int) -> str:
     lines = [f"| condition (n={n} seeds) | edge sharpness | noise | contrast | saturation | sharper than plain "
              "| less noisy than plain | clean (detector) | attributes moved, max | background kept |",
@@ -106,6 +111,10 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--embedding", default=str(ROOT / "assets" / "portrait-embeddings" / "degraded.safetensors"),
                         help="the embedding file (loaded under --token)")
     parser.add_argument("--token", default=TOKEN, help="the name the prompts write")
+    parser.add_argument("--example", action="store_true",
+                        help="add (or replace) the app example of the embedding in negprompt/app/examples.json: the "
+                             "seed whose negative cell gains the most edge sharpness with no attribute flipped and "
+                             "the background kept")
     add_run_arguments(parser, first_seed=1000)
     return parser.parse_args()
 
@@ -121,11 +130,12 @@ def main() -> None:
     detector = load_detector()
     seeds = list(range(args.first_seed, args.first_seed + args.seeds))
     latents = seed_latents(seeds)
-    start, stats, by_condition, backgrounds, rows = time.time(), {}, {}, {}, []
+    start, stats, by_condition, backgrounds, rows, records = time.time(), {}, {}, {}, [], {}
     for name, (prompt, negative) in conditions(args.token).items():
         images = generate(pipe, prompt, negative, latents, args)
-        by_condition[name] = rates(detect(images, detector))
-        stats[name] = [pixel_statistics(image) for image in images]
+        records[name] = detect(images, detector)
+        by_condition[name] = rates(records[name])
+        stats[name] = [image_statistics(image) for image in images]
         backgrounds[name] = [background_of(image) for image in images]
         rows += images[:8]
         log.info("%s done", name)
@@ -134,6 +144,8 @@ def main() -> None:
     print(f"\n{time.time() - start:.0f} s for {len(seeds) * len(table)} images.")
     if args.grid:
         grid(rows, cols=min(8, len(seeds)), scale=2).save(args.grid)
+    if args.example:
+        add_example(args, seeds, stats, records, backgrounds, table["negative"]["sharper"])
     if args.json:
         settings = {k: getattr(args, k) for k in ("seeds", "first_seed", "steps", "guidance", "token")}
         for key in ("model", "embedding"):

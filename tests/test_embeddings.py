@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -11,7 +13,8 @@ from safetensors.torch import save_file
 from negprompt import compare
 from negprompt.embeddings import parse_embedding, parse_embedding_list
 from negprompt.errors import InputError
-from negprompt.loading import load
+from negprompt.explore import leave_one_out_spec, split_terms
+from negprompt.loading import EMBEDDED_EMBEDDINGS, load
 
 PROMPT = "portrait photo of a man"
 TOLERANCE = 2  # max pixel difference, in 1/255 steps, between a cell and the same image made by diffusers alone
@@ -176,3 +179,24 @@ def test_cli_embedding_xray_and_replay_check(tiny_sd_folder, tmp_path):
     lora = run_cli("--model", str(tiny_sd_folder), "--prompt", PROMPT, "--negative", "<lora:detail:0.8>",
                    cwd=tmp_path)
     assert lora.returncode == 2 and "a LoRA changes the model" in lora.stderr.strip().splitlines()[-1]
+
+
+def test_the_shipped_embedding_loads_with_the_embedded_model_and_is_one_leave_one_out_term():
+    name, path = EMBEDDED_EMBEDDINGS[0]
+    assert path.is_file(), f"The embedded model's negative embedding must ship at {path}."
+    loaded = load(None, device="cpu")
+    names = [e.name for e in loaded.embeddings]
+    assert names == [name], "The embedded model must load its shipped embedding under its name by default."
+    vectors = loaded.embeddings[0].vectors
+    tokenizer = loaded.pipe.tokenizer
+    assert loaded.pipe.maybe_convert_prompt(name, tokenizer).split() == [name] + [f"{name}_{i}"
+                                                                                for i in range(1, vectors)]
+    negative = f"blurry, {name}, lowres"
+    assert split_terms(negative) == ["blurry", name, "lowres"], (
+        "Leave-one-out must read an embedding's name as one term, never its vectors' tokens apart.")
+    spec = leave_one_out_spec(PROMPT, negative, [1], model="negprompt-portraits")
+    left_out = [c.negative for c in spec.cells if c.kind == "leave-out"]
+    assert f"blurry, {name}" in left_out and "blurry, lowres" in left_out
+    assert not any(f"{name}_" in (c.negative or "") for c in spec.cells), (
+        "No cell may hold a multi-vector embedding's inner tokens: the name stands for all of them.")
+    assert json.loads(json.dumps(loaded.additions()))["embeddings"][0]["name"] == name
