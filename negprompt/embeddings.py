@@ -197,12 +197,14 @@ def canonical_text(text: str, names) -> str:
 @torch.no_grad()
 def nearest_words(pipe, name: str, vectors: int, k: int = 5) -> list[list[tuple[str, float]]]:
     """Per vector of the loaded embedding ``name`` (of ``vectors`` vectors), the ``k`` vocabulary words (of the first
-    text encoder) with the highest cosine similarity, with that similarity; embedding tokens and special tokens are
-    not candidates."""
+    text encoder) with the highest cosine similarity, with that similarity. Candidates are the vocabulary's words:
+    tokens of two or more letters (not byte pieces, punctuation, special tokens or embeddings)."""
     encoder, tokenizer = pipe.text_encoder, pipe.tokenizer
     table = encoder.get_input_embeddings().weight.float()
     added = set(tokenizer.added_tokens_encoder.values())
-    words = [i for i in range(table.shape[0]) if i not in added and i not in tokenizer.all_special_ids]
+    vocabulary = tokenizer.get_vocab()
+    words = sorted(i for t, i in vocabulary.items() if i < table.shape[0] and i not in added
+                   and len(t.replace("</w>", "")) > 1 and t.replace("</w>", "").isalpha())
     ids = tokenizer.convert_tokens_to_ids(list(xray_tokens(name, vectors)))
     candidates = torch.nn.functional.normalize(table[words], dim=1)
     out = []
