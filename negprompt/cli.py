@@ -256,7 +256,8 @@ def spec_from_args(args, model: str, baseline: str, embeddings=None):
             raise InputError("xray", args.xray, "--xray makes its own cells: give no --negative with it")
         if embeddings is None:  # before the model loads: check the settings with the name as the one negative
             return mode_spec("negatives", args.prompt, [args.xray], seeds, **common)
-        return xray_spec(args.prompt, find(embeddings, args.xray), seeds, **common)
+        embedding = find(embeddings, args.xray)
+        return xray_spec(args.prompt, embedding.name, embedding.vectors, seeds, **common)
     mode = ("leave-one-out" if args.leave_one_out else "terms-alone" if args.terms_alone
             else "methods" if args.guidance_methods is not None else "timing" if args.timing is not None
             else "readings" if args.compare_readings else "negatives")
@@ -350,7 +351,8 @@ def main(argv: list[str] | None = None) -> int:
                                      attention_maps=args.attention_maps),
                              loaded, recorder if every else None)
         if args.xray is not None:
-            result.explored["xray"] = xray_findings(loaded.pipe, find(loaded.embeddings, args.xray))
+            embedding = find(loaded.embeddings, args.xray)
+            result.explored["xray"] = xray_findings(loaded.pipe, embedding.name, embedding.vectors)
         if args.replay is not None:
             folder = save_atomic(result, args.out, differences=not args.no_differences)
         else:

@@ -185,9 +185,14 @@ EXPLANATIONS = {
         "new block of words, and text longer than 75 tokens is read in blocks instead of being cut. Each negative "
         "is shown twice from the same noise: read plain (the characters as they are, cut at 75 tokens) and read "
         "as A1111 does."),
+    "xray": (
+        "What is inside a negative embedding? An embedding such as EasyNegative is not a word but a few learned "
+        "vectors that a name stands for. The first picture has no negative prompt, the next uses the whole "
+        "embedding, and each other picture uses one of its vectors alone. Below, each vector's nearest words in "
+        "the model's vocabulary."),
 }
 TERM_MODES = {"leave-one-out": leave_one_out_spec, "terms-alone": terms_alone_spec}
-EXPLORER_MODES = (*TERM_MODES, "timing", "methods", "readings")  # spec modes whose cells are worth watching
+EXPLORER_MODES = (*TERM_MODES, "timing", "methods", "readings", "xray")  # spec modes worth watching step by step
 
 
 def term_mode_spec(mode: str, prompt: str, negatives: Sequence[str], seeds: Sequence[int], *,
@@ -228,6 +233,9 @@ def mode_spec(mode: str, prompt: str, negatives: Sequence[str], seeds: Sequence[
         return timing_spec(prompt, negatives, seeds, list(starts or ()), **settings)
     if mode == "readings":
         return readings_spec(prompt, negatives, seeds, windows=windows, **settings)
+    if mode == "xray":
+        raise InputError("mode", mode, "the X-ray mode's cells depend on the loaded embedding: build its spec with "
+                                       "negprompt.embeddings.xray_spec")
     if mode != "negatives":
         raise InputError("mode", mode, f"{mode!r} is not one of negatives, {', '.join(EXPLORER_MODES)}")
     return negatives_spec(prompt, negatives, seeds, windows=windows, **settings)

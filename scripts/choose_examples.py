@@ -124,6 +124,8 @@ def main() -> None:
         print(f"{'offered' if example else 'left out'}: {label}: {reason}")
         if example:
             chosen.append(example)
+    if args.out.is_file():  # examples chosen elsewhere (e.g. the negative embedding's, by its benchmark) stay
+        chosen += [e for e in json.loads(args.out.read_text())["examples"] if e.get("chosen_by")]
     data = {"model": "negprompt-portraits", "steps": steps, "guidance_scale": guidance, "scheduler": "Default",
             "seeds_scanned": args.seeds, "min_rate": args.min_rate, "examples": chosen}
     args.out.write_text(json.dumps(data, indent=1) + "\n")

@@ -330,3 +330,25 @@ def test_a_raw_call_with_the_wrong_number_of_items_is_refused_by_count(name, cou
                        f"got {count}"), problem
     assert count_problem(name, json.dumps({"data": ["x"] * expected}).encode()) is None
     assert count_problem(name, b"not json") is None, "A body that is not JSON is left to Gradio's own check."
+
+@needs_model
+def test_the_xray_mode_names_a_loaded_embedding_and_makes_one_cell_per_vector():
+    from negprompt.embeddings import vector_count
+    from negprompt.loading import EMBEDDED_EMBEDDINGS
+
+    name, path = EMBEDDED_EMBEDDINGS[0]
+    form = Form(prompt="portrait photo of a man", negatives=((0, name.upper()),), mode="X-ray an embedding")
+    request = build_request(AppSettings(), form)
+    vectors = vector_count(str(path))
+    assert request.vectors == vectors and request.cells == 2 + vectors, (
+        "X-ray makes the baseline, the whole embedding and one cell per vector.")
+    with pytest.raises(InputError, match="not a negative embedding of this model") as error:
+        build_request(AppSettings(), replace(form, negatives=((1, "mustache"),)))
+    assert field_label(error.value.argument, (1,)) == "Negative prompt 2"
+
+
+def test_a_lora_tag_in_a_negative_is_explained_at_its_field():
+    form = Form(prompt="portrait photo of a man", negatives=((0, "hat"), (2, "blurry, <lora:detail:0.8>")))
+    with pytest.raises(InputError, match="a LoRA changes the model, not the negative prompt") as error:
+        build_request(AppSettings(), form)
+    assert field_label(error.value.argument) == "Negative prompt 3"

@@ -25,9 +25,11 @@ def test_the_app_offers_examples():
 @pytest.mark.parametrize("example", EXAMPLES, ids=[e.label for e in EXAMPLES])
 def test_every_offered_example_shows_its_lesson(example):
     from negprompt.app.settings import AppSettings
+    from negprompt.difference import image_statistics
     from negprompt.engine import compare
     from negprompt.loading import load_pipeline
     from negprompt.portrait_model.detector import detect
+    from negprompt.portrait_model.portraits import BINARY
 
     pipe = load_pipeline(device="cpu")
     steps = AppSettings().default_steps  # what the form runs when an example is picked
@@ -35,6 +37,13 @@ def test_every_offered_example_shows_its_lesson(example):
                      guidance_scale=7.5)
     records = detect([c.image for c in result.cells])
     for i, attribute in enumerate(example.negatives, start=1):
+        if attribute not in BINARY:  # a negative embedding (portrait-bad): its lesson is a sharper, cleaner image
+            sharpness = [image_statistics(result.cells[j].image)["sharpness"] for j in (0, i)]
+            assert sharpness[1] > sharpness[0], \
+                f"{example.label}: the negative {attribute!r} must sharpen seed {example.seed}: {sharpness}"
+            assert all((records[0][y] >= 0.5) == (records[i][y] >= 0.5) for y in BINARY), \
+                f"{example.label}: the negative {attribute!r} must leave every attribute of seed {example.seed}"
+            continue
         assert records[0][attribute] >= 0.5, \
             f"{example.label}: the baseline of seed {example.seed} must show {attribute!r}: {records[0]}"
         assert records[i][attribute] < 0.5, \

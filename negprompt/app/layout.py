@@ -118,6 +118,8 @@ def mode_help(label) -> str:
     text = EXPLANATIONS[mode]
     if mode in TERM_MODES:
         text += " This mode uses the first negative prompt box: paste your whole negative prompt there."
+    if mode == "xray":
+        text += " Write the embedding's name (e.g. portrait-bad) in the first negative prompt box."
     return text
 
 
@@ -217,7 +219,25 @@ def _advanced(settings: AppSettings):
     other = gr.Textbox(label="Another positive prompt",
                        info="shown beside, with no negative prompt",
                        placeholder="e.g. portrait photo of a man without hat")
+    gr.Markdown(embeddings_help(settings), elem_id="embeddings")
     return model, steps, guidance, size, scheduler, rows, other
+
+
+def embeddings_help(settings: AppSettings) -> str:
+    """The negative embeddings each offered model loads with, to write by name in a negative prompt."""
+    from negprompt.embeddings import vector_count
+
+    lines = []
+    for model in dict.fromkeys([settings.model, *settings.models]):
+        files = settings.embedding_files(model)
+        if files:
+            names = ", ".join(f"`{name}` ({vector_count(path)} vectors)" for name, path in files.items())
+            lines.append(f"{model}: {names}")
+    if not lines:
+        return ("**Negative embeddings**: none loaded (a Space sets NEGPROMPT_EMBEDDINGS=NAME=PATH,...).")
+    return ("**Negative embeddings** (write the name in a negative prompt; the X-ray mode shows each vector): "
+            + "; ".join(lines) + ". A LoRA changes the model, not a negative prompt: load one with "
+            "`negprompt --lora PATH:WEIGHT`.")
 
 
 def _pool_handlers(settings: AppSettings):

@@ -342,4 +342,12 @@ def explored(outcome: Outcome) -> tuple[str, str]:
                   f"{r['other_flips']:.2f} | {r['change']:.1f}% |" for r in report["starts"]]
         lines += ["", f"Latest start that still removes it (90% as often as the earliest): "
                       f"{report['latest_removing_start']}"]
+    if "xray" in extra:
+        xray = extra["xray"]
+        lines += ["", f"**'{_md(xray['embedding'])}' vector by vector**: the vocabulary words nearest to each vector "
+                      "(cosine similarity in the text encoder's token table):", "",
+                  "| vector | token | nearest words |", "|---|---|---|"]
+        lines += [f"| {v['vector']} | {_md(v['token'])} | "
+                  + ", ".join(f"{_md(w['word'])} ({w['cosine']:.2f})" for w in v["nearest_words"]) + " |"
+                  for v in xray["vectors"]]
     return "\n".join(lines).strip(), trimmed

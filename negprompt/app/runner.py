@@ -145,11 +145,13 @@ def on_gpu(fn: Callable, duration: Callable) -> Callable:
     return spaces.GPU(duration=duration)(fn)
 
 
-def load(model: str, device: str | None = None, preview_decoder: str | None = None):
-    """The cached pipeline for ``model`` (EMBEDDED_NAME: the embedded model), with its preview decoder if any."""
+def load(model: str, device: str | None = None, preview_decoder: str | None = None, embeddings=()):
+    """The cached pipeline for ``model`` (EMBEDDED_NAME: the embedded model), with its preview decoder and negative
+    embeddings if any."""
     from negprompt.loading import load_pipeline
 
-    return load_pipeline(None if model == EMBEDDED_NAME else model, device=device, preview_decoder=preview_decoder)
+    return load_pipeline(None if model == EMBEDDED_NAME else model, device=device, preview_decoder=preview_decoder,
+                         embeddings=embeddings)
 
 
 def zero_gpu_seconds(request: Request, *_args, **_kwargs) -> int:
@@ -249,7 +251,8 @@ class Runner:
                 with GENERATION_LOCK:
                     if stop.is_set():
                         raise Cancelled("the request was abandoned")
-                    pipe = load(request.model, settings.device, settings.preview_decoder(request.model))
+                    pipe = load(request.model, settings.device, settings.preview_decoder(request.model),
+                                settings.embeddings_for(request.model))
                     spec = request_spec_for(request, pipe)
                     every = settings.kept_every(request.model) if previews else 0
                     # every cell's preview every ``every`` steps is kept for the step scrubber and the curves
@@ -258,6 +261,10 @@ class Runner:
                     result = explain(compare(pipe, spec, callback=recorder, preview_every=every,
                                              max_cells=max(len(spec.cells), 1), attention_maps=maps), pipe,
                                      recorder if every else None)
+                    if spec.mode == "xray":
+                        from negprompt.embeddings import xray_findings
+
+                        result.explored["xray"] = xray_findings(pipe, request.negatives[0].lower(), request.vectors)
                 denoise = result.timings.get("denoise_s", 0.0)
                 if request.width is None:
                     self.sides[request.model] = max(result.settings.width, result.settings.height)
