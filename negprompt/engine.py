@@ -40,13 +40,14 @@ from dataclasses import dataclass, replace
 import torch
 from PIL import Image
 
-from negprompt import attention
+from negprompt import attention, reading, weighting
 from negprompt.comparison import Cell, Comparison, Settings
+from negprompt.embeddings import prompt_text
 from negprompt.errors import LIMITS, InputError
 from negprompt.families import Family, TextTable, family_of
 from negprompt.guidance import BRANCHES, GuidanceMethod, steers_attention
 from negprompt.infotext import cell_infotext
-from negprompt.loading import Loaded, model_label, model_source, runtime_of
+from negprompt.loading import Loaded, additions_of, model_label, model_source, runtime_of
 from negprompt.plan import BASELINES, CellSpec, ComparisonSpec, check_int, check_text, negatives_spec
 from negprompt.prompts import spec_warnings
 from negprompt.schedulers import DEFAULT, make_scheduler, sampler_label, scheduler_names
@@ -141,6 +142,9 @@ def run(pipe, spec: ComparisonSpec, *, max_batch: int | None = None, max_cells: 
                                              f"pipeline's {type(family.denoiser).__name__} is not wrapped for it "
                                              "(load a UNet model with negprompt.loading.load; a compiled UNet, or "
                                              "a transformer, cannot be steered yet)")
+    if family.name != "unet" and any(spec.reading_of(c) == "a1111" for c in spec.cells):
+        raise InputError("reading", "a1111", f"the a1111 prompt reading (weights, prompt editing) runs on UNet "
+                                             f"models only; {type(pipe).__name__} reads prompts as plain text")
     if spec.sampler not in (family.samplers() or scheduler_names()):
         only = f" ({type(pipe).__name__} runs its own flow-matching sampler)" if family.samplers() else ""
         raise InputError("sampler", spec.sampler, f"sampler={spec.sampler!r} is not one of "
@@ -153,13 +157,9 @@ def run(pipe, spec: ComparisonSpec, *, max_batch: int | None = None, max_cells: 
     warnings = spec_warnings(family.tokenizer, spec, family.distilled)
     timings: dict[str, float] = {}
 
-    # 2. Encode every distinct text once
+    # 2. Encode every distinct text once (under the a1111 reading: every text a cell reads at some step)
     start = time.perf_counter()
-    texts = [c.positive for c in spec.cells] + [c.negative for c in spec.cells if c.negative is not None]
-    texts = [t for t in dict.fromkeys(texts) if t != spec.baseline_negative]
-    if spec.baseline_negative is not None:
-        texts.append(spec.baseline_negative)  # last, as before specs: the batch order changes the encoder's rounding
-    table = family.encode(texts)
+    table = _encode_spec(family, spec)
     timings["encode_s"] = time.perf_counter() - start
 
     # 3. Starting noise, one latent per seed, shared by every cell with that seed
@@ -169,9 +169,12 @@ def run(pipe, spec: ComparisonSpec, *, max_batch: int | None = None, max_cells: 
     start = time.perf_counter()
     capture = None
     if attention_maps:
-        factor = pipe.vae_scale_factor
-        capture = attention.Capture([attention.token_positions(family.tokenizer, c.negative) for c in spec.cells],
-                                    spec.height // factor, spec.width // factor)
+        tokenizer, factor = family.tokenizer, pipe.vae_scale_factor
+        positions = [reading.token_positions(tokenizer, prompt_text(pipe, c.negative, True))
+                     if spec.reading_of(c) == "a1111"
+                     else attention.token_positions(tokenizer, prompt_text(pipe, c.negative, True))
+                     for c in spec.cells]
+        capture = attention.Capture(positions, spec.height // factor, spec.width // factor)
     with attention.capturing(capture) if capture is not None else nullcontext(), \
             attention.steering(steer) if steer is not None else nullcontext():
         latents, batch_used = _denoise_all(family, runtime, spec, table, seed_latents, max_batch, callback,
@@ -188,10 +191,11 @@ def run(pipe, spec: ComparisonSpec, *, max_batch: int | None = None, max_cells: 
 
     hashes = {s: _sha256(latent) for s, latent in seed_latents.items()}
     cells = [Cell(index=i, row=c.row, spec=c, image=image, seed=c.seed, initial_latent_sha256=hashes[c.seed],
-                  parameters=cell_infotext(settings, c))
+                  parameters=cell_infotext(settings, c, spec.reading_of(c)))
              for i, (c, image) in enumerate(zip(spec.cells, images))]
     return Comparison(spec=spec, settings=settings, cells=cells, warnings=warnings, timings=timings,
-                      max_batch_used=batch_used, attention_maps=capture.maps() if capture is not None else [])
+                      max_batch_used=batch_used, attention_maps=capture.maps() if capture is not None else [],
+                      additions=additions_of(pipe))
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -252,6 +256,42 @@ def default_baseline(pipe) -> str:
     """What a pipeline does with no negative prompt: "zeros" (zero embeddings) for SDXL, else "empty" (the empty
     prompt). ``pipe``: a diffusers pipeline or a ``Loaded`` record. What ``baseline="auto"`` resolves to."""
     return family_of(pipe.pipe if isinstance(pipe, Loaded) else pipe).default_baseline()
+
+
+def text_key(how: str, text: str | None, step: int, steps: int):
+    """The table key of ``text`` read ``how`` ("plain" or "a1111") at ``step`` of ``steps``: the text itself, or
+    ``("a1111", the text it reads at that step once its prompt editing is resolved)``."""
+    if how == "plain":
+        return text
+    return "a1111", None if text is None else reading.text_at(text, step, steps)
+
+
+def _encode_spec(family: Family, spec: ComparisonSpec) -> TextTable:
+    """The text table of ``spec``: its plain texts through the pipeline's ``encode_prompt``, every text its a1111
+    cells read at any step through ``negprompt.weighting`` (padded to one number of chunks)."""
+    plain = [c for c in spec.cells if spec.reading_of(c) == "plain"]
+    a1111 = [c for c in spec.cells if spec.reading_of(c) == "a1111"]
+    embeds: dict = {}
+    pooled: dict | None = None
+    if plain:
+        texts = [c.positive for c in plain] + [c.negative for c in plain if c.negative is not None]
+        texts = [t for t in dict.fromkeys(texts) if t != spec.baseline_negative]
+        if spec.baseline_negative is not None:
+            texts.append(spec.baseline_negative)  # last, as before specs: the batch order changes the rounding
+        table = family.encode(texts)
+        embeds, pooled = dict(table.embeds), table.pooled
+    if a1111:
+        unconditional = spec.baseline_negative
+        keys = dict.fromkeys(text_key("a1111", text, step, spec.steps) for c in a1111 for step in range(spec.steps)
+                             for text in (c.positive, c.negative_at(step, spec.steps, unconditional)))
+        texts = [text for _, text in keys if text is not None]
+        read, read_pooled = weighting.encode_a1111(family.pipe, texts or [""])
+        zeros = torch.zeros_like(next(iter(read.values())))
+        embeds |= {("a1111", text): value for text, value in read.items()} | {("a1111", None): zeros}
+        if read_pooled is not None:
+            pooled = (pooled or {}) | {("a1111", text): value for text, value in read_pooled.items()}
+            pooled[("a1111", None)] = torch.zeros_like(next(iter(read_pooled.values())))
+    return TextTable(embeds, pooled)
 
 
 def _sha256(latent: torch.Tensor) -> str:
@@ -322,18 +362,21 @@ class _Layout:
             rows[j][b] = k
         return cls(order, tuple(rows))
 
-    def text_keys(self, cells: Sequence[CellSpec], step: int, steps: int, unconditional: str | None) -> list:
-        """The text each batch row reads at ``step``: the cell's positive, its negative while its window is open
-        (else the unconditional text), or the unconditional text ("empty")."""
+    def text_keys(self, cells: Sequence[CellSpec], step: int, steps: int, unconditional: str | None,
+                  readings: Sequence[str]) -> list:
+        """The table key each batch row reads at ``step``: the cell's positive, its negative while its window is
+        open (else the unconditional text), or the unconditional text ("empty"), each read as its cell reads
+        (``readings``; under a1111 prompt editing picks the text of this step)."""
         keys = []
         for j, branch in self.order:
             cell = cells[j]
             if branch == "positive":
-                keys.append(cell.positive)
+                text = cell.positive
             elif branch == "negative":
-                keys.append(cell.negative_at(step, steps, unconditional))
+                text = cell.negative_at(step, steps, unconditional)
             else:
-                keys.append(unconditional)
+                text = unconditional
+            keys.append(text_key(readings[j], text, step, steps))
         return keys
 
 
@@ -351,20 +394,36 @@ def _denoise(family: Family, runtime, chunk: _Chunk, spec: ComparisonSpec, table
     call = family.denoiser_call(spec.height, spec.width, len(layout.order), g, table.dtype, latents.device,
                                 buckets=runtime.buckets)
 
-    texts: dict[tuple, tuple] = {}  # the stacked text embeddings change only where a window opens or closes
+    readings = [spec.reading_of(c) for c in cells]
+    texts: dict[tuple, list] = {}  # the stacked text embeddings change only where a window opens or closes
     for step, t in enumerate(stepper.timesteps):
-        keys = tuple(layout.text_keys(cells, step, spec.steps, unconditional))
-        if keys not in texts:
-            texts[keys] = table.stack(list(keys), latents.device)
-        text, pooled = texts[keys]
+        keys = tuple(layout.text_keys(cells, step, spec.steps, unconditional, readings))
+        if keys not in texts:  # rows of one text length each (two only where plain and long a1111 texts meet)
+            lengths = [table.length(k) for k in keys]
+            groups = [[k for k, n in enumerate(lengths) if n == length] for length in dict.fromkeys(lengths)]
+            texts[keys] = [(rows, *table.stack([keys[k] for k in rows], latents.device)) for rows in groups]
         model_input = stepper.scale(latents, t)
+        unet_input = model_input[cell_of_row] if active else model_input
         if capture is not None:  # the rows reading their cell's own negative prompt, at about five steps of the run
             sampled = step % max(1, round(spec.steps / attention.STEPS_SAMPLED)) == 0
-            capture.watch({k: chunk.offset + j for k, (j, branch) in enumerate(layout.order) if sampled
-                           and branch == "negative" and keys[k] is not None and keys[k] == cells[j].negative})
-        if steer is not None:
-            steer.watch(_steered_rows(layout, cells, step, spec.steps, unconditional, table))
-        out = call(model_input[cell_of_row] if active else model_input, t, text, pooled)
+            own = [text_key(readings[j], cells[j].negative, step, spec.steps) for j, _ in layout.order]
+            watched = {k for k, (j, branch) in enumerate(layout.order) if sampled and branch == "negative"
+                       and cells[j].negative is not None and keys[k] == own[k]}
+        steered = _steered_rows(layout, cells, step, spec.steps, unconditional, readings) if steer else {}
+        parts = []
+        for rows, text, pooled in texts[keys]:
+            whole = len(rows) == len(keys)
+            if capture is not None:
+                capture.watch({i: chunk.offset + layout.order[k][0] for i, k in enumerate(rows) if k in watched})
+            if steer is not None:
+                steer.watch({i: (cells[layout.order[k][0]].guidance, table.embeds[steered[k]])
+                             for i, k in enumerate(rows) if k in steered})
+            parts.append(call(unet_input if whole else unet_input[rows], t, text, pooled, None if whole else rows))
+        out = parts[0]
+        if len(parts) > 1:
+            out = torch.empty((len(keys), *parts[0].shape[1:]), dtype=parts[0].dtype, device=parts[0].device)
+            for (rows, _, _), part in zip(texts[keys], parts):
+                out[rows] = part
         if active:
             eps = torch.cat([cell.guidance.combine({b: out[k:k + 1] for b, k in rows.items()}, g)
                              for cell, rows in zip(cells, layout.rows)])
@@ -376,16 +435,16 @@ def _denoise(family: Family, runtime, chunk: _Chunk, spec: ComparisonSpec, table
     return latents
 
 
-def _steered_rows(layout: _Layout, cells, step: int, steps: int, unconditional, table: TextTable) -> dict:
-    """Each attention-steering cell's positive row -> (its method, its negative's embeddings), while its window is
-    open and its negative is a text of its own."""
+def _steered_rows(layout: _Layout, cells, step: int, steps: int, unconditional, readings) -> dict:
+    """Each attention-steering cell's positive row -> the table key of the negative it is steered away from, while
+    its window is open and its negative is a text of its own."""
     rows = {}
     for k, (j, branch) in enumerate(layout.order):
         if branch != "positive" or not steers_attention(cells[j].guidance):
             continue
         negative = cells[j].negative_at(step, steps, unconditional)
         if negative is not None and negative != unconditional:
-            rows[k] = (cells[j].guidance, table.embeds[negative])
+            rows[k] = text_key(readings[j], negative, step, steps)
     return rows
 
 

@@ -251,7 +251,7 @@ class Runner:
                         raise Cancelled("the request was abandoned")
                     pipe = load(request.model, settings.device, settings.preview_decoder(request.model))
                     spec = request_spec_for(request, pipe)
-                    every = settings.preview_every if previews else 0
+                    every = settings.kept_every(request.model) if previews else 0
                     # every cell's preview every ``every`` steps is kept for the step scrubber and the curves
                     recorder = PreviewRecorder(spec.steps, then=on_step, max_side=PREVIEW_SIDE)
                     maps = settings.attention_maps and attention.installed(family_of(pipe).denoiser)

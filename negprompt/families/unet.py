@@ -41,13 +41,16 @@ class UNetFamily(Family):
     @torch.no_grad()
     def encode(self, texts: list[str]) -> TextTable:
         """Text -> embeddings (and SDXL's pooled embeddings), through the pipeline's own ``encode_prompt``."""
+        from negprompt.embeddings import prompt_text
+
         pipe = self.pipe
         device = pipe._execution_device
+        prompts = [prompt_text(pipe, t) for t in texts]  # multi-vector negative embeddings written out, any case
         if self.sdxl:
-            embeds, _, pooled, _ = pipe.encode_prompt(texts, device=device, num_images_per_prompt=1,
+            embeds, _, pooled, _ = pipe.encode_prompt(prompts, device=device, num_images_per_prompt=1,
                                                       do_classifier_free_guidance=False)
             return TextTable(dict(zip(texts, embeds.split(1))), dict(zip(texts, pooled.split(1))))
-        embeds, _ = pipe.encode_prompt(texts, device, 1, False)
+        embeds, _ = pipe.encode_prompt(prompts, device, 1, False)
         return TextTable(dict(zip(texts, embeds.split(1))), None)
 
     def initial_latent(self, seed: int, height: int, width: int, dtype: torch.dtype) -> torch.Tensor:
@@ -72,9 +75,13 @@ class UNetFamily(Family):
                 torch.tensor(guidance_scale - 1).repeat(rows), embedding_dim=unet.config.time_cond_proj_dim
             ).to(device=device, dtype=dtype)
 
-        def call(model_input, t, text, pooled):
-            added = {"text_embeds": pooled, "time_ids": time_ids} if pooled is not None else None
-            return bucketed_unet(unet, model_input, t, text, buckets=buckets, timestep_cond=timestep_cond,
+        def call(model_input, t, text, pooled, rows=None):
+            """The UNet on ``model_input``, the batch's rows ``rows`` (None: all of them)."""
+            added = None
+            if pooled is not None:
+                added = {"text_embeds": pooled, "time_ids": time_ids if rows is None else time_ids[rows]}
+            cond = timestep_cond if timestep_cond is None or rows is None else timestep_cond[rows]
+            return bucketed_unet(unet, model_input, t, text, buckets=buckets, timestep_cond=cond,
                                  added_cond_kwargs=added)
 
         return call
