@@ -35,6 +35,8 @@ import logging
 import sys
 from pathlib import Path
 
+from negprompt.quiet import quiet_libraries
+
 TERM_SEEDS = [0, 1, 2]  # leave-one-out and terms-alone rank over at least three seeds unless told otherwise
 
 
@@ -265,17 +267,6 @@ def spec_from_args(args, model: str, baseline: str, embeddings=None):
         fit = max(1, LIMITS.max_cells // (len(spec.cells) // len(seeds)))  # the default seeds that fit
         spec = mode_spec(mode, args.prompt, texts, seeds[:fit], windows=windows, **common)
     return spec
-
-
-def quiet_libraries() -> None:
-    """Keep library chatter (loading bars, optional-dependency notices) out of a command-line tool's output."""
-    import diffusers
-    import transformers
-
-    diffusers.utils.logging.set_verbosity_error()
-    diffusers.utils.logging.disable_progress_bar()
-    transformers.utils.logging.set_verbosity_error()
-    transformers.utils.logging.disable_progress_bar()
 
 
 def main(argv: list[str] | None = None) -> int:
