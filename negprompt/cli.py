@@ -288,7 +288,7 @@ def main(argv: list[str] | None = None) -> int:
     from negprompt.loading import EMBEDDED_NAME, load, model_source
     from negprompt.loras import parse_lora
     from negprompt.schedulers import scheduler_names
-    from negprompt.verdicts import explain, nag_for_distilled, summary_lines
+    from negprompt.verdicts import explain, fit_to_model, summary_lines
 
     try:
         # 1. Check every argument before anything loads
@@ -323,7 +323,7 @@ def main(argv: list[str] | None = None) -> int:
                       preview_decoder=args.preview_decoder, embeddings=embeddings, loras=loras)
         if args.replay is None:
             baseline = default_baseline(loaded.pipe) if args.baseline == "auto" else args.baseline
-            spec = nag_for_distilled(spec_from_args(args, model_source(loaded.pipe), baseline, loaded.embeddings),
+            spec = fit_to_model(spec_from_args(args, model_source(loaded.pipe), baseline, loaded.embeddings),
                                      loaded)
         else:
             _check_same_additions(recorded, loaded.additions())
