@@ -164,8 +164,9 @@ def load(model: str | Path | None = None, *, device: str | torch.device | None =
          loras: Sequence[tuple[str | Path, float]] = ()) -> Loaded:
     """Load (once) and return the pipeline for ``model`` with its runtime facts, ready on ``device`` in ``dtype``.
 
-    ``model``: a Hub id, a local diffusers folder or a single-file .safetensors checkpoint holding a Stable Diffusion
-    1.x/2.x or SDXL pipeline; ``None`` for the embedded model. ``device`` defaults to cuda, then mps, then cpu;
+    ``model``: a Hub id or a local diffusers folder holding a Stable Diffusion 1.x/2.x, SDXL, SD3/SD3.5 (with or
+    without T5) or FLUX.1 pipeline, or a single-file .safetensors checkpoint of SD 1.x or SDXL; ``None`` for the
+    embedded model. ``device`` defaults to cuda, then mps, then cpu;
     ``dtype`` to half precision on a GPU and float32 on the CPU. ``preview_decoder``: a folder or Hub id of an
     ``AutoencoderTiny`` for the model's latents (TAESD for SD 1.x/2.x, ``madebyollin/taesd``; TAESDXL for SDXL,
     ``madebyollin/taesdxl``) that decodes the step previews in place of the full VAE; the final images always
