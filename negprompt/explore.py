@@ -178,7 +178,8 @@ EXPLANATIONS = {
     "methods": (
         "Different recipes for using the negative prompt. Ordinary guidance pushes the picture away from the "
         "negative prompt; Perp-Neg only pushes away from the part of it that does not overlap with your prompt; "
-        "rescaling tames colors that get too strong. Same noise, same words, different recipe."),
+        "rescaling tames colors that get too strong; NAG pushes away inside the model's attention, which also "
+        "works on fast few-step models. Same noise, same words, different recipe."),
 }
 TERM_MODES = {"leave-one-out": leave_one_out_spec, "terms-alone": terms_alone_spec}
 EXPLORER_MODES = (*TERM_MODES, "timing", "methods")  # spec modes whose cells are worth watching step by step
