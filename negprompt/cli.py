@@ -181,7 +181,7 @@ def _read_manifest(path: Path):
 
 def _check_additions(path: Path, additions) -> dict:
     """A manifest's ``model_additions``: ``{"embeddings": [{name, source, sha256}], "loras": [{source, weight,
-    sha256}]}``, at most ``LIMITS.max_negatives`` of each, every field of its type; an ``InputError`` otherwise."""
+    sha256}]}``, at most ``LIMITS.max_cells`` of each, every field of its type; an ``InputError`` otherwise."""
     from negprompt.errors import LIMITS, InputError
 
     fields = {"embeddings": {"name": str, "source": str, "sha256": str},
@@ -189,7 +189,7 @@ def _check_additions(path: Path, additions) -> dict:
     ok = isinstance(additions, dict) and set(additions) <= set(fields)
     for kind, wanted in fields.items():
         items = additions.get(kind, []) if ok else None
-        ok = ok and isinstance(items, list) and len(items) <= LIMITS.max_negatives and all(
+        ok = ok and isinstance(items, list) and len(items) <= LIMITS.max_cells and all(
             isinstance(item, dict) and all(isinstance(item.get(k), t) and not isinstance(item.get(k), bool)
                                            and (t is not str or len(item[k]) <= LIMITS.max_text_chars)
                                            for k, t in wanted.items()) for item in items)

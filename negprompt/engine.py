@@ -142,13 +142,13 @@ def run(pipe, spec: ComparisonSpec, *, max_batch: int | None = None, max_cells: 
                                              f"pipeline's {type(family.denoiser).__name__} is not wrapped for it "
                                              "(load a UNet model with negprompt.loading.load; a compiled UNet, or "
                                              "a transformer, cannot be steered yet)")
-    if family.name != "unet" and any(spec.reading_of(c) == "a1111" for c in spec.cells):
-        raise InputError("reading", "a1111", f"the a1111 prompt reading (weights, prompt editing) runs on UNet "
-                                             f"models only; {type(pipe).__name__} reads prompts as plain text")
     if spec.sampler not in (family.samplers() or scheduler_names()):
         only = f" ({type(pipe).__name__} runs its own flow-matching sampler)" if family.samplers() else ""
         raise InputError("sampler", spec.sampler, f"sampler={spec.sampler!r} is not one of "
                                                   f"{family.samplers() or scheduler_names()}{only}")
+    if family.name != "unet" and any(spec.reading_of(c) == "a1111" for c in spec.cells):
+        raise InputError("reading", "a1111", f"the a1111 reading weights CLIP embeddings as the A1111 web UI does, "
+                                             f"for SD 1.x/2.x and SDXL; {type(pipe).__name__} reads prompts plain")
     default_side = family.default_side()
     spec = replace(spec, height=spec.height or default_side, width=spec.width or default_side)
     _check_size(family, spec.height, spec.width)
@@ -169,11 +169,9 @@ def run(pipe, spec: ComparisonSpec, *, max_batch: int | None = None, max_cells: 
     start = time.perf_counter()
     capture = None
     if attention_maps:
-        tokenizer, factor = family.tokenizer, pipe.vae_scale_factor
-        positions = [reading.token_positions(tokenizer, prompt_text(pipe, c.negative, True))
-                     if spec.reading_of(c) == "a1111"
-                     else attention.token_positions(tokenizer, prompt_text(pipe, c.negative, True))
-                     for c in spec.cells]
+        factor = pipe.vae_scale_factor
+        positions = [(reading if spec.reading_of(c) == "a1111" else attention).token_positions(
+            family.tokenizer, prompt_text(pipe, c.negative, True)) for c in spec.cells]
         capture = attention.Capture(positions, spec.height // factor, spec.width // factor)
     with attention.capturing(capture) if capture is not None else nullcontext(), \
             attention.steering(steer) if steer is not None else nullcontext():
@@ -258,6 +256,10 @@ def default_baseline(pipe) -> str:
     return family_of(pipe.pipe if isinstance(pipe, Loaded) else pipe).default_baseline()
 
 
+def _sha256(latent: torch.Tensor) -> str:
+    return hashlib.sha256(latent.float().contiguous().numpy().tobytes()).hexdigest()
+
+
 def text_key(how: str, text: str | None, step: int, steps: int):
     """The table key of ``text`` read ``how`` ("plain" or "a1111") at ``step`` of ``steps``: the text itself, or
     ``("a1111", the text it reads at that step once its prompt editing is resolved)``."""
@@ -267,8 +269,8 @@ def text_key(how: str, text: str | None, step: int, steps: int):
 
 
 def _encode_spec(family: Family, spec: ComparisonSpec) -> TextTable:
-    """The text table of ``spec``: its plain texts through the pipeline's ``encode_prompt``, every text its a1111
-    cells read at any step through ``negprompt.weighting`` (padded to one number of chunks)."""
+    """The text table of ``spec``: its plain texts through the family's encoder (the pipeline's ``encode_prompt``),
+    every text its a1111 cells read at any step through ``negprompt.weighting`` (padded to one number of chunks)."""
     plain = [c for c in spec.cells if spec.reading_of(c) == "plain"]
     a1111 = [c for c in spec.cells if spec.reading_of(c) == "a1111"]
     embeds: dict = {}
@@ -292,10 +294,6 @@ def _encode_spec(family: Family, spec: ComparisonSpec) -> TextTable:
             pooled = (pooled or {}) | {("a1111", text): value for text, value in read_pooled.items()}
             pooled[("a1111", None)] = torch.zeros_like(next(iter(read_pooled.values())))
     return TextTable(embeds, pooled)
-
-
-def _sha256(latent: torch.Tensor) -> str:
-    return hashlib.sha256(latent.float().contiguous().numpy().tobytes()).hexdigest()
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -403,22 +401,24 @@ def _denoise(family: Family, runtime, chunk: _Chunk, spec: ComparisonSpec, table
             groups = [[k for k, n in enumerate(lengths) if n == length] for length in dict.fromkeys(lengths)]
             texts[keys] = [(rows, *table.stack([keys[k] for k in rows], latents.device)) for rows in groups]
         model_input = stepper.scale(latents, t)
-        unet_input = model_input[cell_of_row] if active else model_input
+        denoiser_input = model_input[cell_of_row] if active else model_input
+        watched, steered = {}, {}
         if capture is not None:  # the rows reading their cell's own negative prompt, at about five steps of the run
             sampled = step % max(1, round(spec.steps / attention.STEPS_SAMPLED)) == 0
             own = [text_key(readings[j], cells[j].negative, step, spec.steps) for j, _ in layout.order]
-            watched = {k for k, (j, branch) in enumerate(layout.order) if sampled and branch == "negative"
-                       and cells[j].negative is not None and keys[k] == own[k]}
-        steered = _steered_rows(layout, cells, step, spec.steps, unconditional, readings) if steer else {}
+            watched = {k: chunk.offset + j for k, (j, branch) in enumerate(layout.order) if sampled
+                       and branch == "negative" and cells[j].negative is not None and keys[k] == own[k]}
+        if steer is not None:
+            steered = _steered_rows(layout, cells, step, spec.steps, unconditional, table, readings)
         parts = []
-        for rows, text, pooled in texts[keys]:
+        for rows, text, pooled in texts[keys]:  # one denoiser call per text length: one call in all but rare runs
             whole = len(rows) == len(keys)
             if capture is not None:
-                capture.watch({i: chunk.offset + layout.order[k][0] for i, k in enumerate(rows) if k in watched})
+                capture.watch({i: watched[k] for i, k in enumerate(rows) if k in watched})
             if steer is not None:
-                steer.watch({i: (cells[layout.order[k][0]].guidance, table.embeds[steered[k]])
-                             for i, k in enumerate(rows) if k in steered})
-            parts.append(call(unet_input if whole else unet_input[rows], t, text, pooled, None if whole else rows))
+                steer.watch({i: steered[k] for i, k in enumerate(rows) if k in steered})
+            parts.append(call(denoiser_input if whole else denoiser_input[rows], t, text, pooled,
+                              rows=None if whole else rows))
         out = parts[0]
         if len(parts) > 1:
             out = torch.empty((len(keys), *parts[0].shape[1:]), dtype=parts[0].dtype, device=parts[0].device)
@@ -435,16 +435,17 @@ def _denoise(family: Family, runtime, chunk: _Chunk, spec: ComparisonSpec, table
     return latents
 
 
-def _steered_rows(layout: _Layout, cells, step: int, steps: int, unconditional, readings) -> dict:
-    """Each attention-steering cell's positive row -> the table key of the negative it is steered away from, while
-    its window is open and its negative is a text of its own."""
+def _steered_rows(layout: _Layout, cells, step: int, steps: int, unconditional, table: TextTable,
+                  readings: Sequence[str]) -> dict:
+    """Each attention-steering cell's positive row -> (its method, its negative's embeddings), while its window is
+    open and its negative is a text of its own."""
     rows = {}
     for k, (j, branch) in enumerate(layout.order):
         if branch != "positive" or not steers_attention(cells[j].guidance):
             continue
         negative = cells[j].negative_at(step, steps, unconditional)
         if negative is not None and negative != unconditional:
-            rows[k] = text_key(readings[j], negative, step, steps)
+            rows[k] = (cells[j].guidance, table.embeds[text_key(readings[j], negative, step, steps)])
     return rows
 
 

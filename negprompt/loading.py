@@ -164,9 +164,8 @@ def load(model: str | Path | None = None, *, device: str | torch.device | None =
          loras: Sequence[tuple[str | Path, float]] = ()) -> Loaded:
     """Load (once) and return the pipeline for ``model`` with its runtime facts, ready on ``device`` in ``dtype``.
 
-    ``model``: a Hub id or a local diffusers folder holding a Stable Diffusion 1.x/2.x, SDXL, SD3/SD3.5 (with or
-    without T5) or FLUX.1 pipeline, or a single-file .safetensors checkpoint of SD 1.x or SDXL; ``None`` for the
-    embedded model. ``device`` defaults to cuda, then mps, then cpu;
+    ``model``: a Hub id, a local diffusers folder or a single-file .safetensors checkpoint holding a Stable Diffusion
+    1.x/2.x or SDXL pipeline; ``None`` for the embedded model. ``device`` defaults to cuda, then mps, then cpu;
     ``dtype`` to half precision on a GPU and float32 on the CPU. ``preview_decoder``: a folder or Hub id of an
     ``AutoencoderTiny`` for the model's latents (TAESD for SD 1.x/2.x, ``madebyollin/taesd``; TAESDXL for SDXL,
     ``madebyollin/taesdxl``) that decodes the step previews in place of the full VAE; the final images always
@@ -316,8 +315,8 @@ def _check_class(source: str, class_name) -> type:
         raise ModelNotFoundError(source, f"model={source!r} names a custom pipeline ({_named(class_name)}); "
                                          "negprompt runs no code from a model folder")
     if not isinstance(class_name, str):
-        raise InputError("model", source, f"model={source!r} is a {_named(class_name)}; its model_index.json "
-                                          "names no pipeline class (_class_name)")
+        raise InputError("model", source, f"model={source!r}: its model_index.json names no pipeline class "
+                                          "(_class_name)")
     raise refusal(class_name, source)
 
 
@@ -326,8 +325,9 @@ COMPONENTS = {
     "StableDiffusionPipeline": ("unet", "vae", "text_encoder", "tokenizer", "scheduler"),
     "StableDiffusionXLPipeline": ("unet", "vae", "text_encoder", "text_encoder_2", "tokenizer", "tokenizer_2",
                                   "scheduler"),
+    # SD3 runs without its T5 (text_encoder_3, tokenizer_3), so they are not required
     "StableDiffusion3Pipeline": ("transformer", "vae", "text_encoder", "text_encoder_2", "tokenizer", "tokenizer_2",
-                                 "scheduler"),  # and T5 (text_encoder_3, tokenizer_3) where the folder has it
+                                 "scheduler"),
     "FluxPipeline": ("transformer", "vae", "text_encoder", "text_encoder_2", "tokenizer", "tokenizer_2",
                      "scheduler"),
 }

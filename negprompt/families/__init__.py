@@ -20,7 +20,9 @@ The interface (``Family``):
     family.initial_latent(seed, height, width, dtype)     # (1, ...) the latent diffusers draws for the seed
     stepper = family.stepper(sampler, seeds, latents, steps, height, width)   # timesteps, scale, step, x0
     call = family.denoiser_call(height, width, rows, guidance_scale, dtype, device)
-    out = call(model_input, t, text, pooled, rows=None)   # one batched denoiser call per step (rows: a subset)
+    out = call(model_input, t, text, pooled, rows=None)   # one batched denoiser call per step (``rows``: the
+                                                          # subset of the batch rows given, where texts of two
+                                                          # lengths meet)
     family.decode(latents, height, width, vae=None)       # images
 """
 
@@ -34,7 +36,8 @@ from negprompt.errors import InputError
 class TextTable:
     """Every distinct text of a comparison, encoded once: key -> embeddings (1, tokens, dim) and, where the model
     has them, pooled embeddings (1, dim). A key is the text itself under the plain reading and ``("a1111", text)``
-    under the a1111 reading (``engine.text_key``); ``None`` reads as zero embeddings (SDXL's "no negative")."""
+    under the a1111 reading (``negprompt.engine.text_key``); ``None`` reads as zero embeddings (SDXL's "no
+    negative")."""
 
     def __init__(self, embeds: dict, pooled: dict | None):
         self.embeds, self.pooled = embeds, pooled
@@ -44,10 +47,10 @@ class TextTable:
         self._zeros_pooled = torch.zeros_like(next(iter(pooled.values()))) if pooled else None
 
     def length(self, key) -> int:
-        """Tokens in the embeddings of ``key`` (77 per chunk on CLIP-only models)."""
+        """Tokens in the embeddings of ``key`` (77 per chunk for CLIP)."""
         return (self._zeros if key is None else self.embeds[key]).shape[1]
 
-    def stack(self, keys: list, device) -> tuple[torch.Tensor, torch.Tensor | None]:
+    def stack(self, keys: list[str | None], device) -> tuple[torch.Tensor, torch.Tensor | None]:
         embeds = torch.cat([self._zeros if k is None else self.embeds[k] for k in keys]).to(device)
         if self.pooled is None:
             return embeds, None

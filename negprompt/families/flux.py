@@ -71,7 +71,7 @@ class FluxFamily(FlowFamily):
             embedded = torch.full([1], FLUX_EMBEDDED_GUIDANCE, device=device, dtype=torch.float32)
         text_ids = {}
 
-        def call(model_input, t, text, pooled, rows=None):
+        def call(model_input, t, text, pooled, rows=None):  # every row alike: ``rows`` needs no subsetting
             length = text.shape[1]
             if length not in text_ids:
                 text_ids[length] = torch.zeros(length, 3, device=device, dtype=text.dtype)

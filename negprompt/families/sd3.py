@@ -51,7 +51,7 @@ class SD3Family(FlowFamily):
     def denoiser_call(self, height, width, rows, guidance_scale, dtype, device, buckets=None):
         transformer = self.pipe.transformer
 
-        def call(model_input, t, text, pooled, rows=None):
+        def call(model_input, t, text, pooled, rows=None):  # every row alike: ``rows`` needs no subsetting
             return transformer(hidden_states=model_input, timestep=t.expand(model_input.shape[0]),
                                encoder_hidden_states=text, pooled_projections=pooled, return_dict=False)[0]
 

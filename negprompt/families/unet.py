@@ -11,6 +11,7 @@ import torch
 from PIL import Image
 
 from negprompt import guidance
+from negprompt.embeddings import prompt_text
 from negprompt.families import Family, TextTable
 from negprompt.schedulers import is_stochastic, make_scheduler
 from negprompt.speedups import bucketed_unet
@@ -40,12 +41,11 @@ class UNetFamily(Family):
 
     @torch.no_grad()
     def encode(self, texts: list[str]) -> TextTable:
-        """Text -> embeddings (and SDXL's pooled embeddings), through the pipeline's own ``encode_prompt``."""
-        from negprompt.embeddings import prompt_text
-
+        """Text -> embeddings (and SDXL's pooled embeddings), through the pipeline's own ``encode_prompt`` (which
+        writes out multi-vector negative embeddings; ``prompt_text`` lets it find their names in any case)."""
         pipe = self.pipe
         device = pipe._execution_device
-        prompts = [prompt_text(pipe, t) for t in texts]  # multi-vector negative embeddings written out, any case
+        prompts = [prompt_text(pipe, t) for t in texts]
         if self.sdxl:
             embeds, _, pooled, _ = pipe.encode_prompt(prompts, device=device, num_images_per_prompt=1,
                                                       do_classifier_free_guidance=False)
@@ -76,11 +76,9 @@ class UNetFamily(Family):
             ).to(device=device, dtype=dtype)
 
         def call(model_input, t, text, pooled, rows=None):
-            """The UNet on ``model_input``, the batch's rows ``rows`` (None: all of them)."""
-            added = None
-            if pooled is not None:
-                added = {"text_embeds": pooled, "time_ids": time_ids if rows is None else time_ids[rows]}
-            cond = timestep_cond if timestep_cond is None or rows is None else timestep_cond[rows]
+            ids = time_ids if rows is None or time_ids is None else time_ids[rows]
+            cond = timestep_cond if rows is None or timestep_cond is None else timestep_cond[rows]
+            added = {"text_embeds": pooled, "time_ids": ids} if pooled is not None else None
             return bucketed_unet(unet, model_input, t, text, buckets=buckets, timestep_cond=cond,
                                  added_cond_kwargs=added)
 
