@@ -178,7 +178,8 @@ EXPLANATIONS = {
     "methods": (
         "Different recipes for using the negative prompt. Ordinary guidance pushes the picture away from the "
         "negative prompt; Perp-Neg only pushes away from the part of it that does not overlap with your prompt; "
-        "rescaling tames colors that get too strong. Same noise, same words, different recipe."),
+        "rescaling tames colors that get too strong; NAG pushes away inside the model's attention, which also "
+        "works on fast few-step models. Same noise, same words, different recipe."),
     "readings": (
         "Read as written, or read as A1111 reads it? Negative prompts copied from the web often use the Stable "
         "Diffusion web UI's syntax: (worst quality:1.4) means 'worst quality, 1.4 times as strong', BREAK starts a "

@@ -63,7 +63,8 @@ READINGS = {  # the Prompt reading radio: label -> the spec's reading (``negprom
     "A1111 ((x:1.3), BREAK, [a:b:0.4], 75-token chunks)": "a1111",
 }
 TIMING_STARTS = (0.0, 0.2, 0.4, 0.6)  # the timing mode's start fractions, for each negative
-GUIDANCE_METHODS = ("cfg", "perp-neg", "cfg-rescale:0.7")  # the guidance-methods mode's methods (parse_method text)
+# the guidance-methods mode's methods (parse_method text; NAG only where the model's attention can be steered)
+GUIDANCE_METHODS = ("cfg", "perp-neg", "cfg-rescale:0.7", "nag")
 
 
 def field_label(argument: str, boxes: tuple[int, ...] | None = None) -> str:
