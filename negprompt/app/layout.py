@@ -235,13 +235,13 @@ def _examples(views: Views, settings: AppSettings, examples, fields: Fields, sho
     """The built-in examples. On a Space, Gradio caches each one's result the first time it is picked (lazily), so
     a visitor sees it at once; elsewhere picking one fills the form."""
     n = settings.max_negatives
-    rows = [[e.prompt, e.other, e.seed, EMBEDDED_NAME, len(e.negatives), *(list(e.negatives) + [""] * n)[:n]]
-            for e in examples]
-    inputs = [fields.prompt, fields.other, fields.seed, fields.model, fields.count, *fields.boxes]
+    rows = [[e.prompt, e.other, e.seed, e.rows, EMBEDDED_NAME, len(e.negatives),
+             *(list(e.negatives) + [""] * n)[:n]] for e in examples]
+    inputs = [fields.prompt, fields.other, fields.seed, fields.rows, fields.model, fields.count, *fields.boxes]
 
-    def result(prompt, other, seed, model, count, *boxes):
+    def result(prompt, other, seed, seed_rows, model, count, *boxes):
         form = Form(prompt=prompt, negatives=negatives_from_boxes(list(boxes), int(count)), seed=seed,
-                    steps=settings.default_steps, model=model, other=other)
+                    rows=seed_rows, steps=settings.default_steps, model=model, other=other)
         view = views.final(form)
         return tuple(view.get(name, gr.skip()) for name in shown)
 
