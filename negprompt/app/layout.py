@@ -247,7 +247,7 @@ def _examples(views: Views, settings: AppSettings, examples, fields: Fields, sho
 
     cache = on_spaces()
     gr.Examples(rows, inputs, example_labels=[e.label for e in examples], api_visibility="private",
-                label="Examples (for the embedded portrait model; each shows its lesson on its seed)",
+                label="Examples (for the embedded portrait model; each shows its lesson on its seeds)",
                 fn=result if cache else None, outputs=list(shown.values()) if cache else None,
                 cache_examples=cache, cache_mode="lazy")
 
@@ -320,7 +320,7 @@ def build_demo(settings: AppSettings | None = None) -> gr.Blocks:
     settings = settings or AppSettings.from_env()
     views = Views(settings)
     add, remove, show = _pool_handlers(settings)
-    examples = load_examples() if EMBEDDED_NAME in settings.models else []
+    examples = [e for e in load_examples() if e.rows <= settings.max_seeds] if EMBEDDED_NAME in settings.models else []
     with gr.Blocks(title="negprompt: what does a negative prompt do?") as demo:
         gr.Markdown(DESCRIPTION)
         outcome = gr.State(None)
