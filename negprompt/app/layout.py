@@ -309,7 +309,7 @@ def _examples(views: Views, settings: AppSettings, examples, fields: Fields, sho
 
     cache = on_spaces()
     gr.Examples(rows, inputs, example_labels=[e.label for e in examples], api_visibility="private",
-                label="Examples: pick one, then press Compare (each shows its lesson on its seed)",
+                label="Examples: pick one, then press Compare (each shows its lesson on its seeds)",
                 fn=result if cache else None, outputs=list(shown.values()) if cache else None,
                 cache_examples=cache, cache_mode="lazy")
 
@@ -384,7 +384,7 @@ def build_demo(settings: AppSettings | None = None) -> gr.Blocks:
     settings = settings or AppSettings.from_env()
     views = Views(settings)
     add, remove, show = _pool_handlers(settings)
-    examples = load_examples() if EMBEDDED_NAME in settings.models else []
+    examples = [e for e in load_examples() if e.rows <= settings.max_seeds] if EMBEDDED_NAME in settings.models else []
     with gr.Blocks(title="negprompt: what does a negative prompt do?") as demo:
         gr.Markdown(DESCRIPTION)
         examples_slot = gr.Column(elem_id="examples")  # filled once the form exists: the examples come first
