@@ -363,8 +363,9 @@ def _api_endpoints(views: Views, settings: AppSettings) -> None:
     def explore(prompt="", negative_prompts=(), mode="leave-one-out", seed=0, steps=settings.default_steps,
                 guidance_scale=7.5, size="auto", model="", rows=1, scheduler="Default"):
         """Explore a negative prompt in one of the explorer's modes (leave-one-out, terms-alone, timing, methods,
-        negatives); returns captioned images (baseline first) and the manifest, with each cell's term, window or
-        method, reference, change score and verdict."""
+        readings: each negative read plain and as A1111 reads it, negatives); returns captioned images (baseline
+        first) and the manifest, with each cell's term, window or method, reading, reference, change score and
+        verdict."""
         yield from answer(lambda: form_from_api(prompt, negative_prompts, seed, steps, guidance_scale, size, model,
                                                 rows, scheduler, mode))
 
