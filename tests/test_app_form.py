@@ -218,6 +218,13 @@ def test_a_lone_surrogate_is_refused_at_its_field(field):
     str(error.value).encode("utf-8")  # the message itself can be sent as JSON and shown
 
 
+def test_the_token_counter_answers_a_lone_surrogate():
+    from negprompt.app.views import Views
+
+    line = Views.token_counter("portrait \ud800 of a man", EMBEDDED_NAME)
+    assert "lone surrogate" in line, line
+
+
 def test_no_text_box_lets_the_browser_cut_text_and_no_number_is_clamped():
     """A textbox with max_length makes the browser cut a pasted text unseen; a slider clamps what is typed into
     its box (steps 0 became 1). The app's own checks refuse both, so neither widget may do it first."""
