@@ -194,12 +194,12 @@ def check_form_text(argument: str, value, *, allow_empty: bool = False) -> None:
 def request_spec(request: Request, *, model: str | None = None, baseline: str = "empty"):
     """The comparison spec of ``request`` in its mode (pure: nothing loads). Term modes read the first negative box
     as the long negative, whose terms are separated by commas. ``model`` and ``baseline`` as the loaded pipeline
-    names them (defaults: the request's model, the empty prompt)."""
-    from negprompt.explore import TERM_MODES, mode_spec
+    names them (defaults: the request's model, the empty prompt). A term mode with a second negative is refused
+    at that box, never run on the first alone."""
+    from negprompt.explore import mode_spec
     from negprompt.guidance import parse_method
 
-    negatives = request.negatives[:1] if request.mode in TERM_MODES else request.negatives
-    return mode_spec(request.mode, request.prompt, list(negatives), list(request.seeds),
+    return mode_spec(request.mode, request.prompt, list(request.negatives), list(request.seeds),
                      starts=TIMING_STARTS, methods=[parse_method(m, "methods") for m in GUIDANCE_METHODS],
                      model=model or request.model, steps=request.steps, guidance_scale=request.guidance_scale,
                      height=request.height, width=request.width, sampler=request.scheduler, baseline=baseline,
