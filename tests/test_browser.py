@@ -174,6 +174,13 @@ def examples_url(tmp_path_factory):
         yield url
 
 
+def _pick(page, example: dict) -> None:
+    """Click an example and wait until the form shows it (a click on the form before that would be overwritten)."""
+    page.locator("#examples button").filter(has_text=example["label"]).first.click()
+    page.wait_for_function("n => document.querySelector('#seed input').value === String(n)", arg=example["seed"])
+    page.wait_for_function("() => document.querySelector('#mode input:checked')?.value === 'Compare negatives'")
+
+
 def _readout(page) -> list[dict]:
     """The per-cell table under the results, as the app shows it: seed, cell, and what the detector sees."""
     rows = page.locator("#table table").first.locator("tbody tr").all()
@@ -252,8 +259,7 @@ def test_every_example_teaches_its_lesson_at_both_viewports(browser, examples_ur
     page = browser.new_page(**VIEWPORTS[viewport])
     for i, example in enumerate(examples):
         _open(page, examples_url)
-        page.locator("#examples button").filter(has_text=example["label"]).first.click()
-        page.wait_for_function("n => document.querySelector('#seed input').value === String(n)", arg=example["seed"])
+        _pick(page, example)
         page.click("#run")
         page.wait_for_selector("#status:has-text('Done:')", timeout=240_000)
         page.wait_for_selector("#table table", timeout=30_000)
@@ -279,7 +285,7 @@ def test_a_refusal_about_a_closed_field_shows_in_the_status_line_and_opens_it(br
     for viewport in VIEWPORTS:
         page = browser.new_page(**VIEWPORTS[viewport])
         _open(page, examples_url)
-        page.locator("#examples button").filter(has_text=example["label"]).first.click()
+        _pick(page, example)
         page.get_by_label("Leave one out").check()
         page.click("#run")
         page.wait_for_selector("#status:has-text('Another positive prompt')", timeout=60_000)
