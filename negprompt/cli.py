@@ -297,7 +297,7 @@ def main(argv: list[str] | None = None) -> int:
     from negprompt.loading import EMBEDDED_NAME, load, model_source
     from negprompt.loras import parse_lora
     from negprompt.schedulers import scheduler_names
-    from negprompt.verdicts import explain, summary_lines
+    from negprompt.verdicts import explain, nag_for_distilled, summary_lines
 
     try:
         # 1. Check every argument before anything loads
@@ -332,7 +332,8 @@ def main(argv: list[str] | None = None) -> int:
                       preview_decoder=args.preview_decoder, embeddings=embeddings, loras=loras)
         if args.replay is None:
             baseline = default_baseline(loaded.pipe) if args.baseline == "auto" else args.baseline
-            spec = spec_from_args(args, model_source(loaded.pipe), baseline, loaded.embeddings)
+            spec = nag_for_distilled(spec_from_args(args, model_source(loaded.pipe), baseline, loaded.embeddings),
+                                     loaded)
         else:
             _check_same_additions(recorded, loaded.additions())
 

@@ -52,13 +52,13 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from negprompt._assets import EMBEDDED_NAME
 from negprompt.errors import LIMITS, InputError, shown
 from negprompt.inputs import check_out_folder, parse_nested, read_text_file
 from negprompt.plan import BASELINES, ComparisonSpec, check_int, check_text, parse_seeds
 
 log = logging.getLogger("negprompt.sweep")
 
-EMBEDDED_NAME = "negprompt-portraits"  # negprompt.loading.EMBEDDED_NAME, without importing diffusers to read a config
 NO_CHANGE_PERCENT = 1.0  # a cell whose change score is below this (percent) "does almost nothing"
 TIMING_COLUMNS = ("seconds_spec", "seconds_cell", "process")  # row fields that differ between two identical runs
 

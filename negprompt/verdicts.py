@@ -28,6 +28,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 
+from negprompt._assets import EMBEDDED_NAME
 from negprompt.explore import (
     INERT_PERCENT,
     PreviewRecorder,
@@ -41,7 +42,6 @@ from negprompt.portrait_model.portraits import ALL_WORDS
 from negprompt.prompts import count_tokens
 
 ACTS, INERT = "acts", "does almost nothing"
-EMBEDDED_NAME = "negprompt-portraits"  # negprompt.loading.EMBEDDED_NAME (not imported: loading pulls in diffusers)
 DISTILLED_SCHEDULERS = ("LCMScheduler", "TCDScheduler")
 # Name parts of few-step distilled checkpoints: "sdxl-turbo", "DreamShaperXL_Turbo", "SDXL-Lightning",
 # "juggernautXL_v9Rdphoto2Lightning", "Hyper-SDXL-8steps", "lcm-lora-sdv1-5", "LCM_Dreamshaper_v7".
@@ -83,7 +83,8 @@ def model_facts(pipe, name: str, vocabulary: frozenset[str] | None = None) -> Mo
         vocabulary = frozenset(ALL_WORDS)
     tokenizer = pipe.tokenizer if getattr(pipe, "tokenizer", None) is not None else pipe.tokenizer_2
     config = pipe.scheduler.config
-    return ModelFacts(name=name, time_cond_proj_dim=pipe.unet.config.time_cond_proj_dim,
+    unet = getattr(pipe, "unet", None)
+    return ModelFacts(name=name, time_cond_proj_dim=unet.config.time_cond_proj_dim if unet is not None else None,
                       scheduler=type(pipe.scheduler).__name__, timestep_spacing=config.get("timestep_spacing"),
                       token_limit=tokenizer.model_max_length - 2, vocabulary=vocabulary)
 
@@ -285,6 +286,37 @@ def cell_verdicts(facts: ModelFacts, spec: ComparisonSpec, changes, *, tokenizer
     """``verdict`` for every cell of ``spec``, given each cell's change against its reference (``changes``, as
     ``Comparison.change_scores`` gives them)."""
     return [verdict(facts, spec, i, float(c), tokenizer=tokenizer, threshold=threshold) for i, c in enumerate(changes)]
+
+
+def nag_for_distilled(spec: ComparisonSpec, pipe) -> ComparisonSpec:
+    """On a guidance-distilled model whose attention negprompt can steer, every plain negative cell becomes two:
+    the CFG cell, labeled as inert (the model runs no negative branch, so it equals the baseline), and the same
+    negative through NAG (``negprompt.guidance.NAG``), which acts inside the one branch such a model runs. Any
+    other spec, or model, is returned as it is. ``pipe``: the pipeline (or an object holding it as ``.pipe``)."""
+    from dataclasses import replace
+
+    from negprompt.attention import installed
+    from negprompt.families import family_of
+    from negprompt.guidance import CFG, NAG
+
+    pipe = getattr(pipe, "pipe", pipe)
+    if spec.mode not in ("negatives", "negatives+positive") or not installed(family_of(pipe).denoiser) \
+            or distillation(model_facts(pipe, spec.model)) is None:
+        return spec
+    doubled = [c.kind == "negative" and c.guidance == CFG() for c in spec.cells]
+    index, position = [], 0
+    for double in doubled:
+        index.append(position)
+        position += 2 if double else 1
+    cells = []
+    for cell, double in zip(spec.cells, doubled):
+        cell = replace(cell, reference=None if cell.reference is None else index[cell.reference])
+        if double:
+            cells += [replace(cell, label=f"{cell.label} (cfg, inert here)"),
+                      replace(cell, guidance=NAG(), label=f"{cell.label} (nag)")]
+        else:
+            cells.append(cell)
+    return replace(spec, cells=tuple(cells))
 
 
 # ---------------------------------------------------------------------------------------------------------------
