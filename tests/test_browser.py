@@ -343,6 +343,7 @@ def test_the_word_buttons_do_not_overlap(browser, app_url):
         if not accordion.count():
             pytest.skip("no embedded model: no word buttons")
         accordion.get_by_text("Words the portrait model knows").click()
+        accordion.get_by_role("button", name="mustache", exact=True).wait_for(state="visible", timeout=30_000)
         buttons = accordion.locator("button:not(.label-wrap)").all()
         boxes = [b.bounding_box() for b in buttons if b.is_visible()]
         assert len(boxes) > 10, boxes
