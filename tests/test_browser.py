@@ -266,6 +266,9 @@ def test_every_example_teaches_its_lesson_at_both_viewports(browser, examples_ur
         page.screenshot(path=str(ARTIFACTS / f"example-{i}-{viewport}.png"), full_page=True)
         per_seed = 1 + len(example["negatives"]) + bool(example.get("other"))
         found = _lesson_faults(example, _readout(page)) + _layout_faults(page, per_seed, example.get("rows", 1))
+        every = ", ".join(str(k) for k in range(1, _examples_file().get("steps", 20) + 1))
+        if f"kept steps {every}" not in page.locator("#scrubber").inner_text():
+            found.append("the step plot and slider must keep every step of the embedded model")
         if found:
             faults[example["label"]] = found
     page.close()
