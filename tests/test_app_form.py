@@ -218,6 +218,13 @@ def test_a_lone_surrogate_is_refused_at_its_field(field):
     str(error.value).encode("utf-8")  # the message itself can be sent as JSON and shown
 
 
+def test_the_token_counter_answers_a_lone_surrogate():
+    from negprompt.app.views import Views
+
+    line = Views.token_counter("portrait \ud800 of a man", EMBEDDED_NAME)
+    assert "lone surrogate" in line, line
+
+
 def test_no_text_box_lets_the_browser_cut_text_and_no_number_is_clamped():
     """A textbox with max_length makes the browser cut a pasted text unseen; a slider clamps what is typed into
     its box (steps 0 became 1). The app's own checks refuse both, so neither widget may do it first."""
@@ -352,3 +359,49 @@ def test_a_lora_tag_in_a_negative_is_explained_at_its_field():
     with pytest.raises(InputError, match="a LoRA changes the model, not the negative prompt") as error:
         build_request(AppSettings(), form)
     assert field_label(error.value.argument) == "Negative prompt 3"
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory):
+    from served_app import serve
+
+    with serve(tmp_path_factory) as (url, model):
+        yield url, model
+
+
+def _raw_call(url: str, name: str, body: bytes):
+    """POST /call/NAME as any HTTP client can: (status code, the JSON answer or the event stream's last event)."""
+    import httpx
+
+    answer = httpx.post(url + f"gradio_api/call/{name}", content=body, timeout=60,
+                        headers={"content-type": "application/json"})
+    if answer.status_code != 200:
+        return answer.status_code, answer.json()
+    text = httpx.get(url + f"gradio_api/call/{name}/{answer.json()['event_id']}", timeout=120).text
+    return 200, text.split("event: ")[-1]
+
+
+@pytest.mark.slow
+def test_raw_calls_with_too_few_or_too_many_items_are_refused_naming_the_count(served):
+    from negprompt.app.calls import ENDPOINTS
+
+    url, model = served
+    good = {"compare": ["portrait photo of a man", ["hat"], 0, 0, 7.5, "auto", model, 1, "Default"]}
+    good["explore"] = [*good["compare"][:2], "leave-one-out", *good["compare"][2:]]
+    for name, data in good.items():
+        for items in (data[:2], [], [*data, "extra"], [*data, 1, 2, 3]):
+            status, answer = _raw_call(url, name, json.dumps({"data": items}).encode())
+            assert status == 422 and f"takes {len(ENDPOINTS[name])} data items" in answer["detail"] \
+                and f"got {len(items)}" in answer["detail"], f"/{name} with {len(items)} items: {status} {answer}"
+        status, stream = _raw_call(url, name, json.dumps({"data": data}).encode())  # steps 0: the right count
+        assert status == 200 and stream.startswith("error") and "Steps" in stream and "from 1 to" in stream, \
+            f"With the right count the app's own check must answer: {stream[:300]}"
+
+
+@pytest.mark.slow
+def test_a_lone_surrogate_through_the_api_is_refused_at_its_field(served):
+    url, model = served
+    body = ('{"data": ["portrait \\ud800 of a man", ["hat"], 0, 3, 7.5, "auto", "%s", 1, "Default"]}' % model)
+    status, stream = _raw_call(url, "compare", body.encode())
+    assert status == 200 and stream.startswith("error") and "Prompt" in stream and "lone surrogate" in stream, \
+        stream[:300]

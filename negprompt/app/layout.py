@@ -308,10 +308,17 @@ def _examples(views: Views, settings: AppSettings, examples, fields: Fields, sho
         return tuple(view.get(name, gr.skip()) for name in shown)
 
     cache = on_spaces()
-    gr.Examples(rows, inputs, example_labels=[e.label for e in examples], api_visibility="private",
-                label="Examples: pick one, then press Compare (each shows its lesson on its seeds)",
-                fn=result if cache else None, outputs=list(shown.values()) if cache else None,
-                cache_examples=cache, cache_mode="lazy")
+    chosen = gr.Examples(rows, inputs, example_labels=[e.label for e in examples], api_visibility="private",
+                         label="Examples: pick one, then press Compare (each shows its lesson on its seeds)",
+                         fn=result if cache else None, outputs=list(shown.values()) if cache else None,
+                         cache_examples=cache, cache_mode="lazy")
+    if cache and "gallery" in shown:  # a cached result skips Compare, which sets the columns: one row per seed
+        per_seed = [1 + len(e.negatives) + bool(e.other) for e in examples]
+
+        def columns(event: gr.SelectData):
+            return gr.update(columns=per_seed[event.index])
+
+        chosen.dataset.select(columns, None, shown["gallery"], **QUICK)
 
 
 def _api_endpoints(views: Views, settings: AppSettings) -> None:
