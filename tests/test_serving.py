@@ -152,6 +152,13 @@ def test_the_cost_is_measured_at_the_size_and_bounded_above_it(tiny_sd):
     assert low.row_s == pytest.approx(high.row_s / 16), "From 128 to 512: at least 16x, at most 256x per row."
 
 
+def test_the_cost_of_an_sdxl_step_is_measured(tiny_sdxl):
+    from negprompt.cost import measure
+
+    cost = measure(tiny_sdxl, 64, 64)
+    assert cost.row_s > 0 and cost.decode_s > 0 and cost.seconds(4, 2, 2) > 0
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # Deadline inside a step
 

@@ -230,14 +230,15 @@ class Runner:
 
     Batching: requests wait in a list, in order of arrival; whoever gets the model next takes the oldest waiting
     request and every later one that shares its model, size, steps, sampler, guidance scale and previews, up to the
-    app's cap on images (``max_cells``) and its budget, and runs them as ONE spec (``negprompt.engine.run_many``:
-    their cells in one UNet batch per step); each caller then gets its own ``Comparison`` (cells, manifest,
-    verdicts, previews), and identical requests in one run are made once. We collect in the runner rather than use
-    Gradio's ``batch=True`` events because those cannot stream (the app streams step counts and previews) and would
-    batch across modes and models; a collector also works the same for the UI and the API. Gradio's queue lets up
-    to ``WAITING_REQUESTS`` requests into the handler at once (``negprompt.app.layout.RUN``), so that the next
-    run's requests gather while one runs. One caller going away never stops the others' run: a run stops early
-    only when every caller in it has gone, or at the deadline. Off with ``NEGPROMPT_BATCH=0`` and under ZeroGPU
+    app's cap on images (``max_cells``) and half its deadline (by their estimates), and runs them as ONE spec
+    (``negprompt.engine.run_many``: their cells in one UNet batch per step); each caller then gets its own
+    ``Comparison`` (cells, manifest, verdicts, previews), and identical requests in one run are made once. We
+    collect in the runner rather than use Gradio's ``batch=True`` events because those cannot be generators (the
+    app streams step counts and previews) and would batch across modes and models; a collector also works the
+    same for the UI and the API. Gradio's queue lets up to ``WAITING_REQUESTS`` requests into the handler at once
+    (``negprompt.app.layout.RUN``), so that the next run's requests gather while one runs. One caller going away
+    never stops the others' run: a run stops early only when every caller in it has gone, or at the deadline.
+    Off with ``NEGPROMPT_BATCH=0`` and under ZeroGPU
     (there each request gets its own GPU call)."""
 
     def __init__(self, settings: AppSettings):
@@ -407,6 +408,7 @@ class Runner:
             return []
         first, group = live[0], [live[0]]
         cells, seconds, seen = first.request.cells, self.estimate(first.request), {first.request}
+        limit = max(self.settings.budget_s, self.settings.deadline_s / 2)  # a batch ends well before the deadline
         for t in live[1:] if self.batching else ():
             if t.key != first.key:
                 continue
@@ -414,7 +416,7 @@ class Runner:
                 group.append(t)
                 continue
             more, extra = t.request.cells, self.estimate(t.request)
-            if cells + more <= self.settings.max_cells and seconds + extra <= self.settings.budget_s:
+            if cells + more <= self.settings.max_cells and seconds + extra <= limit:
                 group.append(t)
                 seen.add(t.request)
                 cells, seconds = cells + more, seconds + extra
