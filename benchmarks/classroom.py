@@ -104,6 +104,26 @@ def engine_seconds(steps: int) -> float:
     return time.perf_counter() - start
 
 
+def engine_batching(requests: int, steps: int) -> tuple[float, float]:
+    """Seconds for ``requests`` students' 1+3 comparisons on the engine alone: one by one, then as one batch
+    (``negprompt.engine.run_many``), on the loaded embedded model."""
+    from negprompt.engine import run, run_many
+    from negprompt.loading import load_pipeline
+    from negprompt.plan import negatives_spec
+
+    pipe = load_pipeline(device="cpu")
+    specs = [negatives_spec(PROMPT, NEGATIVES[i % 3:] + NEGATIVES[:i % 3], [1000 + i], model="embedded",
+                            steps=steps, guidance_scale=7.5) for i in range(requests)]
+    run(pipe, specs[0])  # warm
+    start = time.perf_counter()
+    for spec in specs:
+        run(pipe, spec)
+    alone = time.perf_counter() - start
+    start = time.perf_counter()
+    run_many(pipe, specs, max_cells=sum(len(s.cells) for s in specs))
+    return alone, time.perf_counter() - start
+
+
 def app_seconds(client, seed: int = 1) -> float:
     """A request through the app's API, at its defaults: seconds from submit to result. Each timed request needs
     its own seed: the app answers a request identical to one it just finished from that result."""
@@ -202,8 +222,11 @@ def main() -> None:
     settings = AppSettings.from_env()
     print(f"torch threads {torch.get_num_threads()}, load average {os.getloadavg()[0]:.1f}", flush=True)
     if args.compare_batching:
+        alone, together = engine_batching(8, settings.default_steps)
+        print(f"engine, 8 students' 1+3 at {settings.default_steps} steps: one by one {alone:.1f} s, as one batch "
+              f"{together:.1f} s ({together / alone:.2f}x)", flush=True)
         figures = {}
-        for batching in (False, True):
+        for batching in (False, True) if args.clients else ():
             demo, url = serve(replace(settings, batch_requests=batching))
             try:
                 from gradio_client import Client
@@ -216,8 +239,8 @@ def main() -> None:
                 demo.close()
             print(f"batching {'on ' if batching else 'off'}: {show(figures[batching])} "
                   f"(load average {os.getloadavg()[0]:.1f})", flush=True)
-        off, on = figures[False], figures[True]
-        if off["p50_s"] and on["p50_s"]:
+        off, on = figures.get(False), figures.get(True)
+        if off and on and off["p50_s"] and on["p50_s"]:
             print(f"on/off: p50 {on['p50_s'] / off['p50_s']:.2f}x, p95 {on['p95_s'] / off['p95_s']:.2f}x")
         return
     demo, url = serve(settings)
