@@ -105,6 +105,8 @@ class Comparison:
     explored: dict = field(default_factory=dict)  # comparison-wide findings, e.g. a timing sweep's tables
     attention_maps: list = field(default_factory=list)  # per cell, where its negative was attended to ([0, 1] array
     # at the latent size, or None); empty unless the run captured them (negprompt.attention)
+    additions: dict = field(default_factory=dict)  # what the model was loaded with: negative embeddings and LoRAs
+    # (loading.Loaded.additions), recorded so a replay can check it runs with the same ones
 
     @property
     def rows(self) -> list[list[Cell]]:
@@ -150,9 +152,14 @@ class Comparison:
         return f"- {cell.negative_prompt}" if cell.negative_prompt else f"+ {cell.positive_prompt}"
 
     def detail(self, cell: Cell) -> str:
+        """A cell's second caption line: its seed (no reference) or its change, and how its negative was read when
+        that hides something (``negprompt.verdicts.reading_notes``: cut, A1111 syntax as characters, no
+        embedding)."""
         if cell.reference is None:
             return f"seed {cell.seed}"
-        return f"change {self.change_scores[cell.index]:.1f}%"
+        verdict = self.verdicts[cell.index] if self.verdicts else None
+        notes = "".join(f" · {n}" for n in getattr(verdict, "notes", ()))
+        return f"change {self.change_scores[cell.index]:.1f}%{notes}"
 
     def _map_caption(self, cell: Cell) -> str:
         ref = self.reference_of(cell)
@@ -180,6 +187,7 @@ class Comparison:
         explored, explored_extra = manifest_fields(self)
         return {
             "spec": self.spec.to_dict(),
+            **({"model_additions": self.additions} if self.additions else {}),
             "settings": {**asdict(self.settings), "negatives": list(self.settings.negatives),
                          "seeds": list(self.settings.seeds)},
             "cells": [
@@ -196,6 +204,7 @@ class Comparison:
                     "window": list(c.spec.window),
                     "guidance": method_to_dict(c.spec.guidance),
                     "term": c.spec.term,
+                    "reading": self.spec.reading_of(c.spec),
                     "baseline": c.is_baseline,
                     "reference": c.reference,
                     "initial_latent_sha256": c.initial_latent_sha256,

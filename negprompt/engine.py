@@ -41,12 +41,13 @@ from dataclasses import dataclass, replace
 import torch
 from PIL import Image
 
-from negprompt import attention, guidance
+from negprompt import attention, guidance, reading, weighting
 from negprompt.comparison import Cell, Comparison, Settings
+from negprompt.embeddings import prompt_text
 from negprompt.errors import LIMITS, InputError
 from negprompt.guidance import BRANCHES, GuidanceMethod
 from negprompt.infotext import cell_infotext
-from negprompt.loading import Loaded, model_label, model_source, runtime_of
+from negprompt.loading import Loaded, additions_of, model_label, model_source, runtime_of
 from negprompt.plan import BASELINES, CellSpec, ComparisonSpec, check_int, check_text, negatives_spec
 from negprompt.prompts import spec_warnings
 from negprompt.schedulers import DEFAULT, is_stochastic, make_scheduler, sampler_label, scheduler_names
@@ -157,13 +158,9 @@ def _run(pipe, spec: ComparisonSpec, *, max_batch, max_cells, callback, preview_
     warnings = spec_warnings(_tokenizer(pipe), spec, distilled)
     timings: dict[str, float] = {}
 
-    # 2. Encode every distinct text once
+    # 2. Encode every distinct text once (under the a1111 reading: every text a cell reads at some step)
     start = time.perf_counter()
-    texts = [c.positive for c in spec.cells] + [c.negative for c in spec.cells if c.negative is not None]
-    texts = [t for t in dict.fromkeys(texts) if t != spec.baseline_negative]
-    if spec.baseline_negative is not None:
-        texts.append(spec.baseline_negative)  # last, as before specs: the batch order changes the encoder's rounding
-    table = _encode(pipe, texts)
+    table = _encode_spec(pipe, spec)
     timings["encode_s"] = time.perf_counter() - start
 
     # 3. Starting noise, one latent per seed, shared by every cell with that seed
@@ -177,8 +174,11 @@ def _run(pipe, spec: ComparisonSpec, *, max_batch, max_cells, callback, preview_
     start = time.perf_counter()
     capture = None
     if attention_maps:
-        capture = attention.Capture([attention.token_positions(_tokenizer(pipe), c.negative) for c in spec.cells],
-                                    shape[2], shape[3])
+        positions = [reading.token_positions(_tokenizer(pipe), prompt_text(pipe, c.negative, True))
+                     if spec.reading_of(c) == "a1111"
+                     else attention.token_positions(_tokenizer(pipe), prompt_text(pipe, c.negative, True))
+                     for c in spec.cells]
+        capture = attention.Capture(positions, shape[2], shape[3])
     with attention.capturing(capture) if capture is not None else nullcontext():
         latents, batch_used = _denoise_all(pipe, runtime, spec, table, seed_latents, max_batch, callback,
                                            preview_every, capture)
@@ -197,10 +197,11 @@ def _run(pipe, spec: ComparisonSpec, *, max_batch, max_cells, callback, preview_
 
     hashes = {s: _sha256(latent) for s, latent in seed_latents.items()}
     cells = [Cell(index=i, row=c.row, spec=c, image=image, seed=c.seed, initial_latent_sha256=hashes[c.seed],
-                  parameters=cell_infotext(settings, c))
+                  parameters=cell_infotext(settings, c, spec.reading_of(c)))
              for i, (c, image) in enumerate(zip(spec.cells, images))]
     return Comparison(spec=spec, settings=settings, cells=cells, warnings=warnings, timings=timings,
-                      max_batch_used=batch_used, attention_maps=capture.maps() if capture is not None else [])
+                      max_batch_used=batch_used, attention_maps=capture.maps() if capture is not None else [],
+                      additions=additions_of(pipe))
 
 
 def run_many(pipe, specs: Sequence[ComparisonSpec], *, max_cells: int = MAX_CELLS,
@@ -373,8 +374,9 @@ def _tokenizer(pipe):
 
 
 class _TextTable:
-    """Every distinct text of a comparison, encoded once: text -> embeddings (1, tokens, dim) and, for SDXL, pooled
-    embeddings (1, dim). ``None`` reads as zero embeddings (SDXL's "no negative")."""
+    """Every distinct text of a comparison, encoded once: key -> embeddings (1, tokens, dim) and, for SDXL, pooled
+    embeddings (1, dim). A key is the text itself under the plain reading and ``("a1111", text)`` under the a1111
+    reading (``text_key``); ``None`` reads as zero embeddings (SDXL's "no negative")."""
 
     def __init__(self, embeds: dict, pooled: dict | None):
         self.embeds, self.pooled = embeds, pooled
@@ -382,6 +384,10 @@ class _TextTable:
         self.dtype = first.dtype
         self._zeros = torch.zeros_like(first)
         self._zeros_pooled = torch.zeros_like(next(iter(pooled.values()))) if pooled else None
+
+    def length(self, key) -> int:
+        """Tokens in the embeddings of ``key`` (77 per chunk)."""
+        return (self._zeros if key is None else self.embeds[key]).shape[1]
 
     def stack(self, keys: list[str | None], device) -> tuple[torch.Tensor, torch.Tensor | None]:
         embeds = torch.cat([self._zeros if k is None else self.embeds[k] for k in keys]).to(device)
@@ -391,15 +397,53 @@ class _TextTable:
         return embeds, pooled
 
 
+def text_key(how: str, text: str | None, step: int, steps: int):
+    """The table key of ``text`` read ``how`` ("plain" or "a1111") at ``step`` of ``steps``: the text itself, or
+    ``("a1111", the text it reads at that step once its prompt editing is resolved)``."""
+    if how == "plain":
+        return text
+    return "a1111", None if text is None else reading.text_at(text, step, steps)
+
+
+def _encode_spec(pipe, spec: ComparisonSpec) -> _TextTable:
+    """The text table of ``spec``: its plain texts through the pipeline's ``encode_prompt``, every text its a1111
+    cells read at any step through ``negprompt.weighting`` (padded to one number of chunks)."""
+    plain = [c for c in spec.cells if spec.reading_of(c) == "plain"]
+    a1111 = [c for c in spec.cells if spec.reading_of(c) == "a1111"]
+    embeds: dict = {}
+    pooled: dict | None = None
+    if plain:
+        texts = [c.positive for c in plain] + [c.negative for c in plain if c.negative is not None]
+        texts = [t for t in dict.fromkeys(texts) if t != spec.baseline_negative]
+        if spec.baseline_negative is not None:
+            texts.append(spec.baseline_negative)  # last, as before specs: the batch order changes the rounding
+        table = _encode(pipe, texts)
+        embeds, pooled = dict(table.embeds), table.pooled
+    if a1111:
+        unconditional = spec.baseline_negative
+        keys = dict.fromkeys(text_key("a1111", text, step, spec.steps) for c in a1111 for step in range(spec.steps)
+                             for text in (c.positive, c.negative_at(step, spec.steps, unconditional)))
+        texts = [text for _, text in keys if text is not None]
+        read, read_pooled = weighting.encode_a1111(pipe, texts or [""])
+        zeros = torch.zeros_like(next(iter(read.values())))
+        embeds |= {("a1111", text): value for text, value in read.items()} | {("a1111", None): zeros}
+        if read_pooled is not None:
+            pooled = (pooled or {}) | {("a1111", text): value for text, value in read_pooled.items()}
+            pooled[("a1111", None)] = torch.zeros_like(next(iter(read_pooled.values())))
+    return _TextTable(embeds, pooled)
+
+
 @torch.no_grad()
 def _encode(pipe, texts: list[str]) -> _TextTable:
-    """Text -> embeddings (and SDXL's pooled embeddings), through the pipeline's own ``encode_prompt``."""
+    """Text -> embeddings (and SDXL's pooled embeddings), through the pipeline's own ``encode_prompt`` (which
+    writes out multi-vector negative embeddings; ``prompt_text`` lets it find their names in any case)."""
     device = pipe._execution_device
+    prompts = [prompt_text(pipe, t) for t in texts]
     if _is_sdxl(pipe):
-        embeds, _, pooled, _ = pipe.encode_prompt(texts, device=device, num_images_per_prompt=1,
+        embeds, _, pooled, _ = pipe.encode_prompt(prompts, device=device, num_images_per_prompt=1,
                                                   do_classifier_free_guidance=False)
         return _TextTable(dict(zip(texts, embeds.split(1))), dict(zip(texts, pooled.split(1))))
-    embeds, _ = pipe.encode_prompt(texts, device, 1, False)
+    embeds, _ = pipe.encode_prompt(prompts, device, 1, False)
     return _TextTable(dict(zip(texts, embeds.split(1))), None)
 
 
@@ -487,18 +531,21 @@ class _Layout:
             rows[j][b] = k
         return cls(order, tuple(rows))
 
-    def text_keys(self, cells: Sequence[CellSpec], step: int, steps: int, unconditional: str | None) -> list:
-        """The text each batch row reads at ``step``: the cell's positive, its negative while its window is open
-        (else the unconditional text), or the unconditional text ("empty")."""
+    def text_keys(self, cells: Sequence[CellSpec], step: int, steps: int, unconditional: str | None,
+                  readings: Sequence[str]) -> list:
+        """The table key each batch row reads at ``step``: the cell's positive, its negative while its window is
+        open (else the unconditional text), or the unconditional text ("empty"), each read as its cell reads
+        (``readings``; under a1111 prompt editing picks the text of this step)."""
         keys = []
         for j, branch in self.order:
             cell = cells[j]
             if branch == "positive":
-                keys.append(cell.positive)
+                text = cell.positive
             elif branch == "negative":
-                keys.append(cell.negative_at(step, steps, unconditional))
+                text = cell.negative_at(step, steps, unconditional)
             else:
-                keys.append(unconditional)
+                text = unconditional
+            keys.append(text_key(readings[j], text, step, steps))
         return keys
 
 
@@ -557,21 +604,37 @@ def _denoise(pipe, runtime, chunk: _Chunk, spec: ComparisonSpec, table: _TextTab
             torch.tensor(g - 1).repeat(len(layout.order)), embedding_dim=unet.config.time_cond_proj_dim
         ).to(device=latents.device, dtype=latents.dtype)
 
-    texts: dict[tuple, tuple] = {}  # the stacked text embeddings change only where a window opens or closes
+    readings = [spec.reading_of(c) for c in cells]
+    texts: dict[tuple, list] = {}  # the stacked text embeddings change only where a window opens or closes
     for step, t in enumerate(stepper.timesteps):
-        keys = tuple(layout.text_keys(cells, step, spec.steps, unconditional))
-        if keys not in texts:
-            texts[keys] = table.stack(list(keys), latents.device)
-        text, pooled = texts[keys]
-        added = {"text_embeds": pooled, "time_ids": time_ids} if pooled is not None else None
+        keys = tuple(layout.text_keys(cells, step, spec.steps, unconditional, readings))
+        if keys not in texts:  # rows of one text length each (two only where plain and long a1111 texts meet)
+            lengths = [table.length(k) for k in keys]
+            groups = [[k for k, n in enumerate(lengths) if n == length] for length in dict.fromkeys(lengths)]
+            texts[keys] = [(rows, *table.stack([keys[k] for k in rows], latents.device)) for rows in groups]
         model_input = stepper.scale(latents, t)
+        unet_input = model_input[cell_of_row] if active else model_input
         if capture is not None:  # the rows reading their cell's own negative prompt, at about five steps of the run
             sampled = step % max(1, round(spec.steps / attention.STEPS_SAMPLED)) == 0
-            capture.watch({k: chunk.offset + j for k, (j, branch) in enumerate(layout.order) if sampled
-                           and branch == "negative" and keys[k] is not None and keys[k] == cells[j].negative})
-        unet_input = model_input[cell_of_row] if active else model_input
-        out = bucketed_unet(unet, unet_input, t, text, buckets=runtime.buckets, timestep_cond=timestep_cond,
-                            added_cond_kwargs=added)
+            own = [text_key(readings[j], cells[j].negative, step, spec.steps) for j, _ in layout.order]
+            watched = {k for k, (j, branch) in enumerate(layout.order) if sampled and branch == "negative"
+                       and cells[j].negative is not None and keys[k] == own[k]}
+        parts = []
+        for rows, text, pooled in texts[keys]:
+            whole = len(rows) == len(keys)
+            if capture is not None:
+                capture.watch({i: chunk.offset + layout.order[k][0] for i, k in enumerate(rows) if k in watched})
+            added = None
+            if pooled is not None:
+                added = {"text_embeds": pooled, "time_ids": time_ids if whole else time_ids[rows]}
+            cond = timestep_cond if timestep_cond is None or whole else timestep_cond[rows]
+            parts.append(bucketed_unet(unet, unet_input if whole else unet_input[rows], t, text,
+                                       buckets=runtime.buckets, timestep_cond=cond, added_cond_kwargs=added))
+        out = parts[0]
+        if len(parts) > 1:
+            out = torch.empty((len(keys), *parts[0].shape[1:]), dtype=parts[0].dtype, device=parts[0].device)
+            for (rows, _, _), part in zip(texts[keys], parts):
+                out[rows] = part
         if active:
             eps = torch.cat([cell.guidance.combine({b: out[k:k + 1] for b, k in rows.items()}, g)
                              for cell, rows in zip(cells, layout.rows)])

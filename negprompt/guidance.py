@@ -16,7 +16,7 @@ from typing import ClassVar, Protocol, runtime_checkable
 
 import torch
 
-from negprompt.errors import InputError
+from negprompt.errors import InputError, shown
 
 
 def classifier_free_guidance(eps_neg: torch.Tensor, eps_pos: torch.Tensor, guidance_scale: float) -> torch.Tensor:
@@ -171,19 +171,22 @@ def method_to_dict(method: GuidanceMethod) -> dict:
 
 def method_from_dict(data: dict | str, argument: str = "guidance") -> GuidanceMethod:
     """The inverse of ``method_to_dict``; a bare name stands for the method with its default parameters."""
+    if not isinstance(data, (str, dict)):
+        raise InputError(argument, shown(data), f"{argument}={shown(data)} must be a method name or an object "
+                                                "with its \"method\"")
     data = {"method": data} if isinstance(data, str) else dict(data)
     name = data.pop("method", None)
-    if name not in METHODS:
-        raise InputError(argument, name, f"guidance method {name!r} is not one of {', '.join(METHODS)}")
+    if not isinstance(name, str) or name not in METHODS:
+        raise InputError(argument, shown(name), f"guidance method {shown(name)} is not one of {', '.join(METHODS)}")
     cls = METHODS[name]
     known = {f.name for f in fields(cls)}
     unknown = sorted(set(data) - known)
     if unknown:
-        raise InputError(argument, data, f"guidance method {name!r} has no parameter {', '.join(unknown)} "
+        raise InputError(argument, shown(data), f"guidance method {name!r} has no parameter {shown(unknown)} "
                                          f"(it takes: {', '.join(sorted(known)) or 'none'})")
     for key, value in data.items():
         if isinstance(value, bool) or not isinstance(value, (int, float)) or value != value or abs(value) > 1e6:
-            raise InputError(argument, value, f"{name} parameter {key}={value!r} must be a finite number")
+            raise InputError(argument, shown(value), f"{name} parameter {key}={shown(value)} must be a finite number")
     return cls(**data)
 
 
@@ -197,11 +200,11 @@ def parse_method(text: str, argument: str = "guidance") -> GuidanceMethod:
     cls = METHODS.get(name)
     parameters = [f.name for f in fields(cls)] if cls else []
     if not parameters:
-        raise InputError(argument, text, f"{text!r}: guidance method {name!r} takes no value")
+        raise InputError(argument, shown(text), f"{shown(text)}: guidance method {shown(name)} takes no value")
     try:
         number = float(value)
     except ValueError:
-        raise InputError(argument, text, f"{text!r}: {value.strip()!r} is not a number") from None
+        raise InputError(argument, shown(text), f"{shown(text)}: {shown(value.strip())} is not a number") from None
     return method_from_dict({"method": name, parameters[0]: number}, argument)
 
 

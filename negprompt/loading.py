@@ -9,6 +9,11 @@ embedded model.
     from negprompt.loading import load
     loaded = load("./my-sdxl-folder", device="cuda")       # the pipeline and what negprompt knows about it
     loaded.pipe, loaded.runtime.speedups, loaded.runtime.safe_batch
+    load(embeddings=[("easynegative", "EasyNegative.safetensors")], loras=[("detail.safetensors", 0.8)])
+
+Negative embeddings (``negprompt.embeddings``) and LoRAs (``negprompt.loras``) are loaded with the model, never per
+request: they are part of its cache key and of what ``additions_of`` reports for the manifest. The embedded model
+always loads its shipped embedding, ``portrait-bad`` (``assets/portrait-embeddings``).
 
 Only safetensors weights are read and no remote code runs. Loaded pipelines are kept in a small cache per (model,
 device, dtype): one on a GPU (loading another frees the first one's memory), a few on the CPU, least recently used
@@ -28,6 +33,7 @@ import logging
 import os
 import threading
 from collections import OrderedDict
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -35,6 +41,8 @@ import torch
 from diffusers import DiffusionPipeline, StableDiffusionPipeline, StableDiffusionXLPipeline
 
 from negprompt import attention
+from negprompt import embeddings as textual_inversion
+from negprompt import loras as lora_weights
 from negprompt._assets import asset
 from negprompt.devices import pick_device, pick_dtype
 from negprompt.errors import InputError
@@ -44,6 +52,8 @@ log = logging.getLogger(__name__)
 
 EMBEDDED_MODEL = asset("portrait-model")
 EMBEDDED_NAME = "negprompt-portraits"
+# The embedded model's own negative embeddings, loaded with it: (name, file)
+EMBEDDED_EMBEDDINGS = (("portrait-bad", asset("portrait-embeddings") / "degraded.safetensors"),)
 
 PIPELINE_CLASSES = {cls.__name__: cls for cls in (StableDiffusionPipeline, StableDiffusionXLPipeline)}
 # Why other pipeline classes are refused (a class not named here gets the generic reason).
@@ -89,6 +99,17 @@ class Loaded:
     pipe: DiffusionPipeline
     runtime: Runtime = field(default_factory=Runtime)
     source: str = ""  # the folder, file or Hub id it was loaded from
+    embeddings: tuple[textual_inversion.Embedding, ...] = ()  # negative embeddings loaded with it
+    loras: tuple[lora_weights.Lora, ...] = ()  # LoRAs fused into it
+
+    def additions(self) -> dict:
+        """What was loaded beside the model, as the manifest records it ({} for nothing)."""
+        out = {}
+        if self.embeddings:
+            out["embeddings"] = [e.to_dict() for e in self.embeddings]
+        if self.loras:
+            out["loras"] = [lora.to_dict() for lora in self.loras]
+        return out
 
 
 def resolve_model(model: str | Path | None) -> str:
@@ -138,7 +159,9 @@ def model_source(pipe) -> str:
 
 
 def load(model: str | Path | None = None, *, device: str | torch.device | None = None,
-         dtype: torch.dtype | str | None = None, preview_decoder: str | Path | None = None) -> Loaded:
+         dtype: torch.dtype | str | None = None, preview_decoder: str | Path | None = None,
+         embeddings: Sequence[tuple[str, str | Path]] = (),
+         loras: Sequence[tuple[str | Path, float]] = ()) -> Loaded:
     """Load (once) and return the pipeline for ``model`` with its runtime facts, ready on ``device`` in ``dtype``.
 
     ``model``: a Hub id, a local diffusers folder or a single-file .safetensors checkpoint holding a Stable Diffusion
@@ -146,12 +169,16 @@ def load(model: str | Path | None = None, *, device: str | torch.device | None =
     ``dtype`` to half precision on a GPU and float32 on the CPU. ``preview_decoder``: a folder or Hub id of an
     ``AutoencoderTiny`` for the model's latents (TAESD for SD 1.x/2.x, ``madebyollin/taesd``; TAESDXL for SDXL,
     ``madebyollin/taesdxl``) that decodes the step previews in place of the full VAE; the final images always
-    come from the full VAE.
+    come from the full VAE. ``embeddings``: (name, file, folder or Hub id) pairs of negative embeddings to load
+    (``negprompt.embeddings``; the embedded model adds its own). ``loras``: (file, folder or Hub id, weight) pairs
+    fused into the model (``negprompt.loras``).
     """
     device = pick_device(device)
     dtype = pick_dtype(device, dtype)
     source = resolve_model(model)
-    key = (source, str(device), dtype, str(preview_decoder or ""))
+    wanted = _wanted_embeddings(source, embeddings)
+    lora_files = tuple((str(lora_weights.resolve_file(str(path))), float(weight)) for path, weight in loras)
+    key = (source, str(device), dtype, str(preview_decoder or ""), wanted, lora_files)
     with _lock:
         if key in _cache:
             _cache.move_to_end(key)
@@ -159,20 +186,25 @@ def load(model: str | Path | None = None, *, device: str | torch.device | None =
         kind = "cpu" if device.type == "cpu" else "gpu"
         _evict(kind, keep=CACHE_SIZE[kind] - 1)
         pipe = _load(source, device, dtype)
+        fused = lora_weights.install(pipe, [(Path(p), w) for p, w in lora_files])
+        added = tuple(textual_inversion.install(pipe, name, path) for name, path in wanted)
         decoder = _load_preview_decoder(str(preview_decoder), pipe, device, dtype) if preview_decoder else None
         speedups = apply_speedups(pipe)
         if speedups.get("buckets") is None:  # a compiled UNet keeps its graph whole: no attention maps
             attention.install(pipe.unet)
-        loaded = Loaded(pipe=pipe, runtime=Runtime(speedups=speedups, preview_decoder=decoder), source=source)
+        loaded = Loaded(pipe=pipe, runtime=Runtime(speedups=speedups, preview_decoder=decoder), source=source,
+                        embeddings=added, loras=fused)
         _cache[key] = loaded
         return loaded
 
 
 def load_pipeline(model: str | Path | None = None, *, device: str | torch.device | None = None,
-                  dtype: torch.dtype | str | None = None,
-                  preview_decoder: str | Path | None = None) -> DiffusionPipeline:
+                  dtype: torch.dtype | str | None = None, preview_decoder: str | Path | None = None,
+                  embeddings: Sequence[tuple[str, str | Path]] = (),
+                  loras: Sequence[tuple[str | Path, float]] = ()) -> DiffusionPipeline:
     """``load(...).pipe``: the cached pipeline alone (see ``load``)."""
-    return load(model, device=device, dtype=dtype, preview_decoder=preview_decoder).pipe
+    return load(model, device=device, dtype=dtype, preview_decoder=preview_decoder, embeddings=embeddings,
+                loras=loras).pipe
 
 
 def runtime_of(pipe) -> Runtime:
@@ -183,6 +215,29 @@ def runtime_of(pipe) -> Runtime:
             if loaded.pipe is pipe:
                 return loaded.runtime
     return Runtime()
+
+
+def additions_of(pipe) -> dict:
+    """What was loaded beside the model of a cached pipeline (``Loaded.additions``); {} for one built elsewhere."""
+    with _lock:
+        for loaded in _cache.values():
+            if loaded.pipe is pipe:
+                return loaded.additions()
+    return {}
+
+
+def _wanted_embeddings(source: str, extra) -> tuple[tuple[str, str], ...]:
+    """(name, file) of every embedding to load: the embedded model's own, then ``extra`` (names checked, files
+    found); a name given twice is an error."""
+    own = [(n, str(p)) for n, p in EMBEDDED_EMBEDDINGS if p.is_file()] if source == str(EMBEDDED_MODEL) else []
+    wanted = own + [(textual_inversion.parse_embedding(f"{n}={p}")[0], str(textual_inversion.resolve_file(str(p))))
+                    for n, p in extra]
+    names = [n for n, _ in wanted]
+    for name in names:
+        if names.count(name) > 1:
+            raise textual_inversion.EmbeddingError(name, f"embedding name {name!r} is given twice (the embedded model "
+                                                  f"loads {', '.join(n for n, _ in own) or 'none'} itself)")
+    return tuple(wanted)
 
 
 def _load_preview_decoder(name: str, pipe, device: torch.device, dtype: torch.dtype):
@@ -254,11 +309,53 @@ def _read_config(source: str) -> dict:
 
 
 def _check_class(source: str, class_name) -> type:
-    if class_name in PIPELINE_CLASSES:
+    if isinstance(class_name, str) and class_name in PIPELINE_CLASSES:
         return PIPELINE_CLASSES[class_name]
-    reason = REFUSED.get(class_name, "negprompt's engine drives these two pipelines' UNet, text encoders and VAE")
-    raise InputError("model", source, f"model={source!r} is a {class_name}; negprompt runs "
+    if isinstance(class_name, (list, tuple)):  # ["my_pipeline", "MyPipeline"]: a pipeline from a .py of its own
+        raise ModelNotFoundError(source, f"model={source!r} names a custom pipeline ({_named(class_name)}); "
+                                         "negprompt runs no code from a model folder")
+    reason = REFUSED.get(class_name, "negprompt's engine drives these two pipelines' UNet, text encoders and VAE") \
+        if isinstance(class_name, str) else "its model_index.json names no pipeline class (_class_name)"
+    raise InputError("model", source, f"model={source!r} is a {_named(class_name)}; negprompt runs "
                                       f"{', '.join(PIPELINE_CLASSES)} only: {reason}")
+
+
+# The components each pipeline class needs, and the libraries negprompt loads them from (no remote or local code).
+COMPONENTS = {
+    "StableDiffusionPipeline": ("unet", "vae", "text_encoder", "tokenizer", "scheduler"),
+    "StableDiffusionXLPipeline": ("unet", "vae", "text_encoder", "text_encoder_2", "tokenizer", "tokenizer_2",
+                                  "scheduler"),
+}
+LIBRARIES = ("diffusers", "transformers")
+
+
+def check_model_index(source: str, config) -> type:
+    """The pipeline class a ``model_index.json`` (already parsed) names, after checking that it is one negprompt
+    runs and that every component it needs is there and comes from diffusers or transformers; raises
+    ``ModelNotFoundError`` (``InputError("model", ...)``) naming what is wrong. Nothing is imported or run."""
+    if not isinstance(config, dict):
+        raise ModelNotFoundError(source, f"model={source!r}: its model_index.json is not a JSON object")
+    cls = _check_class(source, config.get("_class_name"))
+    missing = [name for name in COMPONENTS[cls.__name__]
+               if not (isinstance(config.get(name), (list, tuple)) and len(config[name]) == 2
+                       and all(config[name]))]
+    if missing:
+        raise ModelNotFoundError(source, f"model={source!r} has no {', '.join(missing)} in its model_index.json; "
+                                         f"a {cls.__name__} needs {', '.join(COMPONENTS[cls.__name__])}")
+    custom = [f"{name} ({_named(config[name])})" for name in COMPONENTS[cls.__name__]
+              if config[name][0] not in LIBRARIES]
+    if custom or config.get("_custom_pipeline") or config.get("trust_remote_code") or config.get("auto_map"):
+        what = ", ".join(custom) or "a custom pipeline"
+        raise ModelNotFoundError(source, f"model={source!r} needs custom code: {what}; negprompt loads components "
+                                         f"from {' and '.join(LIBRARIES)} only and runs no code from a model folder")
+    return cls
+
+
+def _named(value) -> str:
+    """A class name as model_index.json gives it, for a message: "UNet2DConditionModel", "my_unet.MyUNet"."""
+    if isinstance(value, (list, tuple)):
+        return ".".join(str(part) for part in value if part)[:80]
+    return repr(value)[:80] if not isinstance(value, str) else value[:80]
 
 
 def _single_file_class(path: str) -> type:
@@ -289,7 +386,7 @@ def _load(source: str, device: torch.device, dtype: torch.dtype) -> DiffusionPip
                                              f"load ({error}); convert it to a diffusers folder") from error
     else:
         config = _read_config(source)
-        cls = _check_class(source, config.get("_class_name"))
+        cls = check_model_index(source, config)
         extra = {"safety_checker": None, "requires_safety_checker": False} if cls is StableDiffusionPipeline else {}
         log.info("loading %s (%s) on %s in %s", source, cls.__name__, device, dtype)
         try:
@@ -297,6 +394,10 @@ def _load(source: str, device: torch.device, dtype: torch.dtype) -> DiffusionPip
         except OSError as error:
             raise ModelNotFoundError(source, f"model={source!r} could not be loaded: {error} (negprompt reads only "
                                              "safetensors weights)") from error
+        except (ValueError, TypeError, ImportError, AttributeError, KeyError) as error:  # a broken component config
+            log.warning("loading %s failed", source, exc_info=True)
+            raise ModelNotFoundError(source, f"model={source!r} could not be loaded as a {cls.__name__}: "
+                                             f"{str(error)[:300]}") from error
     pipe.to(device)
     if dtype == torch.float16 and pipe.vae.config.get("force_upcast", False):
         # SDXL's VAE overflows in float16. diffusers upcasts it inside every call (mutating the pipeline); we do

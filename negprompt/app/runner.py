@@ -281,18 +281,18 @@ class Runner:
         side = self.sides.get(request.model, 64 if request.embedded else 512)
         return request.height or side, request.width or side
 
-    def _work(self, request: Request) -> tuple[int, int, int]:
+    def _work(self, request: Request, previews: bool = True) -> tuple[int, int, int]:
         from negprompt.cost import spec_work
 
-        return spec_work(request_spec(request), self.settings.preview_every)
+        return spec_work(request_spec(request), self.settings.kept_every(request.model) if previews else 0)
 
-    def bounds(self, request: Request) -> tuple[float, float]:
+    def bounds(self, request: Request, previews: bool = True) -> tuple[float, float]:
         """(at least, at most) seconds the comparison takes on this app's device: equal where its size has been
         measured for its model; from a smaller measured size (linear, quadratic in the pixels) where not; from a
         cautious prior where nothing of the model has been measured."""
         height, width = self._size(request)
         device = device_name(self.settings.device)
-        work = self._work(request)
+        work = self._work(request, previews)
         found = self.costs.bounds(request.model, device, height, width)
         if found is not None:
             return found[0].seconds(*work), found[1].seconds(*work)
@@ -305,10 +305,10 @@ class Runner:
         seconds = base.scaled(factor, 2 if factor > 1 else 1).seconds(*work)
         return seconds, seconds
 
-    def estimate(self, request: Request) -> float:
+    def estimate(self, request: Request, previews: bool = True) -> float:
         """Seconds the comparison should take on this app's device (the upper bound where its size is not measured
-        yet)."""
-        return self.bounds(request)[1]
+        yet), with the decodes of its kept previews when ``previews``."""
+        return self.bounds(request, previews)[1]
 
     def admit(self, request: Request, *, measure: bool = True) -> float:
         """The estimate, or ``InputError("cost", ...)`` when it exceeds the app's budget per request. When the model
@@ -407,7 +407,7 @@ class Runner:
             self._waiting = []
             return []
         first, group = live[0], [live[0]]
-        cells, seconds, seen = first.request.cells, self.estimate(first.request), {first.request}
+        cells, seconds, seen = first.request.cells, self.estimate(first.request, first.previews), {first.request}
         limit = max(self.settings.budget_s, self.settings.deadline_s / 2)  # a batch ends well before the deadline
         for t in live[1:] if self.batching else ():
             if t.key != first.key:
@@ -415,7 +415,7 @@ class Runner:
             if t.request in seen:  # identical: made once, handed to both
                 group.append(t)
                 continue
-            more, extra = t.request.cells, self.estimate(t.request)
+            more, extra = t.request.cells, self.estimate(t.request, t.previews)
             if cells + more <= self.settings.max_cells and seconds + extra <= limit:
                 group.append(t)
                 seen.add(t.request)
@@ -467,7 +467,7 @@ class Runner:
             if not requests:
                 return
             specs = [request_spec_for(r, pipe) for r in requests]
-            every = settings.preview_every if group[0].previews else 0
+            every = settings.kept_every(first.model) if group[0].previews else 0
             # every cell's preview every ``every`` steps is kept for the step scrubber and the curves
             recorders = [PreviewRecorder(spec.steps, then=progress(tickets), max_side=PREVIEW_SIDE)
                          for spec, tickets in zip(specs, requests.values())]
