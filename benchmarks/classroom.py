@@ -3,6 +3,7 @@
     python benchmarks/classroom.py                     # 30 clients within 10 s, the embedded model, this CPU
     python benchmarks/classroom.py --clients 8 --within 2
     python benchmarks/classroom.py --same-example      # all 30 send the same request (one example, one seed)
+    python benchmarks/classroom.py --compare-batching  # the same 30 requests with batching off, then on
 
 Starts the app in this process on a loopback port (nothing leaves the machine), warms it with one request, then
 times the engine alone (``compare`` on the loaded model, median of 3) against a warm request through the app's API
@@ -10,6 +11,12 @@ times the engine alone (``compare`` on the loaded model, median of 3) against a 
 random moment within ``--within`` seconds, with its own seed and its own order of negatives, and polls its job. It
 prints: refused (errors), lost (no result), cross-talk (a result whose manifest is not its own request), the largest
 queue position a client saw, p50/p95 seconds from submit to result, and the app-vs-engine time.
+
+``--compare-batching`` runs the same class twice in one run, on two apps started alike: first with batching off
+(``NEGPROMPT_BATCH=0``: one request per run), then on (waiting requests with the same settings run as one batch).
+Every client keeps its images; in the second class each client's images are compared with its own images from the
+first (``crossed``: a client whose images are not those of its own request, more than 2/255 apart, the rounding of
+another batch size), and the p50/p95 ratios on/off are printed.
 """
 
 from __future__ import annotations
@@ -37,7 +44,7 @@ def student(url: str, index: int, delay: float, out: dict, clients: list, same: 
     """One student: waits ``delay`` s, submits, polls the queue position, checks the result is its own."""
     from gradio_client import Client
 
-    record = out[index] = {"refused": False, "lost": True, "own": False, "rank": 0, "seconds": None}
+    record = out[index] = {"refused": False, "lost": True, "own": False, "rank": 0, "seconds": None, "images": None}
     negatives = NEGATIVES if same else NEGATIVES[index % 3:] + NEGATIVES[:index % 3]  # each student's own order
     seed = 1000 if same else 1000 + index
     try:
@@ -57,9 +64,33 @@ def student(url: str, index: int, delay: float, out: dict, clients: list, same: 
         record["own"] = ([c["negative_prompt"] for c in cells] == ["", *negatives]
                          and all(c["seed"] == seed for c in cells) and len(gallery) == 4
                          and manifest["settings"]["prompt"] == PROMPT)
+        record["images"] = [pixels(item) for item in gallery]
     except Exception as error:  # a refusal (queue full, error) counts, whatever its type
         record["refused"] = True
         record["error"] = f"{type(error).__name__}: {error}"[:200]
+
+
+def pixels(item):
+    """A gallery item's image as an int16 array."""
+    import numpy as np
+    from PIL import Image
+
+    path = item["image"] if isinstance(item, dict) else item[0] if isinstance(item, (list, tuple)) else item
+    path = path["path"] if isinstance(path, dict) else path
+    with Image.open(path) as image:
+        return np.asarray(image.convert("RGB"), dtype=np.int16)
+
+
+def crossed(records: list[dict], reference: list[dict], tolerance: int = 2) -> int:
+    """Clients whose images differ from their own request's ``reference`` images by more than ``tolerance``/255."""
+    bad = 0
+    for mine, theirs in zip(records, reference):
+        if mine["images"] is None or theirs["images"] is None:
+            continue
+        if len(mine["images"]) != len(theirs["images"]) or any(
+                int(abs(a - b).max()) > tolerance for a, b in zip(mine["images"], theirs["images"])):
+            bad += 1
+    return bad
 
 
 def engine_seconds(steps: int) -> float:
@@ -71,6 +102,26 @@ def engine_seconds(steps: int) -> float:
     start = time.perf_counter()
     compare(pipe, PROMPT, NEGATIVES, seed=1, steps=steps, guidance_scale=7.5)
     return time.perf_counter() - start
+
+
+def engine_batching(requests: int, steps: int) -> tuple[float, float]:
+    """Seconds for ``requests`` students' 1+3 comparisons on the engine alone: one by one, then as one batch
+    (``negprompt.engine.run_many``), on the loaded embedded model."""
+    from negprompt.engine import run, run_many
+    from negprompt.loading import load_pipeline
+    from negprompt.plan import negatives_spec
+
+    pipe = load_pipeline(device="cpu")
+    specs = [negatives_spec(PROMPT, NEGATIVES[i % 3:] + NEGATIVES[:i % 3], [1000 + i], model="embedded",
+                            steps=steps, guidance_scale=7.5) for i in range(requests)]
+    run(pipe, specs[0])  # warm
+    start = time.perf_counter()
+    for spec in specs:
+        run(pipe, spec)
+    alone = time.perf_counter() - start
+    start = time.perf_counter()
+    run_many(pipe, specs, max_cells=sum(len(s.cells) for s in specs))
+    return alone, time.perf_counter() - start
 
 
 def app_seconds(client, seed: int = 1) -> float:
@@ -96,9 +147,10 @@ def overhead(url: str, steps: int, repeats: int = 3) -> tuple[float, float]:
 
 
 def classroom(url: str, clients: int, within: float, seed: int = 0, connect_first: bool = True,
-              same: bool = False) -> dict:
+              same: bool = False, reference: list[dict] | None = None) -> dict:
     """Run the class; returns the figures (see the module docstring). ``same``: every student sends the same
-    request (a class pressing the same example)."""
+    request (a class pressing the same example). ``reference``: the ``records`` of an earlier class of the same
+    requests, to count the clients whose images are not their own request's (``crossed``)."""
     from gradio_client import Client
 
     rng = random.Random(seed)
@@ -122,8 +174,31 @@ def classroom(url: str, clients: int, within: float, seed: int = 0, connect_firs
         "saw_queue_position": sum(r["rank"] > 0 for r in records),
         "p50_s": percentile(seconds, 0.5) if seconds else None,
         "p95_s": percentile(seconds, 0.95) if seconds else None,
+        "crossed": crossed(records, reference) if reference is not None else None,
         "errors": [r["error"] for r in records if "error" in r][:3],
+        "records": records,
     }
+
+
+def serve(settings):
+    """Start the app in this process on a free loopback port; returns (demo, url)."""
+    import socket
+
+    from negprompt.app import build_demo, launch_options
+
+    demo = build_demo(settings)
+    demo.queue(max_size=settings.queue_size, default_concurrency_limit=1)
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    _, url, _ = demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True,
+                            **launch_options(settings))
+    return demo, url
+
+
+def show(figures: dict) -> str:
+    return " ".join(f"{k}={v:.2f}" if isinstance(v, float) else f"{k}={v}" for k, v in figures.items()
+                    if k != "records")
 
 
 def main() -> None:
@@ -132,29 +207,49 @@ def main() -> None:
     parser.add_argument("--within", type=float, default=10.0, help="seconds over which they all submit")
     parser.add_argument("--same-example", action="store_true",
                         help="every student sends the same request (seed 1000), as a class pressing one example")
+    parser.add_argument("--compare-batching", action="store_true",
+                        help="the same class with batching off, then on, in this one run")
     args = parser.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     sys.path.insert(0, str(ROOT))
 
-    import socket
+    from dataclasses import replace
 
-    from negprompt.app import AppSettings, build_demo, launch_options
+    import torch
+
+    from negprompt.app import AppSettings
 
     settings = AppSettings.from_env()
-    demo = build_demo(settings)
-    demo.queue(max_size=settings.queue_size, default_concurrency_limit=1)
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    _, url, _ = demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True,
-                            **launch_options(settings))
+    print(f"torch threads {torch.get_num_threads()}, load average {os.getloadavg()[0]:.1f}", flush=True)
+    if args.compare_batching:
+        alone, together = engine_batching(8, settings.default_steps)
+        print(f"engine, 8 students' 1+3 at {settings.default_steps} steps: one by one {alone:.1f} s, as one batch "
+              f"{together:.1f} s ({together / alone:.2f}x)", flush=True)
+        figures = {}
+        for batching in (False, True) if args.clients else ():
+            demo, url = serve(replace(settings, batch_requests=batching))
+            try:
+                from gradio_client import Client
+
+                app_seconds(Client(url, verbose=False), seed=100)  # loads the model
+                reference = figures[False]["records"] if batching else None
+                figures[batching] = classroom(url, args.clients, args.within, same=args.same_example,
+                                              reference=reference)
+            finally:
+                demo.close()
+            print(f"batching {'on ' if batching else 'off'}: {show(figures[batching])} "
+                  f"(load average {os.getloadavg()[0]:.1f})", flush=True)
+        off, on = figures.get(False), figures.get(True)
+        if off and on and off["p50_s"] and on["p50_s"]:
+            print(f"on/off: p50 {on['p50_s'] / off['p50_s']:.2f}x, p95 {on['p95_s'] / off['p95_s']:.2f}x")
+        return
+    demo, url = serve(settings)
     try:
         engine, app = overhead(url, settings.default_steps)
         print(f"engine 1+3 at {settings.default_steps} steps: {engine:.2f} s; warm app request: {app:.2f} s "
               f"({app / engine:.2f}x)", flush=True)
         if args.clients:
-            figures = classroom(url, args.clients, args.within, same=args.same_example)
-            print(" ".join(f"{k}={v:.2f}" if isinstance(v, float) else f"{k}={v}" for k, v in figures.items()))
+            print(show(classroom(url, args.clients, args.within, same=args.same_example)))
     finally:
         demo.close()
 

@@ -34,7 +34,8 @@ import hashlib
 import math
 import time
 from collections.abc import Callable, Sequence
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
+from contextvars import ContextVar
 from dataclasses import dataclass, replace
 
 import torch
@@ -80,6 +81,7 @@ def compare(
     callback: StepCallback | None = None,
     preview_every: int = 0,
     attention_maps: bool = False,
+    interrupt: Callable[[], None] | None = None,
 ) -> Comparison:
     """Run a comparison: ``compare(pipe, spec)`` runs a ``ComparisonSpec`` as it stands; ``compare(pipe, prompt,
     negatives, ...)`` runs ``prompt`` with no negative (the baseline) and with each of ``negatives``, for each seed.
@@ -94,14 +96,16 @@ def compare(
     the running chunk every ``preview_every`` steps (else None); an exception raised by the callback stops the
     comparison and propagates (that is how a front end cancels an abandoned run). ``attention_maps``: also capture,
     per cell, where its negative prompt's tokens were attended to (``negprompt.attention``; the images do not
-    change), in ``result.attention_maps``. Bad input raises ``InputError``.
+    change), in ``result.attention_maps``. ``interrupt()`` is called inside every step, between the UNet's blocks,
+    and before every VAE decode: an exception it raises stops the comparison there and propagates (a deadline or a
+    cancel that cannot wait for a long step to end). Bad input raises ``InputError``.
     """
     if isinstance(prompt, ComparisonSpec):
         if negatives or other_positive is not None or seed is not None or seeds is not None:
             raise InputError("negatives", negatives, "with a ComparisonSpec, the cells come from the spec: give no "
                                                      "negatives, seeds or other_positive")
         return run(pipe, prompt, max_batch=max_batch, max_cells=max_cells, callback=callback,
-                   preview_every=preview_every, attention_maps=attention_maps)
+                   preview_every=preview_every, attention_maps=attention_maps, interrupt=interrupt)
     negatives = [negatives] if isinstance(negatives, str) else list(negatives)
     rows = _check_convenience(prompt, negatives, seed, seeds, baseline, other_positive, scheduler, max_cells)
     diffusers_pipe = pipe.pipe if isinstance(pipe, Loaded) else pipe
@@ -111,13 +115,24 @@ def compare(
                           guidance_scale=guidance_scale, height=height, width=width, sampler=scheduler,
                           baseline=baseline, other_positive=other_positive, guidance=guidance_method)
     return run(pipe, spec, max_batch=max_batch, max_cells=max_cells, callback=callback, preview_every=preview_every,
-               attention_maps=attention_maps)
+               attention_maps=attention_maps, interrupt=interrupt)
 
 
 def run(pipe, spec: ComparisonSpec, *, max_batch: int | None = None, max_cells: int = MAX_CELLS,
-        callback: StepCallback | None = None, preview_every: int = 0, attention_maps: bool = False) -> Comparison:
-    """Make every cell of ``spec`` (see ``compare``). The result keeps the spec with the image size resolved, so
-    ``run(pipe, result.spec)`` gives the same images again."""
+        callback: StepCallback | None = None, preview_every: int = 0, attention_maps: bool = False,
+        interrupt: Callable[[], None] | None = None) -> Comparison:
+    """Make every cell of ``spec`` (see ``compare``). The result keeps the spec with the image size resolved and
+    the chunking it used (``max_batch_used``), so ``run(pipe, result.spec, max_batch=result.max_batch_used)`` gives
+    the same images again, pixel for pixel, on the same machine and libraries. Another chunking gives the same
+    images up to the rounding of the UNet's kernels at another batch size (a CPU's kernels round differently at some
+    batch sizes): at most a few 1/255 steps on a few pixels, never another picture."""
+    with _interrupting(pipe.pipe if isinstance(pipe, Loaded) else pipe, interrupt):
+        return _run(pipe, spec, max_batch=max_batch, max_cells=max_cells, callback=callback,
+                    preview_every=preview_every, attention_maps=attention_maps, interrupt=interrupt)
+
+
+def _run(pipe, spec: ComparisonSpec, *, max_batch, max_cells, callback, preview_every, attention_maps,
+         interrupt) -> Comparison:
     # 1. Check inputs
     pipe, runtime = (pipe.pipe, pipe.runtime) if isinstance(pipe, Loaded) else (pipe, runtime_of(pipe))
     family = family_of(pipe)
@@ -182,8 +197,11 @@ def run(pipe, spec: ComparisonSpec, *, max_batch: int | None = None, max_cells: 
     # 5. Decode
     start = time.perf_counter()
     n = len(spec.cells)
-    images = [img for i in range(0, n, batch_used)
-              for img in family.decode(latents[i:i + batch_used], spec.height, spec.width)]
+    images = []
+    for i in range(0, n, batch_used):
+        if interrupt is not None:
+            interrupt()
+        images.extend(family.decode(latents[i:i + batch_used], spec.height, spec.width))
     timings["decode_s"] = time.perf_counter() - start
     timings["total_s"] = sum(timings.values())
 
@@ -194,6 +212,109 @@ def run(pipe, spec: ComparisonSpec, *, max_batch: int | None = None, max_cells: 
     return Comparison(spec=spec, settings=settings, cells=cells, warnings=warnings, timings=timings,
                       max_batch_used=batch_used, attention_maps=capture.maps() if capture is not None else [],
                       additions=additions_of(pipe))
+
+
+def run_many(pipe, specs: Sequence[ComparisonSpec], *, max_cells: int = MAX_CELLS,
+             callbacks: Sequence[StepCallback | None] | None = None, preview_every: int = 0,
+             attention_maps: bool = False, interrupt: Callable[[], None] | None = None) -> list[Comparison]:
+    """Run several specs that share their settings (model, steps, guidance scale, size, sampler, baseline) as ONE
+    spec: every cell of every spec in one UNet batch per step. Returns one ``Comparison`` per spec, as ``run`` would
+    return it for that spec alone: its own cells in its own order, rows, references, settings, infotexts, warnings
+    and attention maps; only the timings (shared) and the batch used tell that it ran with others. The images are
+    the spec's own up to the rounding of a larger batch (see ``run``). ``callbacks[k]`` gets spec k's step counts
+    and its own cells' previews (previews only while one chunk holds every cell); ``max_cells`` caps the cells of
+    all specs together."""
+    family = family_of(pipe.pipe if isinstance(pipe, Loaded) else pipe)
+    specs = list(specs)
+    if not specs or not all(isinstance(s, ComparisonSpec) for s in specs):
+        raise InputError("specs", specs, "run_many needs a list of one or more ComparisonSpecs")
+    side = family.default_side()
+    specs = [replace(s, height=s.height or side, width=s.width or side) for s in specs]
+    shared = _shared_settings(specs[0])
+    for k, spec in enumerate(specs):
+        if _shared_settings(spec) != shared:
+            raise InputError(f"specs[{k}]", _shared_settings(spec), f"specs[{k}] differs from specs[0] in a setting "
+                                                                    "every cell of a batch shares")
+    cells, offsets, rows = [], [], 0
+    for spec in specs:
+        offsets.append(len(cells))
+        cells.extend(replace(c, row=c.row + rows,
+                             reference=None if c.reference is None else c.reference + offsets[-1]) for c in spec.cells)
+        rows += spec.rows
+    merged = replace(specs[0], cells=tuple(cells), mode=specs[0].mode if len({s.mode for s in specs}) == 1
+                     else "batch")
+
+    def split(done, total, previews):
+        for k, callback in enumerate(callbacks or ()):
+            if callback is not None:
+                whole = previews is not None and len(previews) == len(cells)
+                own = previews[offsets[k]:offsets[k] + len(specs[k].cells)] if whole else None
+                callback(done, total, own)
+
+    result = run(pipe, merged, max_cells=max_cells, callback=split if callbacks else None,
+                 preview_every=preview_every, attention_maps=attention_maps, interrupt=interrupt)
+    out = []
+    for spec, offset in zip(specs, offsets):
+        settings = Settings.from_spec(spec, result.settings.scheduler, result.settings.model)
+        mine = result.cells[offset:offset + len(spec.cells)]
+        own = [Cell(index=j, row=c.row, spec=c, image=m.image, seed=m.seed,
+                    initial_latent_sha256=m.initial_latent_sha256,
+                    parameters=cell_infotext(settings, c, spec.reading_of(c)))
+               for j, (c, m) in enumerate(zip(spec.cells, mine))]
+        maps = result.attention_maps[offset:offset + len(spec.cells)] if result.attention_maps else []
+        out.append(Comparison(spec=spec, settings=settings, cells=own,
+                              warnings=spec_warnings(family.tokenizer, spec, family.distilled),
+                              timings=dict(result.timings), max_batch_used=result.max_batch_used,
+                              attention_maps=maps, additions=result.additions))
+    return out
+
+
+def _shared_settings(spec: ComparisonSpec) -> tuple:
+    """What every cell of one batch shares."""
+    return (spec.model, spec.steps, spec.guidance_scale, spec.height, spec.width, spec.sampler, spec.baseline,
+            spec.reading)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Interrupting a long step
+
+_INTERRUPT: ContextVar[Callable[[], None] | None] = ContextVar("negprompt_interrupt", default=None)
+
+
+@contextmanager
+def _interrupting(pipe, interrupt: Callable[[], None] | None):
+    """While the block runs (in this thread), ``interrupt()`` is called before each block of the UNet and of the VAE
+    decoder. The hooks are installed once per model, and do nothing when no interrupt is set."""
+    if interrupt is None:
+        yield
+        return
+    for module in (family_of(pipe).denoiser, getattr(getattr(pipe, "vae", None), "decoder", None)):
+        _install_checkpoints(module)
+    token = _INTERRUPT.set(interrupt)
+    try:
+        yield
+    finally:
+        _INTERRUPT.reset(token)
+
+
+def _checkpoint(*_args):
+    interrupt = _INTERRUPT.get()
+    if interrupt is not None:
+        interrupt()
+
+
+def _install_checkpoints(module) -> None:
+    if module is None or getattr(module, "_negprompt_checkpoints", False) or hasattr(module, "_orig_mod"):
+        return  # none, done already, or compiled (its graph stays whole)
+    blocks = [*getattr(module, "down_blocks", ()), getattr(module, "mid_block", None),
+              *getattr(module, "up_blocks", ()),  # a UNet or a VAE decoder; a transformer's blocks:
+              *getattr(module, "transformer_blocks", ()), *getattr(module, "single_transformer_blocks", ())]
+    for block in blocks:
+        if isinstance(block, torch.nn.Module):
+            block.register_forward_pre_hook(_checkpoint)
+            for layer in (*getattr(block, "resnets", ()), *(getattr(block, "attentions", None) or ())):
+                layer.register_forward_pre_hook(_checkpoint)
+    module._negprompt_checkpoints = True
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -70,10 +70,16 @@ def test_manifest_spec_replays_to_identical_images(tiny_sd, tmp_path):
     cells = list(spec.cells) + [replace(spec.cells[1], guidance=PerpNeg(), window=(0.3, 1.0), label="- hat pn")]
     first = compare(tiny_sd, with_cells(spec, cells), preview_every=1, callback=lambda *_: None)
     manifest = json.loads((first.save(tmp_path / "run") / "manifest.json").read_text())
-    again = compare(tiny_sd, ComparisonSpec.from_dict(manifest["spec"]), max_batch=2)
+    spec = ComparisonSpec.from_dict(manifest["spec"])
+    again = compare(tiny_sd, spec, max_batch=manifest["max_batch_used"])
     assert len(again.cells) == len(first.cells) == 5
     for a, b in zip(first.cells, again.cells):
-        assert max_diff(a.image, b.image) == 0, "Replaying a manifest's spec must give pixel-identical images."
+        assert max_diff(a.image, b.image) == 0, "Replaying a manifest's spec with its chunking must give " \
+                                                "pixel-identical images."
+    chunked = compare(tiny_sd, spec, max_batch=2)
+    assert chunked.max_batch_used == 2
+    for a, b in zip(first.cells, chunked.cells):
+        assert max_diff(a.image, b.image) <= TOLERANCE, "Another chunking rounds the UNet differently, no more."
     assert manifest["spec"]["height"] == 64, "The manifest records the resolved image size."
 
 

@@ -27,6 +27,7 @@ import gradio as gr
 from negprompt.app.calls import ENDPOINTS, CountDataItems
 from negprompt.app.examples import load_examples
 from negprompt.app.form import MODES, READINGS, Form, field_label, form_from_api, negatives_from_boxes
+from negprompt.app.runner import WAITING_REQUESTS
 from negprompt.app.settings import AppSettings, on_spaces
 from negprompt.app.views import FormError, Views
 from negprompt.errors import LIMITS, InputError
@@ -43,9 +44,9 @@ PALETTE = ("#4e79a7", "#f28e2b", "#e15759", "#76b7b2", "#59a14f", "#edc948", "#b
 SIZES = ("auto", "64x64", "128x128", "256x256", "512x512", "768x768", "1024x1024", "768x512", "512x768")
 PRIVATE = dict(api_visibility="private")
 QUICK = dict(queue=False, show_progress="hidden", trigger_mode="always_last", **PRIVATE)
-# Two requests at a time share the queue's slot: one can write its files while the next one's comparison runs;
-# the comparisons themselves run one at a time (negprompt.app.runner.GENERATION_LOCK).
-RUN = dict(concurrency_id="generate", concurrency_limit=2)
+# Up to WAITING_REQUESTS requests at a time leave the queue for the handler: the comparisons run one at a time
+# (negprompt.app.runner.GENERATION_LOCK), each run taking every waiting request it can batch with the first.
+RUN = dict(concurrency_id="generate", concurrency_limit=WAITING_REQUESTS)
 
 DESCRIPTION = """# negprompt: what does a negative prompt do?
 Type one prompt and a few negative prompts. Every image starts from **the same noise** (the same seed); the first

@@ -22,7 +22,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from contextlib import closing
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from negprompt.app.form import Request, request_spec
 from negprompt.app.settings import AppSettings, zero_gpu_available
@@ -37,6 +37,9 @@ GENERATION_LOCK = threading.Lock()  # one comparison at a time per process, UI a
 ABANDONED_AFTER_S = 3.0
 REUSED_RESULTS = 8  # finished comparisons kept to answer identical requests
 PREVIEW_SIDE = 256  # the step scrubber's previews are kept at most this many pixels a side, per session
+# Requests let into the generate handlers at once (Gradio's concurrency limit): one run's worth is waiting while
+# another runs (a run takes at most the app's cap on images, 36 by default: nine 1+3 requests).
+WAITING_REQUESTS = 16
 
 
 @dataclass(frozen=True)
@@ -82,36 +85,84 @@ def request_spec_for(request: Request, pipe):
 # -----------------------------------------------------------------------------------------------------------------
 # Cost
 
-
-# Seconds per cell-step at 512x512 before a model has run here (cautious: SD 1.5-sized UNets); replaced by the
-# measured figure after the first run of each model on its device.
+# Seconds per cell-step at 512x512 before a model has been measured here (cautious: SD 1.5-sized UNets); sizes above
+# the model's own grow quadratically in the pixels (attention), below it linearly.
 PRIOR_SECONDS = {"cpu": 2.0, "mps": 0.3, "cuda": 0.03}
 EMBEDDED_PRIOR_SECONDS = 0.6  # the embedded model on a CPU: 0.01 s per cell-step at its 64x64
+SMALLEST_SIDE = 64  # the smallest size measured on the way up to a large one
+COSTS_KEPT = 64  # measured (model, device, size) costs kept
 
 
-class Speed:
-    """Measured seconds per cell-step-pixel, per (model, device)."""
+class Costs:
+    """Measured costs per (model, device, height, width) (``negprompt.cost.StepCost``), each measured once and never
+    changed by what runs later: admission gives the same answer for the same request whatever ran before it.
 
-    def __init__(self):
-        self._seconds: dict[tuple[str, str], float] = {}
+    A size not measured yet is measured on the way up from ``SMALLEST_SIDE``, halving sides: each measurement is
+    allowed only when the bound from the size below says it takes at most ``cap_s``; a size that cannot be measured
+    within that gets bounds from the largest size measured below it (linear and quadratic in the pixels)."""
+
+    def __init__(self, cap_s: float):
+        self.cap_s = cap_s
+        self._known: OrderedDict[tuple, object] = OrderedDict()
         self._lock = threading.Lock()
 
-    def per_unit(self, model: str, device: str) -> float:
+    def known(self, model: str, device: str, height: int, width: int):
         with self._lock:
-            known = self._seconds.get((model, device))
-        if known is not None:
-            return known
-        embedded = model == EMBEDDED_NAME and device == "cpu"
-        prior = EMBEDDED_PRIOR_SECONDS if embedded else PRIOR_SECONDS.get(device, 2.0)
-        return prior / 512**2
+            return self._known.get((model, device, height, width))
 
-    def record(self, model: str, device: str, units: float, seconds: float) -> None:
-        if units <= 0 or seconds <= 0:
-            return
-        measured = seconds / units
+    def below(self, model: str, device: str, height: int, width: int):
+        """The measured size of this model and device with the most pixels at most ``height x width``, or None."""
         with self._lock:
-            old = self._seconds.get((model, device))
-            self._seconds[(model, device)] = measured if old is None else 0.5 * old + 0.5 * measured
+            sizes = [(h * w, h, w, c) for (m, d, h, w), c in self._known.items()
+                     if m == model and d == device and h * w <= height * width]
+        return max(sizes, key=lambda s: s[0]) if sizes else None
+
+    def bounds(self, model: str, device: str, height: int, width: int):
+        """(lower, upper) ``StepCost`` at this size: equal when measured; None when nothing below it is."""
+        exact = self.known(model, device, height, width)
+        if exact is not None:
+            return exact, exact
+        found = self.below(model, device, height, width)
+        if found is None:
+            return None
+        pixels, _, _, cost = found
+        factor = height * width / pixels
+        return cost.scaled(factor, 1), cost.scaled(factor, 2)
+
+    def measure_up_to(self, pipe, model: str, device: str, height: int, width: int) -> None:
+        """Measure the sizes on the way to ``height x width`` that can be measured within ``cap_s`` (call it holding
+        the model: it runs the UNet)."""
+        from negprompt.cost import measure
+
+        for h, w in ladder(height, width, pipe.vae_scale_factor):
+            if self.known(model, device, h, w) is not None:
+                continue
+            bounds = self.bounds(model, device, h, w)
+            if bounds is not None and bounds[1].measured_s > self.cap_s:
+                return
+            cost = measure(pipe, h, w)
+            with self._lock:
+                self._known[(model, device, h, w)] = cost
+                while len(self._known) > COSTS_KEPT:
+                    self._known.popitem(last=False)
+
+
+def ladder(height: int, width: int, factor: int = 8) -> list[tuple[int, int]]:
+    """The sizes measured on the way up to ``height x width``: its sides halved while both stay at least
+    ``SMALLEST_SIDE`` pixels (multiples of ``factor``), smallest first, ending with the size itself."""
+    sizes = [(height, width)]
+    while min(sizes[-1]) // 2 >= SMALLEST_SIDE:
+        h, w = sizes[-1]
+        sizes.append((h // 2 // factor * factor, w // 2 // factor * factor))
+    return sizes[::-1]
+
+
+def describe_seconds(seconds: float) -> str:
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    if seconds < 5400:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.1f} h"
 
 
 def units(request: Request, side: int = 512) -> float:
@@ -123,14 +174,6 @@ def device_name(device: str | None) -> str:
     from negprompt.devices import pick_device
 
     return pick_device(device).type
-
-
-def describe_seconds(seconds: float) -> str:
-    if seconds < 90:
-        return f"{seconds:.0f} s"
-    if seconds < 5400:
-        return f"{seconds / 60:.0f} min"
-    return f"{seconds / 3600:.1f} h"
 
 
 # -----------------------------------------------------------------------------------------------------------------
@@ -163,18 +206,59 @@ def zero_gpu_seconds(request: Request, *_args, **_kwargs) -> int:
     return int(min(120, math.ceil(15 + 3 * cell_steps_512 / 100)))
 
 
+@dataclass(eq=False)
+class _Ticket:
+    """One request waiting for, or in, a run: its events go to its own caller only."""
+
+    request: Request
+    previews: bool
+    events: queue.Queue = field(default_factory=queue.Queue)
+    stop: threading.Event = field(default_factory=threading.Event)
+    handed: float | None = None  # when the caller was handed an event it has not come back from (None: it came back)
+    taken: bool = False  # a run has taken it (guarded by the runner's waiting lock)
+
+    @property
+    def key(self) -> tuple:
+        """What every request of one batch shares: one spec's settings, and whether previews are kept."""
+        r = self.request
+        return r.model, r.width, r.height, r.steps, r.scheduler, r.guidance_scale, r.reading, self.previews
+
+    def abandoned(self) -> bool:
+        """Its caller went away: it closed the stream, or has not come back for the next event in a while (Gradio
+        stops iterating a cancelled or disconnected request's generator without always closing it)."""
+        if self.handed is not None and time.monotonic() - self.handed > ABANDONED_AFTER_S:
+            self.stop.set()
+        return self.stop.is_set()
+
+
 class Runner:
-    """Admits requests and runs them one at a time."""
+    """Admits requests and runs them, one run at a time, several compatible requests per run.
+
+    Batching: requests wait in a list, in order of arrival; whoever gets the model next takes the oldest waiting
+    request and every later one that shares its model, size, steps, sampler, guidance scale and previews, up to the
+    app's cap on images (``max_cells``) and half its deadline (by their estimates), and runs them as ONE spec
+    (``negprompt.engine.run_many``: their cells in one UNet batch per step); each caller then gets its own
+    ``Comparison`` (cells, manifest, verdicts, previews), and identical requests in one run are made once. We
+    collect in the runner rather than use Gradio's ``batch=True`` events because those cannot be generators (the
+    app streams step counts and previews) and would batch across modes and models; a collector also works the
+    same for the UI and the API. Gradio's queue lets up to ``WAITING_REQUESTS`` requests into the handler at once
+    (``negprompt.app.layout.RUN``), so that the next run's requests gather while one runs. One caller going away
+    never stops the others' run: a run stops early only when every caller in it has gone, or at the deadline.
+    Off with ``NEGPROMPT_BATCH=0`` and under ZeroGPU
+    (there each request gets its own GPU call)."""
 
     def __init__(self, settings: AppSettings):
         self.settings = settings
-        self.speed = Speed()
+        self.batching = settings.batch_requests and not zero_gpu_available()
+        self.costs = Costs(cap_s=min(settings.budget_s, settings.deadline_s) / 4)
         self.sides: dict[str, int] = {}  # each model's own image side, once it has run
         self._run = on_gpu(self._generate, duration=lambda request, *a, **k: zero_gpu_seconds(request))
         # The last few finished comparisons by request: a class that presses the same example gets the first
         # result at once instead of queueing for identical images (a run is a pure function of its request).
         self._finished: OrderedDict[Request, object] = OrderedDict()
         self._finished_lock = threading.Lock()
+        self._waiting: list[_Ticket] = []
+        self._waiting_lock = threading.Lock()
 
     def generate(self, request: Request, *, previews: bool = True) -> Iterator:
         """Yield ``Step``s while denoising, then the finished ``Comparison``; or only ``Reused(comparison)`` when
@@ -197,95 +281,223 @@ class Runner:
                             self._finished.popitem(last=False)
                 yield event
 
-    def estimate(self, request: Request) -> float:
-        """Seconds the comparison should take on this app's device, from the measured speed of its model."""
-        side = self.sides.get(request.model, 64 if request.embedded else 512)
-        device = device_name(self.settings.device)
-        return units(request, side) * self.speed.per_unit(request.model, device)
+    # -- cost -------------------------------------------------------------------------------------------------------
 
-    def admit(self, request: Request) -> float:
-        """The estimate, or ``InputError("cost", ...)`` when it exceeds the app's budget per request. A request no
-        larger than a default one (one seed, baseline + 3 negatives, the default steps, the model's own size) is
-        always admitted, however busy the machine: the budget is for outsized requests, the deadline for the rest."""
-        seconds = self.estimate(request)
+    def _size(self, request: Request) -> tuple[int, int]:
         side = self.sides.get(request.model, 64 if request.embedded else 512)
-        if units(request, side) <= 4 * self.settings.default_steps * side * side:
-            return seconds
-        if seconds > self.settings.budget_s:
-            size = f"{request.width}x{request.height}" if request.width else "the model's size"
-            raise InputError("cost", round(seconds, 1),
-                             f"{request.cells} images x {request.steps} steps at {size} would take about "
-                             f"{describe_seconds(seconds)} on this app's {device_name(self.settings.device)}; "
-                             f"it runs at most {describe_seconds(self.settings.budget_s)} per comparison. Use "
-                             "fewer steps, seeds or negatives, or a smaller size.")
-        return seconds
+        return request.height or side, request.width or side
+
+    def _work(self, request: Request, previews: bool = True) -> tuple[int, int, int]:
+        from negprompt.cost import spec_work
+
+        return spec_work(request_spec(request), self.settings.kept_every(request.model) if previews else 0)
+
+    def bounds(self, request: Request, previews: bool = True) -> tuple[float, float]:
+        """(at least, at most) seconds the comparison takes on this app's device: equal where its size has been
+        measured for its model; from a smaller measured size (linear, quadratic in the pixels) where not; from a
+        cautious prior where nothing of the model has been measured."""
+        height, width = self._size(request)
+        device = device_name(self.settings.device)
+        work = self._work(request, previews)
+        found = self.costs.bounds(request.model, device, height, width)
+        if found is not None:
+            return found[0].seconds(*work), found[1].seconds(*work)
+        from negprompt.cost import StepCost
+
+        side = 64 if request.embedded else 512
+        prior = (EMBEDDED_PRIOR_SECONDS if request.embedded and device == "cpu" else PRIOR_SECONDS.get(device, 2.0))
+        base = StepCost(call_s=0.0, row_s=prior / 2 * side * side / 512**2, decode_s=prior * side * side / 512**2)
+        factor = height * width / (side * side)
+        seconds = base.scaled(factor, 2 if factor > 1 else 1).seconds(*work)
+        return seconds, seconds
+
+    def estimate(self, request: Request, previews: bool = True) -> float:
+        """Seconds the comparison should take on this app's device (the upper bound where its size is not measured
+        yet), with the decodes of its kept previews when ``previews``."""
+        return self.bounds(request, previews)[1]
+
+    def admit(self, request: Request, *, measure: bool = True) -> float:
+        """The estimate, or ``InputError("cost", ...)`` when it exceeds the app's budget per request. When the model
+        is idle (and ``measure``), the sizes it needs are measured first, so an outsized request is refused at once.
+        A request no larger than a default one (one seed, baseline + 3 negatives, the default steps, the model's own
+        size) is always admitted, however busy the machine: the budget is for outsized requests, the deadline for
+        the rest. The answer depends on the request and on measurements of its model, never on what ran before."""
+        if measure and GENERATION_LOCK.acquire(blocking=False):
+            try:
+                self._measure(request)
+            finally:
+                GENERATION_LOCK.release()
+        return self._check(request)
+
+    def _measure(self, request: Request, pipe=None) -> None:
+        """Measure the sizes ``request`` needs (holding the model). Loads the model when ``pipe`` is None."""
+        if request.width is None and request.model not in self.sides:
+            return  # its own size is known after its first run; the prior covers it until then
+        height, width = self._size(request)
+        device = device_name(self.settings.device)
+        if self.costs.known(request.model, device, height, width) is not None:
+            return
+        if pipe is None:
+            pipe = load(request.model, self.settings.device, self.settings.preview_decoder(request.model),
+                        self.settings.embeddings_for(request.model))
+        self.costs.measure_up_to(pipe, request.model, device, height, width)
+
+    def _check(self, request: Request) -> float:
+        low, high = self.bounds(request)
+        height, width = self._size(request)
+        side = self.sides.get(request.model, 64 if request.embedded else 512)
+        if (height, width) == (side, side) and units(request, side) <= 4 * self.settings.default_steps * side * side:
+            return high
+        budget = self.settings.budget_s
+        if high <= budget:
+            return high
+        size = f"{request.width}x{request.height}" if request.width else "the model's size"
+        what = f"{request.cells} images x {request.steps} steps at {size}"
+        where = f"on this app's {device_name(self.settings.device)}"
+        if low == high:
+            estimate = f"would take about {describe_seconds(high)} {where}"
+        elif low > budget:
+            estimate = f"would take at least {describe_seconds(low)} {where}"
+        else:  # between: only measuring could tell, and this size cannot be measured quickly
+            estimate = (f"would take between {describe_seconds(low)} and {describe_seconds(high)} {where} (a "
+                        "size this large cannot be measured quickly)")
+        if low <= budget and low != high and self.costs.below(request.model, device_name(self.settings.device),
+                                                             height, width) is None:
+            return high  # nothing of this model measured yet: the run measures it first and checks again
+        raise InputError("cost", round(high, 1), f"{what} {estimate}; it runs at most "
+                                                 f"{describe_seconds(budget)} per comparison. Use fewer steps, seeds "
+                                                 "or negatives, or a smaller size.")
+
+    # -- running ----------------------------------------------------------------------------------------------------
 
     def _generate(self, request: Request, *, previews: bool = True) -> Iterator:
         """Yield ``Step``s while denoising, then the finished ``Comparison``. Exceptions reach the caller; closing
-        the stream (the caller went away) stops the comparison at its next step and frees the lock."""
+        the stream (the caller went away) takes it out of its run (the run stops when nobody is left in it)."""
+        ticket = _Ticket(request, previews)
+        with self._waiting_lock:
+            self._waiting.append(ticket)
+        threading.Thread(target=self._serve, args=(ticket,), name="negprompt-compare", daemon=True).start()
+        try:
+            while True:
+                event = ticket.events.get()
+                if isinstance(event, BaseException):
+                    raise event
+                ticket.handed = time.monotonic()
+                yield event
+                ticket.handed = None
+                if not isinstance(event, Step):
+                    return
+        finally:
+            ticket.stop.set()
+
+    def _serve(self, ticket: _Ticket) -> None:
+        """Wait for the model; then run the oldest waiting requests (ours, or earlier ones), until ours has run."""
+        while True:
+            with GENERATION_LOCK:
+                with self._waiting_lock:
+                    if ticket.taken:
+                        return
+                    group = self._take()
+                if group:
+                    self._run_group(group)
+
+    def _take(self) -> list[_Ticket]:
+        """The next run's requests (call holding both locks): the oldest live one, and (batching) every later one
+        with the same key, up to the cap on images and the budget."""
+        live = []
+        for t in self._waiting:
+            if t.abandoned():
+                t.taken = True
+            else:
+                live.append(t)
+        if not live:
+            self._waiting = []
+            return []
+        first, group = live[0], [live[0]]
+        cells, seconds, seen = first.request.cells, self.estimate(first.request, first.previews), {first.request}
+        limit = max(self.settings.budget_s, self.settings.deadline_s / 2)  # a batch ends well before the deadline
+        for t in live[1:] if self.batching else ():
+            if t.key != first.key:
+                continue
+            if t.request in seen:  # identical: made once, handed to both
+                group.append(t)
+                continue
+            more, extra = t.request.cells, self.estimate(t.request, t.previews)
+            if cells + more <= self.settings.max_cells and seconds + extra <= limit:
+                group.append(t)
+                seen.add(t.request)
+                cells, seconds = cells + more, seconds + extra
+        for t in group:
+            t.taken = True
+        self._waiting = [t for t in live if not t.taken]
+        return group
+
+    def _run_group(self, group: list[_Ticket]) -> None:
+        """Run the requests of ``group`` as one spec and hand each ticket its own result (or the error)."""
         from negprompt import attention
-        from negprompt.engine import compare
+        from negprompt.engine import compare, run_many
         from negprompt.explore import PreviewRecorder
         from negprompt.families import family_of
         from negprompt.verdicts import explain
 
-        events: queue.Queue = queue.Queue()
-        stop = threading.Event()
-        deadline = time.monotonic() + self.settings.deadline_s
         settings = self.settings
-        waiting = [None]  # when the caller was handed an event it has not come back from (None: it came back)
+        deadline = time.monotonic() + settings.deadline_s
 
-        def on_step(done, total, previews):
-            since = waiting[0]
-            if since is not None and time.monotonic() - since > ABANDONED_AFTER_S:
-                stop.set()  # the caller stopped iterating (a cancelled or disconnected request) without closing us
-            if stop.is_set():
-                log.info("stopping an abandoned comparison at step %d of %d", done, total)
+        def interrupt():
+            if all(t.abandoned() for t in group):
+                log.info("stopping a comparison whose callers all went away")
                 raise Cancelled("the request was abandoned")
             if time.monotonic() > deadline:
                 raise DeadlineExceeded(f"stopped after {describe_seconds(settings.deadline_s)}, the longest this "
                                        "app runs one comparison")
-            events.put(Step(done, total, previews))
 
-        def work():
-            try:
-                with GENERATION_LOCK:
-                    if stop.is_set():
-                        raise Cancelled("the request was abandoned")
-                    pipe = load(request.model, settings.device, settings.preview_decoder(request.model),
-                                settings.embeddings_for(request.model))
-                    spec = request_spec_for(request, pipe)
-                    every = settings.kept_every(request.model) if previews else 0
-                    # every cell's preview every ``every`` steps is kept for the step scrubber and the curves
-                    recorder = PreviewRecorder(spec.steps, then=on_step, max_side=PREVIEW_SIDE)
-                    maps = settings.attention_maps and attention.installed(family_of(pipe).denoiser)
-                    result = explain(compare(pipe, spec, callback=recorder, preview_every=every,
-                                             max_cells=max(len(spec.cells), 1), attention_maps=maps), pipe,
-                                     recorder if every else None)
-                    if spec.mode == "xray":
-                        from negprompt.embeddings import xray_findings
+        def progress(tickets):
+            def on_step(done, total, previews):
+                interrupt()
+                for t in tickets:
+                    if not t.abandoned():
+                        t.events.put(Step(done, total, previews))
+            return on_step
 
-                        result.explored["xray"] = xray_findings(pipe, request.negatives[0].lower(), request.vectors)
-                denoise = result.timings.get("denoise_s", 0.0)
+        try:
+            first = group[0].request
+            pipe = load(first.model, settings.device, settings.preview_decoder(first.model),
+                        settings.embeddings_for(first.model))
+            requests: dict[Request, list[_Ticket]] = {}
+            for t in group:
+                requests.setdefault(t.request, []).append(t)
+            for request, tickets in list(requests.items()):
+                try:  # the sizes measured now (the model is ours), then admitted again on the measurement
+                    self._measure(request, pipe)
+                    self._check(request)
+                except InputError as error:
+                    for t in requests.pop(request):
+                        t.events.put(error)
+            if not requests:
+                return
+            specs = [request_spec_for(r, pipe) for r in requests]
+            every = settings.kept_every(first.model) if group[0].previews else 0
+            # every cell's preview every ``every`` steps is kept for the step scrubber and the curves
+            recorders = [PreviewRecorder(spec.steps, then=progress(tickets), max_side=PREVIEW_SIDE)
+                         for spec, tickets in zip(specs, requests.values())]
+            maps = settings.attention_maps and attention.installed(family_of(pipe).denoiser)
+            cells = sum(len(spec.cells) for spec in specs)
+            if len(specs) == 1:
+                results = [compare(pipe, specs[0], callback=recorders[0], preview_every=every, max_cells=cells,
+                                   attention_maps=maps, interrupt=interrupt)]
+            else:
+                results = run_many(pipe, specs, max_cells=cells, callbacks=recorders, preview_every=every,
+                                   attention_maps=maps, interrupt=interrupt)
+            for (request, tickets), result, recorder in zip(requests.items(), results, recorders):
                 if request.width is None:
                     self.sides[request.model] = max(result.settings.width, result.settings.height)
-                self.speed.record(request.model, pipe.device.type,
-                                  len(result.cells) * result.settings.steps * result.settings.width
-                                  * result.settings.height, denoise)
-                events.put(result)
-            except BaseException as error:  # handed to the caller's thread, which raises it
-                events.put(error)
+                result = explain(result, pipe, recorder if every else None)
+                if result.spec.mode == "xray":
+                    from negprompt.embeddings import xray_findings
 
-        threading.Thread(target=work, name="negprompt-compare", daemon=True).start()
-        try:
-            while True:
-                event = events.get()
-                if isinstance(event, BaseException):
-                    raise event
-                waiting[0] = time.monotonic()
-                yield event
-                waiting[0] = None
-                if not isinstance(event, Step):
-                    return
-        finally:
-            stop.set()
+                    result.explored["xray"] = xray_findings(pipe, request.negatives[0].lower(), request.vectors)
+                for t in tickets:
+                    t.events.put(result)
+        except BaseException as error:  # handed to every caller's thread, which raises it
+            for t in group:
+                t.events.put(error)

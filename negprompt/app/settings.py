@@ -115,6 +115,7 @@ class AppSettings:
     attention_maps: bool = True  # NEGPROMPT_ATTENTION_MAPS: capture where each negative was attended to
     budget_s: float = 60.0  # NEGPROMPT_BUDGET_S: refuse a request whose estimated run time exceeds this (seconds)
     deadline_s: float = 180.0  # NEGPROMPT_DEADLINE_S: stop a running request after this long (seconds)
+    batch_requests: bool = True  # NEGPROMPT_BATCH: run waiting requests with the same settings as one batch
     max_upload: str = "1kb"  # NEGPROMPT_MAX_UPLOAD: Gradio's max_file_size (the app takes no uploads)
     # NEGPROMPT_PREVIEW_DECODERS: MODEL=DECODER pairs, comma-separated: an AutoencoderTiny (folder or Hub id) that
     # decodes that model's step previews, e.g. "stable-diffusion-v1-5/stable-diffusion-v1-5=madebyollin/taesd"
@@ -156,6 +157,7 @@ class AppSettings:
             attention_maps=_bool("NEGPROMPT_ATTENTION_MAPS", True),
             budget_s=_float("NEGPROMPT_BUDGET_S", cls.budget_s),
             deadline_s=_float("NEGPROMPT_DEADLINE_S", cls.deadline_s),
+            batch_requests=_bool("NEGPROMPT_BATCH", True),
             max_upload=os.environ.get("NEGPROMPT_MAX_UPLOAD", "").strip() or cls.max_upload,
             preview_decoders=_pairs("NEGPROMPT_PREVIEW_DECODERS"),
             embeddings=tuple(parse_embedding_list(os.environ.get("NEGPROMPT_EMBEDDINGS", ""))),

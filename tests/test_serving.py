@@ -1,0 +1,213 @@
+"""Serving many requests: compatible waiting requests run as one batch and each caller gets its own cells; the cost
+of a request is measured at its size, whatever ran before; a deadline stops a run inside a long step."""
+
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import replace
+
+import numpy as np
+import pytest
+import torch
+
+from negprompt.app.form import Form, build_request
+from negprompt.app.settings import AppSettings
+from negprompt.errors import InputError
+
+TOLERANCE = 2  # of 255: the rounding of a UNet run at another batch size (see negprompt.engine.run)
+
+
+def max_diff(a, b) -> int:
+    return int(np.abs(np.asarray(a, dtype=np.int16) - np.asarray(b, dtype=np.int16)).max())
+
+
+def finished(events):
+    from negprompt.app.runner import Reused, Step
+
+    last = [e for e in events if not isinstance(e, Step)][-1]
+    return last.result if isinstance(last, Reused) else last
+
+
+def test_waiting_requests_run_as_one_batch_and_each_gets_its_own_cells(tiny_sd_folder):
+    """Three requests wait while the model is busy; the two with the same settings run in one UNet batch, the third
+    alone; each caller gets exactly its own cells, equal to what it gets running alone."""
+    from negprompt.app.runner import GENERATION_LOCK, Runner, Step
+
+    model = str(tiny_sd_folder)
+    settings = AppSettings(device="cpu", preview_every=1, model=model, models=(model,))
+    runner = Runner(settings)
+    forms = [Form(prompt="portrait photo of a man", negatives=((0, "hat"), (1, "glasses")), seed=3, steps=3,
+                  model=model),
+             Form(prompt="portrait photo of a woman", negatives=((0, "glasses"),), seed=7, steps=3, model=model),
+             Form(prompt="portrait photo of a man", negatives=((0, "hat"),), seed=3, steps=4, model=model)]
+    requests = [build_request(settings, f) for f in forms]
+    got: dict[int, list] = {}
+
+    def client(i):
+        got[i] = list(runner.generate(requests[i]))
+
+    with GENERATION_LOCK:  # someone else's comparison holds the model while the three arrive
+        threads = [threading.Thread(target=client, args=(i,)) for i in range(3)]
+        for thread in threads:
+            thread.start()
+        time.sleep(1.0)
+    for thread in threads:
+        thread.join(120)
+    results = [finished(got[i]) for i in range(3)]
+    assert results[0].max_batch_used == results[1].max_batch_used == 5, \
+        "The two requests with the same settings (3 + 2 cells) must run in one batch."
+    assert results[2].max_batch_used == 2, "Other steps: another run."
+    for i, result in enumerate(results):
+        request = requests[i]
+        assert [c.spec.negative for c in result.cells] == ["", *request.negatives], f"Client {i} gets its own cells."
+        assert {c.seed for c in result.cells} == set(request.seeds)
+        assert result.settings.prompt == request.prompt and result.spec.steps == request.steps
+        assert [c.index for c in result.cells] == list(range(len(result.cells)))
+        assert [c.reference for c in result.cells] == [None] + [0] * len(request.negatives)
+        previews = [e.previews for e in got[i] if isinstance(e, Step) and e.previews is not None]
+        assert previews and all(len(p) == len(result.cells) for p in previews), "Previews of its own cells only."
+        assert len(result.previews[0]) == len(result.cells)
+    alone = Runner(replace(settings, batch_requests=False))
+    for i in range(2):
+        own = finished(alone.generate(requests[i]))
+        assert own.max_batch_used == len(own.cells)
+        for a, b in zip(results[i].cells, own.cells):
+            assert max_diff(a.image, b.image) <= TOLERANCE, "A batched cell is the cell its request makes alone."
+        assert [v and v.status for v in results[i].verdicts] == [v and v.status for v in own.verdicts]
+
+
+def test_one_caller_going_away_does_not_stop_the_others(tiny_sd_folder):
+    from negprompt.app.runner import GENERATION_LOCK, Runner
+
+    model = str(tiny_sd_folder)
+    settings = AppSettings(device="cpu", preview_every=0, model=model, models=(model,))
+    runner = Runner(settings)
+    forms = [Form(prompt="portrait photo of a man", negatives=((0, "hat"),), seed=s, steps=6, model=model)
+             for s in (1, 2)]
+    streams = [runner.generate(build_request(settings, f)) for f in forms]
+    kept: list = []
+    with GENERATION_LOCK:
+        done = threading.Thread(target=lambda: kept.extend(streams[1]))
+        done.start()
+        gone = threading.Thread(target=lambda: next(streams[0]))
+        gone.start()
+        time.sleep(1.0)
+    gone.join(60)
+    streams[0].close()  # the first caller leaves after its first step
+    done.join(120)
+    result = finished(kept)
+    assert [c.seed for c in result.cells] == [2, 2], "The caller who stayed gets its whole result."
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Cost
+
+
+def test_a_1024_timing_request_is_refused_at_once_with_an_estimate(tiny_sd_folder):
+    """One step at 1024x1024 costs thousands of times one at 64x64 on a CPU: measured on the way up, the request is
+    refused before it runs, with its estimate."""
+    from negprompt.app.runner import GENERATION_LOCK, Runner
+
+    model = str(tiny_sd_folder)
+    settings = AppSettings(device="cpu", model=model, models=(model,), budget_s=60)
+    runner = Runner(settings)
+    big = build_request(settings, Form(prompt="a man", negatives=((0, "hat"),), steps=1, size="1024x1024",
+                                       model=model, mode="When it acts (timing)"))
+    start = time.perf_counter()
+    with pytest.raises(InputError) as error:
+        runner.admit(big)
+    assert time.perf_counter() - start < 60, "Refused at once, not after running."
+    assert error.value.argument == "cost" and "would take" in str(error.value), str(error.value)
+    assert not GENERATION_LOCK.locked()
+
+
+def test_admission_does_not_depend_on_what_ran_before(tiny_sd_folder):
+    from negprompt.app.runner import Runner
+
+    model = str(tiny_sd_folder)
+    settings = AppSettings(device="cpu", model=model, models=(model,), preview_every=0)
+    runner = Runner(settings)
+    request = build_request(settings, Form(prompt="a man", negatives=((0, "hat"), (1, "glasses")), steps=30,
+                                           size="128x128", model=model))
+    first = runner.admit(request)
+    answers = []
+    for steps in (2, 2, 20, 20):
+        other = build_request(settings, Form(prompt="a man", negatives=((0, "hat"),), steps=steps, seed=steps,
+                                             size="128x128", model=model))
+        finished(runner.generate(other, previews=False))
+        answers.append(runner.admit(request))
+    assert answers == [first] * 4, f"The same request must get the same estimate after any history: {answers}"
+
+
+def test_the_cost_is_measured_at_the_size_and_bounded_above_it(tiny_sd):
+    from negprompt.app.runner import Costs, ladder
+
+    assert ladder(1024, 768) == [(128, 96), (256, 192), (512, 384), (1024, 768)]
+    costs = Costs(cap_s=1e9)
+    costs.measure_up_to(tiny_sd, "tiny", "cpu", 128, 128)
+    low, high = costs.bounds("tiny", "cpu", 128, 128)
+    assert low == high and costs.known("tiny", "cpu", 64, 64) is not None, "Measured at 64 on the way to 128."
+    low, high = costs.bounds("tiny", "cpu", 512, 512)
+    assert low.row_s == pytest.approx(high.row_s / 16), "From 128 to 512: at least 16x, at most 256x per row."
+
+
+def test_the_cost_of_an_sdxl_step_is_measured(tiny_sdxl):
+    from negprompt.cost import measure
+
+    cost = measure(tiny_sdxl, 64, 64)
+    assert cost.row_s > 0 and cost.decode_s > 0 and cost.seconds(4, 2, 2) > 0
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Deadline inside a step
+
+
+def test_a_deadline_stops_a_slow_model_inside_its_step(tiny_sd_folder):
+    """A UNet whose every block takes 0.5 s: with a 0.3 s deadline the run stops inside its first step, long before
+    the step (and its decode) would end."""
+    from negprompt.app.runner import DeadlineExceeded, Runner, load
+
+    model = str(tiny_sd_folder)
+    settings = AppSettings(device="cpu", model=model, models=(model,), deadline_s=0.3, preview_every=0)
+    pipe = load(model, "cpu")
+    calls = []
+
+    def slow(module, args):
+        calls.append(type(module).__name__)
+        time.sleep(0.5)
+
+    hooks = [block.register_forward_pre_hook(slow) for block in (*pipe.unet.down_blocks, *pipe.unet.up_blocks)]
+    try:
+        request = build_request(settings, Form(prompt="a man", negatives=((0, "hat"),), steps=2, model=model))
+        start = time.perf_counter()
+        with pytest.raises(DeadlineExceeded):
+            list(Runner(settings).generate(request, previews=False))
+        took = time.perf_counter() - start
+    finally:
+        for hook in hooks:
+            hook.remove()
+    blocks = len(pipe.unet.down_blocks) + len(pipe.unet.up_blocks)
+    assert len(calls) < blocks, f"Stopped inside the first step ({len(calls)} of its {blocks} slow blocks ran)."
+    assert took < 0.5 * blocks, f"Stopped after {took:.1f} s, before one step's {0.5 * blocks:.1f} s."
+
+
+def test_an_interrupt_stops_the_engine_before_the_decode(tiny_sd):
+    from negprompt.engine import compare
+
+    decodes = []
+    hook = tiny_sd.vae.decoder.register_forward_pre_hook(lambda *a: decodes.append(1))
+    steps_done = []
+
+    def interrupt():
+        if len(steps_done) == 2:
+            raise RuntimeError("stop")
+
+    try:
+        with pytest.raises(RuntimeError, match="stop"):
+            compare(tiny_sd, "a man", ["hat"], seed=1, steps=2, callback=lambda d, *_: steps_done.append(d),
+                    interrupt=interrupt)
+    finally:
+        hook.remove()
+    assert steps_done == [1, 2] and not decodes, "Stopped after the last step, before the VAE decode."
+    assert torch.is_grad_enabled()
