@@ -532,20 +532,7 @@ def _denoise(family: Family, runtime, chunk: _Chunk, spec: ComparisonSpec, table
                        and branch == "negative" and cells[j].negative is not None and keys[k] == own[k]}
         if steer is not None:
             steered = _steered_rows(layout, cells, step, spec.steps, unconditional, table, readings)
-        parts = []
-        for rows, text, pooled in texts[keys]:  # one denoiser call per text length: one call in all but rare runs
-            whole = len(rows) == len(keys)
-            if capture is not None:
-                capture.watch({i: watched[k] for i, k in enumerate(rows) if k in watched})
-            if steer is not None:
-                steer.watch({i: steered[k] for i, k in enumerate(rows) if k in steered})
-            parts.append(call(denoiser_input if whole else denoiser_input[rows], t, text, pooled,
-                              rows=None if whole else rows))
-        out = parts[0]
-        if len(parts) > 1:
-            out = torch.empty((len(keys), *parts[0].shape[1:]), dtype=parts[0].dtype, device=parts[0].device)
-            for (rows, _, _), part in zip(texts[keys], parts):
-                out[rows] = part
+        out = _call_by_length(call, texts[keys], denoiser_input, t, capture, watched, steer, steered)
         if active:
             eps = torch.cat([cell.guidance.combine({b: out[k:k + 1] for b, k in rows.items()}, g)
                              for cell, rows in zip(cells, layout.rows)])
@@ -555,6 +542,28 @@ def _denoise(family: Family, runtime, chunk: _Chunk, spec: ComparisonSpec, table
                                             runtime.preview_decoder))
         latents = stepper.step(eps, t, latents)
     return latents
+
+
+def _call_by_length(call, groups: list, denoiser_input: torch.Tensor, t, capture, watched: dict, steer,
+                    steered: dict) -> torch.Tensor:
+    """The denoiser's output for every batch row: one call per text length in ``groups`` ((rows, text, pooled);
+    one call in all but rare runs), each with the capture's and the steering's rows renumbered to its own batch."""
+    n = sum(len(rows) for rows, _, _ in groups)
+    parts = []
+    for rows, text, pooled in groups:
+        whole = len(rows) == n
+        if capture is not None:
+            capture.watch({i: watched[k] for i, k in enumerate(rows) if k in watched})
+        if steer is not None:
+            steer.watch({i: steered[k] for i, k in enumerate(rows) if k in steered})
+        parts.append(call(denoiser_input if whole else denoiser_input[rows], t, text, pooled,
+                          rows=None if whole else rows))
+    if len(parts) == 1:
+        return parts[0]
+    out = torch.empty((n, *parts[0].shape[1:]), dtype=parts[0].dtype, device=parts[0].device)
+    for (rows, _, _), part in zip(groups, parts):
+        out[rows] = part
+    return out
 
 
 def _steered_rows(layout: _Layout, cells, step: int, steps: int, unconditional, table: TextTable,
