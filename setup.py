@@ -6,6 +6,7 @@ from setuptools import find_packages, setup
 setup(
     packages=[*find_packages(include=["negprompt", "negprompt.*"]), "negprompt.assets"],
     package_dir={"negprompt.assets": "assets"},
-    package_data={"negprompt.assets": ["portrait-model/*", "portrait-model/*/*", "portrait-detector/*", "portrait-embeddings/*"],
+    package_data={"negprompt.assets": ["portrait-model/*", "portrait-model/*/*", "portrait-detector/*",
+                                       "portrait-embeddings/*"],
                   "negprompt.app": ["examples.json"]},
 )

@@ -138,17 +138,22 @@ def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description="Measure what 'without X' and a negative prompt 'X' do.")
     parser.add_argument("--model", default=str(ROOT / "assets" / "portrait-model"), help="diffusers folder")
     parser.add_argument("--detector", default=None, help="detector folder (default: the shipped one)")
-    parser.add_argument("--seeds", type=int, default=64, help="number of seeds per condition")
-    parser.add_argument("--first-seed", type=int, default=0, help="first seed; seeds are consecutive")
-    parser.add_argument("--steps", type=int, default=20, help="DDIM steps")
-    parser.add_argument("--guidance", type=float, default=7.5, help="classifier-free guidance scale (the app's: 7.5)")
     parser.add_argument("--attributes", default=",".join(BINARY),
                         help=f"comma-separated attributes to test (default: all of {','.join(BINARY)})")
+    add_run_arguments(parser, first_seed=0)
+    return parser.parse_args()
+
+
+def add_run_arguments(parser: argparse.ArgumentParser, first_seed: int) -> None:
+    """The seeds, sampling, output and thread flags shared with benchmarks/negative_embedding.py."""
+    parser.add_argument("--seeds", type=int, default=64, help="number of seeds per condition")
+    parser.add_argument("--first-seed", type=int, default=first_seed, help="first seed; seeds are consecutive")
+    parser.add_argument("--steps", type=int, default=20, help="DDIM steps")
+    parser.add_argument("--guidance", type=float, default=7.5, help="classifier-free guidance scale (the app's: 7.5)")
     parser.add_argument("--batch", type=int, default=32, help="images per pipeline call")
     parser.add_argument("--json", default=None, help="write the table and settings as JSON to this file")
     parser.add_argument("--grid", default=None, help="write a grid (one row per condition, 8 seeds) to this PNG")
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
-    return parser.parse_args()
 
 
 def main() -> None:

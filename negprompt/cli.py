@@ -35,6 +35,8 @@ import logging
 import sys
 from pathlib import Path
 
+from negprompt.quiet import quiet_libraries
+
 TERM_SEEDS = [0, 1, 2]  # leave-one-out and terms-alone rank over at least three seeds unless told otherwise
 
 
@@ -179,7 +181,8 @@ def _read_manifest(path: Path):
 
 def _check_additions(path: Path, additions) -> dict:
     """A manifest's ``model_additions``: ``{"embeddings": [{name, source, sha256}], "loras": [{source, weight,
-    sha256}]}``, at most ``LIMITS.max_cells`` of each, every field of its type; an ``InputError`` otherwise."""
+    sha256}]}``, at most ``LIMITS.max_model_additions`` of each, every field of its type; an ``InputError``
+    otherwise."""
     from negprompt.errors import LIMITS, InputError
 
     fields = {"embeddings": {"name": str, "source": str, "sha256": str},
@@ -187,7 +190,7 @@ def _check_additions(path: Path, additions) -> dict:
     ok = isinstance(additions, dict) and set(additions) <= set(fields)
     for kind, wanted in fields.items():
         items = additions.get(kind, []) if ok else None
-        ok = ok and isinstance(items, list) and len(items) <= LIMITS.max_cells and all(
+        ok = ok and isinstance(items, list) and len(items) <= LIMITS.max_model_additions and all(
             isinstance(item, dict) and all(isinstance(item.get(k), t) and not isinstance(item.get(k), bool)
                                            and (t is not str or len(item[k]) <= LIMITS.max_text_chars)
                                            for k, t in wanted.items()) for item in items)
@@ -255,7 +258,8 @@ def spec_from_args(args, model: str, baseline: str, embeddings=None):
             raise InputError("xray", args.xray, "--xray makes its own cells: give no --negative with it")
         if embeddings is None:  # before the model loads: check the settings with the name as the one negative
             return mode_spec("negatives", args.prompt, [args.xray], seeds, **common)
-        return xray_spec(args.prompt, find(embeddings, args.xray), seeds, **common)
+        embedding = find(embeddings, args.xray)
+        return xray_spec(args.prompt, embedding.name, embedding.vectors, seeds, **common)
     mode = ("leave-one-out" if args.leave_one_out else "terms-alone" if args.terms_alone
             else "methods" if args.guidance_methods is not None else "timing" if args.timing is not None
             else "readings" if args.compare_readings else "negatives")
@@ -265,17 +269,6 @@ def spec_from_args(args, model: str, baseline: str, embeddings=None):
         fit = max(1, LIMITS.max_cells // (len(spec.cells) // len(seeds)))  # the default seeds that fit
         spec = mode_spec(mode, args.prompt, texts, seeds[:fit], windows=windows, **common)
     return spec
-
-
-def quiet_libraries() -> None:
-    """Keep library chatter (loading bars, optional-dependency notices) out of a command-line tool's output."""
-    import diffusers
-    import transformers
-
-    diffusers.utils.logging.set_verbosity_error()
-    diffusers.utils.logging.disable_progress_bar()
-    transformers.utils.logging.set_verbosity_error()
-    transformers.utils.logging.disable_progress_bar()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -297,7 +290,7 @@ def main(argv: list[str] | None = None) -> int:
     from negprompt.loading import EMBEDDED_NAME, load, model_source
     from negprompt.loras import parse_lora
     from negprompt.schedulers import scheduler_names
-    from negprompt.verdicts import explain, summary_lines
+    from negprompt.verdicts import explain, fit_to_model, summary_lines
 
     try:
         # 1. Check every argument before anything loads
@@ -332,7 +325,8 @@ def main(argv: list[str] | None = None) -> int:
                       preview_decoder=args.preview_decoder, embeddings=embeddings, loras=loras)
         if args.replay is None:
             baseline = default_baseline(loaded.pipe) if args.baseline == "auto" else args.baseline
-            spec = spec_from_args(args, model_source(loaded.pipe), baseline, loaded.embeddings)
+            spec = fit_to_model(spec_from_args(args, model_source(loaded.pipe), baseline, loaded.embeddings),
+                                     loaded)
         else:
             _check_same_additions(recorded, loaded.additions())
 
@@ -348,7 +342,8 @@ def main(argv: list[str] | None = None) -> int:
                                      attention_maps=args.attention_maps),
                              loaded, recorder if every else None)
         if args.xray is not None:
-            result.explored["xray"] = xray_findings(loaded.pipe, find(loaded.embeddings, args.xray))
+            embedding = find(loaded.embeddings, args.xray)
+            result.explored["xray"] = xray_findings(loaded.pipe, embedding.name, embedding.vectors)
         if args.replay is not None:
             folder = save_atomic(result, args.out, differences=not args.no_differences)
         else:

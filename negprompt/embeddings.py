@@ -181,6 +181,11 @@ def install(pipe, name: str, source: str) -> Embedding:
     return Embedding(name=name, source=str(path), sha256=digest, vectors=n, encoders=tuple(encoders))
 
 
+def vector_count(source: str) -> int:
+    """How many vectors the embedding file, folder or Hub id ``source`` holds (reads the file, loads no model)."""
+    return len(next(iter(read_vectors(resolve_file(str(source))).values())))
+
+
 def canonical_text(text: str, names) -> str:
     """``text`` with every embedding name written as loaded (lower case), so that diffusers' multi-vector expansion
     (which compares the text as written) finds it whatever case the prompt used."""
@@ -190,14 +195,17 @@ def canonical_text(text: str, names) -> str:
 
 
 @torch.no_grad()
-def nearest_words(pipe, embedding: Embedding, k: int = 5) -> list[list[tuple[str, float]]]:
-    """Per vector of ``embedding``, the ``k`` vocabulary words (of the first text encoder) with the highest cosine
-    similarity, with that similarity; embedding tokens and special tokens are not candidates."""
+def nearest_words(pipe, name: str, vectors: int, k: int = 5) -> list[list[tuple[str, float]]]:
+    """Per vector of the loaded embedding ``name`` (of ``vectors`` vectors), the ``k`` vocabulary words (of the first
+    text encoder) with the highest cosine similarity, with that similarity. Candidates are the vocabulary's words:
+    tokens of two or more letters (not byte pieces, punctuation, special tokens or embeddings)."""
     encoder, tokenizer = pipe.text_encoder, pipe.tokenizer
     table = encoder.get_input_embeddings().weight.float()
     added = set(tokenizer.added_tokens_encoder.values())
-    words = [i for i in range(table.shape[0]) if i not in added and i not in tokenizer.all_special_ids]
-    ids = tokenizer.convert_tokens_to_ids(list(embedding.xray_tokens))
+    vocabulary = tokenizer.get_vocab()
+    words = sorted(i for t, i in vocabulary.items() if i < table.shape[0] and i not in added
+                   and len(t.replace("</w>", "")) > 1 and t.replace("</w>", "").isalpha())
+    ids = tokenizer.convert_tokens_to_ids(list(xray_tokens(name, vectors)))
     candidates = torch.nn.functional.normalize(table[words], dim=1)
     out = []
     for i in ids:
@@ -224,17 +232,19 @@ def prompt_text(pipe, text: str | None, expand: bool = False) -> str | None:
     return pipe.maybe_convert_prompt(text, tokenizer) if expand and hasattr(pipe, "maybe_convert_prompt") else text
 
 
-def xray_spec(prompt: str, embedding: Embedding, seeds, *, model: str, **settings):
-    """An embedding's vectors one by one: per row, the baseline, the whole embedding as the negative, then one cell
-    per vector (its X-ray token alone as the negative), every cell compared against the row's baseline."""
+def xray_spec(prompt: str, name: str, vectors: int, seeds, *, model: str, **settings):
+    """The vectors of the embedding ``name`` one by one: per row, the baseline, the whole embedding as the
+    negative, then one cell per vector (its X-ray token alone as the negative), all compared against the row's
+    baseline."""
     from dataclasses import replace
 
     from negprompt.plan import negatives_spec
 
-    spec = negatives_spec(prompt, [embedding.name, *embedding.xray_tokens], seeds, model=model, **settings)
-    labels = {t: f"vector {i} of {embedding.vectors} ({t})" for i, t in enumerate(embedding.xray_tokens, 1)}
-    labels[embedding.name] = f"{embedding.name} (all {embedding.vectors} vectors)"
-    cells = tuple(replace(c, label=labels[c.negative], kind="xray", term=embedding.name)
+    tokens = xray_tokens(name, vectors)
+    spec = negatives_spec(prompt, [name, *tokens], seeds, model=model, **settings)
+    labels = {t: f"vector {i} of {vectors} ({t})" for i, t in enumerate(tokens, 1)}
+    labels[name] = f"{name} (all {vectors} vectors)"
+    cells = tuple(replace(c, label=labels[c.negative], kind="xray", term=name)
                   if c.negative in labels else c for c in spec.cells)
     return replace(spec, cells=cells, mode="xray")
 
@@ -249,11 +259,11 @@ def find(loaded_embeddings, name: str) -> Embedding:
                                "with --embedding NAME=PATH")
 
 
-def xray_findings(pipe, embedding: Embedding, k: int = 5) -> dict:
+def xray_findings(pipe, name: str, vectors: int, k: int = 5) -> dict:
     """What the manifest records of an X-ray: per vector its X-ray token and nearest vocabulary words."""
-    return {"embedding": embedding.name, "vectors": [
+    return {"embedding": name, "vectors": [
         {"vector": i, "token": token, "nearest_words": [{"word": w, "cosine": c} for w, c in words]}
-        for i, (token, words) in enumerate(zip(embedding.xray_tokens, nearest_words(pipe, embedding, k)), 1)]}
+        for i, (token, words) in enumerate(zip(xray_tokens(name, vectors), nearest_words(pipe, name, vectors, k)), 1)]}
 
 
 def xray_lines(findings: dict) -> list[str]:

@@ -41,17 +41,17 @@ from dataclasses import dataclass, replace
 import torch
 from PIL import Image
 
-from negprompt import attention, guidance, reading, weighting
+from negprompt import attention, reading, weighting
 from negprompt.comparison import Cell, Comparison, Settings
 from negprompt.embeddings import prompt_text
 from negprompt.errors import LIMITS, InputError
-from negprompt.guidance import BRANCHES, GuidanceMethod
+from negprompt.families import Family, TextTable, family_of
+from negprompt.guidance import BRANCHES, GuidanceMethod, steers_attention
 from negprompt.infotext import cell_infotext
 from negprompt.loading import Loaded, additions_of, model_label, model_source, runtime_of
 from negprompt.plan import BASELINES, CellSpec, ComparisonSpec, check_int, check_text, negatives_spec
 from negprompt.prompts import spec_warnings
-from negprompt.schedulers import DEFAULT, is_stochastic, make_scheduler, sampler_label, scheduler_names
-from negprompt.speedups import bucketed_unet
+from negprompt.schedulers import DEFAULT, make_scheduler, sampler_label, scheduler_names
 
 MAX_CELLS = LIMITS.max_cells  # default cap on images per comparison
 MAX_STEPS = LIMITS.max_steps
@@ -135,6 +135,7 @@ def _run(pipe, spec: ComparisonSpec, *, max_batch, max_cells, callback, preview_
          interrupt) -> Comparison:
     # 1. Check inputs
     pipe, runtime = (pipe.pipe, pipe.runtime) if isinstance(pipe, Loaded) else (pipe, runtime_of(pipe))
+    family = family_of(pipe)
     if not isinstance(spec, ComparisonSpec):
         raise InputError("spec", spec, f"spec={type(spec).__name__} must be a ComparisonSpec")
     check_int("max_cells", max_cells, 1, 10**6)
@@ -144,44 +145,53 @@ def _run(pipe, spec: ComparisonSpec, *, max_batch, max_cells, callback, preview_
     check_int("preview_every", preview_every, 0, 10**6)
     if callback is not None and not callable(callback):
         raise InputError("callback", callback, "callback must be callable")
-    if attention_maps and not attention.installed(pipe.unet):
-        raise InputError("attention_maps", attention_maps, "this pipeline's UNet captures no attention maps: load it "
-                                                           "with negprompt.loading.load (a compiled UNet has none)")
-    if spec.sampler not in scheduler_names():
-        raise InputError("sampler", spec.sampler, f"sampler={spec.sampler!r} is not one of {scheduler_names()}")
-    default_side = pipe.unet.config.sample_size * pipe.vae_scale_factor
+    if attention_maps and not attention.installed(family.denoiser):
+        raise InputError("attention_maps", attention_maps, f"this pipeline's {type(family.denoiser).__name__} "
+                                                           "captures no attention maps: load it with "
+                                                           "negprompt.loading.load (a compiled UNet, or a "
+                                                           "transformer, has none)")
+    steer = attention.Steering() if any(steers_attention(c.guidance) for c in spec.cells) else None
+    if steer is not None and not attention.installed(family.denoiser):
+        method = next(c.guidance.name for c in spec.cells if steers_attention(c.guidance))
+        raise InputError("guidance", method, f"guidance method {method!r} acts inside cross-attention; this "
+                                             f"pipeline's {type(family.denoiser).__name__} is not wrapped for it "
+                                             "(load a UNet model with negprompt.loading.load; a compiled UNet, or "
+                                             "a transformer, cannot be steered yet)")
+    if spec.sampler not in (family.samplers() or scheduler_names()):
+        only = f" ({type(pipe).__name__} runs its own flow-matching sampler)" if family.samplers() else ""
+        raise InputError("sampler", spec.sampler, f"sampler={spec.sampler!r} is not one of "
+                                                  f"{family.samplers() or scheduler_names()}{only}")
+    if family.name != "unet" and any(spec.reading_of(c) == "a1111" for c in spec.cells):
+        raise InputError("reading", "a1111", f"the a1111 reading weights CLIP embeddings as the A1111 web UI does, "
+                                             f"for SD 1.x/2.x and SDXL; {type(pipe).__name__} reads prompts plain")
+    default_side = family.default_side()
     spec = replace(spec, height=spec.height or default_side, width=spec.width or default_side)
-    _check_size(pipe, spec.height, spec.width)
-    distilled = pipe.unet.config.time_cond_proj_dim is not None
+    _check_size(family, spec.height, spec.width)
     sampler = sampler_label(make_scheduler(pipe.scheduler, spec.sampler))
     settings = Settings.from_spec(spec, sampler, model_label(spec.model))
-    warnings = spec_warnings(_tokenizer(pipe), spec, distilled)
+    warnings = spec_warnings(family.tokenizer, spec, family.distilled)
     timings: dict[str, float] = {}
 
     # 2. Encode every distinct text once (under the a1111 reading: every text a cell reads at some step)
     start = time.perf_counter()
-    table = _encode_spec(pipe, spec)
+    table = _encode_spec(family, spec)
     timings["encode_s"] = time.perf_counter() - start
 
     # 3. Starting noise, one latent per seed, shared by every cell with that seed
-    shape = (1, pipe.unet.config.in_channels, spec.height // pipe.vae_scale_factor,
-             spec.width // pipe.vae_scale_factor)
-    dtype = table.dtype
-    seed_latents = {s: torch.randn(shape, generator=torch.Generator("cpu").manual_seed(s), dtype=dtype)
-                    for s in spec.seeds}
+    seed_latents = {s: family.initial_latent(s, spec.height, spec.width, table.dtype) for s in spec.seeds}
 
     # 4. Denoise every cell, in chunks of whole cells
     start = time.perf_counter()
     capture = None
     if attention_maps:
-        positions = [reading.token_positions(_tokenizer(pipe), prompt_text(pipe, c.negative, True))
-                     if spec.reading_of(c) == "a1111"
-                     else attention.token_positions(_tokenizer(pipe), prompt_text(pipe, c.negative, True))
-                     for c in spec.cells]
-        capture = attention.Capture(positions, shape[2], shape[3])
-    with attention.capturing(capture) if capture is not None else nullcontext():
-        latents, batch_used = _denoise_all(pipe, runtime, spec, table, seed_latents, max_batch, callback,
-                                           preview_every, capture)
+        factor = pipe.vae_scale_factor
+        positions = [(reading if spec.reading_of(c) == "a1111" else attention).token_positions(
+            family.tokenizer, prompt_text(pipe, c.negative, True)) for c in spec.cells]
+        capture = attention.Capture(positions, spec.height // factor, spec.width // factor)
+    with attention.capturing(capture) if capture is not None else nullcontext(), \
+            attention.steering(steer) if steer is not None else nullcontext():
+        latents, batch_used = _denoise_all(family, runtime, spec, table, seed_latents, max_batch, callback,
+                                           preview_every, capture, steer)
     timings["denoise_s"] = time.perf_counter() - start
 
     # 5. Decode
@@ -191,7 +201,7 @@ def _run(pipe, spec: ComparisonSpec, *, max_batch, max_cells, callback, preview_
     for i in range(0, n, batch_used):
         if interrupt is not None:
             interrupt()
-        images.extend(_decode(pipe, latents[i:i + batch_used]))
+        images.extend(family.decode(latents[i:i + batch_used], spec.height, spec.width))
     timings["decode_s"] = time.perf_counter() - start
     timings["total_s"] = sum(timings.values())
 
@@ -218,7 +228,8 @@ def run_many(pipe, specs: Sequence[ComparisonSpec], *, max_cells: int = MAX_CELL
     specs = list(specs)
     if not specs or not all(isinstance(s, ComparisonSpec) for s in specs):
         raise InputError("specs", specs, "run_many needs a list of one or more ComparisonSpecs")
-    side = pipe_parts.unet.config.sample_size * pipe_parts.vae_scale_factor
+    family = family_of(pipe_parts)
+    side = family.default_side()
     specs = [replace(s, height=s.height or side, width=s.width or side) for s in specs]
     shared = _shared_settings(specs[0])
     for k, spec in enumerate(specs):
@@ -228,7 +239,7 @@ def run_many(pipe, specs: Sequence[ComparisonSpec], *, max_cells: int = MAX_CELL
     cells, offsets, rows = [], [], 0
     for spec in specs:
         offsets.append(len(cells))
-        cells.extend(replace(c, row=c.row + rows,
+        cells.extend(replace(c, row=c.row + rows, reading=spec.reading_of(c),
                              reference=None if c.reference is None else c.reference + offsets[-1]) for c in spec.cells)
         rows += spec.rows
     merged = replace(specs[0], cells=tuple(cells), mode=specs[0].mode if len({s.mode for s in specs}) == 1
@@ -243,7 +254,6 @@ def run_many(pipe, specs: Sequence[ComparisonSpec], *, max_cells: int = MAX_CELL
 
     result = run(pipe, merged, max_cells=max_cells, callback=split if callbacks else None,
                  preview_every=preview_every, attention_maps=attention_maps, interrupt=interrupt)
-    tokenizer, distilled = _tokenizer(pipe_parts), pipe_parts.unet.config.time_cond_proj_dim is not None
     out = []
     for spec, offset in zip(specs, offsets):
         settings = Settings.from_spec(spec, result.settings.scheduler, result.settings.model)
@@ -252,8 +262,8 @@ def run_many(pipe, specs: Sequence[ComparisonSpec], *, max_cells: int = MAX_CELL
                     initial_latent_sha256=m.initial_latent_sha256, parameters=cell_infotext(settings, c))
                for j, (c, m) in enumerate(zip(spec.cells, mine))]
         maps = result.attention_maps[offset:offset + len(spec.cells)] if result.attention_maps else []
-        out.append(Comparison(spec=spec, settings=settings, cells=own, warnings=spec_warnings(tokenizer, spec,
-                                                                                              distilled),
+        out.append(Comparison(spec=spec, settings=settings, cells=own, warnings=spec_warnings(family.tokenizer, spec,
+                                                                                              family.distilled),
                               timings=dict(result.timings), max_batch_used=result.max_batch_used,
                               attention_maps=maps))
     return out
@@ -272,12 +282,13 @@ _INTERRUPT: ContextVar[Callable[[], None] | None] = ContextVar("negprompt_interr
 
 @contextmanager
 def _interrupting(pipe, interrupt: Callable[[], None] | None):
-    """While the block runs (in this thread), ``interrupt()`` is called before each block of the UNet and of the VAE
-    decoder. The hooks are installed once per model, and do nothing when no interrupt is set."""
+    """While the block runs (in this thread), ``interrupt()`` is called before each block of the denoiser (UNet or
+    transformer) and of the VAE decoder. The hooks are installed once per model, and do nothing when no interrupt
+    is set."""
     if interrupt is None:
         yield
         return
-    for module in (getattr(pipe, "unet", None), getattr(getattr(pipe, "vae", None), "decoder", None)):
+    for module in (family_of(pipe).denoiser, getattr(getattr(pipe, "vae", None), "decoder", None)):
         _install_checkpoints(module)
     token = _INTERRUPT.set(interrupt)
     try:
@@ -296,7 +307,8 @@ def _install_checkpoints(module) -> None:
     if module is None or getattr(module, "_negprompt_checkpoints", False) or hasattr(module, "_orig_mod"):
         return  # none, done already, or compiled (its graph stays whole)
     blocks = [*getattr(module, "down_blocks", ()), getattr(module, "mid_block", None),
-              *getattr(module, "up_blocks", ())]
+              *getattr(module, "up_blocks", ()), *getattr(module, "transformer_blocks", ()),
+              *getattr(module, "single_transformer_blocks", ())]
     for block in blocks:
         if isinstance(block, torch.nn.Module):
             block.register_forward_pre_hook(_checkpoint)
@@ -345,12 +357,12 @@ def _check_convenience(prompt, negatives, seed, seeds, baseline, other_positive,
     return rows
 
 
-def _check_size(pipe, height, width):
-    factor = pipe.vae_scale_factor
+def _check_size(family: Family, height, width):
+    factor = family.size_factor
     for name, value in (("height", height), ("width", width)):
         if isinstance(value, bool) or not isinstance(value, int) or value <= 0 or value % factor:
             raise InputError(name, value, f"{name}={value!r} must be a positive multiple of {factor} (the VAE's "
-                                          "scale factor)")
+                                          "scale factor, times the denoiser's patch size)")
         if value > LIMITS.max_side:
             raise InputError(name, value, f"{name}={value!r} is larger than {LIMITS.max_side}")
 
@@ -359,42 +371,14 @@ def _check_size(pipe, height, width):
 # Model parts
 
 
-def _is_sdxl(pipe) -> bool:
-    return getattr(pipe, "text_encoder_2", None) is not None
-
-
 def default_baseline(pipe) -> str:
     """What a pipeline does with no negative prompt: "zeros" (zero embeddings) for SDXL, else "empty" (the empty
     prompt). ``pipe``: a diffusers pipeline or a ``Loaded`` record. What ``baseline="auto"`` resolves to."""
-    return "zeros" if _is_sdxl(pipe.pipe if isinstance(pipe, Loaded) else pipe) else "empty"
+    return family_of(pipe.pipe if isinstance(pipe, Loaded) else pipe).default_baseline()
 
 
-def _tokenizer(pipe):
-    return pipe.tokenizer if pipe.tokenizer is not None else pipe.tokenizer_2
-
-
-class _TextTable:
-    """Every distinct text of a comparison, encoded once: key -> embeddings (1, tokens, dim) and, for SDXL, pooled
-    embeddings (1, dim). A key is the text itself under the plain reading and ``("a1111", text)`` under the a1111
-    reading (``text_key``); ``None`` reads as zero embeddings (SDXL's "no negative")."""
-
-    def __init__(self, embeds: dict, pooled: dict | None):
-        self.embeds, self.pooled = embeds, pooled
-        first = next(iter(embeds.values()))
-        self.dtype = first.dtype
-        self._zeros = torch.zeros_like(first)
-        self._zeros_pooled = torch.zeros_like(next(iter(pooled.values()))) if pooled else None
-
-    def length(self, key) -> int:
-        """Tokens in the embeddings of ``key`` (77 per chunk)."""
-        return (self._zeros if key is None else self.embeds[key]).shape[1]
-
-    def stack(self, keys: list[str | None], device) -> tuple[torch.Tensor, torch.Tensor | None]:
-        embeds = torch.cat([self._zeros if k is None else self.embeds[k] for k in keys]).to(device)
-        if self.pooled is None:
-            return embeds, None
-        pooled = torch.cat([self._zeros_pooled if k is None else self.pooled[k] for k in keys]).to(device)
-        return embeds, pooled
+def _sha256(latent: torch.Tensor) -> str:
+    return hashlib.sha256(latent.float().contiguous().numpy().tobytes()).hexdigest()
 
 
 def text_key(how: str, text: str | None, step: int, steps: int):
@@ -405,9 +389,9 @@ def text_key(how: str, text: str | None, step: int, steps: int):
     return "a1111", None if text is None else reading.text_at(text, step, steps)
 
 
-def _encode_spec(pipe, spec: ComparisonSpec) -> _TextTable:
-    """The text table of ``spec``: its plain texts through the pipeline's ``encode_prompt``, every text its a1111
-    cells read at any step through ``negprompt.weighting`` (padded to one number of chunks)."""
+def _encode_spec(family: Family, spec: ComparisonSpec) -> TextTable:
+    """The text table of ``spec``: its plain texts through the family's encoder (the pipeline's ``encode_prompt``),
+    every text its a1111 cells read at any step through ``negprompt.weighting`` (padded to one number of chunks)."""
     plain = [c for c in spec.cells if spec.reading_of(c) == "plain"]
     a1111 = [c for c in spec.cells if spec.reading_of(c) == "a1111"]
     embeds: dict = {}
@@ -417,76 +401,43 @@ def _encode_spec(pipe, spec: ComparisonSpec) -> _TextTable:
         texts = [t for t in dict.fromkeys(texts) if t != spec.baseline_negative]
         if spec.baseline_negative is not None:
             texts.append(spec.baseline_negative)  # last, as before specs: the batch order changes the rounding
-        table = _encode(pipe, texts)
+        table = family.encode(texts)
         embeds, pooled = dict(table.embeds), table.pooled
     if a1111:
         unconditional = spec.baseline_negative
         keys = dict.fromkeys(text_key("a1111", text, step, spec.steps) for c in a1111 for step in range(spec.steps)
                              for text in (c.positive, c.negative_at(step, spec.steps, unconditional)))
         texts = [text for _, text in keys if text is not None]
-        read, read_pooled = weighting.encode_a1111(pipe, texts or [""])
+        read, read_pooled = weighting.encode_a1111(family.pipe, texts or [""],
+                                                   rewrite=lambda t: prompt_text(family.pipe, t))
         zeros = torch.zeros_like(next(iter(read.values())))
         embeds |= {("a1111", text): value for text, value in read.items()} | {("a1111", None): zeros}
         if read_pooled is not None:
             pooled = (pooled or {}) | {("a1111", text): value for text, value in read_pooled.items()}
             pooled[("a1111", None)] = torch.zeros_like(next(iter(read_pooled.values())))
-    return _TextTable(embeds, pooled)
-
-
-@torch.no_grad()
-def _encode(pipe, texts: list[str]) -> _TextTable:
-    """Text -> embeddings (and SDXL's pooled embeddings), through the pipeline's own ``encode_prompt`` (which
-    writes out multi-vector negative embeddings; ``prompt_text`` lets it find their names in any case)."""
-    device = pipe._execution_device
-    prompts = [prompt_text(pipe, t) for t in texts]
-    if _is_sdxl(pipe):
-        embeds, _, pooled, _ = pipe.encode_prompt(prompts, device=device, num_images_per_prompt=1,
-                                                  do_classifier_free_guidance=False)
-        return _TextTable(dict(zip(texts, embeds.split(1))), dict(zip(texts, pooled.split(1))))
-    embeds, _ = pipe.encode_prompt(prompts, device, 1, False)
-    return _TextTable(dict(zip(texts, embeds.split(1))), None)
-
-
-def _sha256(latent: torch.Tensor) -> str:
-    return hashlib.sha256(latent.float().contiguous().numpy().tobytes()).hexdigest()
-
-
-@torch.no_grad()
-def _decode(pipe, latents: torch.Tensor, vae=None) -> list[Image.Image]:
-    """Images from ``latents`` through ``vae`` (default: the pipeline's), with the pipeline's post-processing. An
-    ``AutoencoderTiny`` (scaling factor 1, no latent statistics) takes the latents as the UNet makes them."""
-    vae = vae if vae is not None else pipe.vae
-    latents = latents.to(vae.dtype)
-    mean, std = vae.config.get("latents_mean"), vae.config.get("latents_std")
-    if mean is not None and std is not None:
-        mean = torch.tensor(mean).view(1, -1, 1, 1).to(latents)
-        std = torch.tensor(std).view(1, -1, 1, 1).to(latents)
-        latents = latents * std / vae.config.scaling_factor + mean
-    else:
-        latents = latents / vae.config.scaling_factor
-    return pipe.image_processor.postprocess(vae.decode(latents).sample, output_type="pil")
+    return TextTable(embeds, pooled)
 
 
 # ---------------------------------------------------------------------------------------------------------------
 # Denoising
 
 
-def _denoise_all(pipe, runtime, spec: ComparisonSpec, table: _TextTable, seed_latents, max_batch, callback,
-                 preview_every, capture=None):
+def _denoise_all(family: Family, runtime, spec: ComparisonSpec, table: TextTable, seed_latents, max_batch, callback,
+                 preview_every, capture=None, steer=None):
     """Denoise every cell of ``spec``, in chunks of whole cells; returns final latents and the chunk size used.
     An out-of-memory error halves the chunk size and starts over; the size that fits is remembered with the
     pipeline (``runtime.safe_batch``), so the next comparison of that size starts there."""
     n = len(spec.cells)
     size = (spec.height, spec.width)
     batch = min(n, max_batch or n, runtime.safe_batch.get(size, n))
-    device = pipe._execution_device
+    device = family.pipe._execution_device
     while True:
         try:
             progress = _Progress(callback, spec.steps * math.ceil(n / batch), preview_every)
             outputs = []
             for i in range(0, n, batch):
                 chunk = _Chunk(spec.cells[i:i + batch], seed_latents, device, offset=i)
-                outputs.append(_denoise(pipe, runtime, chunk, spec, table, progress, capture))
+                outputs.append(_denoise(family, runtime, chunk, spec, table, progress, capture, steer))
             return torch.cat(outputs), batch
         except torch.OutOfMemoryError:
             if batch == 1:
@@ -549,60 +500,19 @@ class _Layout:
         return keys
 
 
-class _Stepper:
-    """The scheduler(s) of one chunk. Deterministic schedulers step the whole batch at once; stochastic ones get one
-    scheduler and one generator per cell, seeded like diffusers seeds a single-image call (the generator has drawn
-    the starting latent before it draws step noise), so every cell gets its own single-call noise."""
-
-    def __init__(self, pipe, name, chunk: _Chunk, steps: int):
-        device = pipe._execution_device
-        first = make_scheduler(pipe.scheduler, name)
-        if is_stochastic(first):
-            self.groups = []
-            for i, seed in enumerate(chunk.seeds):
-                generator = torch.Generator("cpu").manual_seed(seed)
-                torch.randn(chunk.latents[i:i + 1].shape, generator=generator, dtype=chunk.latents.dtype)
-                self.groups.append((make_scheduler(pipe.scheduler, name), slice(i, i + 1), generator))
-        else:
-            self.groups = [(first, slice(None), None)]
-        for scheduler, _, _ in self.groups:
-            scheduler.set_timesteps(steps, device=device)
-        self.scheduler = self.groups[0][0]
-        self.timesteps = self.scheduler.timesteps
-        self.init_noise_sigma = self.scheduler.init_noise_sigma
-
-    def scale(self, latents, t):
-        return torch.cat([s.scale_model_input(latents[sl], t) for s, sl, _ in self.groups])
-
-    def step(self, eps, t, latents):
-        out = []
-        for scheduler, sl, generator in self.groups:
-            kwargs = {"generator": generator} if generator is not None else {}
-            out.append(scheduler.step(eps[sl], t, latents[sl], return_dict=False, **kwargs)[0])
-        return torch.cat(out)
-
-
 @torch.no_grad()
-def _denoise(pipe, runtime, chunk: _Chunk, spec: ComparisonSpec, table: _TextTable,
-             progress: _Progress, capture=None) -> torch.Tensor:
-    unet = pipe.unet
+def _denoise(family: Family, runtime, chunk: _Chunk, spec: ComparisonSpec, table: TextTable,
+             progress: _Progress, capture=None, steer=None) -> torch.Tensor:
     cells = chunk.cells
-    stepper = _Stepper(pipe, spec.sampler, chunk, spec.steps)
+    stepper = family.stepper(spec.sampler, chunk.seeds, chunk.latents, spec.steps, spec.height, spec.width)
     g = spec.guidance_scale
-    active = guidance.guidance_is_active(g, unet.config.time_cond_proj_dim)
+    active = family.guidance_active(g)
     layout = _Layout.of(cells, active)
     cell_of_row = torch.tensor([j for j, _ in layout.order], device=chunk.latents.device)
     latents = chunk.latents * stepper.init_noise_sigma
     unconditional = spec.baseline_negative
-
-    time_ids = None
-    if table.pooled is not None:
-        time_ids = _sdxl_time_ids(pipe, spec, table.dtype).to(latents.device).repeat(len(layout.order), 1)
-    timestep_cond = None
-    if unet.config.time_cond_proj_dim is not None:
-        timestep_cond = pipe.get_guidance_scale_embedding(
-            torch.tensor(g - 1).repeat(len(layout.order)), embedding_dim=unet.config.time_cond_proj_dim
-        ).to(device=latents.device, dtype=latents.dtype)
+    call = family.denoiser_call(spec.height, spec.width, len(layout.order), g, table.dtype, latents.device,
+                                buckets=runtime.buckets)
 
     readings = [spec.reading_of(c) for c in cells]
     texts: dict[tuple, list] = {}  # the stacked text embeddings change only where a window opens or closes
@@ -613,23 +523,24 @@ def _denoise(pipe, runtime, chunk: _Chunk, spec: ComparisonSpec, table: _TextTab
             groups = [[k for k, n in enumerate(lengths) if n == length] for length in dict.fromkeys(lengths)]
             texts[keys] = [(rows, *table.stack([keys[k] for k in rows], latents.device)) for rows in groups]
         model_input = stepper.scale(latents, t)
-        unet_input = model_input[cell_of_row] if active else model_input
+        denoiser_input = model_input[cell_of_row] if active else model_input
+        watched, steered = {}, {}
         if capture is not None:  # the rows reading their cell's own negative prompt, at about five steps of the run
             sampled = step % max(1, round(spec.steps / attention.STEPS_SAMPLED)) == 0
             own = [text_key(readings[j], cells[j].negative, step, spec.steps) for j, _ in layout.order]
-            watched = {k for k, (j, branch) in enumerate(layout.order) if sampled and branch == "negative"
-                       and cells[j].negative is not None and keys[k] == own[k]}
+            watched = {k: chunk.offset + j for k, (j, branch) in enumerate(layout.order) if sampled
+                       and branch == "negative" and cells[j].negative is not None and keys[k] == own[k]}
+        if steer is not None:
+            steered = _steered_rows(layout, cells, step, spec.steps, unconditional, table, readings)
         parts = []
-        for rows, text, pooled in texts[keys]:
+        for rows, text, pooled in texts[keys]:  # one denoiser call per text length: one call in all but rare runs
             whole = len(rows) == len(keys)
             if capture is not None:
-                capture.watch({i: chunk.offset + layout.order[k][0] for i, k in enumerate(rows) if k in watched})
-            added = None
-            if pooled is not None:
-                added = {"text_embeds": pooled, "time_ids": time_ids if whole else time_ids[rows]}
-            cond = timestep_cond if timestep_cond is None or whole else timestep_cond[rows]
-            parts.append(bucketed_unet(unet, unet_input if whole else unet_input[rows], t, text,
-                                       buckets=runtime.buckets, timestep_cond=cond, added_cond_kwargs=added))
+                capture.watch({i: watched[k] for i, k in enumerate(rows) if k in watched})
+            if steer is not None:
+                steer.watch({i: steered[k] for i, k in enumerate(rows) if k in steered})
+            parts.append(call(denoiser_input if whole else denoiser_input[rows], t, text, pooled,
+                              rows=None if whole else rows))
         out = parts[0]
         if len(parts) > 1:
             out = torch.empty((len(keys), *parts[0].shape[1:]), dtype=parts[0].dtype, device=parts[0].device)
@@ -640,23 +551,24 @@ def _denoise(pipe, runtime, chunk: _Chunk, spec: ComparisonSpec, table: _TextTab
                              for cell, rows in zip(cells, layout.rows)])
         else:
             eps = out
-        progress.step(lambda: _preview(pipe, stepper.scheduler, model_input, eps, t, runtime.preview_decoder))
+        progress.step(lambda: family.decode(stepper.x0(model_input, eps, t), spec.height, spec.width,
+                                            runtime.preview_decoder))
         latents = stepper.step(eps, t, latents)
     return latents
 
 
-def _sdxl_time_ids(pipe, spec: ComparisonSpec, dtype) -> torch.Tensor:
-    size = (spec.height, spec.width)
-    projection = pipe.text_encoder_2.config.projection_dim
-    return pipe._get_add_time_ids(size, (0, 0), size, dtype=dtype, text_encoder_projection_dim=projection)
-
-
-def _preview(pipe, scheduler, model_input, eps, t, decoder=None) -> list[Image.Image]:
-    """Decode the clean image each cell is heading for (its x0 estimate) at this step, all cells in one batch,
-    through ``decoder`` (a small preview decoder, ``loading.load(preview_decoder=...)``) or the full VAE."""
-    alpha_bar = scheduler.alphas_cumprod[int(round(float(t)))]
-    x0 = guidance.predicted_original(model_input, eps, alpha_bar, scheduler.config.prediction_type)
-    return _decode(pipe, x0.to(model_input.dtype), decoder)
+def _steered_rows(layout: _Layout, cells, step: int, steps: int, unconditional, table: TextTable,
+                  readings: Sequence[str]) -> dict:
+    """Each attention-steering cell's positive row -> (its method, its negative's embeddings), while its window is
+    open and its negative is a text of its own."""
+    rows = {}
+    for k, (j, branch) in enumerate(layout.order):
+        if branch != "positive" or not steers_attention(cells[j].guidance):
+            continue
+        negative = cells[j].negative_at(step, steps, unconditional)
+        if negative is not None and negative != unconditional:
+            rows[k] = (cells[j].guidance, table.embeds[text_key(readings[j], negative, step, steps)])
+    return rows
 
 
 class _Progress:

@@ -59,6 +59,7 @@ class Limits:
     max_config_bytes: int = 1_000_000  # a sweep config (TOML)
     max_manifest_bytes: int = 16_000_000  # a manifest.json given to --replay
     max_text_file_bytes: int = 256 * 1024  # a negatives file
+    max_model_additions: int = 64  # negative embeddings, or LoRAs, one manifest records
 
 
 LIMITS = Limits()

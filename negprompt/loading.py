@@ -1,5 +1,5 @@
-"""Load Stable Diffusion pipelines (1.x, 2.x, SDXL) from the Hub, a local folder, a single .safetensors file, or the
-embedded model.
+"""Load diffusion pipelines (Stable Diffusion 1.x, 2.x, SDXL, SD3/SD3.5, FLUX.1: the classes of
+``negprompt.families``) from the Hub, a local folder, a single .safetensors file (SD 1.x, SDXL), or the embedded model.
 
     from negprompt import load_pipeline
     pipe = load_pipeline()                                  # the embedded portrait model in assets/
@@ -38,31 +38,31 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from diffusers import DiffusionPipeline, StableDiffusionPipeline, StableDiffusionXLPipeline
+from diffusers import (
+    DiffusionPipeline,
+    FluxPipeline,
+    StableDiffusion3Pipeline,
+    StableDiffusionPipeline,
+    StableDiffusionXLPipeline,
+)
 
 from negprompt import attention
 from negprompt import embeddings as textual_inversion
 from negprompt import loras as lora_weights
-from negprompt._assets import asset
+from negprompt._assets import EMBEDDED_NAME, asset
 from negprompt.devices import pick_device, pick_dtype
 from negprompt.errors import InputError
+from negprompt.families import family_of, refusal
 from negprompt.speedups import apply_speedups, new_report
 
 log = logging.getLogger(__name__)
 
 EMBEDDED_MODEL = asset("portrait-model")
-EMBEDDED_NAME = "negprompt-portraits"
 # The embedded model's own negative embeddings, loaded with it: (name, file)
 EMBEDDED_EMBEDDINGS = (("portrait-bad", asset("portrait-embeddings") / "degraded.safetensors"),)
 
-PIPELINE_CLASSES = {cls.__name__: cls for cls in (StableDiffusionPipeline, StableDiffusionXLPipeline)}
-# Why other pipeline classes are refused (a class not named here gets the generic reason).
-REFUSED = {
-    "StableDiffusion3Pipeline": "SD3 denoises with a transformer under flow matching and three text encoders; "
-                                "negprompt's batched loop drives a UNet",
-    "FluxPipeline": "FLUX.1 denoises with a transformer and is guidance-distilled (dev/schnell run no negative "
-                    "branch at all)",
-}
+PIPELINE_CLASSES = {cls.__name__: cls for cls in (StableDiffusionPipeline, StableDiffusionXLPipeline,
+                                                   StableDiffusion3Pipeline, FluxPipeline)}
 CACHE_SIZE = {"cpu": 3, "gpu": 1}  # pipelines kept per kind of device
 
 _cache: OrderedDict[tuple[str, str, torch.dtype], Loaded] = OrderedDict()
@@ -191,7 +191,7 @@ def load(model: str | Path | None = None, *, device: str | torch.device | None =
         decoder = _load_preview_decoder(str(preview_decoder), pipe, device, dtype) if preview_decoder else None
         speedups = apply_speedups(pipe)
         if speedups.get("buckets") is None:  # a compiled UNet keeps its graph whole: no attention maps
-            attention.install(pipe.unet)
+            attention.install(family_of(pipe).denoiser)
         loaded = Loaded(pipe=pipe, runtime=Runtime(speedups=speedups, preview_decoder=decoder), source=source,
                         embeddings=added, loras=fused)
         _cache[key] = loaded
@@ -252,7 +252,7 @@ def _load_preview_decoder(name: str, pipe, device: torch.device, dtype: torch.dt
     except Exception as error:  # the Hub client and diffusers raise several unrelated types for "not there"
         raise ModelNotFoundError(name, f"preview_decoder={name!r} could not be loaded as an AutoencoderTiny: "
                                        f"{error}") from error
-    channels = pipe.unet.config.in_channels
+    channels = pipe.vae.config.latent_channels
     if decoder.config.latent_channels != channels:
         raise InputError("preview_decoder", name, f"preview_decoder={name!r} decodes {decoder.config.latent_channels}"
                                                   f"-channel latents; this model's have {channels}")
@@ -314,10 +314,10 @@ def _check_class(source: str, class_name) -> type:
     if isinstance(class_name, (list, tuple)):  # ["my_pipeline", "MyPipeline"]: a pipeline from a .py of its own
         raise ModelNotFoundError(source, f"model={source!r} names a custom pipeline ({_named(class_name)}); "
                                          "negprompt runs no code from a model folder")
-    reason = REFUSED.get(class_name, "negprompt's engine drives these two pipelines' UNet, text encoders and VAE") \
-        if isinstance(class_name, str) else "its model_index.json names no pipeline class (_class_name)"
-    raise InputError("model", source, f"model={source!r} is a {_named(class_name)}; negprompt runs "
-                                      f"{', '.join(PIPELINE_CLASSES)} only: {reason}")
+    if not isinstance(class_name, str):
+        raise InputError("model", source, f"model={source!r}: its model_index.json names no pipeline class "
+                                          "(_class_name)")
+    raise refusal(class_name, source)
 
 
 # The components each pipeline class needs, and the libraries negprompt loads them from (no remote or local code).
@@ -325,6 +325,11 @@ COMPONENTS = {
     "StableDiffusionPipeline": ("unet", "vae", "text_encoder", "tokenizer", "scheduler"),
     "StableDiffusionXLPipeline": ("unet", "vae", "text_encoder", "text_encoder_2", "tokenizer", "tokenizer_2",
                                   "scheduler"),
+    # SD3 runs without its T5 (text_encoder_3, tokenizer_3), so they are not required
+    "StableDiffusion3Pipeline": ("transformer", "vae", "text_encoder", "text_encoder_2", "tokenizer", "tokenizer_2",
+                                 "scheduler"),
+    "FluxPipeline": ("transformer", "vae", "text_encoder", "text_encoder_2", "tokenizer", "tokenizer_2",
+                     "scheduler"),
 }
 LIBRARIES = ("diffusers", "transformers")
 
@@ -388,6 +393,8 @@ def _load(source: str, device: torch.device, dtype: torch.dtype) -> DiffusionPip
         config = _read_config(source)
         cls = check_model_index(source, config)
         extra = {"safety_checker": None, "requires_safety_checker": False} if cls is StableDiffusionPipeline else {}
+        if cls is StableDiffusion3Pipeline:  # SD3 runs without T5 (a folder saved without it lists none)
+            extra = {name: None for name in ("text_encoder_3", "tokenizer_3") if not any(config.get(name) or [])}
         log.info("loading %s (%s) on %s in %s", source, cls.__name__, device, dtype)
         try:
             pipe = cls.from_pretrained(source, dtype=dtype, use_safetensors=True, **extra)
@@ -403,7 +410,8 @@ def _load(source: str, device: torch.device, dtype: torch.dtype) -> DiffusionPip
         # SDXL's VAE overflows in float16. diffusers upcasts it inside every call (mutating the pipeline); we do
         # it once here, and the engine decodes in the VAE's own dtype.
         pipe.vae.to(torch.float32)
-    for module in (pipe.unet, pipe.vae, pipe.text_encoder, getattr(pipe, "text_encoder_2", None)):
+    for module in (family_of(pipe).denoiser, pipe.vae, pipe.text_encoder, getattr(pipe, "text_encoder_2", None),
+                   getattr(pipe, "text_encoder_3", None)):
         if module is not None:
             module.eval().requires_grad_(False)
     pipe.set_progress_bar_config(disable=True)

@@ -52,13 +52,13 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from negprompt._assets import EMBEDDED_NAME
 from negprompt.errors import LIMITS, InputError, shown
-from negprompt.inputs import check_out_folder, parse_nested, read_text_file
+from negprompt.inputs import check_out_folder, load_json_file, parse_nested, read_text_file
 from negprompt.plan import BASELINES, ComparisonSpec, check_int, check_text, parse_seeds
 
 log = logging.getLogger("negprompt.sweep")
 
-EMBEDDED_NAME = "negprompt-portraits"  # negprompt.loading.EMBEDDED_NAME, without importing diffusers to read a config
 NO_CHANGE_PERCENT = 1.0  # a cell whose change score is below this (percent) "does almost nothing"
 TIMING_COLUMNS = ("seconds_spec", "seconds_cell", "process")  # row fields that differ between two identical runs
 
@@ -491,7 +491,10 @@ def check_record(out: Path, config: SweepConfig, ids: list[str], is_main: bool) 
     record = out / "sweep.json"
     digest = config.sha256()
     if record.is_file():
-        previous = json.loads(record.read_text())
+        previous = load_json_file(record, "sweep.json", LIMITS.max_manifest_bytes)
+        if not isinstance(previous, dict) or not {"config_sha256", "config", "specs"} <= set(previous) \
+                or not isinstance(previous["config"], dict):
+            raise InputError("config", str(out), f"{record} is not a sweep's record; use a new --out folder")
         if previous["config_sha256"] != digest:
             now = json.loads(json.dumps(config.to_dict()))  # tuples as lists, as the record holds them
             changed = sorted(k for k, v in now.items() if previous["config"].get(k) != v)
@@ -692,9 +695,9 @@ def _run_locked(config: SweepConfig, out: Path, specs: list[ComparisonSpec], ids
                 stop_after: int | None, started: float) -> dict:
     from accelerate.utils import gather_object
 
+    check_record(out, config, ids, state.is_main_process)
     (out / "specs").mkdir(parents=True, exist_ok=True)
     (out / "rows").mkdir(exist_ok=True)
-    check_record(out, config, ids, state.is_main_process)
     if state.is_main_process:  # temporary files of the main process's atomic writes, left by a killed run
         for leftover in out.glob(".*.tmp-*"):
             leftover.unlink()
@@ -816,7 +819,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
-    from negprompt.cli import quiet_libraries
+    from negprompt.quiet import quiet_libraries
 
     quiet_libraries()
     try:

@@ -28,6 +28,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 
+from negprompt._assets import EMBEDDED_NAME
 from negprompt.explore import (
     INERT_PERCENT,
     PreviewRecorder,
@@ -41,7 +42,6 @@ from negprompt.portrait_model.portraits import ALL_WORDS
 from negprompt.prompts import count_tokens
 
 ACTS, INERT = "acts", "does almost nothing"
-EMBEDDED_NAME = "negprompt-portraits"  # negprompt.loading.EMBEDDED_NAME (not imported: loading pulls in diffusers)
 DISTILLED_SCHEDULERS = ("LCMScheduler", "TCDScheduler")
 # Name parts of few-step distilled checkpoints: "sdxl-turbo", "DreamShaperXL_Turbo", "SDXL-Lightning",
 # "juggernautXL_v9Rdphoto2Lightning", "Hyper-SDXL-8steps", "lcm-lora-sdv1-5", "LCM_Dreamshaper_v7".
@@ -83,7 +83,8 @@ def model_facts(pipe, name: str, vocabulary: frozenset[str] | None = None) -> Mo
         vocabulary = frozenset(ALL_WORDS)
     tokenizer = pipe.tokenizer if getattr(pipe, "tokenizer", None) is not None else pipe.tokenizer_2
     config = pipe.scheduler.config
-    return ModelFacts(name=name, time_cond_proj_dim=pipe.unet.config.time_cond_proj_dim,
+    unet = getattr(pipe, "unet", None)
+    return ModelFacts(name=name, time_cond_proj_dim=unet.config.time_cond_proj_dim if unet is not None else None,
                       scheduler=type(pipe.scheduler).__name__, timestep_spacing=config.get("timestep_spacing"),
                       token_limit=tokenizer.model_max_length - 2, vocabulary=vocabulary)
 
@@ -287,6 +288,38 @@ def cell_verdicts(facts: ModelFacts, spec: ComparisonSpec, changes, *, tokenizer
     return [verdict(facts, spec, i, float(c), tokenizer=tokenizer, threshold=threshold) for i, c in enumerate(changes)]
 
 
+def fit_to_model(spec: ComparisonSpec, pipe, *, optional_methods: bool = False) -> ComparisonSpec:
+    """``spec`` as the model can show it. On a guidance-distilled model whose attention negprompt can steer, every
+    plain negative cell becomes two: the CFG cell, labeled as inert (the model runs no negative branch, so it equals
+    the baseline), and the same negative through NAG (``negprompt.guidance.NAG``), which acts inside the one branch
+    such a model runs. With ``optional_methods`` (a front end's fixed list of methods, not the user's), cells of
+    attention-level methods (NAG) are left out on a model whose attention cannot be steered (a transformer, a
+    compiled UNet); otherwise the engine refuses them by name. Anything else is returned as it is. ``pipe``: the
+    pipeline (or an object holding it as ``.pipe``)."""
+    from dataclasses import replace
+
+    from negprompt.attention import installed
+    from negprompt.families import family_of
+    from negprompt.guidance import CFG, NAG, steers_attention
+    from negprompt.plan import expand_cells
+
+    pipe = getattr(pipe, "pipe", pipe)
+    if not installed(family_of(pipe).denoiser):
+        if not optional_methods or not any(steers_attention(c.guidance) for c in spec.cells):
+            return spec
+        return expand_cells(spec, lambda cell: [] if steers_attention(cell.guidance) else [cell])
+    if spec.mode not in ("negatives", "negatives+positive") or distillation(model_facts(pipe, spec.model)) is None:
+        return spec
+
+    def both(cell):
+        if cell.kind != "negative" or cell.guidance != CFG():
+            return [cell]
+        return [replace(cell, label=f"{cell.label} (cfg, inert here)"),
+                replace(cell, guidance=NAG(), label=f"{cell.label} (nag)")]
+
+    return expand_cells(spec, both)
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # A finished comparison, explained
 
@@ -360,9 +393,22 @@ def ranking_lines(ranking: dict, seeds: int) -> list[str]:
         flags = (["does almost nothing"] if t["inert"] else []) + t.get("notes", [])
         lines.append(f"{t['mean_change']:>7.2f}%  [{low:.2f}-{high:.2f}%]  {t['label']}"
                      + (f"  ({'; '.join(flags)})" if flags else ""))
-    lines += [f"these {len(g)} terms did the same thing (identical images on every seed): {', '.join(g)}"
-              for g in ranking.get("identical_groups", [])]
+    lines += identical_lines(ranking)
     lines.append(f"trimmed negative: {ranking['trimmed_negative']}")
+    return lines
+
+
+def identical_lines(ranking: dict) -> list[str]:
+    """The sentences on identical images in a term ranking: the terms that did the same thing, and those whose cell
+    is the same image as its reference (the full negative; the baseline for terms alone) on every seed."""
+    lines = [f"these {len(g)} terms did the same thing (identical images on every seed): {', '.join(g)}"
+             for g in ranking.get("identical_groups", [])]
+    same = ranking.get("same_as_reference", [])
+    if same:
+        reference = "the full negative's" if ranking["kind"] == "leave-out" else "the baseline's"
+        what = "leaving out" if ranking["kind"] == "leave-out" else "using"
+        lines.append(f"{what} {', '.join(same)} gave {reference} image on every seed, pixel for pixel: "
+                     f"{'it' if len(same) == 1 else 'they'} did nothing here")
     return lines
 
 

@@ -6,13 +6,14 @@ plus the new token. Nothing of the model changes; only the token's vectors are l
 encoder stay frozen). Written as a negative prompt, the token steers images away from those damages: the offline
 counterpart of community negative embeddings such as "EasyNegative".
 
-    python scripts/train_negative_embedding.py --out assets/portrait-embeddings     # the shipped one (~12 min, 1 CPU)
+    python scripts/train_negative_embedding.py --out assets/portrait-embeddings     # the shipped one
     python scripts/train_negative_embedding.py --out runs/ti-tiny --steps 5 --images 64   # a seconds-long check
 
 Output: ``OUT/degraded.safetensors`` in A1111's format (one tensor ``emb_params`` of shape (vectors, 64)), which
 ``negprompt --embedding portrait-bad=OUT/degraded.safetensors`` and diffusers' ``load_textual_inversion`` load,
 ``OUT/training.json`` (the settings and the loss curve) and ``OUT/training-samples.png`` (baseline vs. the token as
-a negative, a few seeds). The run is fully determined by ``--seed``; it uses one CPU thread.
+a negative, a few seeds). The run is fully determined by ``--seed``; it uses one CPU thread. The shipped run took
+2,344 s on a 2-core CPU shared with several other jobs (about 4 s per step); on an idle core expect far less.
 
 Recipe: ``--images`` portraits drawn from ``--seed``, each degraded once by one of three damages picked in turn
 (Gaussian blur with sigma 1.2-2.4 px; Gaussian pixel noise with std 0.15-0.35 on the [-1, 1] scale; washed out:
@@ -69,11 +70,10 @@ def degraded_dataset(n: int, seed: int):
     return torch.stack([degrade(x, d, g) for x, d in zip(clean, damages)]), people, damages
 
 
-def to_images(x: torch.Tensor):
-    from PIL import Image
-
-    arr = ((x.clamp(-1, 1) + 1) * 127.5).round().byte().permute(0, 2, 3, 1).numpy()
-    return [Image.fromarray(a) for a in arr]
+def _shown(path: Path) -> str:
+    """A path as the record shows it: relative to the repository when inside it."""
+    path = path.resolve()
+    return str(path.relative_to(ROOT)) if path.is_relative_to(ROOT) else str(path)
 
 
 def main() -> None:
@@ -156,7 +156,7 @@ def main() -> None:
     vectors = table.detach()[ids].clone().contiguous()
     args.out.mkdir(parents=True, exist_ok=True)
     save_file({"emb_params": vectors}, args.out / "degraded.safetensors")
-    record = {"settings": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
+    record = {"settings": {k: _shown(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
               "damages": {d: damages.count(d) for d in DAMAGES}, "loss": curve,
               "seconds": round(time.perf_counter() - began, 1), "threads": torch.get_num_threads()}
     (args.out / "training.json").write_text(json.dumps(record, indent=1) + "\n")

@@ -147,6 +147,9 @@ replay("replay-mode-a-megabyte", manifest({"mode": "M" * 1_000_000}), "mode")
 replay("replay-model-a-list", manifest({"model": ["a"]}), "model")
 replay("replay-version-text", manifest({"version": "1"}), "version")
 replay("replay-huge-integer", manifest({"steps": 0}).replace('"steps": 0', '"steps": ' + "9" * 5000), "JSON")
+replay("replay-additions-a-list", manifest()[:-1] + ', "model_additions": [1]}', "model_additions")
+replay("replay-additions-too-many", manifest()[:-1] + ', "model_additions": {"loras": ['
+       + ", ".join(['{"source": "x", "weight": 1, "sha256": "0"}'] * 1000) + "]}}", "model_additions")
 CLI_CASES.append(("replay-dev-zero", ["--replay", "/dev/zero", "--out", "{tmp}/out"], {}, "system file"))
 CLI_CASES.append(("replay-a-fifo", ["--replay", "{tmp}/pipe", "--out", "{tmp}/out"], {"pipe": FIFO},
                   "regular file"))
@@ -249,6 +252,8 @@ SWEEP_CASES.append(("sweep-config-a-folder", ["sweep", "{tmp}/folder", "--out", 
 SWEEP_CASES.append(("sweep-config-dev-zero", ["sweep", "/dev/zero", "--out", "{tmp}/out"], {}, "system file"))
 SWEEP_CASES.append(("sweep-config-too-large", ["sweep", "{tmp}/sweep.toml", "--out", "{tmp}/out"],
                     {"sweep.toml": GOOD_SWEEP + "#" * 2_000_000 + "\n"}, "bytes"))
+sweep("sweep-out-broken-record", GOOD_SWEEP, "sweep.json", {"out/sweep.json": "{ not json"})
+sweep("sweep-out-deep-record", GOOD_SWEEP, "sweep.json", {"out/sweep.json": nested(100_000)})
 sweep("sweep-out-is-a-file", GOOD_SWEEP, "--out", {"file.txt": "x"}, ["--out", "{tmp}/file.txt"])
 sweep("sweep-stop-after-negative", GOOD_SWEEP, "--stop-after", args=["--stop-after", "-1"])
 sweep("sweep-threads-text", GOOD_SWEEP, "--threads", args=["--threads", "many"])

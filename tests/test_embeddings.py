@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -11,7 +13,8 @@ from safetensors.torch import save_file
 from negprompt import compare
 from negprompt.embeddings import parse_embedding, parse_embedding_list
 from negprompt.errors import InputError
-from negprompt.loading import load
+from negprompt.explore import leave_one_out_spec, split_terms
+from negprompt.loading import EMBEDDED_EMBEDDINGS, load
 
 PROMPT = "portrait photo of a man"
 TOLERANCE = 2  # max pixel difference, in 1/255 steps, between a cell and the same image made by diffusers alone
@@ -119,7 +122,7 @@ def test_xray_gives_one_cell_per_vector_each_that_vector_alone_and_its_nearest_w
     path = write_a1111(tmp_path, "safetensors", 32, seed=5)
     loaded = load(tiny_sd_folder, device="cpu", embeddings=[("badthing", str(path))])
     embedding = find(loaded.embeddings, "BadThing")
-    spec = xray_spec(PROMPT, embedding, [2], model="tiny", steps=2, guidance_scale=6.0)
+    spec = xray_spec(PROMPT, embedding.name, embedding.vectors, [2], model="tiny", steps=2, guidance_scale=6.0)
     result = compare(loaded, spec)
     xray = [c for c in result.cells if c.kind == "xray"]
     assert len(xray) == 1 + VECTORS, "X-ray must show the whole embedding, then one cell per vector."
@@ -135,7 +138,7 @@ def test_xray_gives_one_cell_per_vector_each_that_vector_alone_and_its_nearest_w
     reference.load_textual_inversion(vectors(32, 5)[1], token="onlysecond")
     assert max_diff(xray[2].image, plain_image(reference, "onlysecond", 2, steps=2)) <= TOLERANCE, (
         "The cell of vector 2 must equal diffusers with that vector alone loaded as an embedding.")
-    findings = xray_findings(loaded.pipe, embedding, k=3)
+    findings = xray_findings(loaded.pipe, embedding.name, embedding.vectors, k=3)
     assert len(findings["vectors"]) == VECTORS and all(len(v["nearest_words"]) == 3 for v in findings["vectors"])
     words = {w["word"] for v in findings["vectors"] for w in v["nearest_words"]}
     assert not any(w.startswith("badthing") or w.startswith("<|") for w in words), (
@@ -176,3 +179,24 @@ def test_cli_embedding_xray_and_replay_check(tiny_sd_folder, tmp_path):
     lora = run_cli("--model", str(tiny_sd_folder), "--prompt", PROMPT, "--negative", "<lora:detail:0.8>",
                    cwd=tmp_path)
     assert lora.returncode == 2 and "a LoRA changes the model" in lora.stderr.strip().splitlines()[-1]
+
+
+def test_the_shipped_embedding_loads_with_the_embedded_model_and_is_one_leave_one_out_term():
+    name, path = EMBEDDED_EMBEDDINGS[0]
+    assert path.is_file(), f"The embedded model's negative embedding must ship at {path}."
+    loaded = load(None, device="cpu")
+    names = [e.name for e in loaded.embeddings]
+    assert names == [name], "The embedded model must load its shipped embedding under its name by default."
+    vectors = loaded.embeddings[0].vectors
+    tokenizer = loaded.pipe.tokenizer
+    assert loaded.pipe.maybe_convert_prompt(name, tokenizer).split() == [name] + [f"{name}_{i}"
+                                                                                for i in range(1, vectors)]
+    negative = f"blurry, {name}, lowres"
+    assert split_terms(negative) == ["blurry", name, "lowres"], (
+        "Leave-one-out must read an embedding's name as one term, never its vectors' tokens apart.")
+    spec = leave_one_out_spec(PROMPT, negative, [1], model="negprompt-portraits")
+    left_out = [c.negative for c in spec.cells if c.kind == "leave-out"]
+    assert f"blurry, {name}" in left_out and "blurry, lowres" in left_out
+    assert not any(f"{name}_" in (c.negative or "") for c in spec.cells), (
+        "No cell may hold a multi-vector embedding's inner tokens: the name stands for all of them.")
+    assert json.loads(json.dumps(loaded.additions()))["embeddings"][0]["name"] == name

@@ -44,6 +44,8 @@ def test_every_case_is_one_clear_line_and_exit_2(tmp_path, capsys, name, args, f
     from negprompt.cli import main
 
     make_files(tmp_path, files)
+    out = tmp_path / "out"
+    before = sorted(out.rglob("*")) if out.is_dir() else []
     argv = [a.replace("{tmp}", str(tmp_path)) for a in args]
     try:
         status = main(argv)
@@ -57,8 +59,8 @@ def test_every_case_is_one_clear_line_and_exit_2(tmp_path, capsys, name, args, f
     assert expected in line, f"{name}: the line must name {expected!r}: {line[:300]}"
     assert "no such folder" not in line, f"{name}: must be refused before the model is looked for: {line[:200]}"
     assert len(line) < 600, f"{name}: the line must not echo the input ({len(line):,} characters)"
-    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir()), \
-        f"{name}: nothing may be written on refused input"
+    after = sorted(out.rglob("*")) if out.is_dir() else []
+    assert after == before, f"{name}: nothing may be written on refused input: {after[:5]}"
 
 
 # ----------------------------------------------------------------------------------------------------------------

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from negprompt.app.settings import AppSettings
 from negprompt.errors import LIMITS, InputError, base_argument
 from negprompt.loading import EMBEDDED_NAME
+from negprompt.loras import check_prompt
 from negprompt.plan import check_text
 from negprompt.schedulers import scheduler_names
 
@@ -44,6 +45,7 @@ LABELS = {
     "mode": "Mode",
     "timing": "Mode",
     "methods": "Mode",
+    "reading": "Prompt reading",
 }
 
 # The app's modes: the label a user picks -> the spec mode (``negprompt.explore.mode_spec``). The first is the default.
@@ -51,11 +53,18 @@ MODES = {
     "Compare negatives": "negatives",
     "Leave one out": "leave-one-out",
     "Each term alone": "terms-alone",
+    "X-ray an embedding": "xray",
     "When it acts (timing)": "timing",
     "Guidance methods": "methods",
+    "Plain vs A1111 reading": "readings",
+}
+READINGS = {  # the Prompt reading radio: label -> the spec's reading (``negprompt.reading``)
+    "plain (the text as it is)": "plain",
+    "A1111 ((x:1.3), BREAK, [a:b:0.4], 75-token chunks)": "a1111",
 }
 TIMING_STARTS = (0.0, 0.2, 0.4, 0.6)  # the timing mode's start fractions, for each negative
-GUIDANCE_METHODS = ("cfg", "perp-neg", "cfg-rescale:0.7")  # the guidance-methods mode's methods (parse_method text)
+# the guidance-methods mode's methods (parse_method text; NAG only where the model's attention can be steered)
+GUIDANCE_METHODS = ("cfg", "perp-neg", "cfg-rescale:0.7", "nag")
 
 
 def field_label(argument: str, boxes: tuple[int, ...] | None = None) -> str:
@@ -87,6 +96,7 @@ class Form:
     model: object = ""
     other: object = ""
     mode: object = "negatives"  # a value of MODES (or its label)
+    reading: object = "plain"  # a value of READINGS (or its label)
 
 
 @dataclass(frozen=True)
@@ -105,6 +115,8 @@ class Request:
     other_positive: str = ""  # another positive prompt shown beside, with no negative ("" none)
     boxes: tuple[int, ...] = field(default=())  # the form box each negative came from (for error labels)
     mode: str = "negatives"  # a value of MODES
+    reading: str = "plain"  # a value of READINGS: how the prompts are read
+    vectors: int = 0  # in the X-ray mode: the vectors of the embedding named by the first negative
 
     @property
     def cells(self) -> int:
@@ -185,6 +197,7 @@ def check_form_text(argument: str, value, *, allow_empty: bool = False) -> None:
         raise InputError(argument, lone[0].encode("unicode_escape").decode(),
                          f"character {lone.start() + 1} is a lone surrogate "
                          f"({lone[0].encode('unicode_escape').decode()}), not a character: retype the text")
+    check_prompt(argument, value)  # a <lora:...> tag: a LoRA changes the model, not this prompt
     try:
         check_text(argument, value, allow_empty=allow_empty)
     except InputError:
@@ -199,11 +212,17 @@ def request_spec(request: Request, *, model: str | None = None, baseline: str = 
     from negprompt.explore import mode_spec
     from negprompt.guidance import parse_method
 
+    if request.mode == "xray":
+        from negprompt.embeddings import xray_spec
+
+        return xray_spec(request.prompt, request.negatives[0].lower(), request.vectors, list(request.seeds),
+                         model=model or request.model, steps=request.steps, guidance_scale=request.guidance_scale,
+                         height=request.height, width=request.width, sampler=request.scheduler, baseline=baseline)
     return mode_spec(request.mode, request.prompt, list(request.negatives), list(request.seeds),
                      starts=TIMING_STARTS, methods=[parse_method(m, "methods") for m in GUIDANCE_METHODS],
                      model=model or request.model, steps=request.steps, guidance_scale=request.guidance_scale,
                      height=request.height, width=request.width, sampler=request.scheduler, baseline=baseline,
-                     other_positive=request.other_positive or None)
+                     other_positive=request.other_positive or None, reading=request.reading)
 
 
 def check_mode(mode) -> str:
@@ -215,6 +234,16 @@ def check_mode(mode) -> str:
         raise InputError("mode", mode, f"{_show(mode)} is not one of {', '.join(MODES)} (or, by name: "
                                        f"{', '.join(MODES.values())})")
     return mode
+
+
+def check_reading(reading) -> str:
+    """A reading's spec name from a value or a label of ``READINGS``."""
+    reading = READINGS.get(reading, reading) if isinstance(reading, str) else reading
+    if reading in (None, ""):
+        return "plain"
+    if reading not in READINGS.values():
+        raise InputError("reading", reading, f"{_show(reading)} is not one of {', '.join(READINGS.values())}")
+    return reading
 
 
 def build_request(settings: AppSettings, form: Form) -> Request:
@@ -255,9 +284,11 @@ def build_request(settings: AppSettings, form: Form) -> Request:
     model = _check_model(settings, form.model)
     texts = tuple(text.strip() for _, text in negatives)
     mode = check_mode(form.mode)
+    vectors = _xray_vectors(settings, model, texts, negatives) if mode == "xray" else 0
     request = Request(prompt=form.prompt.strip(), negatives=texts, seeds=tuple(range(seed, seed + rows)),
                       steps=steps, guidance_scale=float(guidance), width=width, height=height, scheduler=scheduler,
-                      model=model, other_positive=other, boxes=tuple(box for box, _ in negatives), mode=mode)
+                      model=model, other_positive=other, boxes=tuple(box for box, _ in negatives), mode=mode,
+                      reading=check_reading(form.reading), vectors=vectors)
     if mode != "negatives" and request.cells > settings.max_cells:
         first = f"negatives[{request.boxes[0]}]" if request.boxes else "negatives[0]"
         raise InputError(first if mode in ("leave-one-out", "terms-alone") else "max_cells", request.cells,
@@ -268,6 +299,19 @@ def build_request(settings: AppSettings, form: Form) -> Request:
                          f"{rows} seed(s) x ({len(texts)} negatives + baseline{' + other positive' if other else ''})"
                          f" = {request.cells} images; this app makes at most {settings.max_cells}")
     return request
+
+
+def _xray_vectors(settings: AppSettings, model: str, texts, negatives) -> int:
+    """The X-ray mode's embedding (named in the first negative box) must be one the model loads with here."""
+    from negprompt.embeddings import vector_count
+
+    files = settings.embedding_files(model)
+    name = texts[0].lower() if texts else ""
+    argument = f"negatives[{negatives[0][0]}]" if negatives else "negatives[0]"
+    if name not in files:
+        raise InputError(argument, name, f"{_show(name)} is not a negative embedding of this model; X-ray one of: "
+                                         f"{', '.join(files) or 'none (set NEGPROMPT_EMBEDDINGS)'}")
+    return vector_count(files[name])
 
 
 def _check_model(settings: AppSettings, model) -> str:

@@ -70,12 +70,16 @@ def request_spec_for(request: Request, pipe):
     """The spec the engine runs for ``request`` on the loaded ``pipe``: the one place that turns a request into an
     engine call (``negprompt.app.form.request_spec`` in the request's mode, named and with the baseline as the
     loaded model has them: zero embeddings for SDXL, the empty prompt otherwise). The other positive prompt (the
-    seed article's "without X") is one more cell of each row, in the same batch and from the same starting noise."""
+    seed article's "without X") is one more cell of each row, in the same batch and from the same starting noise.
+    On a guidance-distilled model each negative shows as "CFG (inert here)" beside NAG; where the model's attention
+    cannot be steered, the guidance-methods mode leaves NAG out (``fit_to_model``)."""
     from negprompt.engine import default_baseline
     from negprompt.loading import model_source
+    from negprompt.verdicts import fit_to_model
 
     diffusers_pipe = getattr(pipe, "pipe", pipe)
-    return request_spec(request, model=model_source(diffusers_pipe), baseline=default_baseline(diffusers_pipe))
+    spec = request_spec(request, model=model_source(diffusers_pipe), baseline=default_baseline(diffusers_pipe))
+    return fit_to_model(spec, diffusers_pipe, optional_methods=True)
 
 
 # -----------------------------------------------------------------------------------------------------------------
@@ -130,6 +134,8 @@ class Costs:
         the model: it runs the UNet)."""
         from negprompt.cost import measure
 
+        if getattr(pipe, "unet", None) is None:
+            return  # a transformer family (SD3, FLUX): not measured yet, its prior bounds it
         for h, w in ladder(height, width, pipe.vae_scale_factor):
             if self.known(model, device, h, w) is not None:
                 continue
@@ -185,11 +191,13 @@ def on_gpu(fn: Callable, duration: Callable) -> Callable:
     return spaces.GPU(duration=duration)(fn)
 
 
-def load(model: str, device: str | None = None, preview_decoder: str | None = None):
-    """The cached pipeline for ``model`` (EMBEDDED_NAME: the embedded model), with its preview decoder if any."""
+def load(model: str, device: str | None = None, preview_decoder: str | None = None, embeddings=()):
+    """The cached pipeline for ``model`` (EMBEDDED_NAME: the embedded model), with its preview decoder and negative
+    embeddings if any."""
     from negprompt.loading import load_pipeline
 
-    return load_pipeline(None if model == EMBEDDED_NAME else model, device=device, preview_decoder=preview_decoder)
+    return load_pipeline(None if model == EMBEDDED_NAME else model, device=device, preview_decoder=preview_decoder,
+                         embeddings=embeddings)
 
 
 def zero_gpu_seconds(request: Request, *_args, **_kwargs) -> int:
@@ -332,7 +340,8 @@ class Runner:
         if self.costs.known(request.model, device, height, width) is not None:
             return
         if pipe is None:
-            pipe = load(request.model, self.settings.device, self.settings.preview_decoder(request.model))
+            pipe = load(request.model, self.settings.device, self.settings.preview_decoder(request.model),
+                        self.settings.embeddings_for(request.model))
         self.costs.measure_up_to(pipe, request.model, device, height, width)
 
     def _check(self, request: Request) -> float:
@@ -430,6 +439,7 @@ class Runner:
         from negprompt import attention
         from negprompt.engine import compare, run_many
         from negprompt.explore import PreviewRecorder
+        from negprompt.families import family_of
         from negprompt.verdicts import explain
 
         settings = self.settings
@@ -453,7 +463,8 @@ class Runner:
 
         try:
             first = group[0].request
-            pipe = load(first.model, settings.device, settings.preview_decoder(first.model))
+            pipe = load(first.model, settings.device, settings.preview_decoder(first.model),
+                        settings.embeddings_for(first.model))
             requests: dict[Request, list[_Ticket]] = {}
             for t in group:
                 requests.setdefault(t.request, []).append(t)
@@ -471,7 +482,7 @@ class Runner:
             # every cell's preview every ``every`` steps is kept for the step scrubber and the curves
             recorders = [PreviewRecorder(spec.steps, then=progress(tickets), max_side=PREVIEW_SIDE)
                          for spec, tickets in zip(specs, requests.values())]
-            maps = settings.attention_maps and attention.installed(pipe.unet)
+            maps = settings.attention_maps and attention.installed(family_of(pipe).denoiser)
             cells = sum(len(spec.cells) for spec in specs)
             if len(specs) == 1:
                 results = [compare(pipe, specs[0], callback=recorders[0], preview_every=every, max_cells=cells,
@@ -483,6 +494,10 @@ class Runner:
                 if request.width is None:
                     self.sides[request.model] = max(result.settings.width, result.settings.height)
                 result = explain(result, pipe, recorder if every else None)
+                if result.spec.mode == "xray":
+                    from negprompt.embeddings import xray_findings
+
+                    result.explored["xray"] = xray_findings(pipe, request.negatives[0].lower(), request.vectors)
                 for t in tickets:
                     t.events.put(result)
         except BaseException as error:  # handed to every caller's thread, which raises it

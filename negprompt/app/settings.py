@@ -14,6 +14,7 @@ import importlib.util
 import os
 from dataclasses import dataclass
 
+from negprompt.embeddings import parse_embedding_list
 from negprompt.errors import LIMITS
 from negprompt.loading import EMBEDDED_NAME
 
@@ -119,6 +120,9 @@ class AppSettings:
     # NEGPROMPT_PREVIEW_DECODERS: MODEL=DECODER pairs, comma-separated: an AutoencoderTiny (folder or Hub id) that
     # decodes that model's step previews, e.g. "stable-diffusion-v1-5/stable-diffusion-v1-5=madebyollin/taesd"
     preview_decoders: tuple[tuple[str, str], ...] = ()
+    # NEGPROMPT_EMBEDDINGS: NAME=PATH pairs, comma-separated: negative embeddings (a file, folder or Hub id each)
+    # loaded with NEGPROMPT_MODEL, e.g. "easynegative=./EasyNegative.safetensors" (the embedded model loads its own)
+    embeddings: tuple[tuple[str, str], ...] = ()
 
     def __post_init__(self):
         caps = {"max_seeds": LIMITS.max_cells, "max_cells": LIMITS.max_cells, "max_steps": LIMITS.max_steps,
@@ -156,6 +160,7 @@ class AppSettings:
             batch_requests=_bool("NEGPROMPT_BATCH", True),
             max_upload=os.environ.get("NEGPROMPT_MAX_UPLOAD", "").strip() or cls.max_upload,
             preview_decoders=_pairs("NEGPROMPT_PREVIEW_DECODERS"),
+            embeddings=tuple(parse_embedding_list(os.environ.get("NEGPROMPT_EMBEDDINGS", ""))),
         )
 
     def kept_every(self, model: str) -> int:
@@ -163,6 +168,17 @@ class AppSettings:
         the embedded model (its previews cost little, and the plot then shows where each line leaves zero), else
         ``preview_every``. The gallery streams a preview every ``preview_every`` steps either way."""
         return 1 if self.preview_every and model == EMBEDDED_NAME else self.preview_every
+
+    def embeddings_for(self, model: str) -> tuple[tuple[str, str], ...]:
+        """The NEGPROMPT_EMBEDDINGS to load with ``model`` (those of the model selected at start)."""
+        return self.embeddings if model == self.model else ()
+
+    def embedding_files(self, model: str) -> dict[str, str]:
+        """Name -> file of every negative embedding ``model`` loads with here (the embedded model's own too)."""
+        from negprompt.loading import EMBEDDED_EMBEDDINGS
+
+        own = {n: str(p) for n, p in EMBEDDED_EMBEDDINGS if p.is_file()} if model == EMBEDDED_NAME else {}
+        return {**own, **dict(self.embeddings_for(model))}
 
     def preview_decoder(self, model: str) -> str | None:
         """The preview decoder configured for ``model`` (None: its own VAE decodes the previews)."""
