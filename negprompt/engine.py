@@ -238,7 +238,7 @@ def run_many(pipe, specs: Sequence[ComparisonSpec], *, max_cells: int = MAX_CELL
     cells, offsets, rows = [], [], 0
     for spec in specs:
         offsets.append(len(cells))
-        cells.extend(replace(c, row=c.row + rows,
+        cells.extend(replace(c, row=c.row + rows, reading=spec.reading_of(c),
                              reference=None if c.reference is None else c.reference + offsets[-1]) for c in spec.cells)
         rows += spec.rows
     merged = replace(specs[0], cells=tuple(cells), mode=specs[0].mode if len({s.mode for s in specs}) == 1
@@ -283,8 +283,9 @@ _INTERRUPT: ContextVar[Callable[[], None] | None] = ContextVar("negprompt_interr
 
 @contextmanager
 def _interrupting(pipe, interrupt: Callable[[], None] | None):
-    """While the block runs (in this thread), ``interrupt()`` is called before each block of the UNet and of the VAE
-    decoder. The hooks are installed once per model, and do nothing when no interrupt is set."""
+    """While the block runs (in this thread), ``interrupt()`` is called before each block of the denoiser (UNet or
+    transformer) and of the VAE decoder. The hooks are installed once per model, and do nothing when no interrupt
+    is set."""
     if interrupt is None:
         yield
         return

@@ -134,6 +134,8 @@ class Costs:
         the model: it runs the UNet)."""
         from negprompt.cost import measure
 
+        if getattr(pipe, "unet", None) is None:
+            return  # a transformer family (SD3, FLUX): not measured yet, its prior bounds it
         for h, w in ladder(height, width, pipe.vae_scale_factor):
             if self.known(model, device, h, w) is not None:
                 continue
