@@ -18,6 +18,9 @@ ways, SDXL included, so that they draw the same images.
     python benchmarks/speed.py --device cuda --sweep --json speed-cuda.json
                                                          # SD1.5 512x512 and SDXL 1024x1024, 30 steps, 1+8 images
     python benchmarks/speed.py --device cuda --configs sd15 --negatives 8 --steps 30 --repeats 5
+    python benchmarks/speed.py --device cuda --configs sd3,flux --negatives 4 --steps 28
+                                                         # SD3 Medium and FLUX.1-dev (true CFG), random weights
+    python benchmarks/speed.py --device cpu --configs tiny_sd3,tiny_flux --steps 2   # their tiny versions
     python benchmarks/speed.py --device cuda --model ./my-sd15-folder --size 512 --negatives 4,8
 
 ``--sweep`` times (c) again after each lever (channels_last, fused QKV, torch.compile) for the before/after notes.
@@ -45,6 +48,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from negprompt import architectures, speedups  # noqa: E402
 from negprompt.engine import compare  # noqa: E402
+from negprompt.families import family_of  # noqa: E402
 from negprompt.loading import Loaded, ModelNotFoundError, load_pipeline  # noqa: E402
 
 PROMPT = "portrait photo of a man"
@@ -76,9 +80,14 @@ def sync(device: torch.device) -> None:
 def build(source: str, device: torch.device, dtype: torch.dtype):
     """The pipeline for ``source`` on ``device`` in ``dtype``, and a note on what it is."""
     builders = {"tiny_sd": architectures.tiny_sd_pipeline, "tiny_sdxl": architectures.tiny_sdxl_pipeline,
+                "tiny_sd3": architectures.tiny_sd3_pipeline, "tiny_flux": architectures.tiny_flux_pipeline,
                 "sd15": architectures.sd15_pipeline, "sdxl": architectures.sdxl_pipeline}
+    made_on_device = {"sd3": architectures.sd3_pipeline, "flux": architectures.flux_pipeline}  # 2B + 4.8B, 12B + 4.8B
     if source in builders:
         pipe = builders[source]().to(device, dtype)
+        note = f"{source} architecture, random weights"
+    elif source in made_on_device:
+        pipe = made_on_device[source](device=device).to(device, dtype)
         note = f"{source} architecture, random weights"
     else:
         try:
@@ -89,7 +98,8 @@ def build(source: str, device: torch.device, dtype: torch.dtype):
                 raise
             pipe = architectures.tiny_sd_pipeline().to(device, dtype)
             note = "embedded model not found (assets/portrait-model): tiny_sd_pipeline() instead"
-    for module in (pipe.unet, pipe.vae, pipe.text_encoder, getattr(pipe, "text_encoder_2", None)):
+    for module in (family_of(pipe).denoiser, pipe.vae, pipe.text_encoder, getattr(pipe, "text_encoder_2", None),
+                   getattr(pipe, "text_encoder_3", None)):
         if module is not None:
             module.eval().requires_grad_(False)
     pipe.set_progress_bar_config(disable=True)
@@ -98,14 +108,28 @@ def build(source: str, device: torch.device, dtype: torch.dtype):
 
 @torch.no_grad()
 def count_flops(pipe, height: int, width: int) -> tuple[float, float]:
-    """FLOPs of one UNet forward on one latent and of one VAE decode of one image."""
-    sample, t, text, kwargs = speedups.example_unet_inputs(pipe, 1, height, width)
+    """FLOPs of one denoiser forward on one latent and of one VAE decode of one image."""
+    family = family_of(pipe)
+    if family.name == "unet":
+        sample, t, text, kwargs = speedups.example_unet_inputs(pipe, 1, height, width)
+        with FlopCounterMode(display=False) as counter:
+            pipe.unet(sample, t, encoder_hidden_states=text, return_dict=False, **kwargs)
+        denoiser = counter.get_total_flops()
+        with FlopCounterMode(display=False) as counter:
+            pipe.vae.decode(sample.to(pipe.vae.dtype))
+        return float(denoiser), float(counter.get_total_flops())
+    device = pipe._execution_device
+    table = family.encode([PROMPT])
+    text, pooled = table.stack([PROMPT], device)
+    sample = family.initial_latent(0, height, width, table.dtype).to(device)
+    stepper = family.stepper("Default", [0], sample, 1, height, width)
+    call = family.denoiser_call(height, width, 1, 1.0, table.dtype, device)
     with FlopCounterMode(display=False) as counter:
-        pipe.unet(sample, t, encoder_hidden_states=text, return_dict=False, **kwargs)
-    unet = counter.get_total_flops()
+        call(sample, stepper.timesteps[0], text, pooled)
+    denoiser = counter.get_total_flops()
     with FlopCounterMode(display=False) as counter:
-        pipe.vae.decode(sample.to(pipe.vae.dtype))
-    return float(unet), float(counter.get_total_flops())
+        family.decode(sample, height, width)
+    return float(denoiser), float(counter.get_total_flops())
 
 
 def time_ways(ways: dict, device: torch.device, warmup: int, repeats: int) -> dict[str, dict]:
@@ -146,11 +170,12 @@ def max_difference(left, right) -> float:
 
 def run_config(config: Config, args, device: torch.device, dtype: torch.dtype) -> dict:
     pipe, note = build(config.source, device, dtype)
-    size = config.size or pipe.unet.config.sample_size * pipe.vae_scale_factor
+    family = family_of(pipe)
+    size = config.size or family.default_side()
     negatives = list(NEGATIVES[:config.negatives])
     cells = ["", *negatives]
-    common = dict(num_inference_steps=config.steps, guidance_scale=args.guidance, height=size, width=size,
-                  output_type="pil")
+    scale = {"true_cfg_scale": args.guidance} if family.name == "flux" else {"guidance_scale": args.guidance}
+    common = dict(num_inference_steps=config.steps, height=size, width=size, output_type="pil", **scale)
     logging.info("%s: %s, %d images, %d steps, %dx%d, %s", config.name, note, len(cells), config.steps, size, size,
                  dtype)
 
@@ -158,12 +183,11 @@ def run_config(config: Config, args, device: torch.device, dtype: torch.dtype) -
         return [pipe(PROMPT, negative_prompt=n, generator=torch.Generator("cpu").manual_seed(args.seed),
                      **common).images[0] for n in cells]
 
-    shape = (1, pipe.unet.config.in_channels, size // pipe.vae_scale_factor, size // pipe.vae_scale_factor)
-    latent = torch.randn(shape, generator=torch.Generator("cpu").manual_seed(args.seed), dtype=pipe.unet.dtype)
+    latent = family.initial_latent(args.seed, size, size, family.denoiser.dtype)  # what the pipeline draws
 
     def one_batched_call():
-        return pipe([PROMPT] * len(cells), negative_prompt=cells, latents=latent.repeat(len(cells), 1, 1, 1),
-                    **common).images
+        latents = latent.repeat(len(cells), *[1] * (latent.ndim - 1))
+        return pipe([PROMPT] * len(cells), negative_prompt=cells, latents=latents, **common).images
 
     loaded = Loaded(pipe)  # the pipeline with its runtime facts: the levers applied, the compiled batch sizes
 
@@ -281,13 +305,13 @@ def configs_for(args) -> list[Config]:
     if args.smoke:
         names = ["tiny_sd", "tiny_sdxl"]
         return [Config(f"{s}+{n}", s, n, args.steps or 2, args.size) for s in names for n in counts or [2]]
-    if args.device_obj.type == "cpu":
+    if args.device_obj.type == "cpu" and args.configs is None:
         return [Config(f"embedded+{n}", "embedded", n, args.steps or 20, args.size) for n in counts or [4, 8]]
-    table = {"sd15": 512, "sdxl": 1024}
-    names = args.configs.split(",")
+    table = {"sd15": 512, "sdxl": 1024, "sd3": 1024, "flux": 1024, "tiny_sd3": 64, "tiny_flux": 64}
+    names = (args.configs or "sd15,sdxl").split(",")
     for name in names:
         if name not in table:
-            raise SystemExit(f"--configs {args.configs!r}: unknown configuration {name!r} (sd15, sdxl)")
+            raise SystemExit(f"--configs {args.configs!r}: unknown configuration {name!r} ({', '.join(table)})")
     return [Config(f"{s}+{n}", s, n, args.steps or 30, args.size or table[s]) for s in names for n in counts or [8]]
 
 
@@ -299,8 +323,10 @@ def parse_args(argv=None):
                         help="precision (default: bfloat16 on cuda, float32 on cpu)")
     parser.add_argument("--smoke", action="store_true", help="tiny pipelines, 2 steps, 1+2 images: seconds, for CI")
     parser.add_argument("--model", default=None, help="a diffusers folder or Hub id instead of the built-in configs")
-    parser.add_argument("--configs", default="sd15,sdxl",
-                        help="cuda configurations, comma-separated: sd15 (512x512), sdxl (1024x1024)")
+    parser.add_argument("--configs", default=None,
+                        help="configurations, comma-separated (default sd15,sdxl on cuda): sd15 (512x512), sdxl, sd3 "
+                             "(SD3 Medium with T5), flux (FLUX.1-dev) (1024x1024), tiny_sd3, tiny_flux (64x64, any "
+                             "device)")
     parser.add_argument("--negatives", default=None,
                         help="negative prompts per comparison, comma-separated for several configurations "
                              "(default: 8 on cuda, 4,8 on cpu, 2 with --smoke)")

@@ -11,6 +11,8 @@ from pathlib import Path
 _HERE = Path(__file__).resolve().parent
 _CHECKOUT = _HERE.parent / "assets"
 
+EMBEDDED_NAME = "negprompt-portraits"  # the embedded model's name, wherever a model is named (light to import)
+
 ASSETS = _CHECKOUT if (_CHECKOUT / "portrait-model").is_dir() else _HERE / "assets"
 
 

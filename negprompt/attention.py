@@ -16,7 +16,15 @@ and the diffusers community examples capture maps the same way, with a processor
     overlay(result.cells[1].image, result.attention_maps[1])          # a heat map over the image
     change_inside_outside(result.cells[1].image, result.cells[0].image, result.attention_maps[1])
 
-A compiled UNet is not wrapped (the wrapper's per-call check would break its graph); it has no maps.
+The same wrapper lets a guidance method act inside cross-attention (``negprompt.guidance.NAG``): while a
+``Steering`` is active (``with steering(steer):``, which the engine opens for a comparison with such cells), the
+rows it names have their attention output replaced by the method's ``steer(z_pos, z_neg)``, where ``z_neg`` is
+the attention of the same image queries to that row's negative prompt, both taken before the output projection.
+With no steering active, nothing but the wrapped processor runs: the images are bit for bit those of an unwrapped
+UNet.
+
+A compiled UNet is not wrapped (the wrapper's per-call check would break its graph); it has no maps and no
+steering.
 """
 
 from __future__ import annotations
@@ -95,8 +103,53 @@ class Capture:
         return out
 
 
+class Steering:
+    """Per step, which UNet batch rows a guidance method steers inside cross-attention: batch row -> (the method,
+    the embeddings (1, tokens, dim) of the negative prompt that row is steered away from)."""
+
+    def __init__(self):
+        self.rows: dict[int, tuple] = {}
+
+    def watch(self, rows: dict[int, tuple]) -> None:
+        self.rows = rows
+
+    def apply(self, attn, hidden_states, encoder_hidden_states, out):
+        """``out`` with the steered rows replaced (see the module doc)."""
+        if not self.rows or hidden_states.ndim != 3 or attn.residual_connection or attn.spatial_norm is not None \
+                or attn.group_norm is not None:
+            return out
+        rows = list(self.rows)
+        negatives = torch.cat([self.rows[r][1] for r in rows]).to(encoder_hidden_states)
+        queries = hidden_states[rows]
+        z_pos = attention_output(attn, queries, encoder_hidden_states[rows])
+        z_neg = attention_output(attn, queries, negatives)
+        steered = torch.cat([self.rows[r][0].steer(z_pos[i:i + 1], z_neg[i:i + 1]) for i, r in enumerate(rows)])
+        steered = attn.to_out[1](attn.to_out[0](steered)) / attn.rescale_output_factor
+        out = out.clone()
+        out[rows] = steered.to(out.dtype)
+        return out
+
+
+def attention_output(attn, hidden_states: torch.Tensor, encoder_hidden_states: torch.Tensor) -> torch.Tensor:
+    """The cross-attention output of ``attn`` before its output projection (batch, positions, heads * dim): the
+    same operations as diffusers' ``AttnProcessor2_0`` up to ``to_out``."""
+    batch = hidden_states.shape[0]
+    query = attn.to_q(hidden_states)
+    context = attn.norm_encoder_hidden_states(encoder_hidden_states) if attn.norm_cross else encoder_hidden_states
+    key, value = attn.to_k(context), attn.to_v(context)
+    head_dim = key.shape[-1] // attn.heads
+    query, key, value = (x.view(batch, -1, attn.heads, head_dim).transpose(1, 2) for x in (query, key, value))
+    if attn.norm_q is not None:
+        query = attn.norm_q(query)
+    if attn.norm_k is not None:
+        key = attn.norm_k(key)
+    z = F.scaled_dot_product_attention(query, key, value, dropout_p=0.0, is_causal=False)
+    return z.transpose(1, 2).reshape(batch, -1, attn.heads * head_dim).to(query.dtype)
+
+
 class CaptureProcessor:
-    """Wraps a cross-attention processor: the same output, plus the active capture's maps (see the module doc)."""
+    """Wraps a cross-attention processor: the same output, plus the active capture's maps and the active
+    steering's rows (see the module doc)."""
 
     def __init__(self, inner):
         self.inner = inner
@@ -105,7 +158,11 @@ class CaptureProcessor:
         capture = getattr(_state, "capture", None)
         if capture is not None and encoder_hidden_states is not None:
             capture.add(attn, hidden_states, encoder_hidden_states)
-        return self.inner(attn, hidden_states, encoder_hidden_states, *args, **kwargs)
+        out = self.inner(attn, hidden_states, encoder_hidden_states, *args, **kwargs)
+        steer = getattr(_state, "steering", None)
+        if steer is not None and encoder_hidden_states is not None:
+            out = steer.apply(attn, hidden_states, encoder_hidden_states, out)
+        return out
 
 
 def install(unet) -> bool:
@@ -124,14 +181,24 @@ def installed(unet) -> bool:
 
 
 @contextmanager
+def _active(slot: str, value):
+    """Make ``value`` the thread's active ``slot`` ("capture" or "steering") inside the block."""
+    previous = getattr(_state, slot, None)
+    setattr(_state, slot, value)
+    try:
+        yield value
+    finally:
+        setattr(_state, slot, previous)
+
+
 def capturing(capture: Capture):
     """Activate ``capture`` for the UNet calls this thread makes inside the block."""
-    previous = getattr(_state, "capture", None)
-    _state.capture = capture
-    try:
-        yield capture
-    finally:
-        _state.capture = previous
+    return _active("capture", capture)
+
+
+def steering(steer: Steering):
+    """Activate ``steer`` for the UNet calls this thread makes inside the block."""
+    return _active("steering", steer)
 
 
 def token_positions(tokenizer, text: str | None) -> list[int]:

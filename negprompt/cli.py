@@ -8,6 +8,8 @@
     negprompt --prompt "portrait photo of a man" --negative hat --guidance-methods cfg,perp-neg,cfg-rescale:0.7
     negprompt --prompt "portrait photo of a man" --negative hat --timing 0,0.2,0.4,0.6
     negprompt --prompt "portrait photo of a man" --negative "hat, glasses, blurry, watermark" --leave-one-out
+    negprompt --prompt "portrait photo of a man" --negative "(hat:1.4), [glasses:0.5]" --reading a1111
+    negprompt --prompt "portrait photo of a man" --negative "(hat:1.4), blurry" --compare-readings
     negprompt --replay outputs/run1/manifest.json --out outputs/run1-again
     negprompt --model stable-diffusion-v1-5/stable-diffusion-v1-5 --size 512x512 --steps 30 --prompt ... --negative ...
     negprompt --prompt "portrait photo of a man" --negative "portrait-bad"           # the shipped negative embedding
@@ -18,26 +20,42 @@
 A negative may carry a window, the fraction of the steps during which it acts: ``hat@0.3`` from 30% of the steps
 to the end, ``hat@0.3-0.8`` from 30% to 80%; outside it the cell uses the baseline's negative. ``--guidance-methods``
 makes one cell per method for each negative, ``--timing`` one cell per start fraction. ``--replay`` runs the spec a
-manifest recorded again (same images on the same machine). Without --model it runs the embedded portrait model from
-assets/, with its negative embedding ``portrait-bad``. Embeddings (``--embedding``) and LoRAs (``--lora``) load with
-the model for the whole comparison; a replay loads the ones its manifest recorded and checks their file hashes.
-Every argument is checked before the model loads; errors print one line and exit with status 2.
+manifest recorded again (same images on the same machine), into a new folder that appears whole when done.
+``--reading a1111`` reads every prompt as the A1111 web UI does (``negprompt.reading``); ``--compare-readings``
+shows each negative read both ways. Without --model it runs the embedded portrait model from assets/, with its
+negative embedding ``portrait-bad``. Embeddings (``--embedding``) and LoRAs (``--lora``) load with the model for
+the whole comparison; a replay loads the ones its manifest recorded and checks their file hashes. Every argument is
+checked before the model loads; errors print one line and exit with status 2.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import sys
 from pathlib import Path
 
+TERM_SEEDS = [0, 1, 2]  # leave-one-out and terms-alone rank over at least three seeds unless told otherwise
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """argparse, with a bad argument reported as one line (``negprompt: error: ...``) and exit status 2, like every
+    other refusal of the command line (argparse prints its usage first)."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
 
 def _seeds(text: str) -> list[int]:
+    """``1,2,3`` or ranges ``0-7``: counted before a range is expanded (one comparison holds at most
+    ``LIMITS.max_cells`` images, so at most that many seeds)."""
+    from negprompt.errors import LIMITS, InputError
+    from negprompt.plan import parse_seeds
+
     try:
-        return [int(s) for s in text.split(",") if s.strip()]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"--seeds {text!r} must be integers separated by commas") from None
+        return list(parse_seeds([item for item in text.split(",") if item.strip()], "--seeds", LIMITS.max_cells))
+    except InputError as error:
+        raise argparse.ArgumentTypeError(str(error).replace("--seeds[", "item [")) from None
 
 
 def _size(text: str) -> tuple[int, int]:
@@ -58,7 +76,7 @@ def _fractions(text: str) -> list[float]:
 def build_parser() -> argparse.ArgumentParser:
     from negprompt.schedulers import scheduler_names
 
-    parser = argparse.ArgumentParser(
+    parser = OneLineParser(
         prog="negprompt", description="Compare negative prompts side by side, all from the same starting noise.")
     parser.add_argument("--prompt", default=None, help="the positive prompt, shared by every cell (required unless "
                                                        "--replay)")
@@ -82,6 +100,9 @@ def build_parser() -> argparse.ArgumentParser:
                             "term left out, compared against the full negative")
     modes.add_argument("--terms-alone", action="store_true",
                        help="each term of the single --negative alone, compared against the baseline")
+    modes.add_argument("--compare-readings", action="store_true",
+                       help="each negative read plain (the text as it is, cut at 75 tokens) and read as A1111 reads "
+                            "it (weights, BREAK, 75-token chunks, prompt editing), side by side from the same noise")
     modes.add_argument("--xray", default=None, metavar="NAME",
                        help="X-ray a loaded negative embedding: the whole embedding, then each of its vectors alone "
                             "as the negative (one cell per vector), and each vector's nearest vocabulary words")
@@ -92,7 +113,13 @@ def build_parser() -> argparse.ArgumentParser:
                              "default: the embedded model (with --replay: the manifest's model)")
     seeds = parser.add_mutually_exclusive_group()
     seeds.add_argument("--seed", type=int, default=None, help="the seed of the single row (default 0)")
-    seeds.add_argument("--seeds", type=_seeds, default=None, metavar="S1,S2,...", help="one row per seed")
+    seeds.add_argument("--seeds", type=_seeds, default=None, metavar="S1,S2,...",
+                       help="one row per seed; ranges too: 0-7 (default: 0; for --leave-one-out and "
+                            "--terms-alone 0,1,2, so the ranking shows each term's spread over seeds)")
+    parser.add_argument("--reading", default=None, choices=("plain", "a1111"),
+                        help="how prompts are read: plain (the text as it is, as diffusers reads it: A1111 "
+                             "syntax is characters, past 75 tokens is cut; the default) or a1111 ((x:1.3), (x), "
+                             "[x], BREAK, 75-token chunks, [a:b:0.4] prompt editing, as the A1111 web UI reads it)")
     parser.add_argument("--steps", type=int, default=20, help="denoising steps (default 20)")
     parser.add_argument("--guidance", type=float, default=7.5, help="classifier-free guidance scale (default 7.5)")
     parser.add_argument("--size", type=_size, default=None, metavar="WxH", help="image size (default: the model's)")
@@ -126,37 +153,72 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _read_negatives(args) -> list[str]:
+    from negprompt.errors import LIMITS
+    from negprompt.inputs import read_text_file
+
     negatives = list(args.negative)
     if args.negatives_file is not None:
-        try:
-            lines = args.negatives_file.read_text(encoding="utf-8").splitlines()
-        except OSError as error:
-            raise ValueError(f"--negatives-file {str(args.negatives_file)!r}: {error.strerror}") from None
-        negatives += [ln.strip() for ln in lines if ln.strip() and not ln.lstrip().startswith("#")]
+        text = read_text_file(args.negatives_file, "--negatives-file", LIMITS.max_text_file_bytes)
+        negatives += [ln.strip() for ln in text.splitlines() if ln.strip() and not ln.lstrip().startswith("#")]
     return negatives
 
 
 def _read_manifest(path: Path):
-    from negprompt.errors import InputError
+    """(spec, additions) of a manifest: the comparison it recorded and the embeddings and LoRAs its model was
+    loaded with (``{}`` for none), each checked before anything runs."""
+    from negprompt.errors import LIMITS, InputError
+    from negprompt.inputs import load_json_file
     from negprompt.plan import ComparisonSpec
 
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except OSError as error:
-        raise InputError("replay", str(path), f"--replay {str(path)!r}: {error.strerror}") from None
-    except json.JSONDecodeError as error:
-        raise InputError("replay", str(path), f"--replay {str(path)!r} is not valid JSON: {error}") from None
+    data = load_json_file(path, "--replay", LIMITS.max_manifest_bytes)
     if not isinstance(data, dict) or "spec" not in data:
         raise InputError("replay", str(path), f"--replay {str(path)!r} is not a negprompt manifest (it has no "
                                               "'spec'; manifests written before version 0.2 cannot be replayed)")
-    return ComparisonSpec.from_dict(data["spec"])
+    return ComparisonSpec.from_dict(data["spec"]), _check_additions(path, data.get("model_additions") or {})
+
+
+def _check_additions(path: Path, additions) -> dict:
+    """A manifest's ``model_additions``: ``{"embeddings": [{name, source, sha256}], "loras": [{source, weight,
+    sha256}]}``, at most ``LIMITS.max_model_additions`` of each, every field of its type; an ``InputError``
+    otherwise."""
+    from negprompt.errors import LIMITS, InputError
+
+    fields = {"embeddings": {"name": str, "source": str, "sha256": str},
+              "loras": {"source": str, "weight": (int, float), "sha256": str}}
+    ok = isinstance(additions, dict) and set(additions) <= set(fields)
+    for kind, wanted in fields.items():
+        items = additions.get(kind, []) if ok else None
+        ok = ok and isinstance(items, list) and len(items) <= LIMITS.max_model_additions and all(
+            isinstance(item, dict) and all(isinstance(item.get(k), t) and not isinstance(item.get(k), bool)
+                                           and (t is not str or len(item[k]) <= LIMITS.max_text_chars)
+                                           for k, t in wanted.items()) for item in items)
+    if not ok:
+        raise InputError("replay", str(path), f"--replay {str(path)!r}: its model_additions are not a list of "
+                                              "embeddings (name, source, sha256) and LoRAs (source, weight, sha256)")
+    return additions
+
+
+def save_atomic(result, out: Path, differences: bool) -> Path:
+    """Write ``result`` into a temporary folder beside ``out`` and rename it to ``out`` when complete (``out`` does
+    not exist or is empty): a failure leaves no images without their manifest."""
+    import os
+    import shutil
+
+    partial = out.parent / f".{out.name}.partial-{os.getpid()}"
+    shutil.rmtree(partial, ignore_errors=True)
+    try:
+        result.save(partial, differences=differences)
+        os.replace(partial, out)  # a rename; onto an empty folder too
+    finally:
+        shutil.rmtree(partial, ignore_errors=True)
+    return out
 
 
 def spec_from_args(args, model: str, baseline: str, embeddings=None):
     """The comparison spec the arguments ask for (pure: nothing loads). One builder per mode; a new mode adds its
     flag to ``build_parser``'s group and one branch here. ``embeddings``: the loaded model's (for ``--xray``; None
     before it loads)."""
-    from negprompt.errors import InputError
+    from negprompt.errors import LIMITS, InputError
     from negprompt.guidance import parse_method
     from negprompt.plan import check_text, parse_window
 
@@ -166,15 +228,25 @@ def spec_from_args(args, model: str, baseline: str, embeddings=None):
     if args.other_positive is not None:
         check_text("other_positive", args.other_positive)
     texts, windows = [], []
-    for i, text in enumerate(_read_negatives(args)):
+    negatives = _read_negatives(args)
+    if len(negatives) >= LIMITS.max_cells:  # each row also holds its baseline
+        raise InputError("negatives", len(negatives), f"{len(negatives):,} negatives make more than "
+                                                      f"{LIMITS.max_cells} images per seed")
+    for i, text in enumerate(negatives):
         negative, window = parse_window(text, f"negatives[{i}]")
         check_text(f"negatives[{i}]", negative)
         texts.append(negative)
         windows.append(window)
-    seeds = args.seeds if args.seeds is not None else [0 if args.seed is None else args.seed]
+    if args.compare_readings and args.reading is not None:
+        raise InputError("reading", args.reading, "--compare-readings reads every negative both ways: give no "
+                                                  "--reading with it")
+    terms = args.leave_one_out or args.terms_alone
+    seeds = args.seeds if args.seeds is not None else (
+        [args.seed] if args.seed is not None else TERM_SEEDS if terms else [0])
     width, height = args.size or (None, None)
     common = dict(model=model, steps=args.steps, guidance_scale=args.guidance, height=height, width=width,
-                  sampler=args.scheduler, baseline=baseline, other_positive=args.other_positive)
+                  sampler=args.scheduler, baseline=baseline, other_positive=args.other_positive,
+                  reading=args.reading or "plain")
     from negprompt.explore import mode_spec
 
     if args.xray is not None:
@@ -188,10 +260,13 @@ def spec_from_args(args, model: str, baseline: str, embeddings=None):
         return xray_spec(args.prompt, embedding.name, embedding.vectors, seeds, **common)
     mode = ("leave-one-out" if args.leave_one_out else "terms-alone" if args.terms_alone
             else "methods" if args.guidance_methods is not None else "timing" if args.timing is not None
-            else "negatives")
+            else "readings" if args.compare_readings else "negatives")
     methods = [parse_method(m, "guidance_methods") for m in (args.guidance_methods or "").split(",") if m.strip()]
-    return mode_spec(mode, args.prompt, texts, seeds, windows=windows, starts=args.timing, methods=methods,
-                     **common)
+    spec = mode_spec(mode, args.prompt, texts, seeds, windows=windows, starts=args.timing, methods=methods, **common)
+    if terms and args.seeds is None and args.seed is None and len(spec.cells) > LIMITS.max_cells:
+        fit = max(1, LIMITS.max_cells // (len(spec.cells) // len(seeds)))  # the default seeds that fit
+        spec = mode_spec(mode, args.prompt, texts, seeds[:fit], windows=windows, **common)
+    return spec
 
 
 def quiet_libraries() -> None:
@@ -220,9 +295,11 @@ def main(argv: list[str] | None = None) -> int:
     from negprompt.engine import compare, default_baseline
     from negprompt.errors import LIMITS, InputError
     from negprompt.explore import PreviewRecorder, default_preview_every
+    from negprompt.inputs import check_out_folder
     from negprompt.loading import EMBEDDED_NAME, load, model_source
     from negprompt.loras import parse_lora
-    from negprompt.verdicts import explain, summary_lines
+    from negprompt.schedulers import scheduler_names
+    from negprompt.verdicts import explain, nag_for_distilled, summary_lines
 
     try:
         # 1. Check every argument before anything loads
@@ -231,16 +308,22 @@ def main(argv: list[str] | None = None) -> int:
         if args.preview_every is not None and args.preview_every < 0:
             raise InputError("preview_every", args.preview_every, "--preview-every must be 0 or more")
         if args.replay is not None:
-            if args.prompt is not None or args.negative or args.negatives_file or args.other_positive is not None:
+            if args.prompt is not None or args.negative or args.negatives_file or args.other_positive is not None \
+                    or args.reading is not None:
                 raise InputError("replay", str(args.replay), "--replay runs the cells its manifest recorded: give "
-                                                             "no --prompt, --negative or --other-positive with it")
-            spec = _read_manifest(args.replay)
+                                                             "no --prompt, --negative, --other-positive or "
+                                                             "--reading with it")
+            check_out_folder(args.out, empty=True)  # the replay's folder is written whole, by one rename
+            spec, recorded = _read_manifest(args.replay)
             model = args.model or spec.model
-            recorded = _recorded_additions(args.replay)
         else:
+            check_out_folder(args.out)
             model = args.model or EMBEDDED_NAME
             spec = spec_from_args(args, model, "empty" if args.baseline == "auto" else args.baseline)
         spec.validate(LIMITS.max_cells)
+        if spec.sampler not in scheduler_names():
+            raise InputError("sampler", spec.sampler, f"sampler={spec.sampler!r} is not one of "
+                                                      f"{', '.join(scheduler_names())}")
         embeddings = [parse_embedding(text) for text in args.embedding]
         loras = [parse_lora(text) for text in args.lora]
         if args.replay is not None and not embeddings and not loras:
@@ -251,7 +334,8 @@ def main(argv: list[str] | None = None) -> int:
                       preview_decoder=args.preview_decoder, embeddings=embeddings, loras=loras)
         if args.replay is None:
             baseline = default_baseline(loaded.pipe) if args.baseline == "auto" else args.baseline
-            spec = spec_from_args(args, model_source(loaded.pipe), baseline, loaded.embeddings)
+            spec = nag_for_distilled(spec_from_args(args, model_source(loaded.pipe), baseline, loaded.embeddings),
+                                     loaded)
         else:
             _check_same_additions(recorded, loaded.additions())
 
@@ -269,7 +353,10 @@ def main(argv: list[str] | None = None) -> int:
         if args.xray is not None:
             embedding = find(loaded.embeddings, args.xray)
             result.explored["xray"] = xray_findings(loaded.pipe, embedding.name, embedding.vectors)
-        folder = result.save(args.out, differences=not args.no_differences)
+        if args.replay is not None:
+            folder = save_atomic(result, args.out, differences=not args.no_differences)
+        else:
+            folder = result.save(args.out, differences=not args.no_differences)
     except (ValueError, OSError) as error:
         print(f"negprompt: error: {error}", file=sys.stderr)
         return 2
@@ -281,12 +368,6 @@ def main(argv: list[str] | None = None) -> int:
     if "xray" in result.explored:
         print("\n".join(xray_lines(result.explored["xray"])))
     return 0
-
-
-def _recorded_additions(path: Path) -> dict:
-    """The embeddings and LoRAs a manifest says its model was loaded with ({} for none)."""
-    additions = json.loads(path.read_text(encoding="utf-8")).get("model_additions") or {}
-    return additions if isinstance(additions, dict) else {}
 
 
 def _replay_additions(recorded: dict, model: str):

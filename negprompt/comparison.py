@@ -152,9 +152,14 @@ class Comparison:
         return f"- {cell.negative_prompt}" if cell.negative_prompt else f"+ {cell.positive_prompt}"
 
     def detail(self, cell: Cell) -> str:
+        """A cell's second caption line: its seed (no reference) or its change, and how its negative was read when
+        that hides something (``negprompt.verdicts.reading_notes``: cut, A1111 syntax as characters, no
+        embedding)."""
         if cell.reference is None:
             return f"seed {cell.seed}"
-        return f"change {self.change_scores[cell.index]:.1f}%"
+        verdict = self.verdicts[cell.index] if self.verdicts else None
+        notes = "".join(f" · {n}" for n in getattr(verdict, "notes", ()))
+        return f"change {self.change_scores[cell.index]:.1f}%{notes}"
 
     def _map_caption(self, cell: Cell) -> str:
         ref = self.reference_of(cell)
@@ -199,6 +204,7 @@ class Comparison:
                     "window": list(c.spec.window),
                     "guidance": method_to_dict(c.spec.guidance),
                     "term": c.spec.term,
+                    "reading": self.spec.reading_of(c.spec),
                     "baseline": c.is_baseline,
                     "reference": c.reference,
                     "initial_latent_sha256": c.initial_latent_sha256,

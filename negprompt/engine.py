@@ -40,17 +40,17 @@ from dataclasses import dataclass, replace
 import torch
 from PIL import Image
 
-from negprompt import attention, guidance
+from negprompt import attention, reading, weighting
 from negprompt.comparison import Cell, Comparison, Settings
 from negprompt.embeddings import prompt_text
 from negprompt.errors import LIMITS, InputError
-from negprompt.guidance import BRANCHES, GuidanceMethod
+from negprompt.families import Family, TextTable, family_of
+from negprompt.guidance import BRANCHES, GuidanceMethod, steers_attention
 from negprompt.infotext import cell_infotext
 from negprompt.loading import Loaded, additions_of, model_label, model_source, runtime_of
 from negprompt.plan import BASELINES, CellSpec, ComparisonSpec, check_int, check_text, negatives_spec
 from negprompt.prompts import spec_warnings
-from negprompt.schedulers import DEFAULT, is_stochastic, make_scheduler, sampler_label, scheduler_names
-from negprompt.speedups import bucketed_unet
+from negprompt.schedulers import DEFAULT, make_scheduler, sampler_label, scheduler_names
 
 MAX_CELLS = LIMITS.max_cells  # default cap on images per comparison
 MAX_STEPS = LIMITS.max_steps
@@ -120,6 +120,7 @@ def run(pipe, spec: ComparisonSpec, *, max_batch: int | None = None, max_cells: 
     ``run(pipe, result.spec)`` gives the same images again."""
     # 1. Check inputs
     pipe, runtime = (pipe.pipe, pipe.runtime) if isinstance(pipe, Loaded) else (pipe, runtime_of(pipe))
+    family = family_of(pipe)
     if not isinstance(spec, ComparisonSpec):
         raise InputError("spec", spec, f"spec={type(spec).__name__} must be a ComparisonSpec")
     check_int("max_cells", max_cells, 1, 10**6)
@@ -129,58 +130,66 @@ def run(pipe, spec: ComparisonSpec, *, max_batch: int | None = None, max_cells: 
     check_int("preview_every", preview_every, 0, 10**6)
     if callback is not None and not callable(callback):
         raise InputError("callback", callback, "callback must be callable")
-    if attention_maps and not attention.installed(pipe.unet):
-        raise InputError("attention_maps", attention_maps, "this pipeline's UNet captures no attention maps: load it "
-                                                           "with negprompt.loading.load (a compiled UNet has none)")
-    if spec.sampler not in scheduler_names():
-        raise InputError("sampler", spec.sampler, f"sampler={spec.sampler!r} is not one of {scheduler_names()}")
-    default_side = pipe.unet.config.sample_size * pipe.vae_scale_factor
+    if attention_maps and not attention.installed(family.denoiser):
+        raise InputError("attention_maps", attention_maps, f"this pipeline's {type(family.denoiser).__name__} "
+                                                           "captures no attention maps: load it with "
+                                                           "negprompt.loading.load (a compiled UNet, or a "
+                                                           "transformer, has none)")
+    steer = attention.Steering() if any(steers_attention(c.guidance) for c in spec.cells) else None
+    if steer is not None and not attention.installed(family.denoiser):
+        method = next(c.guidance.name for c in spec.cells if steers_attention(c.guidance))
+        raise InputError("guidance", method, f"guidance method {method!r} acts inside cross-attention; this "
+                                             f"pipeline's {type(family.denoiser).__name__} is not wrapped for it "
+                                             "(load a UNet model with negprompt.loading.load; a compiled UNet, or "
+                                             "a transformer, cannot be steered yet)")
+    if spec.sampler not in (family.samplers() or scheduler_names()):
+        only = f" ({type(pipe).__name__} runs its own flow-matching sampler)" if family.samplers() else ""
+        raise InputError("sampler", spec.sampler, f"sampler={spec.sampler!r} is not one of "
+                                                  f"{family.samplers() or scheduler_names()}{only}")
+    if family.name != "unet" and any(spec.reading_of(c) == "a1111" for c in spec.cells):
+        raise InputError("reading", "a1111", f"the a1111 reading weights CLIP embeddings as the A1111 web UI does, "
+                                             f"for SD 1.x/2.x and SDXL; {type(pipe).__name__} reads prompts plain")
+    default_side = family.default_side()
     spec = replace(spec, height=spec.height or default_side, width=spec.width or default_side)
-    _check_size(pipe, spec.height, spec.width)
-    distilled = pipe.unet.config.time_cond_proj_dim is not None
+    _check_size(family, spec.height, spec.width)
     sampler = sampler_label(make_scheduler(pipe.scheduler, spec.sampler))
     settings = Settings.from_spec(spec, sampler, model_label(spec.model))
-    warnings = spec_warnings(_tokenizer(pipe), spec, distilled)
+    warnings = spec_warnings(family.tokenizer, spec, family.distilled)
     timings: dict[str, float] = {}
 
-    # 2. Encode every distinct text once
+    # 2. Encode every distinct text once (under the a1111 reading: every text a cell reads at some step)
     start = time.perf_counter()
-    texts = [c.positive for c in spec.cells] + [c.negative for c in spec.cells if c.negative is not None]
-    texts = [t for t in dict.fromkeys(texts) if t != spec.baseline_negative]
-    if spec.baseline_negative is not None:
-        texts.append(spec.baseline_negative)  # last, as before specs: the batch order changes the encoder's rounding
-    table = _encode(pipe, texts)
+    table = _encode_spec(family, spec)
     timings["encode_s"] = time.perf_counter() - start
 
     # 3. Starting noise, one latent per seed, shared by every cell with that seed
-    shape = (1, pipe.unet.config.in_channels, spec.height // pipe.vae_scale_factor,
-             spec.width // pipe.vae_scale_factor)
-    dtype = table.dtype
-    seed_latents = {s: torch.randn(shape, generator=torch.Generator("cpu").manual_seed(s), dtype=dtype)
-                    for s in spec.seeds}
+    seed_latents = {s: family.initial_latent(s, spec.height, spec.width, table.dtype) for s in spec.seeds}
 
     # 4. Denoise every cell, in chunks of whole cells
     start = time.perf_counter()
     capture = None
     if attention_maps:
-        capture = attention.Capture([attention.token_positions(_tokenizer(pipe), prompt_text(pipe, c.negative, True))
-                                     for c in spec.cells],
-                                    shape[2], shape[3])
-    with attention.capturing(capture) if capture is not None else nullcontext():
-        latents, batch_used = _denoise_all(pipe, runtime, spec, table, seed_latents, max_batch, callback,
-                                           preview_every, capture)
+        factor = pipe.vae_scale_factor
+        positions = [(reading if spec.reading_of(c) == "a1111" else attention).token_positions(
+            family.tokenizer, prompt_text(pipe, c.negative, True)) for c in spec.cells]
+        capture = attention.Capture(positions, spec.height // factor, spec.width // factor)
+    with attention.capturing(capture) if capture is not None else nullcontext(), \
+            attention.steering(steer) if steer is not None else nullcontext():
+        latents, batch_used = _denoise_all(family, runtime, spec, table, seed_latents, max_batch, callback,
+                                           preview_every, capture, steer)
     timings["denoise_s"] = time.perf_counter() - start
 
     # 5. Decode
     start = time.perf_counter()
     n = len(spec.cells)
-    images = [img for i in range(0, n, batch_used) for img in _decode(pipe, latents[i:i + batch_used])]
+    images = [img for i in range(0, n, batch_used)
+              for img in family.decode(latents[i:i + batch_used], spec.height, spec.width)]
     timings["decode_s"] = time.perf_counter() - start
     timings["total_s"] = sum(timings.values())
 
     hashes = {s: _sha256(latent) for s, latent in seed_latents.items()}
     cells = [Cell(index=i, row=c.row, spec=c, image=image, seed=c.seed, initial_latent_sha256=hashes[c.seed],
-                  parameters=cell_infotext(settings, c))
+                  parameters=cell_infotext(settings, c, spec.reading_of(c)))
              for i, (c, image) in enumerate(zip(spec.cells, images))]
     return Comparison(spec=spec, settings=settings, cells=cells, warnings=warnings, timings=timings,
                       max_batch_used=batch_used, attention_maps=capture.maps() if capture is not None else [],
@@ -227,12 +236,12 @@ def _check_convenience(prompt, negatives, seed, seeds, baseline, other_positive,
     return rows
 
 
-def _check_size(pipe, height, width):
-    factor = pipe.vae_scale_factor
+def _check_size(family: Family, height, width):
+    factor = family.size_factor
     for name, value in (("height", height), ("width", width)):
         if isinstance(value, bool) or not isinstance(value, int) or value <= 0 or value % factor:
             raise InputError(name, value, f"{name}={value!r} must be a positive multiple of {factor} (the VAE's "
-                                          "scale factor)")
+                                          "scale factor, times the denoiser's patch size)")
         if value > LIMITS.max_side:
             raise InputError(name, value, f"{name}={value!r} is larger than {LIMITS.max_side}")
 
@@ -241,93 +250,72 @@ def _check_size(pipe, height, width):
 # Model parts
 
 
-def _is_sdxl(pipe) -> bool:
-    return getattr(pipe, "text_encoder_2", None) is not None
-
-
 def default_baseline(pipe) -> str:
     """What a pipeline does with no negative prompt: "zeros" (zero embeddings) for SDXL, else "empty" (the empty
     prompt). ``pipe``: a diffusers pipeline or a ``Loaded`` record. What ``baseline="auto"`` resolves to."""
-    return "zeros" if _is_sdxl(pipe.pipe if isinstance(pipe, Loaded) else pipe) else "empty"
-
-
-def _tokenizer(pipe):
-    return pipe.tokenizer if pipe.tokenizer is not None else pipe.tokenizer_2
-
-
-class _TextTable:
-    """Every distinct text of a comparison, encoded once: text -> embeddings (1, tokens, dim) and, for SDXL, pooled
-    embeddings (1, dim). ``None`` reads as zero embeddings (SDXL's "no negative")."""
-
-    def __init__(self, embeds: dict, pooled: dict | None):
-        self.embeds, self.pooled = embeds, pooled
-        first = next(iter(embeds.values()))
-        self.dtype = first.dtype
-        self._zeros = torch.zeros_like(first)
-        self._zeros_pooled = torch.zeros_like(next(iter(pooled.values()))) if pooled else None
-
-    def stack(self, keys: list[str | None], device) -> tuple[torch.Tensor, torch.Tensor | None]:
-        embeds = torch.cat([self._zeros if k is None else self.embeds[k] for k in keys]).to(device)
-        if self.pooled is None:
-            return embeds, None
-        pooled = torch.cat([self._zeros_pooled if k is None else self.pooled[k] for k in keys]).to(device)
-        return embeds, pooled
-
-
-@torch.no_grad()
-def _encode(pipe, texts: list[str]) -> _TextTable:
-    """Text -> embeddings (and SDXL's pooled embeddings), through the pipeline's own ``encode_prompt`` (which
-    writes out multi-vector negative embeddings; ``prompt_text`` lets it find their names in any case)."""
-    device = pipe._execution_device
-    prompts = [prompt_text(pipe, t) for t in texts]
-    if _is_sdxl(pipe):
-        embeds, _, pooled, _ = pipe.encode_prompt(prompts, device=device, num_images_per_prompt=1,
-                                                  do_classifier_free_guidance=False)
-        return _TextTable(dict(zip(texts, embeds.split(1))), dict(zip(texts, pooled.split(1))))
-    embeds, _ = pipe.encode_prompt(prompts, device, 1, False)
-    return _TextTable(dict(zip(texts, embeds.split(1))), None)
+    return family_of(pipe.pipe if isinstance(pipe, Loaded) else pipe).default_baseline()
 
 
 def _sha256(latent: torch.Tensor) -> str:
     return hashlib.sha256(latent.float().contiguous().numpy().tobytes()).hexdigest()
 
 
-@torch.no_grad()
-def _decode(pipe, latents: torch.Tensor, vae=None) -> list[Image.Image]:
-    """Images from ``latents`` through ``vae`` (default: the pipeline's), with the pipeline's post-processing. An
-    ``AutoencoderTiny`` (scaling factor 1, no latent statistics) takes the latents as the UNet makes them."""
-    vae = vae if vae is not None else pipe.vae
-    latents = latents.to(vae.dtype)
-    mean, std = vae.config.get("latents_mean"), vae.config.get("latents_std")
-    if mean is not None and std is not None:
-        mean = torch.tensor(mean).view(1, -1, 1, 1).to(latents)
-        std = torch.tensor(std).view(1, -1, 1, 1).to(latents)
-        latents = latents * std / vae.config.scaling_factor + mean
-    else:
-        latents = latents / vae.config.scaling_factor
-    return pipe.image_processor.postprocess(vae.decode(latents).sample, output_type="pil")
+def text_key(how: str, text: str | None, step: int, steps: int):
+    """The table key of ``text`` read ``how`` ("plain" or "a1111") at ``step`` of ``steps``: the text itself, or
+    ``("a1111", the text it reads at that step once its prompt editing is resolved)``."""
+    if how == "plain":
+        return text
+    return "a1111", None if text is None else reading.text_at(text, step, steps)
+
+
+def _encode_spec(family: Family, spec: ComparisonSpec) -> TextTable:
+    """The text table of ``spec``: its plain texts through the family's encoder (the pipeline's ``encode_prompt``),
+    every text its a1111 cells read at any step through ``negprompt.weighting`` (padded to one number of chunks)."""
+    plain = [c for c in spec.cells if spec.reading_of(c) == "plain"]
+    a1111 = [c for c in spec.cells if spec.reading_of(c) == "a1111"]
+    embeds: dict = {}
+    pooled: dict | None = None
+    if plain:
+        texts = [c.positive for c in plain] + [c.negative for c in plain if c.negative is not None]
+        texts = [t for t in dict.fromkeys(texts) if t != spec.baseline_negative]
+        if spec.baseline_negative is not None:
+            texts.append(spec.baseline_negative)  # last, as before specs: the batch order changes the rounding
+        table = family.encode(texts)
+        embeds, pooled = dict(table.embeds), table.pooled
+    if a1111:
+        unconditional = spec.baseline_negative
+        keys = dict.fromkeys(text_key("a1111", text, step, spec.steps) for c in a1111 for step in range(spec.steps)
+                             for text in (c.positive, c.negative_at(step, spec.steps, unconditional)))
+        texts = [text for _, text in keys if text is not None]
+        read, read_pooled = weighting.encode_a1111(family.pipe, texts or [""])
+        zeros = torch.zeros_like(next(iter(read.values())))
+        embeds |= {("a1111", text): value for text, value in read.items()} | {("a1111", None): zeros}
+        if read_pooled is not None:
+            pooled = (pooled or {}) | {("a1111", text): value for text, value in read_pooled.items()}
+            pooled[("a1111", None)] = torch.zeros_like(next(iter(read_pooled.values())))
+    return TextTable(embeds, pooled)
 
 
 # ---------------------------------------------------------------------------------------------------------------
 # Denoising
 
 
-def _denoise_all(pipe, runtime, spec: ComparisonSpec, table: _TextTable, seed_latents, max_batch, callback,
-                 preview_every, capture=None):
+def _denoise_all(family: Family, runtime, spec: ComparisonSpec, table: TextTable, seed_latents, max_batch, callback,
+                 preview_every, capture=None, steer=None):
     """Denoise every cell of ``spec``, in chunks of whole cells; returns final latents and the chunk size used.
     An out-of-memory error halves the chunk size and starts over; the size that fits is remembered with the
     pipeline (``runtime.safe_batch``), so the next comparison of that size starts there."""
     n = len(spec.cells)
     size = (spec.height, spec.width)
     batch = min(n, max_batch or n, runtime.safe_batch.get(size, n))
-    device = pipe._execution_device
+    device = family.pipe._execution_device
     while True:
         try:
             progress = _Progress(callback, spec.steps * math.ceil(n / batch), preview_every)
             outputs = []
             for i in range(0, n, batch):
                 chunk = _Chunk(spec.cells[i:i + batch], seed_latents, device, offset=i)
-                outputs.append(_denoise(pipe, runtime, chunk, spec, table, progress, capture))
+                outputs.append(_denoise(family, runtime, chunk, spec, table, progress, capture, steer))
             return torch.cat(outputs), batch
         except torch.OutOfMemoryError:
             if batch == 1:
@@ -372,113 +360,93 @@ class _Layout:
             rows[j][b] = k
         return cls(order, tuple(rows))
 
-    def text_keys(self, cells: Sequence[CellSpec], step: int, steps: int, unconditional: str | None) -> list:
-        """The text each batch row reads at ``step``: the cell's positive, its negative while its window is open
-        (else the unconditional text), or the unconditional text ("empty")."""
+    def text_keys(self, cells: Sequence[CellSpec], step: int, steps: int, unconditional: str | None,
+                  readings: Sequence[str]) -> list:
+        """The table key each batch row reads at ``step``: the cell's positive, its negative while its window is
+        open (else the unconditional text), or the unconditional text ("empty"), each read as its cell reads
+        (``readings``; under a1111 prompt editing picks the text of this step)."""
         keys = []
         for j, branch in self.order:
             cell = cells[j]
             if branch == "positive":
-                keys.append(cell.positive)
+                text = cell.positive
             elif branch == "negative":
-                keys.append(cell.negative_at(step, steps, unconditional))
+                text = cell.negative_at(step, steps, unconditional)
             else:
-                keys.append(unconditional)
+                text = unconditional
+            keys.append(text_key(readings[j], text, step, steps))
         return keys
 
 
-class _Stepper:
-    """The scheduler(s) of one chunk. Deterministic schedulers step the whole batch at once; stochastic ones get one
-    scheduler and one generator per cell, seeded like diffusers seeds a single-image call (the generator has drawn
-    the starting latent before it draws step noise), so every cell gets its own single-call noise."""
-
-    def __init__(self, pipe, name, chunk: _Chunk, steps: int):
-        device = pipe._execution_device
-        first = make_scheduler(pipe.scheduler, name)
-        if is_stochastic(first):
-            self.groups = []
-            for i, seed in enumerate(chunk.seeds):
-                generator = torch.Generator("cpu").manual_seed(seed)
-                torch.randn(chunk.latents[i:i + 1].shape, generator=generator, dtype=chunk.latents.dtype)
-                self.groups.append((make_scheduler(pipe.scheduler, name), slice(i, i + 1), generator))
-        else:
-            self.groups = [(first, slice(None), None)]
-        for scheduler, _, _ in self.groups:
-            scheduler.set_timesteps(steps, device=device)
-        self.scheduler = self.groups[0][0]
-        self.timesteps = self.scheduler.timesteps
-        self.init_noise_sigma = self.scheduler.init_noise_sigma
-
-    def scale(self, latents, t):
-        return torch.cat([s.scale_model_input(latents[sl], t) for s, sl, _ in self.groups])
-
-    def step(self, eps, t, latents):
-        out = []
-        for scheduler, sl, generator in self.groups:
-            kwargs = {"generator": generator} if generator is not None else {}
-            out.append(scheduler.step(eps[sl], t, latents[sl], return_dict=False, **kwargs)[0])
-        return torch.cat(out)
-
-
 @torch.no_grad()
-def _denoise(pipe, runtime, chunk: _Chunk, spec: ComparisonSpec, table: _TextTable,
-             progress: _Progress, capture=None) -> torch.Tensor:
-    unet = pipe.unet
+def _denoise(family: Family, runtime, chunk: _Chunk, spec: ComparisonSpec, table: TextTable,
+             progress: _Progress, capture=None, steer=None) -> torch.Tensor:
     cells = chunk.cells
-    stepper = _Stepper(pipe, spec.sampler, chunk, spec.steps)
+    stepper = family.stepper(spec.sampler, chunk.seeds, chunk.latents, spec.steps, spec.height, spec.width)
     g = spec.guidance_scale
-    active = guidance.guidance_is_active(g, unet.config.time_cond_proj_dim)
+    active = family.guidance_active(g)
     layout = _Layout.of(cells, active)
     cell_of_row = torch.tensor([j for j, _ in layout.order], device=chunk.latents.device)
     latents = chunk.latents * stepper.init_noise_sigma
     unconditional = spec.baseline_negative
+    call = family.denoiser_call(spec.height, spec.width, len(layout.order), g, table.dtype, latents.device,
+                                buckets=runtime.buckets)
 
-    time_ids = None
-    if table.pooled is not None:
-        time_ids = _sdxl_time_ids(pipe, spec, table.dtype).to(latents.device).repeat(len(layout.order), 1)
-    timestep_cond = None
-    if unet.config.time_cond_proj_dim is not None:
-        timestep_cond = pipe.get_guidance_scale_embedding(
-            torch.tensor(g - 1).repeat(len(layout.order)), embedding_dim=unet.config.time_cond_proj_dim
-        ).to(device=latents.device, dtype=latents.dtype)
-
-    texts: dict[tuple, tuple] = {}  # the stacked text embeddings change only where a window opens or closes
+    readings = [spec.reading_of(c) for c in cells]
+    texts: dict[tuple, list] = {}  # the stacked text embeddings change only where a window opens or closes
     for step, t in enumerate(stepper.timesteps):
-        keys = tuple(layout.text_keys(cells, step, spec.steps, unconditional))
-        if keys not in texts:
-            texts[keys] = table.stack(list(keys), latents.device)
-        text, pooled = texts[keys]
-        added = {"text_embeds": pooled, "time_ids": time_ids} if pooled is not None else None
+        keys = tuple(layout.text_keys(cells, step, spec.steps, unconditional, readings))
+        if keys not in texts:  # rows of one text length each (two only where plain and long a1111 texts meet)
+            lengths = [table.length(k) for k in keys]
+            groups = [[k for k, n in enumerate(lengths) if n == length] for length in dict.fromkeys(lengths)]
+            texts[keys] = [(rows, *table.stack([keys[k] for k in rows], latents.device)) for rows in groups]
         model_input = stepper.scale(latents, t)
+        denoiser_input = model_input[cell_of_row] if active else model_input
+        watched, steered = {}, {}
         if capture is not None:  # the rows reading their cell's own negative prompt, at about five steps of the run
             sampled = step % max(1, round(spec.steps / attention.STEPS_SAMPLED)) == 0
-            capture.watch({k: chunk.offset + j for k, (j, branch) in enumerate(layout.order) if sampled
-                           and branch == "negative" and keys[k] is not None and keys[k] == cells[j].negative})
-        unet_input = model_input[cell_of_row] if active else model_input
-        out = bucketed_unet(unet, unet_input, t, text, buckets=runtime.buckets, timestep_cond=timestep_cond,
-                            added_cond_kwargs=added)
+            own = [text_key(readings[j], cells[j].negative, step, spec.steps) for j, _ in layout.order]
+            watched = {k: chunk.offset + j for k, (j, branch) in enumerate(layout.order) if sampled
+                       and branch == "negative" and cells[j].negative is not None and keys[k] == own[k]}
+        if steer is not None:
+            steered = _steered_rows(layout, cells, step, spec.steps, unconditional, table, readings)
+        parts = []
+        for rows, text, pooled in texts[keys]:  # one denoiser call per text length: one call in all but rare runs
+            whole = len(rows) == len(keys)
+            if capture is not None:
+                capture.watch({i: watched[k] for i, k in enumerate(rows) if k in watched})
+            if steer is not None:
+                steer.watch({i: steered[k] for i, k in enumerate(rows) if k in steered})
+            parts.append(call(denoiser_input if whole else denoiser_input[rows], t, text, pooled,
+                              rows=None if whole else rows))
+        out = parts[0]
+        if len(parts) > 1:
+            out = torch.empty((len(keys), *parts[0].shape[1:]), dtype=parts[0].dtype, device=parts[0].device)
+            for (rows, _, _), part in zip(texts[keys], parts):
+                out[rows] = part
         if active:
             eps = torch.cat([cell.guidance.combine({b: out[k:k + 1] for b, k in rows.items()}, g)
                              for cell, rows in zip(cells, layout.rows)])
         else:
             eps = out
-        progress.step(lambda: _preview(pipe, stepper.scheduler, model_input, eps, t, runtime.preview_decoder))
+        progress.step(lambda: family.decode(stepper.x0(model_input, eps, t), spec.height, spec.width,
+                                            runtime.preview_decoder))
         latents = stepper.step(eps, t, latents)
     return latents
 
 
-def _sdxl_time_ids(pipe, spec: ComparisonSpec, dtype) -> torch.Tensor:
-    size = (spec.height, spec.width)
-    projection = pipe.text_encoder_2.config.projection_dim
-    return pipe._get_add_time_ids(size, (0, 0), size, dtype=dtype, text_encoder_projection_dim=projection)
-
-
-def _preview(pipe, scheduler, model_input, eps, t, decoder=None) -> list[Image.Image]:
-    """Decode the clean image each cell is heading for (its x0 estimate) at this step, all cells in one batch,
-    through ``decoder`` (a small preview decoder, ``loading.load(preview_decoder=...)``) or the full VAE."""
-    alpha_bar = scheduler.alphas_cumprod[int(round(float(t)))]
-    x0 = guidance.predicted_original(model_input, eps, alpha_bar, scheduler.config.prediction_type)
-    return _decode(pipe, x0.to(model_input.dtype), decoder)
+def _steered_rows(layout: _Layout, cells, step: int, steps: int, unconditional, table: TextTable,
+                  readings: Sequence[str]) -> dict:
+    """Each attention-steering cell's positive row -> (its method, its negative's embeddings), while its window is
+    open and its negative is a text of its own."""
+    rows = {}
+    for k, (j, branch) in enumerate(layout.order):
+        if branch != "positive" or not steers_attention(cells[j].guidance):
+            continue
+        negative = cells[j].negative_at(step, steps, unconditional)
+        if negative is not None and negative != unconditional:
+            rows[k] = (cells[j].guidance, table.embeds[text_key(readings[j], negative, step, steps)])
+    return rows
 
 
 class _Progress:

@@ -48,6 +48,24 @@ class Limits:
     max_cells: int = 64  # images in one comparison (the library's default; front ends may cap lower)
     max_text_chars: int = 2000  # characters in one prompt or negative prompt (CLIP reads 75 tokens of them)
     max_guidance: float = 100.0  # guidance scale
+    # What a manifest, a sweep config or a file they name may carry, checked before any work
+    max_label_chars: int = 2100  # a cell's caption: a negative of max_text_chars with its window and method
+    max_kind_chars: int = 40  # a cell's kind, a spec's mode, a sampler's or guidance method's name
+    max_sweep_seeds: int = 1_000_000  # seeds in one sweep, counted before a range is expanded
+    max_sweep_images: int = 1_000_000  # images in one sweep: prompts x axes x seeds x cells per seed
+    max_list_items: int = 1000  # prompts, negatives or [[groups]] in one sweep config
+    max_axis_values: int = 16  # a sweep's timing starts or guidance methods
+    max_nesting: int = 32  # depth of nested lists/objects in a manifest or config (a manifest needs about 6)
+    max_config_bytes: int = 1_000_000  # a sweep config (TOML)
+    max_manifest_bytes: int = 16_000_000  # a manifest.json given to --replay
+    max_text_file_bytes: int = 256 * 1024  # a negatives file
+    max_model_additions: int = 64  # negative embeddings, or LoRAs, one manifest records
 
 
 LIMITS = Limits()
+
+
+def shown(value, chars: int = 60) -> str:
+    """``repr(value)`` cut to about ``chars`` characters: what an error message may echo of any input."""
+    text = repr(value)
+    return text if len(text) <= chars else f"{text[:chars - 3]}... ({len(text):,} characters)"

@@ -26,6 +26,7 @@ Everything here is pure (plain data in, plain data out); no model runs.
 
 from __future__ import annotations
 
+import hashlib
 import statistics
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
@@ -33,8 +34,17 @@ from dataclasses import dataclass, replace
 import numpy as np
 from PIL import Image
 
-from negprompt.errors import InputError
-from negprompt.plan import CellSpec, ComparisonSpec, methods_spec, negatives_spec, timing_spec, with_cells
+from negprompt.errors import InputError, shown
+from negprompt.plan import (
+    CellSpec,
+    ComparisonSpec,
+    check_text,
+    methods_spec,
+    negatives_spec,
+    readings_spec,
+    timing_spec,
+    with_cells,
+)
 
 INERT_PERCENT = 1.0  # a cell changing less than this (mean absolute pixel difference, % of full scale) "does almost
 #                      nothing"; about 2.5 grey levels on average, below what a viewer notices side by side
@@ -68,18 +78,39 @@ def split_terms(negative: str) -> list[str]:
     return [t for t in (" ".join(t.split()) for t in terms) if t]
 
 
+def term_labels(terms: Sequence[str], reading: str = "plain") -> list[str]:
+    """How each term is shown: as written; under the a1111 reading in words (``"(worst quality:1.4)"`` ->
+    ``"worst quality (weight 1.4)"``, ``negprompt.reading.describe``)."""
+    if reading != "a1111":
+        return list(terms)
+    from negprompt.reading import describe
+
+    return [describe(t) for t in terms]
+
+
 def join_terms(terms: Sequence[str]) -> str:
     """The negative made of ``terms``, as ``split_terms`` reads it back."""
     return ", ".join(terms)
 
 
-def _terms_of(negative: str) -> list[str]:
+def _terms_of(negative: str, argument: str = "negative", reading: str = "plain") -> list[str]:
+    """The terms of ``negative``, each visible text: split at commas outside brackets; under the a1111 reading by
+    its parser (``negprompt.reading.terms``: weights stay with their term, BREAK separates, weighted groups split).
+    An ``InputError`` naming ``argument`` (the field the negative came from) otherwise."""
     if not isinstance(negative, str):
-        raise InputError("negative", negative, f"negative={negative!r} must be a string")
-    terms = split_terms(negative)
+        raise InputError(argument, negative, f"{argument}={shown(negative)} must be a string")
+    from negprompt import reading as readings
+
+    terms = readings.terms(negative) if reading == "a1111" else split_terms(negative)
     if not terms:
-        raise InputError("negative", negative, f"negative={negative!r} has no terms to compare (terms are "
-                                               "separated by commas)")
+        raise InputError(argument, negative, f"{argument}={shown(negative)} has no terms to compare (terms are "
+                                             "separated by commas)")
+    for k, term in enumerate(terms):
+        try:
+            check_text(argument, term)
+        except InputError:
+            raise InputError(argument, negative, f"{argument}: term {k + 1} ({shown(term)}) has no visible "
+                                                 "text") from None
     return terms
 
 
@@ -87,14 +118,17 @@ def _terms_of(negative: str) -> list[str]:
 # Builders
 
 
-def leave_one_out_spec(prompt: str, negative: str, seeds: Sequence[int], **settings) -> ComparisonSpec:
+def leave_one_out_spec(prompt: str, negative: str, seeds: Sequence[int], *, argument: str = "negative",
+                       **settings) -> ComparisonSpec:
     """Per seed row: the baseline, the full negative, then one cell per term with that term left out (kind
     "leave-out", ``term`` the term left out), compared against the row's full-negative cell.
 
     ``settings`` are those of ``negprompt.plan.negatives_spec`` (model, steps, guidance_scale, height, width,
     sampler, baseline, guidance). The full negative is written as its terms joined by ", ", like every leave-out
-    cell, so a leave-out cell differs from the full one by exactly one term."""
-    terms = _terms_of(negative)
+    cell, so a leave-out cell differs from the full one by exactly one term. ``argument`` names the negative in
+    errors (a front end's field)."""
+    terms = _terms_of(negative, argument, settings.get("reading", "plain"))
+    labels = term_labels(terms, settings.get("reading", "plain"))
     base = negatives_spec(prompt, [], list(seeds), **settings)
     cells: list[CellSpec] = []
     for baseline in base.cells:
@@ -104,16 +138,17 @@ def leave_one_out_spec(prompt: str, negative: str, seeds: Sequence[int], **setti
                              kind="negative"))
         for k, term in enumerate(terms):
             rest = join_terms(terms[:k] + terms[k + 1:])
-            cells.append(replace(baseline, negative=rest or baseline.negative, label=f"without {term}",
+            cells.append(replace(baseline, negative=rest or baseline.negative, label=f"without {labels[k]}",
                                  reference=full, kind="leave-out", term=term))
     return replace(with_cells(base, cells), mode="leave-one-out")
 
 
 def terms_alone_spec(prompt: str, negative: str, seeds: Sequence[int], *, include_full: bool = True,
-                     **settings) -> ComparisonSpec:
+                     argument: str = "negative", **settings) -> ComparisonSpec:
     """Per seed row: the baseline, (with ``include_full``) the full negative, then each term alone as the negative
     (kind "term-alone"), every cell compared against the row's baseline."""
-    terms = _terms_of(negative)
+    terms = _terms_of(negative, argument, settings.get("reading", "plain"))
+    labels = term_labels(terms, settings.get("reading", "plain"))
     base = negatives_spec(prompt, [], list(seeds), **settings)
     cells: list[CellSpec] = []
     for baseline in base.cells:
@@ -122,8 +157,8 @@ def terms_alone_spec(prompt: str, negative: str, seeds: Sequence[int], *, includ
         if include_full:
             cells.append(replace(baseline, negative=join_terms(terms), label="full negative", reference=ref,
                                  kind="negative"))
-        cells += [replace(baseline, negative=term, label=term, reference=ref, kind="term-alone", term=term)
-                  for term in terms]
+        cells += [replace(baseline, negative=term, label=label, reference=ref, kind="term-alone", term=term)
+                  for term, label in zip(terms, labels)]
     return replace(with_cells(base, cells), mode="terms-alone")
 
 
@@ -159,24 +194,28 @@ def term_mode_spec(mode: str, prompt: str, negatives: Sequence[str], seeds: Sequ
                    **settings) -> ComparisonSpec:
     """The spec of a term mode ("leave-one-out" or "terms-alone") from a front end's inputs: exactly one negative,
     acting at every step, and no other positive."""
-    if len(negatives) != 1:
-        raise InputError("negatives", list(negatives), f"{mode} takes exactly one negative prompt (its terms are "
-                                                       f"separated by commas); {len(negatives)} were given")
+    if not negatives:
+        raise InputError("negatives[0]", "", f"{mode} needs one negative prompt (its terms separated by commas)")
+    if len(negatives) > 1:  # never dropped silently: a second negative would be left out of every cell
+        raise InputError("negatives[1]", shown(negatives[1]), f"{mode} takes exactly one negative prompt (its terms "
+                         f"separated by commas); {len(negatives)} were given: put every term in the first and "
+                         "remove the others")
     if windows is not None and any(tuple(w) != (0.0, 1.0) for w in windows):
         raise InputError("negatives[0]", negatives[0], f"{mode} runs the negative at every step: write it "
                                                        "without an @window")
     if other_positive is not None:
         raise InputError("other_positive", other_positive, f"{mode} compares the terms of one negative; it takes "
                                                            "no other positive prompt")
-    return TERM_MODES[mode](prompt, negatives[0], seeds, **settings)
+    return TERM_MODES[mode](prompt, negatives[0], seeds, argument="negatives[0]", **settings)
 
 
 def mode_spec(mode: str, prompt: str, negatives: Sequence[str], seeds: Sequence[int], *,
               windows: Sequence[tuple[float, float]] | None = None, starts: Sequence[float] | None = None,
               methods: Sequence | None = None, **settings) -> ComparisonSpec:
     """The spec of any mode from a front end's inputs (the command line and the app share it): "negatives" (the
-    plain comparison), a term mode, "timing" (one cell per start in ``starts`` for each negative) or "methods" (one
-    cell per guidance method in ``methods`` for each negative). ``settings``: those of ``negatives_spec``."""
+    plain comparison), "readings" (each negative read plain and a1111, ``negprompt.plan.readings_spec``), a term
+    mode, "timing" (one cell per start in ``starts`` for each negative) or "methods" (one cell per guidance method
+    in ``methods`` for each negative). ``settings``: those of ``negatives_spec``."""
     if mode in TERM_MODES:
         return term_mode_spec(mode, prompt, negatives, seeds, windows=windows, **settings)
     if mode == "methods":
@@ -186,11 +225,13 @@ def mode_spec(mode: str, prompt: str, negatives: Sequence[str], seeds: Sequence[
             raise InputError("timing", list(starts or ()), "timing sets each negative's start itself: write the "
                                                             "negatives without @windows")
         return timing_spec(prompt, negatives, seeds, list(starts or ()), **settings)
+    if mode == "readings":
+        return readings_spec(prompt, negatives, seeds, windows=windows, **settings)
     if mode == "xray":
         raise InputError("mode", mode, "the X-ray mode's cells depend on the loaded embedding: build its spec with "
                                        "negprompt.embeddings.xray_spec")
     if mode != "negatives":
-        raise InputError("mode", mode, f"{mode!r} is not one of negatives, {', '.join(EXPLORER_MODES)}")
+        raise InputError("mode", mode, f"{mode!r} is not one of negatives, readings, {', '.join(EXPLORER_MODES)}")
     return negatives_spec(prompt, negatives, seeds, windows=windows, **settings)
 
 
@@ -211,14 +252,21 @@ class TermEffect:
     position: int  # its place in the negative (0-based)
     changes: tuple[float, ...]  # per row, the change score of its cell against the cell's reference, in percent
     inert: bool  # below INERT_PERCENT (or the threshold given) on every row: "does almost nothing"
+    label: str = ""  # how it is shown (``term_labels``: under the a1111 reading its words and weight)
 
     @property
     def mean(self) -> float:
         return statistics.fmean(self.changes)
 
+    @property
+    def spread(self) -> tuple[float, float]:
+        """The smallest and largest change over the rows (seeds), in percent."""
+        return min(self.changes), max(self.changes)
+
     def to_dict(self) -> dict:
-        return {"term": self.term, "position": self.position, "mean_change": round(self.mean, 4),
-                "changes": [round(c, 4) for c in self.changes], "inert": self.inert}
+        return {"term": self.term, "label": self.label or self.term, "position": self.position,
+                "mean_change": round(self.mean, 4), "changes": [round(c, 4) for c in self.changes],
+                "spread": [round(v, 4) for v in self.spread], "inert": self.inert}
 
 
 @dataclass(frozen=True)
@@ -229,6 +277,7 @@ class TermRanking:
     terms: tuple[TermEffect, ...]  # sorted by mean change, largest first (ties: in the negative's order)
     threshold: float  # the change below which a term does almost nothing, in percent
     row_orders: tuple[tuple[int, ...], ...]  # per row, the term positions sorted by that row's change
+    identical: tuple[tuple[str, ...], ...] = ()  # groups of terms whose cells are the same image on every row
 
     @property
     def inert(self) -> list[str]:
@@ -247,12 +296,16 @@ class TermRanking:
 
     def to_dict(self) -> dict:
         return {"kind": self.kind, "threshold_percent": self.threshold, "trimmed_negative": self.trimmed,
-                "inert_terms": self.inert, "terms": [t.to_dict() for t in self.terms]}
+                "inert_terms": self.inert, "terms": [t.to_dict() for t in self.terms],
+                "identical_groups": [list(g) for g in self.identical]}
 
 
-def rank_terms(spec: ComparisonSpec, changes: Sequence[float], *, threshold: float = INERT_PERCENT) -> TermRanking:
+def rank_terms(spec: ComparisonSpec, changes: Sequence[float], *, threshold: float = INERT_PERCENT,
+               images: Sequence | None = None) -> TermRanking:
     """Rank the terms of a leave-one-out or terms-alone spec by their cells' ``changes`` (per cell of the spec, its
-    change score against its reference, as ``Comparison.change_scores`` gives them), averaged over the rows."""
+    change score against its reference, as ``Comparison.change_scores`` gives them), averaged over the rows.
+    ``images`` (per cell, a PIL image or an array) groups the terms whose cells are the same image, pixel for pixel,
+    on every row ("these 5 terms did the same thing")."""
     if len(changes) != len(spec.cells):
         raise InputError("changes", len(changes), f"{len(changes)} change scores for {len(spec.cells)} cells")
     kind = "leave-out" if any(c.kind == "leave-out" for c in spec.cells) else "term-alone"
@@ -266,11 +319,26 @@ def rank_terms(spec: ComparisonSpec, changes: Sequence[float], *, threshold: flo
     terms = [t for t, _ in rows[0]]
     if any([t for t, _ in r] != terms for r in rows):
         raise InputError("spec", spec.mode, "every row must hold the same terms in the same order")
-    effects = [TermEffect(term, k, tuple(r[k][1] for r in rows), all(r[k][1] < threshold for r in rows))
+    labels = term_labels(terms, spec.reading)
+    effects = [TermEffect(term, k, tuple(r[k][1] for r in rows), all(r[k][1] < threshold for r in rows), labels[k])
                for k, term in enumerate(terms)]
     effects.sort(key=lambda e: (-e.mean, e.position))
     orders = tuple(tuple(sorted(range(len(terms)), key=lambda k, r=r: (-r[k][1], k))) for r in rows)
-    return TermRanking(kind, tuple(effects), threshold, orders)
+    identical = ()
+    if images is not None:
+        signatures: dict[int, list[str]] = {}
+        for cell, image in zip(spec.cells, images):
+            if cell.kind == kind:
+                signatures.setdefault(cell.row, []).append(hashlib.sha256(_as_bytes(image)).hexdigest())
+        keyed: dict[tuple, list[str]] = {}
+        for k, label in enumerate(labels):
+            keyed.setdefault(tuple(r[k] for r in signatures.values()), []).append(label)
+        identical = tuple(tuple(group) for group in keyed.values() if len(group) > 1)
+    return TermRanking(kind, tuple(effects), threshold, orders, identical)
+
+
+def _as_bytes(image) -> bytes:
+    return np.ascontiguousarray(np.asarray(image)).tobytes()
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -16,7 +16,7 @@ from typing import ClassVar, Protocol, runtime_checkable
 
 import torch
 
-from negprompt.errors import InputError
+from negprompt.errors import InputError, shown
 
 
 def classifier_free_guidance(eps_neg: torch.Tensor, eps_pos: torch.Tensor, guidance_scale: float) -> torch.Tensor:
@@ -55,6 +55,25 @@ def negative_strength_guidance(eps_empty: torch.Tensor, eps_pos: torch.Tensor, e
     Composable Diffusion Models": ``eps_empty + g * (eps_pos - eps_empty) - s * (eps_neg - eps_empty)``.
     ``s = g - 1`` is plain CFG with the negative; ``s = 0`` is CFG with no negative."""
     return eps_empty + guidance_scale * (eps_pos - eps_empty) - strength * (eps_neg - eps_empty)
+
+
+def normalized_attention_guidance(z_pos: torch.Tensor, z_neg: torch.Tensor, scale: float = 5.0, tau: float = 2.5,
+                                  alpha: float = 0.25) -> torch.Tensor:
+    """Implements Normalized Attention Guidance (NAG) from Chen et al. (2025), "Normalized Attention Guidance:
+    Universal Negative Guidance for Diffusion Models", on the cross-attention outputs of the positive prompt
+    (``z_pos``) and of the negative prompt (``z_neg``) for the same image queries, per token (L1 norms over the
+    feature dimension, the last one):
+
+        Z~ = Z+ + s (Z+ - Z-)                                    extrapolate away from the negative
+        r = ||Z~||_1 / ||Z+||_1;  Z^ = Z~ * min(r, tau) / r      cap the feature norm at tau times the positive's
+        Z_NAG = alpha Z^ + (1 - alpha) Z+                         blend back
+
+    (The authors' code writes the first line ``Z+ * s' - Z- * (s' - 1)``, the same with ``s' = s + 1``.)"""
+    z_tilde = z_pos + scale * (z_pos - z_neg)
+    norm_pos = z_pos.abs().sum(dim=-1, keepdim=True).clamp_min(1e-6)
+    ratio = z_tilde.abs().sum(dim=-1, keepdim=True).clamp_min(1e-6) / norm_pos
+    z_hat = z_tilde * torch.clamp(ratio, max=tau) / ratio
+    return alpha * z_hat + (1 - alpha) * z_pos
 
 
 def guidance_is_active(guidance_scale: float, time_cond_proj_dim: int | None) -> bool:
@@ -97,6 +116,11 @@ def predicted_original(model_input: torch.Tensor, model_output: torch.Tensor, al
 #
 # Adding a method: a frozen dataclass here with ``name``, ``branches`` and ``combine``, and one line in METHODS.
 # Its fields are its parameters (numbers), written into manifests by ``method_to_dict``.
+#
+# A method may also act inside the denoiser's cross-attention (``steers_attention = True``): it then has
+# ``steer(z_pos, z_neg)``, which the attention layers call on the cell's positive row, with ``z_neg`` the same
+# image queries' attention output against the cell's negative prompt (while its window is open). The engine holds
+# that per-cell state for each step (``negprompt.attention.Steering``); the loaded pipeline never changes.
 
 BRANCHES = ("negative", "empty", "positive")  # every branch a method may read, in the order the engine stacks them
 
@@ -161,7 +185,34 @@ class NegativeStrength:
                                           self.strength)
 
 
-METHODS: dict[str, type] = {m.name: m for m in (CFG, PerpNeg, RescaledCFG, NegativeStrength)}
+@dataclass(frozen=True)
+class NAG:
+    """Normalized Attention Guidance (Chen et al., 2025): the negative acts inside the positive branch's
+    cross-attention (``normalized_attention_guidance``), not through a second prediction, so it also works on a
+    guidance-distilled model that runs one branch. The noise predictions combine as the model does with no
+    negative: CFG against the baseline's unconditional text where guidance is on, the positive alone where it is
+    off (a distilled model, or a scale of 1)."""
+
+    scale: float = 5.0  # s, how far the attention output is pushed away from the negative's (paper default 5)
+    tau: float = 2.5  # the cap on the pushed output's L1 norm, relative to the positive's (paper default 2.5)
+    alpha: float = 0.25  # the share of the capped output blended with the positive's (paper default 0.25)
+    name: ClassVar[str] = "nag"
+    branches: ClassVar[tuple[str, ...]] = ("empty", "positive")
+    steers_attention: ClassVar[bool] = True
+
+    def combine(self, preds: dict[str, torch.Tensor], scale: float) -> torch.Tensor:
+        return classifier_free_guidance(preds["empty"], preds["positive"], scale)
+
+    def steer(self, z_pos: torch.Tensor, z_neg: torch.Tensor) -> torch.Tensor:
+        return normalized_attention_guidance(z_pos, z_neg, self.scale, self.tau, self.alpha)
+
+
+METHODS: dict[str, type] = {m.name: m for m in (CFG, PerpNeg, RescaledCFG, NegativeStrength, NAG)}
+
+
+def steers_attention(method: GuidanceMethod) -> bool:
+    """Whether ``method`` acts inside the denoiser's attention (see ``NAG``)."""
+    return bool(getattr(method, "steers_attention", False))
 
 
 def method_to_dict(method: GuidanceMethod) -> dict:
@@ -171,19 +222,22 @@ def method_to_dict(method: GuidanceMethod) -> dict:
 
 def method_from_dict(data: dict | str, argument: str = "guidance") -> GuidanceMethod:
     """The inverse of ``method_to_dict``; a bare name stands for the method with its default parameters."""
+    if not isinstance(data, (str, dict)):
+        raise InputError(argument, shown(data), f"{argument}={shown(data)} must be a method name or an object "
+                                                "with its \"method\"")
     data = {"method": data} if isinstance(data, str) else dict(data)
     name = data.pop("method", None)
-    if name not in METHODS:
-        raise InputError(argument, name, f"guidance method {name!r} is not one of {', '.join(METHODS)}")
+    if not isinstance(name, str) or name not in METHODS:
+        raise InputError(argument, shown(name), f"guidance method {shown(name)} is not one of {', '.join(METHODS)}")
     cls = METHODS[name]
     known = {f.name for f in fields(cls)}
     unknown = sorted(set(data) - known)
     if unknown:
-        raise InputError(argument, data, f"guidance method {name!r} has no parameter {', '.join(unknown)} "
+        raise InputError(argument, shown(data), f"guidance method {name!r} has no parameter {shown(unknown)} "
                                          f"(it takes: {', '.join(sorted(known)) or 'none'})")
     for key, value in data.items():
         if isinstance(value, bool) or not isinstance(value, (int, float)) or value != value or abs(value) > 1e6:
-            raise InputError(argument, value, f"{name} parameter {key}={value!r} must be a finite number")
+            raise InputError(argument, shown(value), f"{name} parameter {key}={shown(value)} must be a finite number")
     return cls(**data)
 
 
@@ -197,11 +251,11 @@ def parse_method(text: str, argument: str = "guidance") -> GuidanceMethod:
     cls = METHODS.get(name)
     parameters = [f.name for f in fields(cls)] if cls else []
     if not parameters:
-        raise InputError(argument, text, f"{text!r}: guidance method {name!r} takes no value")
+        raise InputError(argument, shown(text), f"{shown(text)}: guidance method {shown(name)} takes no value")
     try:
         number = float(value)
     except ValueError:
-        raise InputError(argument, text, f"{text!r}: {value.strip()!r} is not a number") from None
+        raise InputError(argument, shown(text), f"{shown(text)}: {shown(value.strip())} is not a number") from None
     return method_from_dict({"method": name, parameters[0]: number}, argument)
 
 

@@ -7,7 +7,8 @@
 The "Negative prompt:" line is left out when the negative is empty; values holding ``,``, ``:`` or a newline are
 JSON-quoted. A cell whose negative acts during part of the steps only, or that uses another guidance method than
 CFG, says so in extra pairs, as A1111 extensions do: ``Negative window: 0.3-0.8`` (the syntax of
-``negprompt.plan.parse_window``) and ``Guidance method: perp-neg`` (that of ``negprompt.guidance.parse_method``).
+``negprompt.plan.parse_window``) and ``Guidance method: perp-neg`` (that of ``negprompt.guidance.parse_method``);
+prompts read as A1111 reads them say ``Prompt reading: a1111`` (``negprompt.reading``).
 ``parse_infotext`` reads any such text back into a dict of settings.
 """
 
@@ -46,8 +47,9 @@ def format_infotext(settings, seed: int, negative_prompt: str, *, prompt: str | 
     return "\n".join(lines)
 
 
-def cell_infotext(settings, cell) -> str:
-    """The infotext of one cell (a ``negprompt.plan.CellSpec``) of a comparison run with ``settings``."""
+def cell_infotext(settings, cell, reading: str = "plain") -> str:
+    """The infotext of one cell (a ``negprompt.plan.CellSpec``) of a comparison run with ``settings``, its prompts
+    read ``reading`` (``negprompt.reading``; only a reading other than "plain" is written)."""
     from negprompt.guidance import CFG, method_label
     from negprompt.plan import WHOLE, format_window
 
@@ -56,6 +58,8 @@ def cell_infotext(settings, cell) -> str:
         extra["Negative window"] = format_window(cell.window)
     if not isinstance(cell.guidance, CFG):
         extra["Guidance method"] = method_label(cell.guidance)
+    if reading != "plain":
+        extra["Prompt reading"] = reading
     return format_infotext(settings, cell.seed, cell.negative or "", prompt=cell.positive, extra=extra)
 
 

@@ -1,5 +1,5 @@
-"""Load Stable Diffusion pipelines (1.x, 2.x, SDXL) from the Hub, a local folder, a single .safetensors file, or the
-embedded model.
+"""Load diffusion pipelines (Stable Diffusion 1.x, 2.x, SDXL, SD3/SD3.5, FLUX.1: the classes of
+``negprompt.families``) from the Hub, a local folder, a single .safetensors file (SD 1.x, SDXL), or the embedded model.
 
     from negprompt import load_pipeline
     pipe = load_pipeline()                                  # the embedded portrait model in assets/
@@ -38,31 +38,31 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from diffusers import DiffusionPipeline, StableDiffusionPipeline, StableDiffusionXLPipeline
+from diffusers import (
+    DiffusionPipeline,
+    FluxPipeline,
+    StableDiffusion3Pipeline,
+    StableDiffusionPipeline,
+    StableDiffusionXLPipeline,
+)
 
 from negprompt import attention
 from negprompt import embeddings as textual_inversion
 from negprompt import loras as lora_weights
-from negprompt._assets import asset
+from negprompt._assets import EMBEDDED_NAME, asset
 from negprompt.devices import pick_device, pick_dtype
 from negprompt.errors import InputError
+from negprompt.families import family_of, refusal
 from negprompt.speedups import apply_speedups, new_report
 
 log = logging.getLogger(__name__)
 
 EMBEDDED_MODEL = asset("portrait-model")
-EMBEDDED_NAME = "negprompt-portraits"
 # The embedded model's own negative embeddings, loaded with it: (name, file)
 EMBEDDED_EMBEDDINGS = (("portrait-bad", asset("portrait-embeddings") / "degraded.safetensors"),)
 
-PIPELINE_CLASSES = {cls.__name__: cls for cls in (StableDiffusionPipeline, StableDiffusionXLPipeline)}
-# Why other pipeline classes are refused (a class not named here gets the generic reason).
-REFUSED = {
-    "StableDiffusion3Pipeline": "SD3 denoises with a transformer under flow matching and three text encoders; "
-                                "negprompt's batched loop drives a UNet",
-    "FluxPipeline": "FLUX.1 denoises with a transformer and is guidance-distilled (dev/schnell run no negative "
-                    "branch at all)",
-}
+PIPELINE_CLASSES = {cls.__name__: cls for cls in (StableDiffusionPipeline, StableDiffusionXLPipeline,
+                                                   StableDiffusion3Pipeline, FluxPipeline)}
 CACHE_SIZE = {"cpu": 3, "gpu": 1}  # pipelines kept per kind of device
 
 _cache: OrderedDict[tuple[str, str, torch.dtype], Loaded] = OrderedDict()
@@ -191,7 +191,7 @@ def load(model: str | Path | None = None, *, device: str | torch.device | None =
         decoder = _load_preview_decoder(str(preview_decoder), pipe, device, dtype) if preview_decoder else None
         speedups = apply_speedups(pipe)
         if speedups.get("buckets") is None:  # a compiled UNet keeps its graph whole: no attention maps
-            attention.install(pipe.unet)
+            attention.install(family_of(pipe).denoiser)
         loaded = Loaded(pipe=pipe, runtime=Runtime(speedups=speedups, preview_decoder=decoder), source=source,
                         embeddings=added, loras=fused)
         _cache[key] = loaded
@@ -252,7 +252,7 @@ def _load_preview_decoder(name: str, pipe, device: torch.device, dtype: torch.dt
     except Exception as error:  # the Hub client and diffusers raise several unrelated types for "not there"
         raise ModelNotFoundError(name, f"preview_decoder={name!r} could not be loaded as an AutoencoderTiny: "
                                        f"{error}") from error
-    channels = pipe.unet.config.in_channels
+    channels = pipe.vae.config.latent_channels
     if decoder.config.latent_channels != channels:
         raise InputError("preview_decoder", name, f"preview_decoder={name!r} decodes {decoder.config.latent_channels}"
                                                   f"-channel latents; this model's have {channels}")
@@ -309,11 +309,58 @@ def _read_config(source: str) -> dict:
 
 
 def _check_class(source: str, class_name) -> type:
-    if class_name in PIPELINE_CLASSES:
+    if isinstance(class_name, str) and class_name in PIPELINE_CLASSES:
         return PIPELINE_CLASSES[class_name]
-    reason = REFUSED.get(class_name, "negprompt's engine drives these two pipelines' UNet, text encoders and VAE")
-    raise InputError("model", source, f"model={source!r} is a {class_name}; negprompt runs "
-                                      f"{', '.join(PIPELINE_CLASSES)} only: {reason}")
+    if isinstance(class_name, (list, tuple)):  # ["my_pipeline", "MyPipeline"]: a pipeline from a .py of its own
+        raise ModelNotFoundError(source, f"model={source!r} names a custom pipeline ({_named(class_name)}); "
+                                         "negprompt runs no code from a model folder")
+    if not isinstance(class_name, str):
+        raise InputError("model", source, f"model={source!r}: its model_index.json names no pipeline class "
+                                          "(_class_name)")
+    raise refusal(class_name, source)
+
+
+# The components each pipeline class needs, and the libraries negprompt loads them from (no remote or local code).
+COMPONENTS = {
+    "StableDiffusionPipeline": ("unet", "vae", "text_encoder", "tokenizer", "scheduler"),
+    "StableDiffusionXLPipeline": ("unet", "vae", "text_encoder", "text_encoder_2", "tokenizer", "tokenizer_2",
+                                  "scheduler"),
+    # SD3 runs without its T5 (text_encoder_3, tokenizer_3), so they are not required
+    "StableDiffusion3Pipeline": ("transformer", "vae", "text_encoder", "text_encoder_2", "tokenizer", "tokenizer_2",
+                                 "scheduler"),
+    "FluxPipeline": ("transformer", "vae", "text_encoder", "text_encoder_2", "tokenizer", "tokenizer_2",
+                     "scheduler"),
+}
+LIBRARIES = ("diffusers", "transformers")
+
+
+def check_model_index(source: str, config) -> type:
+    """The pipeline class a ``model_index.json`` (already parsed) names, after checking that it is one negprompt
+    runs and that every component it needs is there and comes from diffusers or transformers; raises
+    ``ModelNotFoundError`` (``InputError("model", ...)``) naming what is wrong. Nothing is imported or run."""
+    if not isinstance(config, dict):
+        raise ModelNotFoundError(source, f"model={source!r}: its model_index.json is not a JSON object")
+    cls = _check_class(source, config.get("_class_name"))
+    missing = [name for name in COMPONENTS[cls.__name__]
+               if not (isinstance(config.get(name), (list, tuple)) and len(config[name]) == 2
+                       and all(config[name]))]
+    if missing:
+        raise ModelNotFoundError(source, f"model={source!r} has no {', '.join(missing)} in its model_index.json; "
+                                         f"a {cls.__name__} needs {', '.join(COMPONENTS[cls.__name__])}")
+    custom = [f"{name} ({_named(config[name])})" for name in COMPONENTS[cls.__name__]
+              if config[name][0] not in LIBRARIES]
+    if custom or config.get("_custom_pipeline") or config.get("trust_remote_code") or config.get("auto_map"):
+        what = ", ".join(custom) or "a custom pipeline"
+        raise ModelNotFoundError(source, f"model={source!r} needs custom code: {what}; negprompt loads components "
+                                         f"from {' and '.join(LIBRARIES)} only and runs no code from a model folder")
+    return cls
+
+
+def _named(value) -> str:
+    """A class name as model_index.json gives it, for a message: "UNet2DConditionModel", "my_unet.MyUNet"."""
+    if isinstance(value, (list, tuple)):
+        return ".".join(str(part) for part in value if part)[:80]
+    return repr(value)[:80] if not isinstance(value, str) else value[:80]
 
 
 def _single_file_class(path: str) -> type:
@@ -344,20 +391,27 @@ def _load(source: str, device: torch.device, dtype: torch.dtype) -> DiffusionPip
                                              f"load ({error}); convert it to a diffusers folder") from error
     else:
         config = _read_config(source)
-        cls = _check_class(source, config.get("_class_name"))
+        cls = check_model_index(source, config)
         extra = {"safety_checker": None, "requires_safety_checker": False} if cls is StableDiffusionPipeline else {}
+        if cls is StableDiffusion3Pipeline:  # SD3 runs without T5 (a folder saved without it lists none)
+            extra = {name: None for name in ("text_encoder_3", "tokenizer_3") if not any(config.get(name) or [])}
         log.info("loading %s (%s) on %s in %s", source, cls.__name__, device, dtype)
         try:
             pipe = cls.from_pretrained(source, dtype=dtype, use_safetensors=True, **extra)
         except OSError as error:
             raise ModelNotFoundError(source, f"model={source!r} could not be loaded: {error} (negprompt reads only "
                                              "safetensors weights)") from error
+        except (ValueError, TypeError, ImportError, AttributeError, KeyError) as error:  # a broken component config
+            log.warning("loading %s failed", source, exc_info=True)
+            raise ModelNotFoundError(source, f"model={source!r} could not be loaded as a {cls.__name__}: "
+                                             f"{str(error)[:300]}") from error
     pipe.to(device)
     if dtype == torch.float16 and pipe.vae.config.get("force_upcast", False):
         # SDXL's VAE overflows in float16. diffusers upcasts it inside every call (mutating the pipeline); we do
         # it once here, and the engine decodes in the VAE's own dtype.
         pipe.vae.to(torch.float32)
-    for module in (pipe.unet, pipe.vae, pipe.text_encoder, getattr(pipe, "text_encoder_2", None)):
+    for module in (family_of(pipe).denoiser, pipe.vae, pipe.text_encoder, getattr(pipe, "text_encoder_2", None),
+                   getattr(pipe, "text_encoder_3", None)):
         if module is not None:
             module.eval().requires_grad_(False)
     pipe.set_progress_bar_config(disable=True)

@@ -18,6 +18,7 @@ them, so a new way of comparing is a new builder, not a change to the engine:
     negatives_spec(prompt, negatives, seeds, ...)          # baseline + one cell per negative (+ another positive)
     methods_spec(prompt, negatives, seeds, methods, ...)   # ... one cell per (negative, guidance method)
     timing_spec(prompt, negatives, seeds, starts, ...)     # ... one cell per (negative, start fraction)
+    readings_spec(prompt, negatives, seeds, ...)           # ... each negative read plain and read a1111
 
 A window is written into a negative as ``hat@0.3`` (from 30% of the steps to the end) or ``hat@0.3-0.8``
 (``parse_window``, shared by the command line and the app; ``format_window`` writes it back).
@@ -33,9 +34,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from negprompt.errors import LIMITS, InputError
+from negprompt.errors import LIMITS, InputError, shown
 from negprompt.guidance import BRANCHES, CFG, GuidanceMethod, method_from_dict, method_label, method_to_dict
 from negprompt.loras import check_prompt
+from negprompt.reading import READINGS
 
 SPEC_VERSION = 1
 BASELINES = ("empty", "zeros")  # the baseline's negative: the empty prompt, or zero embeddings
@@ -56,11 +58,13 @@ class CellSpec:
     row: int = 0  # the grid row it is shown in
     kind: str = "negative"  # "baseline", "negative", "positive", or an axis a builder adds ("leave-out", ...)
     term: str = ""  # for axes over one term of a negative: that term
+    reading: str = ""  # how its prompts are read ("plain", "a1111"; see negprompt.reading); "" the comparison's
 
     def to_dict(self) -> dict[str, Any]:
-        return {"seed": self.seed, "positive": self.positive, "negative": self.negative,
-                "guidance": method_to_dict(self.guidance), "window": list(self.window), "label": self.label,
-                "reference": self.reference, "row": self.row, "kind": self.kind, "term": self.term}
+        out = {"seed": self.seed, "positive": self.positive, "negative": self.negative,
+               "guidance": method_to_dict(self.guidance), "window": list(self.window), "label": self.label,
+               "reference": self.reference, "row": self.row, "kind": self.kind, "term": self.term}
+        return out | ({"reading": self.reading} if self.reading else {})
 
     @classmethod
     def from_dict(cls, data: dict[str, Any], argument: str = "cell") -> CellSpec:
@@ -68,10 +72,14 @@ class CellSpec:
         unknown = sorted(set(data) - set(cls.__dataclass_fields__))
         if unknown:
             raise InputError(argument, unknown, f"{argument} has unknown field(s) {', '.join(unknown)}")
+        for name in ("label", "kind", "term"):  # checked before anything renders them
+            if name in data:
+                check_cell_text(f"{argument}.{name}", data[name])
         data["guidance"] = method_from_dict(data.get("guidance", "cfg"), f"{argument}.guidance")
         window = data.get("window", (0.0, 1.0))
         if not isinstance(window, (list, tuple)) or len(window) != 2:
-            raise InputError(f"{argument}.window", window, f"{argument}.window={window!r} must be [start, stop]")
+            raise InputError(f"{argument}.window", window, f"{argument}.window={shown(window)} must be "
+                                                           "[start, stop]")
         data["window"] = tuple(window)
         try:
             return cls(**data)
@@ -147,6 +155,7 @@ class ComparisonSpec:
     sampler: str = "Default"  # sampler name (see negprompt.schedulers)
     baseline: str = "empty"  # the baseline negative: "empty" (the empty prompt) or "zeros" (zero embeddings)
     mode: str = "negatives"  # the builder that made it, for front ends and the manifest
+    reading: str = "plain"  # how prompts are read: "plain" (as diffusers does) or "a1111" (negprompt.reading)
 
     @property
     def baseline_negative(self) -> str | None:
@@ -161,10 +170,14 @@ class ComparisonSpec:
     def rows(self) -> int:
         return 1 + max((c.row for c in self.cells), default=-1)
 
+    def reading_of(self, cell: CellSpec) -> str:
+        """How ``cell``'s prompts are read: its own reading, else the comparison's."""
+        return cell.reading or self.reading
+
     def to_dict(self) -> dict[str, Any]:
         return {"version": SPEC_VERSION, "model": self.model, "steps": self.steps,
                 "guidance_scale": self.guidance_scale, "height": self.height, "width": self.width,
-                "sampler": self.sampler, "baseline": self.baseline, "mode": self.mode,
+                "sampler": self.sampler, "baseline": self.baseline, "mode": self.mode, "reading": self.reading,
                 "cells": [c.to_dict() for c in self.cells]}
 
     @classmethod
@@ -181,7 +194,13 @@ class ComparisonSpec:
             raise InputError("spec", unknown, f"the spec has unknown field(s) {', '.join(unknown)}")
         cells = data.get("cells")
         if not isinstance(cells, list) or not all(isinstance(c, dict) for c in cells):
-            raise InputError("cells", cells, "the spec's cells must be a list of objects")
+            raise InputError("cells", shown(cells), "the spec's cells must be a list of objects")
+        if len(cells) > LIMITS.max_cells:  # counted before any cell is read
+            raise InputError("max_cells", len(cells), f"the spec has {len(cells):,} cells; at most "
+                                                      f"{LIMITS.max_cells} are run")
+        for name in ("mode", "sampler"):
+            if name in data:
+                check_name(name, data[name])
         data["cells"] = tuple(CellSpec.from_dict(c, f"cells[{i}]") for i, c in enumerate(cells))
         try:
             return cls(**data)
@@ -209,7 +228,11 @@ class ComparisonSpec:
             raise InputError("guidance_scale", scale, f"guidance_scale={scale!r} must be a finite number from 0 to "
                                                       f"{LIMITS.max_guidance:g}")
         if self.baseline not in BASELINES:
-            raise InputError("baseline", self.baseline, f"baseline={self.baseline!r} must be 'empty' or 'zeros'")
+            raise InputError("baseline", shown(self.baseline), f"baseline={shown(self.baseline)} must be 'empty' or "
+                                                               "'zeros'")
+        check_name("sampler", self.sampler)
+        check_name("mode", self.mode)
+        check_reading("reading", self.reading)
         for name in ("height", "width"):
             value = getattr(self, name)
             if value is not None:
@@ -227,7 +250,57 @@ class ComparisonSpec:
 def check_int(argument: str, value, low: int, high: int) -> None:
     """An integer (not a bool) from ``low`` to ``high``, else ``InputError`` naming ``argument``."""
     if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
-        raise InputError(argument, value, f"{argument}={value!r} must be an integer from {low} to {high}")
+        raise InputError(argument, value, f"{argument}={shown(value)} must be an integer from {low} to {high}")
+
+
+def check_name(argument: str, value) -> None:
+    """A short name (a sampler, a mode): a string of at most ``LIMITS.max_kind_chars`` printable characters."""
+    if not isinstance(value, str) or len(value) > LIMITS.max_kind_chars or not value.isprintable():
+        raise InputError(argument, shown(value), f"{argument}={shown(value)} must be a name of at most "
+                                                 f"{LIMITS.max_kind_chars} printable characters")
+
+
+def check_cell_text(argument: str, value) -> None:
+    """A cell's ``label``, ``kind`` or ``term`` (``argument`` ends with its name): a string within its limit (a
+    label: ``LIMITS.max_label_chars``; a term: ``max_text_chars``); a kind is a short name (``check_name``)."""
+    name = argument.rsplit(".", 1)[-1]
+    if name == "kind":
+        return check_name(argument, value)
+    limit = LIMITS.max_label_chars if name == "label" else LIMITS.max_text_chars
+    if not isinstance(value, str):
+        raise InputError(argument, shown(value), f"{argument}={shown(value)} must be a string")
+    if len(value) > limit:
+        raise InputError(argument, shown(value), f"{argument} is {len(value):,} characters long; at most {limit:,} "
+                                                 "are accepted")
+
+
+def parse_seeds(value, argument: str = "seeds", max_count: int = LIMITS.max_sweep_seeds) -> tuple[int, ...]:
+    """``"0-63"``, ``7``, or a list of both -> the seeds in order. Ranges are counted before they are expanded: more
+    than ``max_count`` seeds, a seed outside 0 to ``LIMITS.max_seed`` or a repeated seed is an ``InputError``."""
+    items = value if isinstance(value, list) else [value]
+    ranges: list[tuple[int, int]] = []
+    for i, item in enumerate(items):
+        where = f"{argument}[{i}]" if isinstance(value, list) else argument
+        if isinstance(item, int) and not isinstance(item, bool):
+            low = high = item
+        else:
+            match = re.fullmatch(r"\s*(\d{1,20})\s*(?:-\s*(\d{1,20})\s*)?", item) if isinstance(item, str) else None
+            if not match or (match[2] is not None and int(match[1]) > int(match[2])):
+                raise InputError(where, shown(item), f"{where}={shown(item)} must be a seed or a range like \"0-63\"")
+            low, high = int(match[1]), int(match[2] if match[2] is not None else match[1])
+        for s in (low, high):
+            if not 0 <= s <= LIMITS.max_seed:
+                raise InputError(where, s, f"{where}: seed {s} is outside 0 to {LIMITS.max_seed}")
+        ranges.append((low, high))
+    count = sum(high - low + 1 for low, high in ranges)
+    if count > max_count:
+        raise InputError(argument, count, f"{argument} names {count:,} seeds; at most {max_count:,} are run")
+    seeds = [s for low, high in ranges for s in range(low, high + 1)]
+    if len(set(seeds)) != len(seeds):
+        raise InputError(argument, shown(value), f"{argument}={shown(value)} names a seed twice")
+    if not seeds:
+        raise InputError(argument, shown(value), f"{argument} must name at least one seed")
+    return tuple(seeds)
 
 
 def check_text(argument: str, text, *, allow_empty: bool = False) -> None:
@@ -240,6 +313,13 @@ def check_text(argument: str, text, *, allow_empty: bool = False) -> None:
     if not (allow_empty and text == "") and not _visible(text):
         raise InputError(argument, text, f"{argument}={text!r} has no visible text")
     check_prompt(argument, text)
+
+
+def check_reading(argument: str, reading) -> None:
+    """A prompt reading is one of ``READINGS`` ("plain", "a1111")."""
+    if reading not in READINGS:
+        raise InputError(argument, shown(reading), f"{argument}={shown(reading)} must be one of "
+                                                   f"{', '.join(READINGS)}")
 
 
 def _visible(text: str) -> bool:
@@ -257,9 +337,11 @@ def _check_cell(i: int, cell: CellSpec, n: int) -> None:
         raise InputError(f"{where}.guidance", cell.guidance, f"{where}.guidance={cell.guidance!r} is not a "
                                                              "guidance method (see negprompt.guidance.METHODS)")
     check_window(f"{where}.window", cell.window)
-    if not isinstance(cell.label, str) or not isinstance(cell.kind, str) or not isinstance(cell.term, str):
-        raise InputError(f"{where}.label", cell.label, f"{where}: label, kind and term must be strings")
+    for name in ("label", "kind", "term"):
+        check_cell_text(f"{where}.{name}", getattr(cell, name))
     check_int(f"{where}.row", cell.row, 0, LIMITS.max_cells)
+    if cell.reading != "":
+        check_reading(f"{where}.reading", cell.reading)
     if cell.reference is not None and not (isinstance(cell.reference, int) and 0 <= cell.reference < n
                                            and cell.reference != i):
         raise InputError(f"{where}.reference", cell.reference, f"{where}.reference={cell.reference!r} must be the "
@@ -273,12 +355,12 @@ def _check_cell(i: int, cell: CellSpec, n: int) -> None:
 def negatives_spec(prompt: str, negatives: Sequence[str], seeds: Sequence[int], *, model: str, steps: int = 20,
                    guidance_scale: float = 7.5, height: int | None = None, width: int | None = None,
                    sampler: str = "Default", baseline: str = "empty", other_positive: str | None = None,
-                   guidance: GuidanceMethod | None = None,
-                   windows: Sequence[tuple[float, float]] | None = None) -> ComparisonSpec:
+                   guidance: GuidanceMethod | None = None, windows: Sequence[tuple[float, float]] | None = None,
+                   reading: str = "plain") -> ComparisonSpec:
     """The classic comparison: one row per seed, holding the baseline (no negative), one cell per negative and,
     with ``other_positive``, one cell that runs another positive prompt with no negative (the seed article's
     "... without mustache"), all compared against the row's baseline. ``windows`` (one per negative) limits when
-    each negative acts (see ``parse_window``)."""
+    each negative acts (see ``parse_window``). ``reading``: how every prompt is read ("plain" or "a1111")."""
     windows = list(windows) if windows is not None else [WHOLE] * len(negatives)
     if len(windows) != len(negatives):
         raise InputError("windows", windows, f"{len(windows)} windows for {len(negatives)} negatives")
@@ -286,7 +368,8 @@ def negatives_spec(prompt: str, negatives: Sequence[str], seeds: Sequence[int], 
     variants = [[(negative, window, method)] for negative, window in zip(negatives, windows)]
     return _rows_spec(prompt, variants, seeds, mode="negatives" if other_positive is None else "negatives+positive",
                       other_positive=other_positive, model=model, steps=steps, guidance_scale=guidance_scale,
-                      height=height, width=width, sampler=sampler, baseline=baseline, method=method)
+                      height=height, width=width, sampler=sampler, baseline=baseline, method=method,
+                      reading=reading)
 
 
 def methods_spec(prompt: str, negatives: Sequence[str], seeds: Sequence[int], methods: Sequence[GuidanceMethod], *,
@@ -314,6 +397,30 @@ def timing_spec(prompt: str, negatives: Sequence[str], seeds: Sequence[int], sta
     return _rows_spec(prompt, variants, seeds, mode="timing", model=model, method=method, **settings)
 
 
+def readings_spec(prompt: str, negatives: Sequence[str], seeds: Sequence[int], *, model: str,
+                  windows: Sequence[tuple[float, float]] | None = None, other_positive: str | None = None,
+                  reading: str = "plain", **settings) -> ComparisonSpec:
+    """Prompt readings as an axis: per row, the baseline read plain and read a1111, then each negative read plain
+    (compared against the plain baseline) and read a1111 (against the a1111 baseline), from the same noise. The
+    a1111 baseline differs from the plain one only where the positive holds A1111 syntax or where a long a1111
+    negative pads every a1111 text to more chunks. ``reading`` is the comparison's own (unused: each cell names
+    its own); ``settings``: those of ``negatives_spec``."""
+    if other_positive is not None:
+        raise InputError("other_positive", other_positive, "comparing readings takes no other positive prompt")
+    base = negatives_spec(prompt, negatives, seeds, model=model, windows=windows, **settings)
+    cells: list[CellSpec] = []
+    for row in range(len(seeds)):
+        members = [c for c in base.cells if c.row == row]
+        bases = {}
+        for how in READINGS:
+            bases[how] = len(cells)
+            cells.append(replace(members[0], reading=how, label=f"{members[0].label} ({how})"))
+        for cell in members[1:]:
+            cells += [replace(cell, reading=how, reference=bases[how], label=f"{cell.label} ({how})")
+                      for how in READINGS]
+    return replace(base, cells=tuple(cells), mode="readings", reading=reading)
+
+
 def cell_label(negative: str, window: tuple[float, float] = WHOLE, method: GuidanceMethod | None = None) -> str:
     """A negative cell's caption: ``"- hat"``, ``"- hat @0.3"``; with ``method``, ``"- hat (perp-neg)"``."""
     label = f"- {negative}"
@@ -332,7 +439,7 @@ def _rows_spec(prompt: str, variants: list[list[tuple[str, tuple[float, float], 
                seeds: Sequence[int], *, mode: str, model: str, steps: int = 20, guidance_scale: float = 7.5,
                height: int | None = None, width: int | None = None, sampler: str = "Default",
                baseline: str = "empty", other_positive: str | None = None,
-               method: GuidanceMethod | None = None) -> ComparisonSpec:
+               method: GuidanceMethod | None = None, reading: str = "plain") -> ComparisonSpec:
     """One row per seed: the baseline, one cell per (negative, window, method) variant, and the other positive."""
     if baseline not in BASELINES:
         raise InputError("baseline", baseline, f"baseline={baseline!r} must be 'empty' or 'zeros'")
@@ -352,7 +459,8 @@ def _rows_spec(prompt: str, variants: list[list[tuple[str, tuple[float, float], 
             cells.append(CellSpec(seed, other_positive, none, base_method, label=f"+ {other_positive}",
                                   reference=base, row=row, kind="positive"))
     return ComparisonSpec(model=model, cells=tuple(cells), steps=steps, guidance_scale=guidance_scale,
-                          height=height, width=width, sampler=sampler, baseline=baseline, mode=mode)
+                          height=height, width=width, sampler=sampler, baseline=baseline, mode=mode,
+                          reading=reading)
 
 
 def with_cells(spec: ComparisonSpec, cells: list[CellSpec] | tuple[CellSpec, ...]) -> ComparisonSpec:

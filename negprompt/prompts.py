@@ -43,8 +43,18 @@ def spec_warnings(tokenizer, spec, distilled: bool) -> list[str]:
     first_row = [c for c in spec.cells if c.row == spec.cells[0].row]
     negatives = [c.negative for c in first_row if c.kind == "negative" and c.negative]
     positives = list(dict.fromkeys(c.positive for c in spec.cells))
-    warnings = comparison_warnings(tokenizer, positives, list(dict.fromkeys(negatives)), spec.guidance_scale,
-                                   distilled)
+    plain = [c for c in spec.cells if spec.reading_of(c) == "plain"]
+    read_plain = {c.negative for c in plain} | {c.positive for c in plain}
+    warnings = comparison_warnings(tokenizer, [p for p in positives if p in read_plain],
+                                   [n for n in dict.fromkeys(negatives) if n in read_plain], spec.guidance_scale,
+                                   distilled, numbers=list(dict.fromkeys(negatives)))
+    from negprompt.verdicts import a1111_syntax
+
+    for i, negative in enumerate(dict.fromkeys(negatives), start=1):
+        pieces = a1111_syntax(negative) if negative in read_plain else []
+        if pieces:
+            warnings.append(f"Negative prompt {i} is written in A1111 syntax ({pieces[0]}); the plain reading passes "
+                            "it to the text encoder as characters. The a1111 reading reads it as A1111 does.")
     seen: dict[tuple, int] = {}
     for cell in first_row:
         key = (cell.positive, cell.negative, cell.guidance, tuple(cell.window))
@@ -56,9 +66,11 @@ def spec_warnings(tokenizer, spec, distilled: bool) -> list[str]:
 
 
 def comparison_warnings(
-    tokenizer, prompt: str | list[str], negatives: list[str], guidance_scale: float, distilled: bool
+    tokenizer, prompt: str | list[str], negatives: list[str], guidance_scale: float, distilled: bool,
+    numbers: list[str] | None = None,
 ) -> list[str]:
-    """Everything about these inputs that makes a comparison show less than the user expects, in plain words."""
+    """Everything about these inputs that makes a comparison show less than the user expects, in plain words.
+    ``numbers``: the list the negatives are numbered from in the messages (default ``negatives``)."""
     warnings = []
     if distilled:
         warnings.append(
@@ -71,18 +83,20 @@ def comparison_warnings(
             "have no effect: every cell equals the baseline. Use a scale above 1 (5 to 9 is usual)."
         )
     prompts = [prompt] if isinstance(prompt, str) else list(prompt)
+    numbers = negatives if numbers is None else numbers
     for i, text in enumerate(prompts):
         count = count_tokens(tokenizer, text)
         if not count.fits:
             which = "The prompt" if i == 0 else f"The positive prompt '{text[:40]}'"
             warnings.append(f"{which} has {count.used} tokens; the text encoder reads {count.limit}, "
                             f"so this was cut: '{count.truncated}'.")
-    for i, negative in enumerate(negatives, start=1):
+    for negative in negatives:
+        i = numbers.index(negative) + 1
         count = count_tokens(tokenizer, negative)
         if not count.fits:
             warnings.append(f"Negative prompt {i} has {count.used} tokens; the text encoder reads {count.limit}, "
                             f"so this was cut: '{count.truncated}'.")
-        if _same_text(negative, prompts[0]):
+        if prompts and _same_text(negative, prompts[0]):
             warnings.append(f"Negative prompt {i} equals the positive prompt: the two branches cancel and the cell "
                             "shows the unguided image (as at guidance scale 1).")
     return warnings

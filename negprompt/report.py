@@ -16,16 +16,17 @@ table per condition (prompt x negative) is that benchmark's table, from any seed
 
 from __future__ import annotations
 
-import argparse
 import html
-import json
 import math
 import re
 import sys
 from collections import defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from negprompt.errors import LIMITS, InputError
+from negprompt.inputs import load_json_file
 from negprompt.sweep import NO_CHANGE_PERCENT, merge
 
 # negprompt.portrait_model.portraits.BINARY, not imported: the report reads results, not the model
@@ -60,11 +61,15 @@ class Rate:
         return wilson(self.k, self.n)
 
     def text(self, n: bool = True) -> str:
-        """``"41% (26-58%, n=32)"``; without ``n``: ``"41% (26-58%)"``."""
+        """``"13/32 = 41% (26-58%)"``, the count and its denominator first; without ``n``: ``"41% (26-58%)"``."""
         if not self.n:
             return "n/a"
         lo, hi = self.interval
-        return f"{self.value:.0%} ({100 * lo:.0f}-{hi:.0%}{f', n={self.n}' if n else ''})"
+        return f"{f'{self.k}/{self.n} = ' if n else ''}{self.value:.0%} ({100 * lo:.0f}-{hi:.0%})"
+
+    def overlaps(self, other: Rate) -> bool:
+        """Whether the two 95% intervals overlap (then these seeds cannot tell the rates apart)."""
+        return self.interval[0] <= other.interval[1] and other.interval[0] <= self.interval[1]
 
 
 @dataclass
@@ -82,10 +87,14 @@ class NegativeStats:
     collateral: tuple[str, float] | None = None  # (attribute, points) of the largest move in another attribute
 
     @property
+    def removed(self) -> Rate:
+        """Removals of the attributes it names, pooled, over the seeds whose baseline showed them (n=0: none did)."""
+        return Rate(sum(r.k for r in self.removal.values()), sum(r.n for r in self.removal.values()))
+
+    @property
     def effect(self) -> float:
-        """How effective: the mean removal rate of the attributes it names, else the share of changed cells."""
-        rates = [r.value for r in self.removal.values() if r.n]
-        return sum(rates) / len(rates) if rates else self.changed.value
+        """How effective: its removal rate where a baseline showed what it names, else the share of changed cells."""
+        return self.removed.value if self.removed.n else self.changed.value
 
 
 def named_attributes(negative: str) -> list[str]:
@@ -159,15 +168,50 @@ def condition_rates(rows: list[dict]) -> dict[tuple[str, str], dict[str, Rate]]:
 # Writing
 
 
-def _extremes(stats: list[NegativeStats], most: int) -> tuple[list[NegativeStats], list[NegativeStats]]:
-    """The ``most`` most effective and the ``most`` least effective negatives, never the same one in both."""
-    def strength(s: NegativeStats) -> tuple[float, float]:  # ties: the narrower evidence ranks lower
-        lower = [r.interval[0] for r in s.removal.values() if r.n] or [s.changed.interval[0]]
-        return s.effect, sum(lower) / len(lower)
+@dataclass
+class Extremes:
+    """The most and the least effective negatives by one measure, never the same one in both."""
 
-    ranked = sorted((s for s in stats if not math.isnan(s.effect)), key=strength, reverse=True)
+    measure: str  # what the rates count
+    best: list[NegativeStats]
+    worst: list[NegativeStats]
+    rate: Callable[[NegativeStats], Rate]
+
+    @property
+    def overlapping(self) -> bool:
+        """Whether the best's and the worst's 95% intervals overlap: then the seeds cannot rank them."""
+        return bool(self.best and self.worst) and self.rate(self.best[0]).overlaps(self.rate(self.worst[0]))
+
+    def line(self, s: NegativeStats) -> str:
+        rate = self.rate(s)
+        return f"{rate.k} of {rate.n} = {rate.value:.0%} (95% CI {100 * rate.interval[0]:.0f}-{rate.interval[1]:.0%})"
+
+    def caution(self) -> str:
+        if not self.overlapping:
+            return ""
+        return ("The 95% intervals of the most and the least effective overlap: these seeds cannot rank them; run "
+                "more seeds.")
+
+
+def _extremes(stats: list[NegativeStats], most: int) -> Extremes:
+    """The ``most`` most effective and the ``most`` least effective negatives, never the same one in both. Where
+    the detector saw on a baseline what some negative names, they are ranked by that removal rate, counted over
+    those seeds only; otherwise by the share of images they changed."""
+    by_removal = [s for s in stats if s.removed.n]
+    if by_removal:
+        measure = ("removed what it names, over the seeds whose baseline showed it")
+        ranked, rate = by_removal, (lambda s: s.removed)
+    else:
+        measure, rate = f"changed the image (change of at least {NO_CHANGE_PERCENT:g}%)", (lambda s: s.changed)
+        ranked = [s for s in stats if s.changed.n]
+
+    def strength(s: NegativeStats) -> tuple[float, float]:  # ties: the narrower evidence ranks lower
+        return rate(s).value, rate(s).interval[0]
+
+    ranked = sorted(ranked, key=strength, reverse=True)
     k = min(most, max(1, len(ranked) // 3)) if len(ranked) > 1 else len(ranked)
-    return ranked[:k], ranked[::-1][:k] if len(ranked) > 1 else []
+    worst = ranked[::-1][:k] if len(ranked) > 1 else []
+    return Extremes(measure, ranked[:k], worst, rate)
 
 
 def _settings_line(record: dict, rows: list[dict]) -> str:
@@ -207,21 +251,23 @@ def _condition_table(rates: dict) -> tuple[list[str], list[list[str]]]:
 def markdown(record: dict, rows: list[dict]) -> str:
     stats = negative_stats(rows)
     detector = any("det_clean" in r for r in rows)
-    lines = ["# Sweep report", "", _settings_line(record, rows), ""]
+    lines = ["# Sweep report", "", md(_settings_line(record, rows)), ""]
 
     def table(head, body):
         lines.extend(["| " + " | ".join(head) + " |", "|" + " --- |" * len(head)])
-        lines.extend("| " + " | ".join(cell.replace("|", "\\|") for cell in row) + " |" for row in body)
+        lines.extend("| " + " | ".join(md(cell) for cell in row) + " |" for row in body)
         lines.append("")
 
     lines += ["## Negatives", "", f"\"changed\": change score against the reference of at least "
-              f"{NO_CHANGE_PERCENT:g}%. Rates with their 95% Wilson interval and the number of images.", ""]
+              f"{NO_CHANGE_PERCENT:g}%. Rates as count/denominator = rate (95% Wilson interval). \"removed\" counts "
+              "only the seeds whose baseline the detector saw show the attribute (the denominator).", ""]
     table(*_negative_table(stats, detector))
-    best, worst = _extremes(stats, 3)
-    if best:
-        lines += ["## Most and least effective", ""]
-        lines += [f"- most: {s.negative!r} with {s.prompt!r}: {s.effect:.0%}" for s in best]
-        lines += [f"- least: {s.negative!r} with {s.prompt!r}: {s.effect:.0%}" for s in worst]
+    extremes = _extremes(stats, 3)
+    if extremes.best:
+        lines += ["## Most and least effective", "", f"Measure: {extremes.measure}.", ""]
+        lines += [f"- most: {md(s.negative)} with \"{md(s.prompt)}\": {extremes.line(s)}" for s in extremes.best]
+        lines += [f"- least: {md(s.negative)} with \"{md(s.prompt)}\": {extremes.line(s)}" for s in extremes.worst]
+        lines += ["", extremes.caution()] if extremes.caution() else []
         lines.append("")
     if detector:
         lines += ["## Attribute rates per condition", "", "Among the images the detector judges clean portraits, with "
@@ -230,6 +276,13 @@ def markdown(record: dict, rows: list[dict]) -> str:
     lines += ["## Sample grids", ""]
     lines += [f"![grid {sid}]({path})" for sid, path in _sample_grids(rows)]
     return "\n".join(lines) + "\n"
+
+
+def md(text) -> str:
+    """User text for Markdown: HTML escaped (a "<script>" negative shows as text), Markdown's own marks
+    backslash-escaped, on one line."""
+    text = html.escape(str(text), quote=False)
+    return " ".join(re.sub(r"([\\`*_\[\]|!#~])", r"\\\1", text).split())
 
 
 def _sample_grids(rows: list[dict]) -> list[tuple[str, str]]:
@@ -306,7 +359,7 @@ def _pairs_html(rows: list[dict], best: NegativeStats) -> str:
             break
     cells = [f'<div class="pair"><a href="{html.escape(b["image"])}"><img src="{html.escape(b["image"])}" '
              f'alt="baseline"></a> <a href="{html.escape(r["image"])}"><img src="{html.escape(r["image"])}" '
-             f'alt="{html.escape(best.negative)}"></a><br>seed {r["seed"]}: baseline &rarr; '
+             f'alt="{html.escape(best.negative)}"></a><br>seed {html.escape(str(r["seed"]))}: baseline &rarr; '
              f'{_cell_html(best.negative)}</div>' for b, r in chosen]
     return '<div class="pairs">' + "".join(cells) + "</div>"
 
@@ -314,15 +367,19 @@ def _pairs_html(rows: list[dict], best: NegativeStats) -> str:
 def page(record: dict, rows: list[dict]) -> str:
     stats = negative_stats(rows)
     detector = any("det_clean" in r for r in rows)
-    best, worst = _extremes(stats, 2)
-    measure = "removal rate of what it names" if detector else "share of cells it changed"
+    extremes = _extremes(stats, 2)
+    best = extremes.best
     parts = [f"<h1>Sweep report</h1><p class='muted'>{html.escape(_settings_line(record, rows))}</p>"]
     if best:
         def card(title, s):
             return (f"<div class='card'><span class='muted'>{title}</span><br><b>{_cell_html(s.negative)}</b> "
-                    f"<span class='muted'>with \"{html.escape(s.prompt)}\"</span><br>{s.effect:.0%} ({measure})</div>")
-        parts.append("<div class='cards'>" + "".join(card("most effective", s) for s in best)
-                     + "".join(card("least effective", s) for s in worst) + "</div>")
+                    f"<span class='muted'>with \"{html.escape(s.prompt)}\"</span><br>{_bar(extremes.rate(s))}"
+                    f"{html.escape(extremes.line(s))}</div>")
+        parts.append(f"<p class='muted'>Most and least effective: {html.escape(extremes.measure)}.</p>"
+                     "<div class='cards'>" + "".join(card("most effective", s) for s in best)
+                     + "".join(card("least effective", s) for s in extremes.worst) + "</div>")
+        if extremes.caution():
+            parts.append(f"<p><b>{html.escape(extremes.caution())}</b></p>")
     parts.append(f"<h2>Negatives</h2><p class='muted'>Changed: change score against the reference of at least "
                  f"{NO_CHANGE_PERCENT:g}%. Bars: the rate; whiskers: its 95% Wilson interval. Detector rates count "
                  "clean portraits only.</p>" + _negatives_html(stats, detector))
@@ -334,8 +391,8 @@ def page(record: dict, rows: list[dict]) -> str:
         parts.append("<h2>Attribute rates per condition</h2><p class='muted'>Among the images the detector judges "
                      "clean portraits, with 95% Wilson intervals.</p>"
                      + _html_table(*_condition_table(condition_rates(rows))))
-    grids = "".join(f'<a href="{p}"><img src="{p}" alt="grid {sid}" loading="lazy"></a>'
-                    for sid, p in _sample_grids(rows))
+    grids = "".join(f'<a href="{html.escape(p)}"><img src="{html.escape(p)}" alt="grid {html.escape(sid)}" '
+                    'loading="lazy"></a>' for sid, p in _sample_grids(rows))
     parts.append(f"<h2>Sample grids</h2><div class='grids'>{grids}</div>")
     parts.append("<p class='muted'>All rows: <a href='results.csv'>results.csv</a>, "
                  "<a href='results.jsonl'>results.jsonl</a>.</p>")
@@ -348,20 +405,25 @@ def write_report(out: str | Path) -> tuple[Path, Path]:
     out = Path(out)
     if not (out / "sweep.json").is_file():
         raise FileNotFoundError(f"{out} is not a sweep's results folder (no sweep.json)")
-    record = json.loads((out / "sweep.json").read_text())
+    record = load_json_file(out / "sweep.json", "sweep.json", LIMITS.max_manifest_bytes)
+    if not isinstance(record, dict) or not isinstance(record.get("config"), dict) \
+            or not isinstance(record.get("specs"), list):
+        raise InputError("results", str(out), f"{out / 'sweep.json'} is not a sweep's record")
     rows = merge(out)
-    (out / "report.md").write_text(markdown(record, rows))
-    (out / "report.html").write_text(page(record, rows))
+    (out / "report.md").write_text(markdown(record, rows), encoding="utf-8")
+    (out / "report.html").write_text(page(record, rows), encoding="utf-8")
     return out / "report.html", out / "report.md"
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="negprompt report", description="Write a sweep's HTML and Markdown report.")
+    from negprompt.cli import OneLineParser
+
+    parser = OneLineParser(prog="negprompt report", description="Write a sweep's HTML and Markdown report.")
     parser.add_argument("results", type=Path, help="the sweep's --out folder")
     args = parser.parse_args(argv)
     try:
         html_path, md_path = write_report(args.results)
-    except (FileNotFoundError, ValueError) as error:
+    except (OSError, ValueError) as error:
         print(f"negprompt report: error: {error}", file=sys.stderr)
         return 2
     print(f"wrote {html_path} and {md_path}")

@@ -42,7 +42,9 @@ log = logging.getLogger(__name__)
 # (1 to 8 negatives plus the baseline, with guidance) pads nothing; beyond that the padding stays under a third.
 BUCKETS: tuple[int, ...] = (1, 2, 4, 6, 8, 10, 12, 14, 16, 18, 24, 32, 48, 64, 96, 128)
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
-SDPA_PROCESSORS = ("AttnProcessor2_0", "FusedAttnProcessor2_0")
+# (FLUX's processors go through diffusers' attention dispatch, which runs SDPA unless another backend is chosen.)
+SDPA_PROCESSORS = ("AttnProcessor2_0", "FusedAttnProcessor2_0", "JointAttnProcessor2_0", "FusedJointAttnProcessor2_0",
+                   "FluxAttnProcessor", "FluxAttnProcessor2_0")
 
 
 @dataclass
@@ -162,8 +164,11 @@ def apply_speedups(pipe, levers: Levers | None = None, report: dict | None = Non
     report.setdefault("applied", [])
     report.setdefault("skipped", {})
     report.setdefault("buckets", None)
+    from negprompt.families import family_of
+
     levers = levers or Levers.for_device(pipe._execution_device)
-    models = {"unet": pipe.unet, "vae": pipe.vae}
+    denoiser = family_of(pipe).denoiser
+    models = {"unet" if denoiser is getattr(pipe, "unet", None) else "transformer": denoiser, "vae": pipe.vae}
     applied, skipped = report["applied"], report["skipped"]
 
     if levers.channels_last and "channels_last" not in applied:
@@ -193,13 +198,13 @@ def apply_speedups(pipe, levers: Levers | None = None, report: dict | None = Non
             # Each bucket is one graph; allow them all without dynamo giving up and running eagerly.
             limit = max(torch._dynamo.config.recompile_limit, 2 * len(levers.buckets))
             torch._dynamo.config.recompile_limit = limit
-            pipe.unet.compile(mode=levers.compile_mode, dynamic=False)
+            denoiser.compile(mode=levers.compile_mode, dynamic=False)
             applied.append(f"compile:{levers.compile_mode}")
             report["buckets"] = list(levers.buckets)
 
     report.update(
         device=str(pipe._execution_device),
-        dtype=str(pipe.unet.dtype).removeprefix("torch."),
+        dtype=str(denoiser.dtype).removeprefix("torch."),
         attention={name: attention_processors(model) for name, model in models.items()},
         sdpa=all(uses_sdpa(model) for model in models.values()),
     )

@@ -45,18 +45,20 @@ import math
 import os
 import re
 import shutil
+import socket
 import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from negprompt.errors import LIMITS, InputError
-from negprompt.plan import ComparisonSpec
+from negprompt._assets import EMBEDDED_NAME
+from negprompt.errors import LIMITS, InputError, shown
+from negprompt.inputs import check_out_folder, load_json_file, parse_nested, read_text_file
+from negprompt.plan import BASELINES, ComparisonSpec, check_int, check_text, parse_seeds
 
 log = logging.getLogger("negprompt.sweep")
 
-EMBEDDED_NAME = "negprompt-portraits"  # negprompt.loading.EMBEDDED_NAME, without importing diffusers to read a config
 NO_CHANGE_PERCENT = 1.0  # a cell whose change score is below this (percent) "does almost nothing"
 TIMING_COLUMNS = ("seconds_spec", "seconds_cell", "process")  # row fields that differ between two identical runs
 
@@ -114,27 +116,7 @@ class SweepConfig:
         return self.detector if self.detector is not None else self.model == EMBEDDED_NAME
 
 
-def parse_seeds(value, argument: str = "seeds") -> tuple[int, ...]:
-    """``"0-63"``, ``7``, or a list of both -> the seeds in order; a repeated seed is an error."""
-    items = value if isinstance(value, list) else [value]
-    seeds: list[int] = []
-    for i, item in enumerate(items):
-        where = f"{argument}[{i}]" if isinstance(value, list) else argument
-        if isinstance(item, int) and not isinstance(item, bool):
-            seeds.append(item)
-            continue
-        match = re.fullmatch(r"\s*(\d+)\s*-\s*(\d+)\s*", str(item))
-        if not match or int(match[1]) > int(match[2]):
-            raise InputError(where, item, f"{where}={item!r} must be a seed or a range like \"0-63\"")
-        seeds.extend(range(int(match[1]), int(match[2]) + 1))
-    for s in seeds:
-        if not 0 <= s <= LIMITS.max_seed:
-            raise InputError(argument, s, f"seed {s} is outside 0 to {LIMITS.max_seed}")
-    if len(set(seeds)) != len(seeds):
-        raise InputError(argument, value, f"{argument}={value!r} names a seed twice")
-    if not seeds:
-        raise InputError(argument, value, f"{argument} must name at least one seed")
-    return tuple(seeds)
+GROUP_KEYS = {"prompts", "negatives", "negatives_file"}  # what a [[groups]] table may hold
 
 
 def _read_toml(path: Path) -> dict:
@@ -146,73 +128,194 @@ def _read_toml(path: Path) -> dict:
         except ModuleNotFoundError:
             raise InputError("config", str(path), "reading a TOML config needs Python 3.11 or the tomli "
                                                   "package") from None
-    try:
-        return tomllib.loads(path.read_text(encoding="utf-8"))
-    except OSError as error:
-        raise InputError("config", str(path), f"config {str(path)!r}: {error.strerror}") from None
-    except tomllib.TOMLDecodeError as error:
-        raise InputError("config", str(path), f"config {str(path)!r} is not valid TOML: {error}") from None
+    text = read_text_file(path, "config", LIMITS.max_config_bytes)
+    return parse_nested(text, tomllib.loads, f"config {str(path)!r}", "TOML")
 
 
-def _strings(data: dict, key: str, allow_empty: bool = False) -> tuple[str, ...]:
+def _strings(data: dict, key: str, where: str, allow_empty: bool = False) -> list[str]:
+    """A list of visible texts, at most ``LIMITS.max_list_items``, each within ``LIMITS.max_text_chars``."""
     value = data.get(key, [])
-    if not isinstance(value, list) or not all(isinstance(v, str) and v.strip() for v in value):
-        raise InputError(key, value, f"{key} must be a list of non-empty strings")
+    name = f"{where}{key}"
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise InputError(name, shown(value), f"{name} must be a list of texts")
+    if len(value) > LIMITS.max_list_items:
+        raise InputError(name, len(value), f"{name} names {len(value):,}; at most {LIMITS.max_list_items:,}")
     if not value and not allow_empty:
-        raise InputError(key, value, f"{key} must name at least one")
+        raise InputError(name, value, f"{name} must name at least one")
+    for i, text in enumerate(value):
+        check_text(f"{name}[{i}]", text)
+    return [text.strip() for text in value]
+
+
+def _negatives_file(data: dict, folder: Path, where: str, allow_outside: bool) -> list[str]:
+    name = f"{where}negatives_file"
+    value = data[name.rsplit(".", 1)[-1]]
+    if not isinstance(value, str) or not value.strip():
+        raise InputError(name, shown(value), f"{name}={shown(value)} must be a file name")
+    text = read_text_file(folder / value, name, LIMITS.max_text_file_bytes, inside=folder,
+                          allow_outside=allow_outside, hint="--allow-outside-files reads it anyway")
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip() and not ln.lstrip().startswith("#")]
+    for i, line in enumerate(lines):
+        check_text(f"{name} line {i + 1}", line)
+    return lines
+
+
+def _group(data, folder: Path, where: str, allow_outside: bool) -> Group:
+    if not isinstance(data, dict):
+        raise InputError(where.rstrip("."), shown(data), f"{where.rstrip('.')} must be a table ([[groups]])")
+    if where:
+        unknown = sorted(set(data) - GROUP_KEYS)
+        if unknown:
+            raise InputError(f"{where}{unknown[0]}", shown(data[unknown[0]]), f"{where}{unknown[0]} is not one of "
+                                                                             f"{', '.join(sorted(GROUP_KEYS))}")
+    negatives = _strings(data, "negatives", where, allow_empty=True)
+    if "negatives_file" in data:
+        negatives += _negatives_file(data, folder, where, allow_outside)
+    unique = list(dict.fromkeys(" ".join(n.split()) for n in negatives))  # one negative, one count
+    if len(unique) != len(negatives):
+        repeated = sorted({n for n in unique if [" ".join(m.split()) for m in negatives].count(n) > 1})
+        log.warning("note: %snegatives name %s more than once; each runs once", where, ", ".join(map(repr, repeated)))
+    if len(unique) > LIMITS.max_list_items:
+        raise InputError(f"{where}negatives", len(unique), f"{where}negatives names {len(unique):,}; at most "
+                                                           f"{LIMITS.max_list_items:,}")
+    return Group(prompts=tuple(_strings(data, "prompts", where)), negatives=tuple(unique))
+
+
+def _number(data: dict, key: str, default: float, low: float, high: float) -> float:
+    value = data.get(key, default)
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) \
+            or not low <= value <= high:
+        raise InputError(key, shown(value), f"{key}={shown(value)} must be a number from {low:g} to {high:g}")
+    return float(value)
+
+
+def _names(data: dict, key: str, allowed) -> tuple:
+    """A config list of at most ``LIMITS.max_axis_values`` entries, each passing ``allowed`` (which raises)."""
+    value = data.get(key, [])
+    if not isinstance(value, list):
+        raise InputError(key, shown(value), f"{key}={shown(value)} must be a list")
+    if len(value) > LIMITS.max_axis_values:
+        raise InputError(key, len(value), f"{key} names {len(value):,}; at most {LIMITS.max_axis_values}")
+    for i, item in enumerate(value):
+        allowed(f"{key}[{i}]", item)
+    if len({json.dumps(v, sort_keys=True) for v in value}) != len(value):
+        raise InputError(key, shown(value), f"{key}={shown(value)} names one twice")
     return tuple(value)
 
 
-def _group(data: dict, folder: Path, where: str) -> Group:
-    negatives = list(_strings(data, "negatives", allow_empty=True))
-    if "negatives_file" in data:
-        path = folder / data["negatives_file"]
-        try:
-            lines = path.read_text(encoding="utf-8").splitlines()
-        except OSError as error:
-            raise InputError(f"{where}negatives_file", str(path), f"negatives_file {str(path)!r}: "
-                                                                  f"{error.strerror}") from None
-        negatives += [ln.strip() for ln in lines if ln.strip() and not ln.lstrip().startswith("#")]
-    return Group(prompts=_strings(data, "prompts"), negatives=tuple(negatives))
+def _axis(argument: str, axis) -> None:
+    if not isinstance(axis, str) or axis not in AXES:
+        raise InputError(argument, shown(axis), f"axis {shown(axis)} is not one of {', '.join(AXES)}")
 
 
-def load_config(path: str | Path) -> SweepConfig:
-    """Read and check a sweep config; raises ``InputError`` naming the bad key."""
+def _start(argument: str, start) -> None:
+    if isinstance(start, bool) or not isinstance(start, (int, float)) or not math.isfinite(start) \
+            or not 0 <= start <= 1:
+        raise InputError(argument, shown(start), f"{argument}={shown(start)} must be a fraction of the steps from 0 "
+                                                 "to 1")
+
+
+def _method(argument: str, method) -> None:
+    from negprompt.guidance import method_from_dict
+
+    method_from_dict(method, argument)
+
+
+def cells_per_seed(axis: str, negatives: tuple[str, ...], timing: tuple, methods: tuple) -> list[int]:
+    """The images one seed makes in each comparison of ``axis`` for one prompt (a list: leave-one-out makes one
+    comparison per negative), counted without building any."""
+    if axis == "plain":
+        return [1 + len(negatives)]
+    if not negatives:
+        return []
+    if axis in ("timing", "methods"):
+        return [1 + len(negatives) * len(timing if axis == "timing" else methods)]
+    from negprompt.explore import split_terms
+
+    return [2 + len(split_terms(negative)) for negative in negatives]
+
+
+def _count_images(config: SweepConfig, wheres: list[str]) -> None:
+    """Refuse a config whose comparisons hold more than ``LIMITS.max_cells`` images per seed, or whose sweep makes
+    more than ``LIMITS.max_sweep_images``: counted before anything is expanded. ``wheres``: each group's key prefix."""
+    total = 0
+    for where, group in zip(wheres, config.groups):
+        for axis in config.axes:
+            per_seed = cells_per_seed(axis, group.negatives, config.timing, config.methods)
+            if per_seed and max(per_seed) > LIMITS.max_cells:
+                raise InputError(f"{where}negatives", len(group.negatives), f"{where}negatives: the {axis} axis makes "
+                                 f"{max(per_seed):,} images per seed, more than {LIMITS.max_cells} in one comparison; "
+                                 "split them into [[groups]]")
+            total += sum(per_seed) * len(group.prompts) * len(config.seeds)
+    if total > LIMITS.max_sweep_images:
+        raise InputError("seeds", total, f"the config makes {total:,} images; at most {LIMITS.max_sweep_images:,} "
+                                         "per sweep")
+
+
+def load_config(path: str | Path, *, allow_outside_files: bool = False) -> SweepConfig:
+    """Read and check a sweep config before anything runs; raises ``InputError`` naming the bad key. A
+    ``negatives_file`` must lie in the config's folder unless ``allow_outside_files``."""
+    from negprompt.schedulers import scheduler_names
+
     path = Path(path)
     data = _read_toml(path)
     unknown = sorted(set(data) - CONFIG_KEYS)
     if unknown:
-        raise InputError(unknown[0], data[unknown[0]], f"config key {unknown[0]!r} is not one of "
-                                                       f"{', '.join(sorted(CONFIG_KEYS))}")
-    groups = [_group(data, path.parent, "")] if "prompts" in data else []
-    for i, extra in enumerate(data.get("groups", [])):
-        groups.append(_group(extra, path.parent, f"groups[{i}]."))
+        raise InputError(unknown[0], shown(data[unknown[0]]), f"config key {shown(unknown[0])} is not one of "
+                                                              f"{', '.join(sorted(CONFIG_KEYS))}")
+    extra = data.get("groups", [])
+    if not isinstance(extra, list) or len(extra) > LIMITS.max_list_items:
+        raise InputError("groups", shown(extra), f"groups must be [[groups]] tables, at most "
+                                                 f"{LIMITS.max_list_items:,}")
+    wheres = ([""] if "prompts" in data else []) + [f"groups[{i}]." for i in range(len(extra))]
+    tables = ([data] if "prompts" in data else []) + extra
+    groups = [_group(table, path.parent, where, allow_outside_files) for where, table in zip(wheres, tables)]
     if not groups:
         raise InputError("prompts", None, "a sweep needs prompts (or [[groups]] with prompts)")
-    model = str(data.get("model", EMBEDDED_NAME))
-    if (path.parent / model).is_dir():  # a folder named relative to the config file
-        model = str((path.parent / model).resolve())
+    model = data.get("model", EMBEDDED_NAME)
+    check_text("model", model)
+    try:
+        if (path.parent / model).is_dir():  # a folder named relative to the config file
+            model = str((path.parent / model).resolve())
+    except (OSError, ValueError) as error:  # a name too long, a null character
+        raise InputError("model", shown(model), f"model={shown(model)}: {error}") from None
     size = None
     if "size" in data:
-        match = re.fullmatch(r"(\d+)x(\d+)", str(data["size"]).lower())
+        match = re.fullmatch(r"(\d{1,5})x(\d{1,5})", data["size"].lower()) if isinstance(data["size"], str) else None
         if not match:
-            raise InputError("size", data["size"], f"size={data['size']!r} must look like \"512x512\"")
+            raise InputError("size", shown(data["size"]), f"size={shown(data['size'])} must look like \"512x512\"")
         size = (int(match[1]), int(match[2]))
-    axes = tuple(data.get("axes", ["plain"]))
-    for i, axis in enumerate(axes):
-        if axis not in AXES:
-            raise InputError(f"axes[{i}]", axis, f"axis {axis!r} is not one of {', '.join(AXES)}")
+        for name, side in zip(("width", "height"), size):
+            check_int(f"size ({name})", side, 1, LIMITS.max_side)
+    sampler = data.get("sampler", "Default")
+    if not isinstance(sampler, str) or sampler not in scheduler_names():
+        raise InputError("sampler", shown(sampler), f"sampler={shown(sampler)} is not one of "
+                                                    f"{', '.join(scheduler_names())}")
+    steps = data.get("steps", 20)
+    check_int("steps", steps, 1, LIMITS.max_steps)
+    baseline = data.get("baseline", "empty")
+    if baseline not in BASELINES:
+        raise InputError("baseline", shown(baseline), f"baseline={shown(baseline)} must be 'empty' or 'zeros'")
+    detector = data.get("detector")
+    if detector is not None and not isinstance(detector, bool):
+        raise InputError("detector", shown(detector), f"detector={shown(detector)} must be true or false")
+    seeds_per_block = data.get("seeds_per_block", 8)
+    check_int("seeds_per_block", seeds_per_block, 1, LIMITS.max_cells)
+    axes = _names(data, "axes", _axis) if "axes" in data else ("plain",)
+    if not axes:
+        raise InputError("axes", [], "axes must name at least one axis")
+    timing = tuple(float(t) for t in _names(data, "timing", _start))
+    methods = _names(data, "methods", _method)
+    for axis, values in (("timing", timing), ("methods", methods)):
+        if axis in axes and not values:
+            raise InputError(axis, [], f"the {axis} axis needs {axis} = [...] (at least one)")
     config = SweepConfig(
-        model=model, groups=tuple(groups), seeds=parse_seeds(data.get("seeds", 0)),
-        sampler=str(data.get("sampler", "Default")), steps=data.get("steps", 20),
-        guidance=float(data.get("guidance", 7.5)), size=size, baseline=data.get("baseline", "empty"),
-        seeds_per_block=data.get("seeds_per_block", 8), axes=axes,
-        timing=tuple(float(t) for t in data.get("timing", [])), methods=tuple(data.get("methods", [])),
-        detector=data.get("detector"),
+        model=model, groups=tuple(groups), seeds=parse_seeds(data.get("seeds", 0), "seeds", LIMITS.max_sweep_seeds),
+        sampler=sampler, steps=steps, guidance=_number(data, "guidance", 7.5, 0, LIMITS.max_guidance), size=size,
+        baseline=baseline, seeds_per_block=seeds_per_block, axes=axes, timing=timing, methods=methods,
+        detector=detector,
     )
-    if isinstance(config.seeds_per_block, bool) or not isinstance(config.seeds_per_block, int) \
-            or config.seeds_per_block < 1:
-        raise InputError("seeds_per_block", config.seeds_per_block, "seeds_per_block must be a positive integer")
+    _count_images(config, wheres)
     return config
 
 
@@ -302,12 +405,96 @@ def is_done(out: Path, sid: str) -> bool:
     return (spec_folder(out, sid) / "done.json").is_file()
 
 
+LOCK = "sweep.lock"  # in --out while a sweep runs there: {"pid", "host", "started"} of the launch's main process
+
+
+def _lock_holder(lock: Path) -> dict | None:
+    try:
+        holder = json.loads(lock.read_text())
+        return holder if isinstance(holder, dict) and isinstance(holder.get("pid"), int) else None
+    except (OSError, ValueError):
+        return None
+
+
+def _running(holder: dict) -> bool:
+    """Whether the process that wrote a lock still runs (one on another host is taken to be running)."""
+    if holder.get("host") != socket.gethostname():
+        return True
+    if holder["pid"] == os.getpid():  # this process, whose earlier sweep ended without removing it
+        return False
+    try:
+        os.kill(holder["pid"], 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OverflowError):
+        return True
+    return True
+
+
+def take_lock(out: Path) -> str | None:
+    """Create ``out/sweep.lock`` for this process, or refuse (``InputError``) while the sweep that holds it runs.
+    A lock left by a process that no longer runs is taken over; returns a note saying so (else None)."""
+    lock, note = out / LOCK, None
+    tmp = out / f".{LOCK}.tmp-{os.getpid()}"
+    tmp.write_text(json.dumps({"pid": os.getpid(), "host": socket.gethostname(),
+                               "started": time.strftime("%Y-%m-%d %H:%M:%S")}) + "\n")
+    try:
+        for _ in range(3):
+            try:
+                os.link(tmp, lock)  # atomic: the lock appears with its content, or not at all
+                return note
+            except FileExistsError:
+                holder = _lock_holder(lock)
+                if holder is None and time.time() - lock.stat().st_mtime < 10:
+                    time.sleep(0.2)  # being written right now by a sweep that takes it
+                    continue
+                if holder is not None and _running(holder):
+                    raise InputError("out", str(out), f"{out} is in use by another sweep (process {holder['pid']} "
+                                     f"on {holder.get('host')}, since {holder.get('started')}); wait for it to end "
+                                     f"or use another --out (if none runs, delete {lock})") from None
+                who = f"process {holder['pid']}" if holder else "a process"
+                note = f"took over {lock}, left by {who} that no longer runs"
+                lock.unlink(missing_ok=True)
+        raise InputError("out", str(out), f"{out}: could not take {lock}; another sweep is starting there")
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def release_lock(out: Path) -> None:
+    """Remove ``out/sweep.lock`` if this process holds it."""
+    holder = _lock_holder(out / LOCK)
+    if holder is not None and holder["pid"] == os.getpid() and holder.get("host") == socket.gethostname():
+        (out / LOCK).unlink(missing_ok=True)
+
+
+def _lock_launch(out: Path, state) -> None:
+    """Only the launch as a whole takes the lock: its main process does and tells every process what it found, so
+    all of a refused launch's processes stop together."""
+    from accelerate.utils import broadcast_object_list
+
+    found = [None]
+    if state.is_main_process:
+        try:
+            note = take_lock(out)
+            if note:
+                log.warning("note: %s", note)
+        except InputError as error:
+            found = [str(error)]
+    if state.num_processes > 1:
+        broadcast_object_list(found)
+    if found[0] is not None:
+        raise InputError("out", str(out), found[0])
+
+
 def check_record(out: Path, config: SweepConfig, ids: list[str], is_main: bool) -> None:
     """Refuse a config that differs from the one this folder's first run recorded; record it on the first run."""
     record = out / "sweep.json"
     digest = config.sha256()
     if record.is_file():
-        previous = json.loads(record.read_text())
+        previous = load_json_file(record, "sweep.json", LIMITS.max_manifest_bytes)
+        if not isinstance(previous, dict) or not {"config_sha256", "config", "specs"} <= set(previous) \
+                or not isinstance(previous["config"], dict):
+            raise InputError("config", str(out), f"{record} is not a sweep's record; use a new --out folder")
         if previous["config_sha256"] != digest:
             now = json.loads(json.dumps(config.to_dict()))  # tuples as lists, as the record holds them
             changed = sorted(k for k, v in now.items() if previous["config"].get(k) != v)
@@ -408,11 +595,21 @@ def run_one(pipe, spec: ComparisonSpec, sid: str, out: Path, detector, rank: int
 # The results table
 
 
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")  # a spreadsheet reads a cell starting so as a formula
+
+
+def csv_cell(value):
+    """A text that a spreadsheet would run as a formula, neutralised with a leading ``'`` (OWASP's advice on CSV
+    injection: a negative "- hat" becomes "'- hat"); results.jsonl keeps every text as it is."""
+    return f"'{value}" if isinstance(value, str) and value.startswith(FORMULA_STARTS) else value
+
+
 def merge(out: str | Path) -> list[dict]:
     """Every finished spec's rows, in spec order, written to ``results.jsonl`` and ``results.csv``.
 
     Rows come from the per-process files, and from a spec's own ``rows.jsonl`` where a process stopped between
-    finishing a spec and appending its rows; only finished specs count."""
+    finishing a spec and appending its rows; only finished specs count. In ``results.csv`` a text that starts like
+    a spreadsheet formula is neutralised (``csv_cell``)."""
     out = Path(out)
     ids = json.loads((out / "sweep.json").read_text())["specs"]
     by_spec: dict[str, dict[int, dict]] = {}
@@ -435,9 +632,9 @@ def merge(out: str | Path) -> list[dict]:
     write_atomic(out / "results.jsonl", "".join(json.dumps(r) + "\n" for r in rows))
     columns = list(dict.fromkeys(k for r in rows for k in r))
     buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=columns, lineterminator="\n")
+    writer = csv.DictWriter(buffer, fieldnames=[csv_cell(c) for c in columns], lineterminator="\n")
     writer.writeheader()
-    writer.writerows(rows)
+    writer.writerows({csv_cell(k): csv_cell(v) for k, v in r.items()} for r in rows)
     write_atomic(out / "results.csv", buffer.getvalue())
     return rows
 
@@ -477,17 +674,30 @@ def run_sweep(config: SweepConfig | str | Path, out: str | Path, *, device: str 
     """Run every pending spec of ``config`` (a ``SweepConfig`` or a config file) across the launched processes;
     returns this run's summary (on the main process; an empty dict on the others)."""
     from accelerate import PartialState
-    from accelerate.utils import gather_object
 
     started = time.perf_counter()
     out = Path(out)
     config = config if isinstance(config, SweepConfig) else load_config(config)
     specs = expand(config)
     ids = [spec_id(s) for s in specs]
+    check_out_folder(out)
     state = PartialState(cpu=device == "cpu" or (device is None and _no_accelerator()))
+    out.mkdir(parents=True, exist_ok=True)
+    _lock_launch(out, state)
+    try:
+        return _run_locked(config, out, specs, ids, state, device, stop_after, started)
+    finally:
+        if state.is_main_process:
+            release_lock(out)
+
+
+def _run_locked(config: SweepConfig, out: Path, specs: list[ComparisonSpec], ids: list[str], state, device,
+                stop_after: int | None, started: float) -> dict:
+    from accelerate.utils import gather_object
+
+    check_record(out, config, ids, state.is_main_process)
     (out / "specs").mkdir(parents=True, exist_ok=True)
     (out / "rows").mkdir(exist_ok=True)
-    check_record(out, config, ids, state.is_main_process)
     if state.is_main_process:  # temporary files of the main process's atomic writes, left by a killed run
         for leftover in out.glob(".*.tmp-*"):
             leftover.unlink()
@@ -558,16 +768,49 @@ def _load(config: SweepConfig, device):
     return time.perf_counter() - start, pipe, detector
 
 
+def _count(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{text!r} must be a whole number, 0 or more")
+    return value
+
+
+def default_threads(device: str | None) -> int:
+    """Torch CPU threads per process when ``--threads`` is not given (0: leave torch's default). On an accelerator:
+    torch's default. On a CPU: 1 per process when several processes share it (a launched sweep), else one per
+    core that other work leaves idle (the 1-minute load average), at least 1: threads that wait for a busy core
+    cost more than they give."""
+    if device not in (None, "cpu") or (device is None and not _no_accelerator()):
+        return 0
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        return 1
+    cores = os.cpu_count() or 1
+    try:
+        busy = os.getloadavg()[0]
+    except OSError:  # no load average on this system
+        return 0
+    return max(1, min(cores, round(cores - busy)))
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="negprompt sweep", description="Run many comparisons from a config file, "
-                                     "on one process or many (accelerate launch), resumable.")
+    from negprompt.cli import OneLineParser
+
+    parser = OneLineParser(prog="negprompt sweep", description="Run many comparisons from a config file, on one "
+                           "process or many (accelerate launch), resumable.")
     parser.add_argument("config", type=Path, help="the sweep's TOML file")
-    parser.add_argument("--out", type=Path, required=True, help="results folder (rerun with the same one to resume)")
+    parser.add_argument("--out", type=Path, required=True, help="results folder (rerun with the same one to resume; "
+                        "a second sweep on a folder in use is refused)")
     parser.add_argument("--device", default=None, help="cuda, mps or cpu (default: each process's own device)")
-    parser.add_argument("--threads", type=int, default=0,
-                        help="torch CPU threads per process (0: torch's default; 1 is faster on a busy shared CPU)")
+    parser.add_argument("--threads", type=_count, default=None,
+                        help="torch CPU threads per process (0: torch's default; default on a CPU: 1 per process "
+                             "when several run, else the cores other work leaves idle)")
+    parser.add_argument("--allow-outside-files", action="store_true",
+                        help="read a negatives_file outside the config's folder (refused by default)")
     parser.add_argument("--list", action="store_true", help="print the specs the config makes and exit")
-    parser.add_argument("--stop-after", type=int, default=None, metavar="N",
+    parser.add_argument("--stop-after", type=_count, default=None, metavar="N",
                         help="testing aid: each process finishes N comparisons, writes the next one halfway and exits "
                              "with status 3, as a killed sweep would leave it")
     return parser
@@ -579,16 +822,21 @@ def main(argv: list[str] | None = None) -> int:
     from negprompt.cli import quiet_libraries
 
     quiet_libraries()
-    if args.threads:
-        import torch
-
-        torch.set_num_threads(args.threads)
     try:
+        config = load_config(args.config, allow_outside_files=args.allow_outside_files)
         if args.list:
-            for spec in expand(load_config(args.config)):
+            for spec in expand(config):
                 print(spec_id(spec), spec.mode, len(spec.cells), "cells", spec.cells[0].positive, list(spec.seeds))
             return 0
-        summary = run_sweep(args.config, args.out, device=args.device, stop_after=args.stop_after)
+        check_out_folder(args.out)
+        threads = default_threads(args.device) if args.threads is None else args.threads
+        if threads:
+            import torch
+
+            torch.set_num_threads(threads)
+            log.info("torch threads per process: %d%s", threads, "" if args.threads is not None else
+                     " (the default here; --threads N to choose)")
+        summary = run_sweep(config, args.out, device=args.device, stop_after=args.stop_after)
     except InputError as error:
         print(f"negprompt sweep: error: {error}", file=sys.stderr)
         return 2

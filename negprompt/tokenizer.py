@@ -51,3 +51,17 @@ def _merges_of(bpe: Tokenizer) -> list:
     import json
 
     return json.loads(bpe.to_str())["model"]["merges"]
+
+
+def build_t5_tokenizer(words: Iterable[str], *, model_max_length: int = 512):
+    """Return a ``T5TokenizerFast`` (SentencePiece-style unigram, ``</s>`` appended, ``<pad>`` 0) in which every
+    word of ``words`` (lower-cased) is a single token; any other text still tokenizes, letter by letter. For the
+    T5 text encoders of SD3 and FLUX pipelines built here."""
+    import string
+
+    from transformers import T5TokenizerFast
+
+    pieces = sorted({p for w in words for p in _WORD.findall(w.lower())})
+    vocab = [("<pad>", 0.0), ("</s>", 0.0), ("<unk>", 0.0)] + [("\u2581" + p, -1.0) for p in pieces]
+    vocab += [("\u2581", -5.0)] + [(c, -10.0) for c in string.ascii_letters + string.digits + string.punctuation]
+    return T5TokenizerFast(vocab=vocab, extra_ids=0, model_max_length=model_max_length)

@@ -28,6 +28,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 
+from negprompt._assets import EMBEDDED_NAME
 from negprompt.explore import (
     INERT_PERCENT,
     PreviewRecorder,
@@ -41,7 +42,6 @@ from negprompt.portrait_model.portraits import ALL_WORDS
 from negprompt.prompts import count_tokens
 
 ACTS, INERT = "acts", "does almost nothing"
-EMBEDDED_NAME = "negprompt-portraits"  # negprompt.loading.EMBEDDED_NAME (not imported: loading pulls in diffusers)
 DISTILLED_SCHEDULERS = ("LCMScheduler", "TCDScheduler")
 # Name parts of few-step distilled checkpoints: "sdxl-turbo", "DreamShaperXL_Turbo", "SDXL-Lightning",
 # "juggernautXL_v9Rdphoto2Lightning", "Hyper-SDXL-8steps", "lcm-lora-sdv1-5", "LCM_Dreamshaper_v7".
@@ -83,7 +83,8 @@ def model_facts(pipe, name: str, vocabulary: frozenset[str] | None = None) -> Mo
         vocabulary = frozenset(ALL_WORDS)
     tokenizer = pipe.tokenizer if getattr(pipe, "tokenizer", None) is not None else pipe.tokenizer_2
     config = pipe.scheduler.config
-    return ModelFacts(name=name, time_cond_proj_dim=pipe.unet.config.time_cond_proj_dim,
+    unet = getattr(pipe, "unet", None)
+    return ModelFacts(name=name, time_cond_proj_dim=unet.config.time_cond_proj_dim if unet is not None else None,
                       scheduler=type(pipe.scheduler).__name__, timestep_spacing=config.get("timestep_spacing"),
                       token_limit=tokenizer.model_max_length - 2, vocabulary=vocabulary)
 
@@ -123,7 +124,8 @@ def distillation(facts: ModelFacts) -> str | None:
 
 
 def a1111_syntax(text: str) -> list[str]:
-    """The pieces of ``text`` written in A1111 prompt syntax, each with what it means there."""
+    """The pieces of ``text`` written in A1111 prompt syntax, each with what it means there (embedding names
+    included; ``embedding_names`` lists those alone)."""
     found = []
     for pattern, what in ((_EXTRA, "an A1111 extra-network tag (LoRA, LyCORIS, hypernetwork)"),
                           (_SCHEDULE, "an A1111 prompt schedule (a term switched in or out at a step)"),
@@ -133,11 +135,44 @@ def a1111_syntax(text: str) -> list[str]:
         text = pattern.sub(" ", text)
     found += [f"'{m.group(0)}' is A1111 emphasis (brackets raise or lower a term's weight)"
               for m in _EMPHASIS.finditer(text)]
-    for term in split_terms(text):
-        bare = term.strip("()[] ").lower()
-        if bare in KNOWN_EMBEDDINGS or _looks_like_embedding(bare):
-            found.append(f"'{term.strip('()[] ')}' looks like the name of a textual-inversion embedding")
+    found += [f"'{name}' looks like the name of a textual-inversion embedding" for name in embedding_names(text)]
     return found
+
+
+def embedding_names(text: str, loaded=frozenset()) -> list[str]:
+    """The terms of ``text`` that look like textual-inversion embedding names (``EasyNegative``, ``badhandv4``),
+    without their brackets and weights, leaving out those in ``loaded`` (lower case: the tokenizer's added words)."""
+    names = []
+    for term in split_terms(_EXTRA.sub(" ", text)):
+        bare = re.sub(r":\s*-?[\d.]+$", "", term.strip("()[] ")).strip()
+        if (bare.lower() in KNOWN_EMBEDDINGS or _looks_like_embedding(bare.lower())) and bare.lower() not in loaded:
+            names.append(bare)
+    return names
+
+
+def loaded_embeddings(tokenizer) -> frozenset[str]:
+    """The words a tokenizer was given by ``load_textual_inversion`` (its added words, lower case)."""
+    added = getattr(tokenizer, "get_added_vocab", None) if tokenizer is not None else None
+    return frozenset(w.lower() for w in (added() if added is not None else {}))
+
+
+def reading_notes(spec: ComparisonSpec, index: int, tokenizer=None) -> list[str]:
+    """Short notes on how cell ``index``'s negative was read, for captions, the command line and the ranking: its
+    text (for a term cell, its term) was cut at the token limit, its A1111 syntax was read as characters (plain
+    reading), or it names an embedding that is not loaded."""
+    cell = spec.cells[index]
+    text, own = cell.negative or "", cell.term or cell.negative or ""
+    if cell.kind == "leave-out" and cell.reference is not None:  # its term was read as part of the full negative
+        text = spec.cells[cell.reference].negative or ""
+    notes = []
+    if spec.reading_of(cell) == "plain" and text:
+        if tokenizer is not None and not count_tokens(tokenizer, text).fits \
+                and (not cell.term or cell.term in cut_terms(tokenizer, text)):
+            notes.append(f"cut at {tokenizer.model_max_length - 2} tokens")
+        if len(a1111_syntax(own)) > len(embedding_names(own)):
+            notes.append("A1111 syntax read as characters")
+    notes += [f"no embedding '{name}' loaded" for name in embedding_names(own, loaded_embeddings(tokenizer))]
+    return notes
 
 
 def _looks_like_embedding(word: str) -> bool:
@@ -170,7 +205,8 @@ def predicted_causes(facts: ModelFacts, spec: ComparisonSpec, index: int, tokeni
                       "the negative never acts")
     text = cell.negative or ""
     own = cell.term or text
-    if tokenizer is not None and text:
+    plain = spec.reading_of(cell) == "plain"
+    if tokenizer is not None and text and plain:
         count = count_tokens(tokenizer, text)
         if not count.fits:
             cut = cut_terms(tokenizer, text)
@@ -182,7 +218,17 @@ def predicted_causes(facts: ModelFacts, spec: ComparisonSpec, index: int, tokeni
                 and _read_part(tokenizer, text) == _read_part(tokenizer, ref.negative):
             causes.append("once cut to the token limit its negative reads the same as its reference's"
                           + (f": '{cell.term}' lies in the part that is cut" if cell.term else ""))
-    causes += [f"{piece}, but negprompt reads it as literal characters" for piece in a1111_syntax(own)]
+    loaded = loaded_embeddings(tokenizer)
+    if plain:
+        names = embedding_names(own)
+        causes += [f"{piece}, but negprompt reads it as literal characters (the plain reading; the a1111 reading "
+                   "reads it as A1111 does)" for piece in a1111_syntax(own)
+                   if not any(f"'{n}' looks like" in piece and n.lower() in loaded for n in names)]
+    else:
+        causes += [f"'{name}' looks like the name of a textual-inversion embedding, but no embedding of that name "
+                   "is loaded: the a1111 reading reads it as ordinary text" for name in embedding_names(own, loaded)]
+        causes += [f"'{m.group(0)}' is an A1111 extra-network tag: a LoRA changes the model, not the negative; the "
+                   "tag is read as text" for m in _EXTRA.finditer(own)]
     if facts.vocabulary is not None:
         unknown = _unknown_words(own, facts.vocabulary)
         if unknown:
@@ -215,9 +261,11 @@ class Verdict:
     status: str  # "acts" or "does almost nothing"
     change: float  # the cell's change score against its reference, in percent
     reasons: tuple[str, ...]  # the measurement first, then the predicted causes
+    notes: tuple[str, ...] = ()  # how its negative was read, in a few words each (``reading_notes``)
 
     def to_dict(self) -> dict:
-        return {"status": self.status, "change": round(self.change, 4), "reasons": list(self.reasons)}
+        return {"status": self.status, "change": round(self.change, 4), "reasons": list(self.reasons),
+                "notes": list(self.notes)}
 
 
 def verdict(facts: ModelFacts, spec: ComparisonSpec, index: int, change: float, *, tokenizer=None,
@@ -229,8 +277,8 @@ def verdict(facts: ModelFacts, spec: ComparisonSpec, index: int, change: float, 
     inert = change < threshold
     measured = (f"it changed {change:.2f}% of the image against its reference "
                 f"({'under' if inert else 'at least'} {threshold:g}%)")
-    return Verdict(INERT if inert else ACTS, change,
-                   (measured, *predicted_causes(facts, spec, index, tokenizer)))
+    return Verdict(INERT if inert else ACTS, change, (measured, *predicted_causes(facts, spec, index, tokenizer)),
+                   tuple(reading_notes(spec, index, tokenizer)))
 
 
 def cell_verdicts(facts: ModelFacts, spec: ComparisonSpec, changes, *, tokenizer=None,
@@ -238,6 +286,37 @@ def cell_verdicts(facts: ModelFacts, spec: ComparisonSpec, changes, *, tokenizer
     """``verdict`` for every cell of ``spec``, given each cell's change against its reference (``changes``, as
     ``Comparison.change_scores`` gives them)."""
     return [verdict(facts, spec, i, float(c), tokenizer=tokenizer, threshold=threshold) for i, c in enumerate(changes)]
+
+
+def nag_for_distilled(spec: ComparisonSpec, pipe) -> ComparisonSpec:
+    """On a guidance-distilled model whose attention negprompt can steer, every plain negative cell becomes two:
+    the CFG cell, labeled as inert (the model runs no negative branch, so it equals the baseline), and the same
+    negative through NAG (``negprompt.guidance.NAG``), which acts inside the one branch such a model runs. Any
+    other spec, or model, is returned as it is. ``pipe``: the pipeline (or an object holding it as ``.pipe``)."""
+    from dataclasses import replace
+
+    from negprompt.attention import installed
+    from negprompt.families import family_of
+    from negprompt.guidance import CFG, NAG
+
+    pipe = getattr(pipe, "pipe", pipe)
+    if spec.mode not in ("negatives", "negatives+positive") or not installed(family_of(pipe).denoiser) \
+            or distillation(model_facts(pipe, spec.model)) is None:
+        return spec
+    doubled = [c.kind == "negative" and c.guidance == CFG() for c in spec.cells]
+    index, position = [], 0
+    for double in doubled:
+        index.append(position)
+        position += 2 if double else 1
+    cells = []
+    for cell, double in zip(spec.cells, doubled):
+        cell = replace(cell, reference=None if cell.reference is None else index[cell.reference])
+        if double:
+            cells += [replace(cell, label=f"{cell.label} (cfg, inert here)"),
+                      replace(cell, guidance=NAG(), label=f"{cell.label} (nag)")]
+        else:
+            cells.append(cell)
+    return replace(spec, cells=tuple(cells))
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -290,8 +369,33 @@ def manifest_fields(result) -> tuple[list[dict], dict]:
     if previews:
         extra["preview_steps"] = list(result.preview_steps)
     if any(c.kind in ("leave-out", "term-alone") for c in result.spec.cells):
-        extra["terms"] = rank_terms(result.spec, result.change_scores).to_dict()
+        images = [getattr(c, "image", None) for c in result.cells]
+        ranking = rank_terms(result.spec, result.change_scores,
+                             images=None if None in images else images).to_dict()
+        first = result.spec.cells[0].row
+        notes = {c.term: list(v.notes) for c, v in zip(result.spec.cells, verdicts)
+                 if v is not None and c.row == first and c.kind in ("leave-out", "term-alone")}
+        for term in ranking["terms"]:
+            term["notes"] = notes.get(term["term"], [])
+        extra["terms"] = ranking
     return cells, extra
+
+
+def ranking_lines(ranking: dict, seeds: int) -> list[str]:
+    """A term ranking (``manifest_fields``' "terms") as text: per term its mean change, its spread over the seeds
+    and how it was read; then the terms that gave identical images, and the trimmed negative."""
+    what = "leaving it out" if ranking["kind"] == "leave-out" else "it alone"
+    lines = [f"terms ranked by how much {what} changes the image (mean over {seeds} seed{'s' * (seeds != 1)}, "
+             "lowest to highest seed in brackets):"]
+    for t in ranking["terms"]:
+        low, high = t["spread"]
+        flags = (["does almost nothing"] if t["inert"] else []) + t.get("notes", [])
+        lines.append(f"{t['mean_change']:>7.2f}%  [{low:.2f}-{high:.2f}%]  {t['label']}"
+                     + (f"  ({'; '.join(flags)})" if flags else ""))
+    lines += [f"these {len(g)} terms did the same thing (identical images on every seed): {', '.join(g)}"
+              for g in ranking.get("identical_groups", [])]
+    lines.append(f"trimmed negative: {ranking['trimmed_negative']}")
+    return lines
 
 
 def summary_lines(result) -> list[str]:
@@ -300,16 +404,11 @@ def summary_lines(result) -> list[str]:
     verdicts = result.verdicts or [None] * len(result.cells)
     lines = [f"{'seed':>6}  {'change':>7}  {'verdict':<20}  cell"]
     for cell, score, v in zip(result.cells, result.change_scores, verdicts):
-        lines.append(f"{cell.seed:>6}  {score:>6.1f}%  {v.status if v else '':<20}  {result.label(cell)}")
+        notes = f"  [{'; '.join(v.notes)}]" if v is not None and v.notes else ""
+        lines.append(f"{cell.seed:>6}  {score:>6.1f}%  {v.status if v else '':<20}  {result.label(cell)}{notes}")
     _, extra = manifest_fields(result)
     if "terms" in extra:
-        ranking = extra["terms"]
-        what = "leaving it out" if ranking["kind"] == "leave-out" else "it alone"
-        lines += ["", f"terms ranked by how much {what} changes the image (mean over {len(result.spec.seeds)} "
-                      f"seed(s)):"]
-        lines += [f"{t['mean_change']:>7.2f}%  {t['term']}{'  (does almost nothing)' if t['inert'] else ''}"
-                  for t in ranking["terms"]]
-        lines.append(f"trimmed negative: {ranking['trimmed_negative']}")
+        lines += ["", *ranking_lines(extra["terms"], len(result.spec.seeds))]
     for negative, report in extra.get("timing", {}).items():
         lines += ["", f"negative '{negative}' by start (the detector's reading, over {len(result.spec.seeds)} "
                       "seed(s)):", "  start  removed   added  other flips  change"]

@@ -76,9 +76,18 @@ def test_the_cell_cap_counts_the_mode_cells_and_names_the_box():
 def test_each_mode_counts_its_cells():
     base = dict(prompt="portrait photo of a man", negatives=((0, "hat"), (1, "glasses")))
     counts = {mode: build_request(AppSettings(), Form(**base, mode=mode)).cells for mode in
-              ("Compare negatives", "When it acts (timing)", "Guidance methods", "Each term alone")}
+              ("Compare negatives", "When it acts (timing)", "Guidance methods")}
+    terms = Form(prompt=base["prompt"], negatives=((0, "hat, glasses"),), mode="Each term alone")
+    counts["Each term alone"] = build_request(AppSettings(), terms).cells
     assert counts == {"Compare negatives": 3, "When it acts (timing)": 9, "Guidance methods": 7,
-                      "Each term alone": 3}, counts
+                      "Each term alone": 4}, counts
+
+
+def test_a_term_mode_refuses_a_second_negative_at_its_box():
+    form = Form(prompt="portrait photo of a man", negatives=((0, "hat"), (1, "glasses")), mode="Each term alone")
+    with pytest.raises(InputError) as caught:
+        build_request(AppSettings(), form)
+    assert caught.value.argument == "negatives[1]", "The refusal must point at the extra box, not drop it silently."
 
 
 def test_an_unknown_mode_is_refused_by_name():

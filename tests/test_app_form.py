@@ -104,8 +104,8 @@ def test_models_that_cannot_load_are_refused_with_the_reason(tmp_path):
         check_available(str(weights))
     other = tmp_path / "sd3"
     other.mkdir()
-    (other / "model_index.json").write_text(json.dumps({"_class_name": "StableDiffusion3Pipeline"}))
-    with pytest.raises(InputError, match="StableDiffusion3Pipeline"):
+    (other / "model_index.json").write_text(json.dumps({"_class_name": "PixArtSigmaPipeline"}))
+    with pytest.raises(InputError, match="PixArtSigmaPipeline"):
         check_available(str(other))
     (other / "model_index.json").write_text("{not json")
     with pytest.raises(InputError, match="not valid JSON"):
@@ -186,3 +186,170 @@ def test_a_lora_tag_in_a_negative_is_explained_at_its_field():
     with pytest.raises(InputError, match="a LoRA changes the model, not the negative prompt") as error:
         build_request(AppSettings(), form)
     assert field_label(error.value.argument) == "Negative prompt 3"
+
+
+# -----------------------------------------------------------------------------------------------------------------
+# Compare is never silent: every refusal, at its field or in the status line
+
+
+def _form(**changes) -> Form:
+    return Form(**{"prompt": "portrait photo of a man", "negatives": ((0, "hat"),), **changes})
+
+
+@pytest.mark.parametrize("field, value, label, words", [
+    ("steps", 0, "Steps", "from 1 to 50"),
+    ("steps", 51, "Steps", "from 1 to 50"),
+    ("steps", -3, "Steps", "from 1 to 50"),
+    ("guidance", 1, "Guidance scale", "above 1"),
+    ("guidance", 0.5, "Guidance scale", "above 1"),
+    ("guidance", LIMITS.max_guidance + 1, "Guidance scale", f"at most {LIMITS.max_guidance:g}"),
+    ("rows", 0, "Seeds (rows)", "from 1 to 4"),
+    ("rows", 5, "Seeds (rows)", "from 1 to 4"),
+    ("seed", -1, "Seed", f"from 0 to {LIMITS.max_seed}"),
+    ("seed", LIMITS.max_seed + 1, "Seed", f"from 0 to {LIMITS.max_seed}"),
+    ("size", "4x4", "Size", "from 8 to 1024"),
+    ("size", "2048x64", "Size", "from 8 to 1024"),
+    ("steps", None, "Steps", "not a number"),  # an emptied number box
+])
+def test_every_out_of_range_number_is_refused_at_its_field(field, value, label, words):
+    with pytest.raises(InputError) as error:
+        build_request(AppSettings(), _form(**{field: value}))
+    assert field_label(error.value.argument) == label and words in str(error.value), \
+        f"{field}={value!r} must be refused at {label!r} saying {words!r}, not clamped: {error.value.argument}: " \
+        f"{error.value}"
+
+
+@pytest.mark.parametrize("field", ["prompt", "other", "negative"])
+def test_long_text_is_refused_with_one_short_message(field):
+    text = "a" * 3000
+    form = _form(negatives=((0, text),)) if field == "negative" else _form(**{field: text})
+    with pytest.raises(InputError) as error:
+        build_request(AppSettings(), form)
+    assert str(error.value) == f"3,000 characters; at most {LIMITS.max_text_chars:,}", \
+        f"One short message, without the text: {str(error.value)[:200]}"
+    assert field_label(error.value.argument) == {"prompt": "Prompt", "other": "Another positive prompt",
+                                                 "negative": "Negative prompt 1"}[field]
+
+
+@pytest.mark.parametrize("field", ["prompt", "other", "negative", "model"])
+def test_a_lone_surrogate_is_refused_at_its_field(field):
+    text = "portrait \ud800 of a man"
+    form = _form(negatives=((0, text),)) if field == "negative" else _form(**{field: text})
+    with pytest.raises(InputError) as error:
+        build_request(AppSettings(), form)
+    assert "lone surrogate" in str(error.value) and "\\ud800" in str(error.value), str(error.value)
+    str(error.value).encode("utf-8")  # the message itself can be sent as JSON and shown
+
+
+def test_no_text_box_lets_the_browser_cut_text_and_no_number_is_clamped():
+    """A textbox with max_length makes the browser cut a pasted text unseen; a slider clamps what is typed into
+    its box (steps 0 became 1). The app's own checks refuse both, so neither widget may do it first."""
+    import gradio as gr
+
+    from negprompt.app.layout import build_demo
+
+    demo = build_demo(AppSettings())
+    blocks = list(demo.blocks.values())
+    cut = [b.label for b in blocks if isinstance(b, gr.Textbox) and b.max_length is not None]
+    assert not cut, f"These boxes cut long text in the browser: {cut}"
+    sliders = {b.label for b in blocks if isinstance(b, gr.Slider)}
+    assert not sliders & {"Steps", "Guidance scale", "Seeds (rows)"}, f"Form numbers must not be sliders: {sliders}"
+
+
+def test_every_form_label_is_a_field_that_shows_or_opens():
+    """A refusal is pointed at its field when that field shows; one about a field in the closed Advanced options
+    opens them and shows in the status line; every other refusal shows in the status line."""
+    from negprompt.app.form import LABELS
+    from negprompt.app.layout import ADVANCED, build_demo
+
+    demo = build_demo(AppSettings())
+    assert demo is not None
+    visible = {"Prompt", "Negative prompts", "Negative prompt {n}", "Seed", "Mode"}
+    for label in set(LABELS.values()):
+        assert label in visible or label in ADVANCED, f"{label!r} is neither in the form nor in Advanced options"
+
+
+def test_a_refusal_about_a_hidden_field_shows_in_the_status_line():
+    """The seed article's example (with another positive prompt), then Leave one out: the refusal names the field
+    and where it is, in the status line, and opens Advanced options."""
+    from negprompt.app.views import Views
+
+    form = _form(negatives=((0, "mustache"),), other="portrait photo of a man without mustache", mode="Leave one out")
+    view = next(Views(AppSettings()).run(form))
+    assert "Another positive prompt" in view["errors"] and "Another positive prompt" in view["status"], view
+
+
+def test_a_cut_prompt_warns_in_one_short_line(tiny_sd_folder):
+    from negprompt.app.views import Views
+
+    settings = AppSettings(device="cpu", model=str(tiny_sd_folder), preview_every=0, detector=False)
+    text = ", ".join(["portrait photo of a man with a hat"] * 50)[:1900]
+    view = Views(settings).final(_form(prompt=text, steps=2))
+    assert "Done" in view["status"] and "cut" in view["status"], view["status"]
+    warning = view["status"].split("⚠️", 1)[1]
+    assert len(warning) < 300, f"A cut prompt's warning must stay short in the status line: {len(warning)} chars"
+
+
+def test_the_embedded_model_keeps_every_step_for_the_plot():
+    settings = AppSettings(preview_every=5)
+    assert settings.kept_every(EMBEDDED_NAME) == 1, "The step plot must show every step of the embedded model."
+    assert settings.kept_every("stable-diffusion-v1-5/stable-diffusion-v1-5") == 5
+    assert AppSettings(preview_every=0).kept_every(EMBEDDED_NAME) == 0, "No previews means none kept."
+
+
+# -----------------------------------------------------------------------------------------------------------------
+# Hostile inputs: folder models that need code or lack components; raw calls with the wrong number of items
+
+
+def _folder(tmp_path, index: dict):
+    folder = tmp_path / "model"
+    folder.mkdir(exist_ok=True)
+    (folder / "model_index.json").write_text(json.dumps(index))
+    return str(folder)
+
+
+SD_INDEX = {"_class_name": "StableDiffusionPipeline", "unet": ["diffusers", "UNet2DConditionModel"],
+            "vae": ["diffusers", "AutoencoderKL"], "text_encoder": ["transformers", "CLIPTextModel"],
+            "tokenizer": ["transformers", "CLIPTokenizer"], "scheduler": ["diffusers", "DDIMScheduler"]}
+
+
+@pytest.mark.parametrize("index, words", [
+    ({**SD_INDEX, "unet": ["my_unet", "MyUNet"]}, "needs custom code: unet (my_unet.MyUNet)"),
+    ({**SD_INDEX, "_class_name": ["my_pipeline", "MyPipeline"]}, "custom pipeline (my_pipeline.MyPipeline)"),
+    ({**SD_INDEX, "auto_map": {"unet": "my_unet.MyUNet"}}, "needs custom code"),
+    ({"_class_name": "StableDiffusionPipeline"}, "has no unet, vae, text_encoder, tokenizer, scheduler"),
+    ({**SD_INDEX, "vae": [None, None]}, "has no vae"),
+    ({"unet": ["diffusers", "UNet2DConditionModel"]}, "names no pipeline class"),
+    ([1, 2], "not a JSON object"),
+])
+def test_a_folder_model_that_needs_code_or_lacks_parts_is_refused_at_the_model_field(tmp_path, index, words):
+    from negprompt.app.models import check_available
+    from negprompt.loading import load
+
+    folder = _folder(tmp_path, index)
+    with pytest.raises(InputError) as error:
+        check_available(folder)
+    assert error.value.argument == "model" and words in str(error.value), str(error.value)
+    with pytest.raises(InputError) as error:  # the library refuses it before importing anything
+        load(folder, device="cpu")
+    assert error.value.argument == "model" and words in str(error.value), str(error.value)
+
+
+def test_a_folder_model_that_needs_code_is_refused_in_the_app(tmp_path):
+    from negprompt.app.views import Views
+
+    folder = _folder(tmp_path, {**SD_INDEX, "unet": ["my_unet", "MyUNet"]})
+    view = next(Views(AppSettings(device="cpu")).run(_form(model=folder)))
+    assert "Model" in view["errors"] and "custom code" in view["status"], view
+
+
+@pytest.mark.parametrize("name, count", [("compare", 2), ("compare", 10), ("explore", 9), ("explore", 0)])
+def test_a_raw_call_with_the_wrong_number_of_items_is_refused_by_count(name, count):
+    from negprompt.app.calls import ENDPOINTS, count_problem
+
+    expected = len(ENDPOINTS[name])
+    problem = count_problem(name, json.dumps({"data": ["x"] * count}).encode())
+    assert problem == (f"/{name} takes {expected} data items ({', '.join(ENDPOINTS[name])}), in this order; "
+                       f"got {count}"), problem
+    assert count_problem(name, json.dumps({"data": ["x"] * expected}).encode()) is None
+    assert count_problem(name, b"not json") is None, "A body that is not JSON is left to Gradio's own check."

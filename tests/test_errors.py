@@ -134,9 +134,9 @@ def _folder(tmp_path, name, text):
 
 
 @pytest.mark.parametrize(("make", "argument", "message"), [
-    (lambda tmp: _folder(tmp, "flux", json.dumps({"_class_name": "FluxPipeline"})), "model", "guidance-distilled"),
-    (lambda tmp: _folder(tmp, "sd3", json.dumps({"_class_name": "StableDiffusion3Pipeline"})), "model",
-     "transformer"),
+    (lambda tmp: _folder(tmp, "pixart", json.dumps({"_class_name": "PixArtSigmaPipeline"})), "model",
+     "PixArt's transformer is not one of negprompt's families"),
+    (lambda tmp: _folder(tmp, "sana", json.dumps({"_class_name": "SanaPipeline"})), "model", "SanaPipeline"),
     (lambda tmp: _folder(tmp, "other", json.dumps({"_class_name": "KandinskyPipeline"})), "model",
      "KandinskyPipeline"),
     (lambda tmp: _folder(tmp, "broken", "{not json"), "model", "not valid JSON"),
@@ -185,17 +185,17 @@ def test_cuda_without_a_gpu_is_named(tiny_sd_folder):
 
 
 def test_out_of_memory_halves_the_batch_and_the_safe_size_is_kept_with_the_pipeline(tiny_sd, monkeypatch):
-    from negprompt import engine
+    from negprompt.families import unet as unet_family  # where the UNet family calls the UNet
 
     whole = compare(tiny_sd, PROMPT, ["mustache", "glasses", "hat"], seed=2, steps=2)
-    real = engine.bucketed_unet
+    real = unet_family.bucketed_unet
 
     def small_memory(unet, sample, *args, **kwargs):
         if sample.shape[0] > 4:
             raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
         return real(unet, sample, *args, **kwargs)
 
-    monkeypatch.setattr(engine, "bucketed_unet", small_memory)
+    monkeypatch.setattr(unet_family, "bucketed_unet", small_memory)
     loaded = Loaded(tiny_sd)
     result = compare(loaded, PROMPT, ["mustache", "glasses", "hat"], seed=2, steps=2)
     assert result.max_batch_used == 2 and loaded.runtime.safe_batch == {(64, 64): 2}

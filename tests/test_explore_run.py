@@ -31,7 +31,7 @@ def cli(*args, capsys):
 @pytest.mark.slow
 def test_cli_leave_one_out_of_a_pasted_a1111_negative_ranks_its_twenty_terms(tiny_sd_folder, tmp_path, capsys):
     status, stdout, stderr = cli("--model", tiny_sd_folder, "--prompt", PROMPT, "--negative", A1111_NEGATIVE,
-                                 "--leave-one-out", "--steps", "2", "--out", tmp_path, capsys=capsys)
+                                 "--leave-one-out", "--seed", "0", "--steps", "2", "--out", tmp_path, capsys=capsys)
     assert status == 0, stderr
     manifest = json.loads((tmp_path / "manifest.json").read_text())
     cells = manifest["cells"]
@@ -63,9 +63,11 @@ def test_cli_terms_alone_compares_each_term_with_the_baseline(tiny_sd_folder, tm
                                  capsys=capsys)
     assert status == 0, stderr
     manifest = json.loads((tmp_path / "manifest.json").read_text())
-    assert [(c["kind"], c["negative_prompt"], c["reference"]) for c in manifest["cells"]] == [
+    assert [(c["kind"], c["negative_prompt"], c["reference"]) for c in manifest["cells"][:4]] == [
         ("baseline", "", None), ("negative", "hat, glasses", 0), ("term-alone", "hat", 0),
         ("term-alone", "glasses", 0)]
+    assert [c["seed"] for c in manifest["cells"][::4]] == [0, 1, 2], "Term modes rank over three seeds by default."
+    assert "[" in stdout and "seeds, lowest to highest seed in brackets" in stdout, "The per-seed spread is shown."
     assert "preview_steps" not in manifest and manifest["cells"][2]["divergence"] is None
     assert manifest["terms"]["kind"] == "term-alone"
 

@@ -118,6 +118,6 @@ def test_loading_errors_are_clear(tmp_path, tiny_sd_folder):
         load_pipeline("nobody/no-such-model")
     other = tmp_path / "other"
     other.mkdir()
-    (other / "model_index.json").write_text(json.dumps({"_class_name": "FluxPipeline"}))
-    with pytest.raises(ValueError, match="FluxPipeline"):
+    (other / "model_index.json").write_text(json.dumps({"_class_name": "KandinskyPipeline"}))
+    with pytest.raises(ValueError, match="KandinskyPipeline"):
         load_pipeline(other)

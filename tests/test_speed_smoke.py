@@ -32,3 +32,14 @@ def test_speed_smoke_on_cpu(tmp_path):
 
     data = json.loads(results.read_text())
     assert all(r["max_diff_c_vs_b"] <= 2 / 255 for r in data["results"])
+
+
+@pytest.mark.slow
+def test_speed_runs_the_transformer_families_at_tiny_size(tmp_path):
+    arguments = ["--device", "cpu", "--configs", "tiny_sd3,tiny_flux", "--steps", "2", "--negatives", "2",
+                 "--repeats", "1", "--threads", "1"]
+    run = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "speed.py"), *arguments], capture_output=True,
+                         text=True, timeout=300, cwd=tmp_path)
+    assert run.returncode == 0, f"SD3 and FLUX comparisons must match their batched pipeline calls.\n{run.stdout}"
+    table = [line for line in run.stdout.splitlines() if line.startswith(("| tiny_sd3", "| tiny_flux"))]
+    assert len(table) == 2 and all(row.rstrip(" |").endswith("ok") for row in table), run.stdout

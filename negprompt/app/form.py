@@ -119,6 +119,7 @@ class Request:
         return self.model == EMBEDDED_NAME
 
 
+SURROGATE = re.compile("[\ud800-\udfff]")  # half of a UTF-16 pair: no text encoder, file or JSON takes it alone
 SIZE_PATTERN = re.compile(r"([0-9]{1,5}) *[x×*] *([0-9]{1,5})")
 
 
@@ -180,9 +181,13 @@ def check_form_text(argument: str, value, *, allow_empty: bool = False) -> None:
     """``negprompt.plan.check_text`` with messages written for a form (the label is shown beside them)."""
     if not isinstance(value, str):
         raise InputError(argument, value, f"{_show(value)} is not text")
-    if len(value) > LIMITS.max_text_chars:
-        raise InputError(argument, len(value), f"is {len(value):,} characters long; at most "
-                                               f"{LIMITS.max_text_chars:,} are accepted")
+    if len(value) > LIMITS.max_text_chars:  # the boxes set no maxlength: a browser never cuts a text unseen
+        raise InputError(argument, len(value), f"{len(value):,} characters; at most {LIMITS.max_text_chars:,}")
+    lone = SURROGATE.search(value)
+    if lone:
+        raise InputError(argument, lone[0].encode("unicode_escape").decode(),
+                         f"character {lone.start() + 1} is a lone surrogate "
+                         f"({lone[0].encode('unicode_escape').decode()}), not a character: retype the text")
     check_prompt(argument, value)  # a <lora:...> tag: a LoRA changes the model, not this prompt
     try:
         check_text(argument, value, allow_empty=allow_empty)
@@ -193,8 +198,9 @@ def check_form_text(argument: str, value, *, allow_empty: bool = False) -> None:
 def request_spec(request: Request, *, model: str | None = None, baseline: str = "empty"):
     """The comparison spec of ``request`` in its mode (pure: nothing loads). Term modes read the first negative box
     as the long negative, whose terms are separated by commas. ``model`` and ``baseline`` as the loaded pipeline
-    names them (defaults: the request's model, the empty prompt)."""
-    from negprompt.explore import TERM_MODES, mode_spec
+    names them (defaults: the request's model, the empty prompt). A term mode with a second negative is refused
+    at that box, never run on the first alone."""
+    from negprompt.explore import mode_spec
     from negprompt.guidance import parse_method
 
     if request.mode == "xray":
@@ -203,8 +209,7 @@ def request_spec(request: Request, *, model: str | None = None, baseline: str = 
         return xray_spec(request.prompt, request.negatives[0].lower(), request.vectors, list(request.seeds),
                          model=model or request.model, steps=request.steps, guidance_scale=request.guidance_scale,
                          height=request.height, width=request.width, sampler=request.scheduler, baseline=baseline)
-    negatives = request.negatives[:1] if request.mode in TERM_MODES else request.negatives
-    return mode_spec(request.mode, request.prompt, list(negatives), list(request.seeds),
+    return mode_spec(request.mode, request.prompt, list(request.negatives), list(request.seeds),
                      starts=TIMING_STARTS, methods=[parse_method(m, "methods") for m in GUIDANCE_METHODS],
                      model=model or request.model, steps=request.steps, guidance_scale=request.guidance_scale,
                      height=request.height, width=request.width, sampler=request.scheduler, baseline=baseline,

@@ -18,11 +18,13 @@ receive their inputs by name (``inputs_kwargs``), never by position.
 
 from __future__ import annotations
 
+import html
 import random
 from dataclasses import dataclass
 
 import gradio as gr
 
+from negprompt.app.calls import ENDPOINTS, CountDataItems
 from negprompt.app.examples import load_examples
 from negprompt.app.form import MODES, Form, field_label, form_from_api, negatives_from_boxes
 from negprompt.app.settings import AppSettings, on_spaces
@@ -32,6 +34,11 @@ from negprompt.explore import EXPLANATIONS, TERM_MODES
 from negprompt.loading import EMBEDDED_NAME
 from negprompt.schedulers import scheduler_names
 
+# The fields inside the Advanced options accordion (closed at start): a refusal about one opens it.
+ADVANCED = ("Model", "Steps", "Guidance scale", "Size", "Scheduler", "Seeds (rows)", "Another positive prompt")
+# The step plot's line colors (Tableau 10); its legend is ours, as HTML that wraps on a phone and cuts no name.
+PALETTE = ("#4e79a7", "#f28e2b", "#e15759", "#76b7b2", "#59a14f", "#edc948", "#b07aa1", "#ff9da7", "#9c755f",
+           "#bab0ac")
 SIZES = ("auto", "64x64", "128x128", "256x256", "512x512", "768x768", "1024x1024", "768x512", "512x768")
 PRIVATE = dict(api_visibility="private")
 QUICK = dict(queue=False, show_progress="hidden", trigger_mode="always_last", **PRIVATE)
@@ -70,17 +77,29 @@ leaves zero is when that negative prompt started to matter."""
 CSS = """
 .token-count p {font-size: 0.8em; opacity: 0.75; margin: -6px 0 4px 4px}
 #run {min-height: 48px}
-#gallery .caption-label {white-space: normal; overflow: visible; text-overflow: clip; max-width: 100%;
-  font-size: 0.8em; line-height: 1.25}
-#gallery .grid-wrap {max-height: none !important; height: auto !important}
+/* The galleries: one row per seed (the layout sets the columns), each caption under its image, never over it. */
+.rows .grid-wrap {max-height: none !important; height: auto !important; min-height: 0 !important}
+.rows .grid-container {grid-template-columns: repeat(var(--grid-cols), minmax(0, 1fr)) !important;
+  grid-template-rows: none !important; grid-auto-rows: auto !important; gap: 8px 6px !important}
+.rows .thumbnail-item.thumbnail-lg {aspect-ratio: auto !important; height: auto !important; display: flex;
+  flex-direction: column; overflow: visible !important}
+.rows .thumbnail-item.thumbnail-lg img {aspect-ratio: 1 / 1; width: 100%; height: auto !important;
+  object-fit: contain}
+.rows .thumbnail-item.thumbnail-lg .caption-label {position: static !important; max-width: 100% !important;
+  white-space: normal !important; overflow: visible !important; text-overflow: clip !important; border: none;
+  border-radius: 0; opacity: 1 !important; font-size: 0.75em; line-height: 1.25; padding: 3px 2px;
+  overflow-wrap: anywhere}
+#curves-legend .legend {display: flex; flex-wrap: wrap; gap: 4px 14px; font-size: 0.85em; padding: 0 8px}
+#curves-legend .swatch {display: inline-block; width: 18px; height: 3px; margin: 0 6px 3px 0; vertical-align: middle}
 #table table {word-break: normal; overflow-wrap: normal} #table {overflow-x: auto}
-#known-words button {min-width: 0; padding: 2px 8px}
+#known-words .row, #known-words .form {flex-wrap: wrap !important; gap: 6px !important}
+#known-words button {flex: 0 0 auto !important; width: auto !important; min-width: 0 !important;
+  padding: 2px 10px; white-space: nowrap}
 @media (max-width: 640px) {
-  #gallery .grid-container {grid-template-columns: repeat(2, minmax(0, 1fr)) !important}
+  .rows .thumbnail-item.thumbnail-lg .caption-label {font-size: 0.68em}
   #table td, #table th {padding: 2px 4px; font-size: 0.85em}
 }
 """
-
 
 def mode_help(label) -> str:
     """What the mode picked in the form shows, in words a teacher can read aloud."""
@@ -96,11 +115,21 @@ def mode_help(label) -> str:
     return text
 
 
+def legend_html(colors: dict[str, str]) -> str:
+    """The step plot's legend: a colored line and the image's name per curve."""
+    items = "".join(f'<span class="item"><span class="swatch" style="background:{color}"></span>{html.escape(name)}'
+                    f'</span>' for name, color in colors.items())
+    return f'<div class="legend">{items}</div>'
+
+
 def launch_options(settings: AppSettings | None = None) -> dict:
-    """What ``demo.launch()`` needs besides Gradio's own variables: the CSS and the upload limit (the app takes no
-    uploads, so a hosted app cannot be used to store files)."""
+    """What ``demo.launch()`` needs besides Gradio's own variables: the CSS, the upload limit (the app takes no
+    uploads, so a hosted app cannot be used to store files) and the check of raw calls' data counts
+    (``negprompt.app.calls``)."""
+    from starlette.middleware import Middleware
+
     settings = settings or AppSettings.from_env()
-    return dict(css=CSS, max_file_size=settings.max_upload)
+    return dict(css=CSS, max_file_size=settings.max_upload, app_kwargs={"middleware": [Middleware(CountDataItems)]})
 
 
 @dataclass
@@ -109,9 +138,9 @@ class Fields:
 
     prompt: gr.Textbox
     seed: gr.Number
-    rows: gr.Slider
-    steps: gr.Slider
-    guidance: gr.Slider
+    rows: gr.Number
+    steps: gr.Number
+    guidance: gr.Number
     size: gr.Dropdown
     scheduler: gr.Dropdown
     model: gr.Dropdown
@@ -153,7 +182,6 @@ def _negative_rows(settings: AppSettings, shown: int):
         with gr.Group(visible=i < shown) as group:
             with gr.Row(equal_height=True):
                 boxes.append(gr.Textbox(label=f"Negative prompt {i + 1}", scale=8, max_lines=3,
-                                        max_length=LIMITS.max_text_chars,
                                         placeholder="something you don't want to see, e.g. hat",
                                         elem_classes="negative"))
                 removes.append(gr.Button("✕", scale=0, min_width=44, size="sm", elem_classes="remove"))
@@ -167,17 +195,18 @@ def _advanced(settings: AppSettings):
     model = gr.Dropdown(models, value=settings.model, label="Model", allow_custom_value=settings.allow_custom_model,
                         info=f"{EMBEDDED_NAME}: the small embedded portrait model (64x64)"
                              + ("; or type a Hub id or a local folder" if settings.allow_custom_model else ""))
-    steps = gr.Slider(1, settings.max_steps, value=min(settings.default_steps, settings.max_steps), step=1,
-                      label="Steps")
-    guidance = gr.Slider(1.5, 20, value=7.5, step=0.5, label="Guidance scale",
-                         info="Starts above 1: at 1 or below guidance is off and negative prompts do nothing")
+    steps = gr.Number(min(settings.default_steps, settings.max_steps), label="Steps", elem_id="steps-number",
+                      info=f"a whole number from 1 to {settings.max_steps}")
+    guidance = gr.Number(7.5, label="Guidance scale", elem_id="guidance",
+                         info=f"above 1, at most {LIMITS.max_guidance:g} (5 to 9 is usual): at 1 or below guidance is "
+                              "off and negative prompts do nothing")
     size = gr.Dropdown([s for s in SIZES if s == "auto" or max(map(int, s.split("x"))) <= settings.max_size],
                        value="auto", label="Size", allow_custom_value=True,
                        info="width x height; auto: the model's own size")
     scheduler = gr.Dropdown(scheduler_names(), value="Default", label="Scheduler")
-    rows = gr.Slider(1, settings.max_seeds, value=1, step=1, label="Seeds (rows)",
-                     info="One row per seed: seed, seed+1, ...")
-    other = gr.Textbox(label="Another positive prompt", max_length=LIMITS.max_text_chars,
+    rows = gr.Number(1, label="Seeds (rows)", elem_id="rows",
+                     info=f"1 to {settings.max_seeds}: one row per seed (seed, seed+1, ...)")
+    other = gr.Textbox(label="Another positive prompt",
                        info="shown beside, with no negative prompt",
                        placeholder="e.g. portrait photo of a man without hat")
     gr.Markdown(embeddings_help(settings), elem_id="embeddings")
@@ -255,19 +284,22 @@ def _examples(views: Views, settings: AppSettings, examples, fields: Fields, sho
     """The built-in examples. On a Space, Gradio caches each one's result the first time it is picked (lazily), so
     a visitor sees it at once; elsewhere picking one fills the form."""
     n = settings.max_negatives
-    rows = [[e.prompt, e.other, e.seed, EMBEDDED_NAME, len(e.negatives), *(list(e.negatives) + [""] * n)[:n]]
-            for e in examples]
-    inputs = [fields.prompt, fields.other, fields.seed, fields.model, fields.count, *fields.boxes]
+    first_mode = next(iter(MODES))  # an example teaches in the plain mode, at the app's default settings
+    rows = [[e.prompt, e.other, e.seed, getattr(e, "rows", 1), EMBEDDED_NAME, first_mode, settings.default_steps,
+             7.5, "auto", "Default", len(e.negatives), *(list(e.negatives) + [""] * n)[:n]] for e in examples]
+    inputs = [fields.prompt, fields.other, fields.seed, fields.rows, fields.model, fields.mode, fields.steps,
+              fields.guidance, fields.size, fields.scheduler, fields.count, *fields.boxes]
 
-    def result(prompt, other, seed, model, count, *boxes):
-        form = Form(prompt=prompt, negatives=negatives_from_boxes(list(boxes), int(count)), seed=seed,
-                    steps=settings.default_steps, model=model, other=other)
+    def result(prompt, other, seed, rows, model, mode, steps, guidance, size, scheduler, count, *boxes):
+        form = Form(prompt=prompt, negatives=negatives_from_boxes(list(boxes), int(count)), seed=seed, rows=rows,
+                    steps=steps, guidance=guidance, size=size, scheduler=scheduler, model=model, other=other,
+                    mode=mode)
         view = views.final(form)
         return tuple(view.get(name, gr.skip()) for name in shown)
 
     cache = on_spaces()
     gr.Examples(rows, inputs, example_labels=[e.label for e in examples], api_visibility="private",
-                label="Examples (for the embedded portrait model; each shows its lesson on its seed)",
+                label="Examples: pick one, then press Compare (each shows its lesson on its seed)",
                 fn=result if cache else None, outputs=list(shown.values()) if cache else None,
                 cache_examples=cache, cache_mode="lazy")
 
@@ -329,6 +361,8 @@ def _api_endpoints(views: Views, settings: AppSettings) -> None:
     button.click(compare, None, outputs, inputs_kwargs=named, api_name="compare", preprocess=False,
                  api_description="Compare negative prompts from one seed; returns captioned images (baseline "
                                  "first) and the manifest.", **RUN)
+    assert tuple(named) == ENDPOINTS["compare"] and tuple(explore_named) == ENDPOINTS["explore"], \
+        "negprompt.app.calls counts the endpoints' parameters in this order"
     explore_button.click(explore, None, outputs, inputs_kwargs=explore_named, api_name="explore",
                          preprocess=False, api_description="One negative prompt explored: leave-one-out, "
                          "terms-alone, timing or methods (the app's modes); returns captioned images and the "
@@ -343,11 +377,12 @@ def build_demo(settings: AppSettings | None = None) -> gr.Blocks:
     examples = load_examples() if EMBEDDED_NAME in settings.models else []
     with gr.Blocks(title="negprompt: what does a negative prompt do?") as demo:
         gr.Markdown(DESCRIPTION)
+        examples_slot = gr.Column(elem_id="examples")  # filled once the form exists: the examples come first
         outcome = gr.State(None)
+        advanced_open = gr.State(False)  # whether the Advanced options show (where a refusal can be pointed at)
         with gr.Row(equal_height=False):
             with gr.Column(scale=2, min_width=320):
-                prompt = gr.Textbox(label="Prompt", value="portrait photo of a man", lines=2, max_lines=4,
-                                    max_length=LIMITS.max_text_chars)
+                prompt = gr.Textbox(label="Prompt", value="portrait photo of a man", lines=2, max_lines=4)
                 prompt_tokens = gr.Markdown(elem_classes="token-count")
                 count = gr.Number(1, precision=0, visible=False)
                 groups, boxes, removes, counters = _negative_rows(settings, shown=1)
@@ -361,13 +396,13 @@ def build_demo(settings: AppSettings | None = None) -> gr.Blocks:
                                      info=f"a whole number from 0 to {LIMITS.max_seed}")
                     randomize = gr.Button("Random seed", scale=0, min_width=120, elem_id="randomize")
                 run_button = gr.Button("Compare", variant="primary", elem_id="run")
-                with gr.Accordion("Advanced options", open=False):
+                with gr.Accordion("Advanced options", open=False, elem_id="advanced") as advanced:
                     model, steps, guidance, size, scheduler, rows, other = _advanced(settings)
             with gr.Column(scale=3, min_width=320):
                 status = gr.Markdown("Press **Compare**. The first run loads the model.", elem_id="status")
                 gallery = gr.Gallery(label="Baseline first, then one image per negative prompt", format="png",
                                      columns=4, object_fit="contain", height="auto", elem_id="gallery",
-                                     show_label=False)
+                                     elem_classes="rows", show_label=False)
                 differences = gr.Checkbox(label="Show difference maps (where each negative prompt changed the "
                                                 "baseline)", elem_id="differences")
                 attended = gr.Checkbox(label="Show where each negative prompt was attended to (red: where the "
@@ -388,18 +423,20 @@ def build_demo(settings: AppSettings | None = None) -> gr.Blocks:
                                                                       "step; the last is the final image)",
                                          visible=False, elem_id="scrubber")
                     frames = gr.Gallery(format="png", columns=4, object_fit="contain", height="auto",
-                                        show_label=False, elem_id="frames", visible=False)
+                                        show_label=False, elem_id="frames", elem_classes="rows", visible=False)
                     curves = gr.LinePlot(x="step", y="change", color="image", y_title="change against its "
                                          "reference (%)", x_title="step", elem_id="curves", show_label=False,
-                                         visible=False)
+                                         colors_in_legend=[], visible=False)
+                    legend = gr.HTML(elem_id="curves-legend", visible=False)
                 gr.Markdown("**Labeled grid** (download it with the button on the image)")
                 grid = gr.Image(format="png", type="filepath", interactive=False, show_label=False, elem_id="grid")
                 download = gr.File(label="Download: grid, cells (PNG with infotext), manifest", interactive=False)
         fields = Fields(prompt=prompt, seed=seed, rows=rows, steps=steps, guidance=guidance, size=size,
                         scheduler=scheduler, model=model, other=other, count=count, boxes=boxes, mode=mode)
         if examples:
-            _examples(views, settings, examples, fields, {"status": status, "gallery": gallery, "grid": grid,
-                                                          "download": download, "table": table})
+            with examples_slot:
+                _examples(views, settings, examples, fields, {"status": status, "gallery": gallery, "grid": grid,
+                                                              "download": download, "table": table})
         with gr.Accordion("How it works", open=False):
             gr.Markdown(HOW_IT_WORKS, latex_delimiters=[{"left": "$$", "right": "$$", "display": True},
                                                         {"left": "\\(", "right": "\\)", "display": False}])
@@ -408,39 +445,57 @@ def build_demo(settings: AppSettings | None = None) -> gr.Blocks:
         # Wiring: everything but /compare is private.
         named_outputs = {"status": status, "gallery": gallery, "grid": grid, "download": download, "table": table,
                          "outcome": outcome, "infotext": infotext, "explored": found, "trimmed": trimmed,
-                         "scrubber": scrubber, "frames": frames, "curves": curves}
+                         "scrubber": scrubber, "frames": frames, "curves": curves, "legend": legend,
+                         "advanced": advanced,
+                         "advanced_open": advanced_open}
         labelled = fields.by_label()
 
         def to_components(view: dict) -> dict:
             shown = {named_outputs[name]: value for name, value in view.items() if name in named_outputs}
+            hidden = [label for label in view.get("errors", {}) if label in ADVANCED]
+            if hidden:  # a refusal about a field in the closed accordion: open it, and say where it is
+                label = hidden[0]
+                shown[status] = f"**Check the input:** {label} (under Advanced options): {view['errors'][label]}"
+                shown[advanced], shown[advanced_open] = gr.Accordion(open=True), True
+            if "columns" in view:  # one row per seed: as many columns as images per seed
+                shown[gallery] = gr.update(value=view["gallery"], columns=view["columns"]) if "gallery" in view \
+                    else gr.update(columns=view["columns"])
             if "trimmed" in view:
                 shown[trimmed] = gr.update(value=view["trimmed"], visible=bool(view["trimmed"]))
             if "scrubber" in view:  # the index of the last kept step (the final images); hidden with nothing to scrub
                 last, steps = view["scrubber"], view.get("scrubber_steps") or []
                 kept = f"kept steps {', '.join(map(str, steps))}" if steps else ""
                 shown[scrubber] = gr.update(maximum=max(last, 1), value=max(last, 0), visible=last >= 1, info=kept)
-            if "curves" in view:  # shown from the first run that kept previews on
-                shown[curves] = gr.update(value=view["curves"], visible=not view["curves"].empty)
-                shown[frames] = gr.update(value=view["frames"], visible=bool(view["frames"]))
+            if "curves" in view:  # shown from the first run that kept previews on; its legend wraps beneath it
+                names = list(dict.fromkeys(view["curves"]["image"]))
+                colors = {name: PALETTE[i % len(PALETTE)] for i, name in enumerate(names)}
+                shown[curves] = gr.update(value=view["curves"], visible=bool(names), color_map=colors)
+                shown[legend] = gr.update(value=legend_html(colors), visible=bool(names))
+                shown[frames] = gr.update(value=view["frames"], visible=bool(view["frames"]),
+                                          columns=view.get("columns", 4))
             return shown
 
-        def run(differences=False, attended=False, progress=gr.Progress(), **values):
+        def run(differences=False, attended=False, advanced_open=False, progress=gr.Progress(), **values):
             for view in views.run(form_from_widgets(values), bool(differences), progress, bool(attended)):
                 yield to_components(view)
 
-        def validate(differences=False, attended=False, **values):
-            """Point at the field a refusal concerns, before the comparison is queued."""
+        def validate(differences=False, attended=False, advanced_open=False, **values):
+            """Point at the field a refusal concerns, before the comparison is queued, when that field shows; a
+            refusal about a field in the closed Advanced options (or about no field) passes here, and the run
+            shows it in the status line and opens the accordion."""
             bad = {}
             try:
                 views.request(form_from_widgets(values))
             except InputError as error:
                 label, message = views.refusal(error)
-                bad = {labelled.get(label, boxes[0]): message}
+                if label in labelled and (advanced_open or label not in ADVANCED):
+                    bad = {labelled[label]: message}
             return [gr.validate(component not in bad, bad.get(component, "")) for component in
-                    [*fields.kwargs().values(), differences_box, attended]]
+                    [*fields.kwargs().values(), differences_box, attended, advanced_open_state]]
 
-        differences_box = differences
-        run_kwargs = {**fields.kwargs(), "differences": differences, "attended": attended}
+        differences_box, advanced_open_state = differences, advanced_open
+        run_kwargs = {**fields.kwargs(), "differences": differences, "attended": attended,
+                      "advanced_open": advanced_open}
         for trigger in (run_button.click, prompt.submit):
             trigger(run, None, list(named_outputs.values()), inputs_kwargs=run_kwargs, validator=validate,
                     preprocess=False, show_progress_on=[status], **RUN, **PRIVATE)
@@ -459,6 +514,8 @@ def build_demo(settings: AppSettings | None = None) -> gr.Blocks:
             button.click(remove(i), [count, *boxes], [count, *boxes], **QUICK)
         count.change(show, count, groups, **QUICK)
         mode.change(mode_help, mode, mode_text, **QUICK)
+        advanced.expand(lambda: True, None, advanced_open, **QUICK)
+        advanced.collapse(lambda: False, None, advanced_open, **QUICK)
         randomize.click(lambda: random.randint(0, LIMITS.max_seed), None, seed, **QUICK)
         for box in (differences, attended):
             box.change(lambda o, d, a: to_components(views.toggle(o, d, a)), [outcome, differences, attended],

@@ -20,7 +20,7 @@ from functools import lru_cache
 from pathlib import Path
 
 from negprompt.errors import InputError
-from negprompt.loading import EMBEDDED_MODEL, EMBEDDED_NAME, PIPELINE_CLASSES
+from negprompt.loading import EMBEDDED_MODEL, EMBEDDED_NAME, check_model_index
 
 log = logging.getLogger(__name__)
 
@@ -86,13 +86,16 @@ def check_available(model: str) -> None:
 
 
 def _check_class(model: str, index: Path) -> None:
+    """The checks ``negprompt.loading`` makes before loading (class, components, no custom code), from the
+    model_index.json alone."""
     try:
-        class_name = json.loads(index.read_text()).get("_class_name")
-    except (OSError, ValueError, AttributeError):
+        config = json.loads(index.read_text())
+    except (OSError, ValueError):
         raise InputError("model", model, f"{model!r} has a model_index.json that is not valid JSON") from None
-    if class_name not in PIPELINE_CLASSES:
-        raise InputError("model", model, f"{model!r} is a {class_name}; this app runs "
-                                         f"{' and '.join(PIPELINE_CLASSES)} (Stable Diffusion 1.x, 2.x, SDXL)")
+    try:
+        check_model_index(model, config)
+    except InputError as error:  # "model='x' is a ...": the form shows its label, then "'x' is a ..."
+        raise InputError("model", model, str(error).removeprefix("model=")) from None
 
 
 @lru_cache(maxsize=8)

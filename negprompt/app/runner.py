@@ -67,12 +67,15 @@ def request_spec_for(request: Request, pipe):
     """The spec the engine runs for ``request`` on the loaded ``pipe``: the one place that turns a request into an
     engine call (``negprompt.app.form.request_spec`` in the request's mode, named and with the baseline as the
     loaded model has them: zero embeddings for SDXL, the empty prompt otherwise). The other positive prompt (the
-    seed article's "without X") is one more cell of each row, in the same batch and from the same starting noise."""
+    seed article's "without X") is one more cell of each row, in the same batch and from the same starting noise.
+    On a guidance-distilled model each negative shows as "CFG (inert here)" beside NAG (``nag_for_distilled``)."""
     from negprompt.engine import default_baseline
     from negprompt.loading import model_source
+    from negprompt.verdicts import nag_for_distilled
 
     diffusers_pipe = getattr(pipe, "pipe", pipe)
-    return request_spec(request, model=model_source(diffusers_pipe), baseline=default_baseline(diffusers_pipe))
+    spec = request_spec(request, model=model_source(diffusers_pipe), baseline=default_baseline(diffusers_pipe))
+    return nag_for_distilled(spec, diffusers_pipe)
 
 
 # -----------------------------------------------------------------------------------------------------------------
@@ -222,6 +225,7 @@ class Runner:
         from negprompt import attention
         from negprompt.engine import compare
         from negprompt.explore import PreviewRecorder
+        from negprompt.families import family_of
         from negprompt.verdicts import explain
 
         events: queue.Queue = queue.Queue()
@@ -250,10 +254,10 @@ class Runner:
                     pipe = load(request.model, settings.device, settings.preview_decoder(request.model),
                                 settings.embeddings_for(request.model))
                     spec = request_spec_for(request, pipe)
-                    every = settings.preview_every if previews else 0
+                    every = settings.kept_every(request.model) if previews else 0
                     # every cell's preview every ``every`` steps is kept for the step scrubber and the curves
                     recorder = PreviewRecorder(spec.steps, then=on_step, max_side=PREVIEW_SIDE)
-                    maps = settings.attention_maps and attention.installed(pipe.unet)
+                    maps = settings.attention_maps and attention.installed(family_of(pipe).denoiser)
                     result = explain(compare(pipe, spec, callback=recorder, preview_every=every,
                                              max_cells=max(len(spec.cells), 1), attention_maps=maps), pipe,
                                      recorder if every else None)

@@ -107,7 +107,7 @@ class AppSettings:
     max_steps: int = 50  # NEGPROMPT_MAX_STEPS: denoising steps
     max_size: int = 1024  # NEGPROMPT_MAX_SIZE: largest width or height in pixels
     default_steps: int = 20  # NEGPROMPT_STEPS: steps selected at start
-    preview_every: int = 5  # NEGPROMPT_PREVIEW_EVERY: steps between previews (0: none)
+    preview_every: int = 5  # NEGPROMPT_PREVIEW_EVERY: steps between previews (0: none; the embedded model keeps all)
     queue_size: int = 64  # NEGPROMPT_QUEUE_SIZE: requests waiting at most; later ones are turned away
     device: str | None = None  # NEGPROMPT_DEVICE: cuda, mps or cpu (default: the best present)
     warmup: bool = False  # NEGPROMPT_WARMUP: load the default model at launch instead of on the first request
@@ -171,6 +171,12 @@ class AppSettings:
 
         own = {n: str(p) for n, p in EMBEDDED_EMBEDDINGS if p.is_file()} if model == EMBEDDED_NAME else {}
         return {**own, **dict(self.embeddings_for(model))}
+
+    def kept_every(self, model: str) -> int:
+        """Steps between the previews a comparison keeps for the step slider and plot (0: none): every step for
+        the embedded model (its previews cost little, and the plot then shows where each line leaves zero), else
+        ``preview_every``. The gallery streams a preview every ``preview_every`` steps either way."""
+        return 1 if self.preview_every and model == EMBEDDED_NAME else self.preview_every
 
     def preview_decoder(self, model: str) -> str | None:
         """The preview decoder configured for ``model`` (None: its own VAE decodes the previews)."""

@@ -46,6 +46,11 @@ View = dict  # output name -> new value
 API_BEAT_S = 0.5  # an API call hands control back to Gradio this often while it runs (a chance to cancel it)
 
 
+def shorten(text: str, limit: int = 240) -> str:
+    """A warning for the status line: at most ``limit`` characters (a cut prompt's whole tail would flood it)."""
+    return text if len(text) <= limit else text[:limit - 1].rstrip() + "…"
+
+
 class FormError(Exception):
     """A refusal for API users: "Label: message"."""
 
@@ -90,14 +95,16 @@ class Views:
             return
         started = time.perf_counter()
         labels = [cell.label for cell in request_spec(request).cells]
+        columns = len(labels) // len(request.seeds)  # images per seed: one row each
+        every = max(self.settings.preview_every, 1)  # the plot may keep every step; the gallery shows these
         try:
             for event in self.runner.generate(request):
                 if isinstance(event, Step):
                     if progress is not None:
                         progress((event.done, event.total), desc="denoising", unit="steps")
-                    if event.previews is not None:
+                    if event.previews is not None and (event.done % every == 0 or event.done == event.total):
                         yield {"gallery": [(image, f"step {event.done}/{event.total} · {label}")
-                                           for image, label in zip(event.previews, labels)]}
+                                           for image, label in zip(event.previews, labels)], "columns": columns}
                 else:
                     result = event
             reused = isinstance(result, Reused)
@@ -124,7 +131,7 @@ class Views:
         if outcome.readout is None and request.embedded and self.settings.detector:
             warnings.append("No attribute detector installed: no detector readout.")
         if warnings:
-            view["status"] += "\n\n" + "\n".join(f"⚠️ {w}" for w in warnings)
+            view["status"] += "\n\n" + "\n".join(f"⚠️ {shorten(w)}" for w in warnings)
         view["errors"] = {}
         yield view  # the images first; the grid and the zip follow
         outcome = self.bundle(outcome)
@@ -158,7 +165,8 @@ class Views:
         """What the results column shows for a finished comparison, before its grid and zip are written."""
         found, trimmed = explored(outcome)
         last = frame_count(outcome) - 1
-        return {"gallery": gallery_items(outcome, differences, attended), "table": table(outcome), "outcome": outcome,
+        return {"gallery": gallery_items(outcome, differences, attended), "columns": len(outcome.result.rows[0]),
+                "table": table(outcome), "outcome": outcome,
                 "infotext": "", "explored": found, "trimmed": trimmed, "scrubber": last,
                 "scrubber_steps": list(getattr(outcome.result, "preview_steps", None) or []),
                 "frames": frame_items(outcome, last), "curves": divergence_frame(outcome)}
