@@ -223,7 +223,7 @@ def main() -> None:
         args.seeds, args.steps = 2, 4
     if args.threads:
         torch.set_num_threads(args.threads)
-    from negprompt.cli import quiet_libraries
+    from negprompt.quiet import quiet_libraries
 
     quiet_libraries()
     pipe, detector = load_pipeline(device="cpu"), load_detector()

@@ -118,15 +118,13 @@ class Steering:
         if not self.rows or hidden_states.ndim != 3 or attn.residual_connection or attn.spatial_norm is not None \
                 or attn.group_norm is not None:
             return out
-        rows = list(self.rows)
-        negatives = torch.cat([self.rows[r][1] for r in rows]).to(encoder_hidden_states)
-        queries = hidden_states[rows]
-        z_pos = attention_output(attn, queries, encoder_hidden_states[rows])
-        z_neg = attention_output(attn, queries, negatives)
-        steered = torch.cat([self.rows[r][0].steer(z_pos[i:i + 1], z_neg[i:i + 1]) for i, r in enumerate(rows)])
-        steered = attn.to_out[1](attn.to_out[0](steered)) / attn.rescale_output_factor
         out = out.clone()
-        out[rows] = steered.to(out.dtype)
+        for row, (method, negative) in self.rows.items():  # one row at a time: negatives may differ in length
+            queries = hidden_states[row:row + 1]
+            z_pos = attention_output(attn, queries, encoder_hidden_states[row:row + 1])
+            z_neg = attention_output(attn, queries, negative.to(encoder_hidden_states))
+            steered = attn.to_out[1](attn.to_out[0](method.steer(z_pos, z_neg))) / attn.rescale_output_factor
+            out[row:row + 1] = steered.to(out.dtype)
         return out
 
 

@@ -35,6 +35,8 @@ import logging
 import sys
 from pathlib import Path
 
+from negprompt.quiet import quiet_libraries
+
 TERM_SEEDS = [0, 1, 2]  # leave-one-out and terms-alone rank over at least three seeds unless told otherwise
 
 
@@ -269,17 +271,6 @@ def spec_from_args(args, model: str, baseline: str, embeddings=None):
     return spec
 
 
-def quiet_libraries() -> None:
-    """Keep library chatter (loading bars, optional-dependency notices) out of a command-line tool's output."""
-    import diffusers
-    import transformers
-
-    diffusers.utils.logging.set_verbosity_error()
-    diffusers.utils.logging.disable_progress_bar()
-    transformers.utils.logging.set_verbosity_error()
-    transformers.utils.logging.disable_progress_bar()
-
-
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv and argv[0] in ("sweep", "report"):  # negprompt sweep CONFIG --out DIR; negprompt report DIR
@@ -299,7 +290,7 @@ def main(argv: list[str] | None = None) -> int:
     from negprompt.loading import EMBEDDED_NAME, load, model_source
     from negprompt.loras import parse_lora
     from negprompt.schedulers import scheduler_names
-    from negprompt.verdicts import explain, nag_for_distilled, summary_lines
+    from negprompt.verdicts import explain, fit_to_model, summary_lines
 
     try:
         # 1. Check every argument before anything loads
@@ -334,7 +325,7 @@ def main(argv: list[str] | None = None) -> int:
                       preview_decoder=args.preview_decoder, embeddings=embeddings, loras=loras)
         if args.replay is None:
             baseline = default_baseline(loaded.pipe) if args.baseline == "auto" else args.baseline
-            spec = nag_for_distilled(spec_from_args(args, model_source(loaded.pipe), baseline, loaded.embeddings),
+            spec = fit_to_model(spec_from_args(args, model_source(loaded.pipe), baseline, loaded.embeddings),
                                      loaded)
         else:
             _check_same_additions(recorded, loaded.additions())

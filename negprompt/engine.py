@@ -287,7 +287,8 @@ def _encode_spec(family: Family, spec: ComparisonSpec) -> TextTable:
         keys = dict.fromkeys(text_key("a1111", text, step, spec.steps) for c in a1111 for step in range(spec.steps)
                              for text in (c.positive, c.negative_at(step, spec.steps, unconditional)))
         texts = [text for _, text in keys if text is not None]
-        read, read_pooled = weighting.encode_a1111(family.pipe, texts or [""])
+        read, read_pooled = weighting.encode_a1111(family.pipe, texts or [""],
+                                                   rewrite=lambda t: prompt_text(family.pipe, t))
         zeros = torch.zeros_like(next(iter(read.values())))
         embeds |= {("a1111", text): value for text, value in read.items()} | {("a1111", None): zeros}
         if read_pooled is not None:

@@ -178,7 +178,14 @@ EXPLANATIONS = {
     "methods": (
         "Different recipes for using the negative prompt. Ordinary guidance pushes the picture away from the "
         "negative prompt; Perp-Neg only pushes away from the part of it that does not overlap with your prompt; "
-        "rescaling tames colors that get too strong. Same noise, same words, different recipe."),
+        "rescaling tames colors that get too strong; NAG pushes away inside the model's attention, which also "
+        "works on fast few-step models. Same noise, same words, different recipe."),
+    "readings": (
+        "Read as written, or read as A1111 reads it? Negative prompts copied from the web often use the Stable "
+        "Diffusion web UI's syntax: (worst quality:1.4) means 'worst quality, 1.4 times as strong', BREAK starts a "
+        "new block of words, and text longer than 75 tokens is read in blocks instead of being cut. Each negative "
+        "is shown twice from the same noise: read plain (the characters as they are, cut at 75 tokens) and read "
+        "as A1111 does."),
     "xray": (
         "What is inside a negative embedding? An embedding such as EasyNegative is not a word but a few learned "
         "vectors that a name stands for. The first picture has no negative prompt, the next uses the whole "
@@ -186,7 +193,7 @@ EXPLANATIONS = {
         "the model's vocabulary."),
 }
 TERM_MODES = {"leave-one-out": leave_one_out_spec, "terms-alone": terms_alone_spec}
-EXPLORER_MODES = (*TERM_MODES, "timing", "methods", "xray")  # spec modes whose cells are worth watching step by step
+EXPLORER_MODES = (*TERM_MODES, "timing", "methods", "readings", "xray")  # spec modes worth watching step by step
 
 
 def term_mode_spec(mode: str, prompt: str, negatives: Sequence[str], seeds: Sequence[int], *,
@@ -231,7 +238,7 @@ def mode_spec(mode: str, prompt: str, negatives: Sequence[str], seeds: Sequence[
         raise InputError("mode", mode, "the X-ray mode's cells depend on the loaded embedding: build its spec with "
                                        "negprompt.embeddings.xray_spec")
     if mode != "negatives":
-        raise InputError("mode", mode, f"{mode!r} is not one of negatives, readings, {', '.join(EXPLORER_MODES)}")
+        raise InputError("mode", mode, f"{mode!r} is not one of negatives, {', '.join(EXPLORER_MODES)}")
     return negatives_spec(prompt, negatives, seeds, windows=windows, **settings)
 
 
@@ -278,6 +285,7 @@ class TermRanking:
     threshold: float  # the change below which a term does almost nothing, in percent
     row_orders: tuple[tuple[int, ...], ...]  # per row, the term positions sorted by that row's change
     identical: tuple[tuple[str, ...], ...] = ()  # groups of terms whose cells are the same image on every row
+    unchanged: tuple[str, ...] = ()  # terms whose cell is the same image as its reference cell on every row
 
     @property
     def inert(self) -> list[str]:
@@ -297,7 +305,7 @@ class TermRanking:
     def to_dict(self) -> dict:
         return {"kind": self.kind, "threshold_percent": self.threshold, "trimmed_negative": self.trimmed,
                 "inert_terms": self.inert, "terms": [t.to_dict() for t in self.terms],
-                "identical_groups": [list(g) for g in self.identical]}
+                "identical_groups": [list(g) for g in self.identical], "same_as_reference": list(self.unchanged)}
 
 
 def rank_terms(spec: ComparisonSpec, changes: Sequence[float], *, threshold: float = INERT_PERCENT,
@@ -324,17 +332,20 @@ def rank_terms(spec: ComparisonSpec, changes: Sequence[float], *, threshold: flo
                for k, term in enumerate(terms)]
     effects.sort(key=lambda e: (-e.mean, e.position))
     orders = tuple(tuple(sorted(range(len(terms)), key=lambda k, r=r: (-r[k][1], k))) for r in rows)
-    identical = ()
+    identical, unchanged = (), ()
     if images is not None:
-        signatures: dict[int, list[str]] = {}
-        for cell, image in zip(spec.cells, images):
+        hashes = [hashlib.sha256(_as_bytes(image)).hexdigest() for image in images]
+        signatures: dict[int, list[tuple[str, bool]]] = {}
+        for i, cell in enumerate(spec.cells):
             if cell.kind == kind:
-                signatures.setdefault(cell.row, []).append(hashlib.sha256(_as_bytes(image)).hexdigest())
+                same = cell.reference is not None and hashes[cell.reference] == hashes[i]
+                signatures.setdefault(cell.row, []).append((hashes[i], same))
         keyed: dict[tuple, list[str]] = {}
         for k, label in enumerate(labels):
-            keyed.setdefault(tuple(r[k] for r in signatures.values()), []).append(label)
+            keyed.setdefault(tuple(r[k][0] for r in signatures.values()), []).append(label)
         identical = tuple(tuple(group) for group in keyed.values() if len(group) > 1)
-    return TermRanking(kind, tuple(effects), threshold, orders, identical)
+        unchanged = tuple(label for k, label in enumerate(labels) if all(r[k][1] for r in signatures.values()))
+    return TermRanking(kind, tuple(effects), threshold, orders, identical, unchanged)
 
 
 def _as_bytes(image) -> bytes:

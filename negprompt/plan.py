@@ -463,6 +463,20 @@ def _rows_spec(prompt: str, variants: list[list[tuple[str, tuple[float, float], 
                           reading=reading)
 
 
+def expand_cells(spec: ComparisonSpec, each) -> ComparisonSpec:
+    """``spec`` with every cell replaced by the cells ``each(cell)`` returns (none, itself, or several), the
+    references following the cells they named (to the first cell each became; a cell whose reference is gone
+    gets none)."""
+    groups = [list(each(cell)) for cell in spec.cells]
+    first, position = [], 0
+    for group in groups:
+        first.append(position if group else None)
+        position += len(group)
+    cells = [replace(cell, reference=None if cell.reference is None else first[cell.reference])
+             for group in groups for cell in group]
+    return replace(spec, cells=tuple(cells))
+
+
 def with_cells(spec: ComparisonSpec, cells: list[CellSpec] | tuple[CellSpec, ...]) -> ComparisonSpec:
     """The same settings with other cells."""
     return replace(spec, cells=tuple(cells))

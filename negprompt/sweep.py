@@ -819,7 +819,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
-    from negprompt.cli import quiet_libraries
+    from negprompt.quiet import quiet_libraries
 
     quiet_libraries()
     try:

@@ -288,35 +288,36 @@ def cell_verdicts(facts: ModelFacts, spec: ComparisonSpec, changes, *, tokenizer
     return [verdict(facts, spec, i, float(c), tokenizer=tokenizer, threshold=threshold) for i, c in enumerate(changes)]
 
 
-def nag_for_distilled(spec: ComparisonSpec, pipe) -> ComparisonSpec:
-    """On a guidance-distilled model whose attention negprompt can steer, every plain negative cell becomes two:
-    the CFG cell, labeled as inert (the model runs no negative branch, so it equals the baseline), and the same
-    negative through NAG (``negprompt.guidance.NAG``), which acts inside the one branch such a model runs. Any
-    other spec, or model, is returned as it is. ``pipe``: the pipeline (or an object holding it as ``.pipe``)."""
+def fit_to_model(spec: ComparisonSpec, pipe, *, optional_methods: bool = False) -> ComparisonSpec:
+    """``spec`` as the model can show it. On a guidance-distilled model whose attention negprompt can steer, every
+    plain negative cell becomes two: the CFG cell, labeled as inert (the model runs no negative branch, so it equals
+    the baseline), and the same negative through NAG (``negprompt.guidance.NAG``), which acts inside the one branch
+    such a model runs. With ``optional_methods`` (a front end's fixed list of methods, not the user's), cells of
+    attention-level methods (NAG) are left out on a model whose attention cannot be steered (a transformer, a
+    compiled UNet); otherwise the engine refuses them by name. Anything else is returned as it is. ``pipe``: the
+    pipeline (or an object holding it as ``.pipe``)."""
     from dataclasses import replace
 
     from negprompt.attention import installed
     from negprompt.families import family_of
-    from negprompt.guidance import CFG, NAG
+    from negprompt.guidance import CFG, NAG, steers_attention
+    from negprompt.plan import expand_cells
 
     pipe = getattr(pipe, "pipe", pipe)
-    if spec.mode not in ("negatives", "negatives+positive") or not installed(family_of(pipe).denoiser) \
-            or distillation(model_facts(pipe, spec.model)) is None:
+    if not installed(family_of(pipe).denoiser):
+        if not optional_methods or not any(steers_attention(c.guidance) for c in spec.cells):
+            return spec
+        return expand_cells(spec, lambda cell: [] if steers_attention(cell.guidance) else [cell])
+    if spec.mode not in ("negatives", "negatives+positive") or distillation(model_facts(pipe, spec.model)) is None:
         return spec
-    doubled = [c.kind == "negative" and c.guidance == CFG() for c in spec.cells]
-    index, position = [], 0
-    for double in doubled:
-        index.append(position)
-        position += 2 if double else 1
-    cells = []
-    for cell, double in zip(spec.cells, doubled):
-        cell = replace(cell, reference=None if cell.reference is None else index[cell.reference])
-        if double:
-            cells += [replace(cell, label=f"{cell.label} (cfg, inert here)"),
-                      replace(cell, guidance=NAG(), label=f"{cell.label} (nag)")]
-        else:
-            cells.append(cell)
-    return replace(spec, cells=tuple(cells))
+
+    def both(cell):
+        if cell.kind != "negative" or cell.guidance != CFG():
+            return [cell]
+        return [replace(cell, label=f"{cell.label} (cfg, inert here)"),
+                replace(cell, guidance=NAG(), label=f"{cell.label} (nag)")]
+
+    return expand_cells(spec, both)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -392,9 +393,22 @@ def ranking_lines(ranking: dict, seeds: int) -> list[str]:
         flags = (["does almost nothing"] if t["inert"] else []) + t.get("notes", [])
         lines.append(f"{t['mean_change']:>7.2f}%  [{low:.2f}-{high:.2f}%]  {t['label']}"
                      + (f"  ({'; '.join(flags)})" if flags else ""))
-    lines += [f"these {len(g)} terms did the same thing (identical images on every seed): {', '.join(g)}"
-              for g in ranking.get("identical_groups", [])]
+    lines += identical_lines(ranking)
     lines.append(f"trimmed negative: {ranking['trimmed_negative']}")
+    return lines
+
+
+def identical_lines(ranking: dict) -> list[str]:
+    """The sentences on identical images in a term ranking: the terms that did the same thing, and those whose cell
+    is the same image as its reference (the full negative; the baseline for terms alone) on every seed."""
+    lines = [f"these {len(g)} terms did the same thing (identical images on every seed): {', '.join(g)}"
+             for g in ranking.get("identical_groups", [])]
+    same = ranking.get("same_as_reference", [])
+    if same:
+        reference = "the full negative's" if ranking["kind"] == "leave-out" else "the baseline's"
+        what = "leaving out" if ranking["kind"] == "leave-out" else "using"
+        lines.append(f"{what} {', '.join(same)} gave {reference} image on every seed, pixel for pixel: "
+                     f"{'it' if len(same) == 1 else 'they'} did nothing here")
     return lines
 
 

@@ -41,12 +41,16 @@ def _encoders(pipe) -> list[tuple]:
 
 
 @torch.no_grad()
-def encode_a1111(pipe, texts: list[str]) -> tuple[dict, dict | None]:
-    """text -> embeddings (1, 77 * chunks, dim), and for SDXL text -> pooled embeddings (1, dim)."""
+def encode_a1111(pipe, texts: list[str], rewrite=None) -> tuple[dict, dict | None]:
+    """text -> embeddings (1, 77 * chunks, dim), and for SDXL text -> pooled embeddings (1, dim). ``rewrite``
+    changes each text before it is read (the engine writes loaded embedding names in the case they were loaded
+    in); each weighted piece goes through the pipeline's ``maybe_convert_prompt``, which writes a multi-vector
+    textual-inversion name out as its tokens."""
     device = pipe._execution_device
     sdxl = getattr(pipe, "text_encoder_2", None) is not None
     convert = getattr(pipe, "maybe_convert_prompt", None)
-    per_encoder = [[chunks(tokenizer, text, convert) for text in texts] for tokenizer, _ in _encoders(pipe)]
+    read = [rewrite(text) if rewrite is not None else text for text in texts]
+    per_encoder = [[chunks(tokenizer, text, convert) for text in read] for tokenizer, _ in _encoders(pipe)]
     count = max(len(c) for read in per_encoder for c in read)
     outputs, pooled = [], None
     for (tokenizer, encoder), read in zip(_encoders(pipe), per_encoder):

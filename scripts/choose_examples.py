@@ -1,132 +1,301 @@
 """Choose the app's built-in examples from what the shipped embedded model does, measured by the attribute detector.
 
-    python scripts/choose_examples.py                  # writes negprompt/app/examples.json
-    python scripts/choose_examples.py --seeds 32       # scan more seeds
+    python scripts/choose_examples.py                      # scan seeds 0-511, write negprompt/app/examples.json
+    python scripts/choose_examples.py --seeds 1024         # scan more seeds (the cache keeps what was made)
+    python scripts/choose_examples.py --scan-only          # make (and cache) the images and say what it would choose
+
+Flags: ``--seeds N`` scans the baselines of seeds 0..N-1; ``--most K`` (default 48) runs a one-row example's
+negatives on at most the first K seeds whose baseline shows its attributes (an article example runs on every such
+seed and the seeds next to its clean removals, 256 seeds at a time, until it finds its rows); ``--cache DIR``
+keeps every image it makes, one PNG strip per seed and comparison, named by the hash of the model's weights and
+the comparison, so a rerun (or a stopped run) reuses them (default ``runs/choose-examples``); ``--out FILE`` the
+JSON the app reads; ``--threads N`` torch CPU threads (default 1: the scan is many small batches; on a shared CPU
+more threads wait on each other); ``--scan-only`` makes the images and prints the choice, writing nothing;
+``--min-rate`` the share of the seeds showing an attribute on which its negative must remove it (decisions at
+0.5), so that a word the model never bound is left out.
 
 An example is a positive prompt, the negative prompts it teaches and, for the seed article's lesson, another positive
-prompt ("... without X"). Each negative names an attribute the detector reads. On the embedded model, at the app's
-default settings, the script runs every candidate over seeds 0..N-1 and keeps an example only when
+prompt ("... without X"), run as the app runs it when the example is picked: the app's default steps, guidance 7.5,
+the model's sampler, seeds ``seed`` to ``seed + rows - 1`` as rows. Each negative names an attribute the detector
+reads. Every seed the script considers passes the same checks ``tests/test_examples.py`` makes
+(``removal_row_faults`` and ``unchanged_row_faults`` of ``negprompt.portrait_model.detector``):
 
-- the lesson holds in general: among the seeds whose baseline shows the attribute, the negative prompt removes it in
-  at least ``--min-rate`` of them (so a word the model never bound, whose "removals" are chance, is left out), and
-  for an article example "... without X" keeps or adds X at least as often;
-- a seed shows it: the baseline shows every named attribute, each negative removes its own, and "... without X"
-  shows X. The first such seed is the example's seed.
+- the lesson: the baseline is a clean portrait showing the attribute (probability at least ``SURE``), and the
+  negative named after it leaves it out (at most ``1 - SURE``);
+- little collateral: outside the region where ``portraits.draw_portrait`` can draw that attribute, the cell's mean
+  change from the baseline is at most ``MAX_OUTSIDE`` percent and no 8x8 patch changes more than ``MAX_PATCH``; the
+  detector reads every other attribute the same; the background, skin and hair colours read the same.
 
-Examples whose lesson the model cannot show are left out with the reason printed, never offered with a false label.
-Run it again whenever the embedded model changes; ``tests/test_examples.py`` checks every offered example.
+Among the seeds that pass, the example takes the one with the least change outside the region. A seed article
+example ("... without X") needs several rows, because one seed cannot show "more X": its rows are consecutive seeds
+on which the plain prompt draws X on fewer rows than "... without X" does, the negative leaves X on none, and the
+negative removes X, with little collateral, on at least one row (on the rows whose baseline has no X, the negative
+must keep the image: the same collateral bounds). The label says exactly what the rows show, with the counts.
+
+Examples whose lesson the model cannot show on the scanned seeds are left out with the reason printed, never offered
+with a false label. Run it again whenever the embedded model changes; ``tests/test_examples.py`` checks every
+offered example with the same measures and bounds. The script also prints, per attribute, the seeds where the plain
+negative removes it cleanly: the README's commands use such seeds (``tests/test_readme_commands.py`` checks them).
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
+import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-OUT = ROOT / "negprompt" / "app" / "examples.json"
-PROMPT = "portrait photo of a man"
-CHUNK = 8  # seeds per engine call
+sys.path.insert(0, str(ROOT))  # this checkout's negprompt, whatever is installed
 
-# (label, negatives, another positive prompt): each negative is also the detector attribute it should remove.
+OUT = ROOT / "negprompt" / "app" / "examples.json"
+CACHE = ROOT / "runs" / "choose-examples"
+PROMPT = "portrait photo of a man"
+GUIDANCE = 7.5  # the app's default guidance scale
+CHUNK = 8  # seeds per engine call
+MAX_ROWS = 4  # rows an article example may use (the app's default cap on seeds)
+ARTICLE_BLOCK = 256  # seeds an article example tries at a time
+NEIGHBOURS = 2  # seeds on each side of a clean removal tried as further rows of an article example
+
+# (label stem, negatives, another positive prompt): each negative is also the detector attribute it removes.
 CANDIDATES = [
-    ("Seed article: negative 'mustache' vs. '... without mustache'", ["mustache"], f"{PROMPT} without mustache"),
-    ("Seed article with hats: negative 'hat' vs. '... without hat'", ["hat"], f"{PROMPT} without hat"),
-    ("Negative 'glasses' vs. '... without glasses'", ["glasses"], f"{PROMPT} without glasses"),
-    ("Remove the glasses, or the hat", ["glasses", "hat"], ""),
+    ("Seed article", ["mustache"], f"{PROMPT} without mustache"),
+    ("Seed article with hats", ["hat"], f"{PROMPT} without hat"),
     ("Remove the beard", ["beard"], ""),
-    ("Stop the smile", ["smile"], ""),
+    ("Remove the glasses, or the hat", ["glasses", "hat"], ""),
     ("Remove the earrings, or the scarf", ["earrings", "scarf"], ""),
+    ("Stop the smile", ["smile"], ""),
 ]
 
 
-def present(record: dict, attribute: str) -> bool:
-    return record[attribute] >= 0.5
+class Rows:
+    """The images of example rows on the embedded model, made in batches of seeds and cached one seed at a time."""
+
+    def __init__(self, pipe, cache: Path, steps: int, guidance: float):
+        from negprompt.loading import EMBEDDED_MODEL
+
+        self.pipe, self.cache, self.steps, self.guidance = pipe, cache, steps, guidance
+        digest = hashlib.sha256()
+        for weights in sorted(EMBEDDED_MODEL.rglob("*.safetensors")):
+            digest.update(weights.read_bytes())
+        self.model = digest.hexdigest()
+        cache.mkdir(parents=True, exist_ok=True)
+
+    def spec(self, negatives: list[str], other: str, seeds: list[int]):
+        """The comparison the app runs for an example with these seeds as rows."""
+        from negprompt.loading import EMBEDDED_NAME
+        from negprompt.plan import negatives_spec
+
+        return negatives_spec(PROMPT, negatives, seeds, model=EMBEDDED_NAME, steps=self.steps,
+                              guidance_scale=self.guidance, other_positive=other or None)
+
+    def _file(self, negatives: list[str], other: str, seed: int) -> Path:
+        key = hashlib.sha256((self.model + self.spec(negatives, other, [seed]).to_json()).encode()).hexdigest()
+        return self.cache / f"{key[:20]}.png"
+
+    def get(self, negatives: list[str], other: str, seeds: list[int]) -> dict[int, list]:
+        """{seed: [baseline, one image per negative, the other prompt's image if any]}."""
+        from PIL import Image
+
+        from negprompt.engine import compare
+
+        width = 1 + len(negatives) + bool(other)
+        missing = [s for s in dict.fromkeys(seeds) if not self._file(negatives, other, s).is_file()]
+        for start in range(0, len(missing), CHUNK):
+            chunk = missing[start:start + CHUNK]
+            result = compare(self.pipe, self.spec(negatives, other, chunk))
+            for row, seed in enumerate(chunk):
+                images = [c.image for c in result.cells[row * width:(row + 1) * width]]
+                strip = Image.new("RGB", (64 * width, 64))
+                for k, image in enumerate(images):
+                    strip.paste(image, (64 * k, 0))
+                strip.save(self._file(negatives, other, seed))
+            print(f"  made {'+'.join(negatives) or 'baseline'}{' / ' + other if other else ''}: seeds "
+                  f"{chunk[0]}..{chunk[-1]} ({start + len(chunk)}/{len(missing)})", flush=True)
+        out = {}
+        for seed in seeds:
+            strip = Image.open(self._file(negatives, other, seed)).convert("RGB")
+            out[seed] = [strip.crop((64 * k, 0, 64 * k + 64, 64)) for k in range(width)]
+        return out
 
 
-def scan(pipe, detector, negatives: list[str], others: list[str], seeds: list[int], steps: int,
-         guidance: float) -> tuple[dict, dict]:
-    """Detector records per seed: {negative or "": [record per seed]} and {other prompt: [record per seed]}."""
-    from negprompt.engine import compare
+def read(rows: dict[int, list], detector) -> dict[int, list[dict]]:
+    """The detector's records of every image, per seed."""
     from negprompt.portrait_model.detector import detect
 
-    width = len(negatives) + 1
-    by_negative: dict[str, list] = {name: [] for name in ["", *negatives]}
-    by_other: dict[str, list] = {other: [] for other in others}
-    for start in range(0, len(seeds), CHUNK):
-        chunk = seeds[start:start + CHUNK]
-        result = compare(pipe, PROMPT, negatives, seeds=chunk, steps=steps, guidance_scale=guidance,
-                         max_cells=len(chunk) * width)
-        records = detect([c.image for c in result.cells], detector)
-        for i, name in enumerate(["", *negatives]):
-            by_negative[name] += [records[r * width + i] for r in range(len(chunk))]
-        for other in others:
-            result = compare(pipe, other, [], seeds=chunk, steps=steps, guidance_scale=guidance, max_cells=len(chunk))
-            by_other[other] += detect([c.image for c in result.cells], detector)
-        print(f"scanned seeds {chunk[0]}-{chunk[-1]}", flush=True)
-    return by_negative, by_other
+    seeds = list(rows)
+    flat = detect([image for seed in seeds for image in rows[seed]], detector) if seeds else []
+    width = len(rows[seeds[0]]) if seeds else 0
+    return {seed: flat[i * width:(i + 1) * width] for i, seed in enumerate(seeds)}
 
 
-def judge(label, negatives, other, seeds, by_negative, by_other, min_rate) -> tuple[dict | None, str]:
-    """The example with its seed, or None and the reason."""
-    baseline = by_negative[""]
-    rates = {}
-    for attribute in negatives:
-        had = [i for i in range(len(seeds)) if present(baseline[i], attribute)]
-        if len(had) < 2:
-            return None, f"the baseline shows {attribute!r} on {len(had)} of {len(seeds)} seeds"
-        removed = sum(not present(by_negative[attribute][i], attribute) for i in had) / len(had)
-        rates[attribute] = round(removed, 3)
-        if removed < min_rate:
-            return None, (f"the negative {attribute!r} removes it on {removed:.0%} of the {len(had)} seeds that "
-                          f"show it (at least {min_rate:.0%} needed): the model has not bound the word")
-    if other:
-        attribute = negatives[0]
-        base_rate = sum(present(r, attribute) for r in baseline) / len(seeds)
-        other_rate = sum(present(r, attribute) for r in by_other[other]) / len(seeds)
-        rates[f"{attribute} with '{other}'"] = round(other_rate, 3)
-        if other_rate < base_rate:
-            return None, f"'{other}' shows {attribute!r} less often ({other_rate:.0%}) than the baseline"
-    for i, seed in enumerate(seeds):
-        shown = all(present(baseline[i], a) for a in negatives)
-        removed = all(not present(by_negative[a][i], a) for a in negatives)
-        kept = not other or present(by_other[other][i], negatives[0])
-        if shown and removed and kept:
-            example = {"label": label, "prompt": PROMPT, "negatives": negatives, "other": other, "seed": seed,
-                       "rates": rates}
-            return example, f"seed {seed}"
-    return None, "no scanned seed shows the whole lesson at once"
+def choose_single(rows: Rows, detector, label: str, negatives: list[str], seeds: list[int],
+                  baselines: dict[int, list[dict]], min_rate: float, most: int) -> tuple[dict | None, str, dict]:
+    """A one-row example: the seed whose baseline shows every attribute and whose negatives each remove their own
+    with the least collateral. Also returns {seed: worst change outside} of every clean seed."""
+    from negprompt.portrait_model.detector import removal_row_faults
+
+    showing = [s for s in seeds if all(baselines[s][0][a] >= 0.5 for a in negatives)][:most]
+    if not showing:
+        return None, "no scanned baseline shows " + " and ".join(negatives), {}
+    made = rows.get(negatives, "", showing)
+    records = read(made, detector)
+    for i, attribute in enumerate(negatives, start=1):  # the lesson in general, not only on the chosen seed
+        had = [s for s in showing if baselines[s][0][attribute] >= 0.5]
+        if len(had) >= 2 and len(negatives) == 1:
+            rate = sum(records[s][i][attribute] < 0.5 for s in had) / len(had)
+            if rate < min_rate:
+                return None, (f"the negative {attribute!r} removes it on {rate:.0%} of the {len(had)} seeds that "
+                              f"show it (at least {min_rate:.0%} needed): the model has not bound the word"), {}
+    clean, reasons = {}, {}
+    for seed in showing:
+        faults, worst = removal_row_faults(made[seed], records[seed], negatives)
+        if faults:
+            reasons[seed] = faults
+        else:
+            clean[seed] = worst
+    if not clean:
+        near = min(reasons, key=lambda s: len(reasons[s]))
+        return None, f"no seed of {len(showing)} passes; seed {near}: {'; '.join(reasons[near])}", {}
+    seed = min(clean, key=clean.get)
+    measured = describe(made[seed], records[seed], negatives)
+    example = {"label": f"{label} (seed {seed})", "prompt": PROMPT, "negatives": negatives, "other": "",
+               "seed": seed, "rows": 1, "measured": measured}
+    return example, f"seed {seed} of {len(clean)} clean of {len(showing)} showing it", clean
+
+
+def describe(images: list, records: list[dict], negatives: list[str]) -> list[dict]:
+    """Per negative cell: the attribute's probability on the baseline and on the cell, and its collateral numbers."""
+    from negprompt.portrait_model.detector import collateral
+
+    out = []
+    for i, attribute in enumerate(negatives, start=1):
+        measured = collateral(images[i], images[0], attribute, records[i], records[0])
+        out.append({"negative": attribute, "baseline": records[0][attribute], "cell": records[i][attribute],
+                    **{k: (list(v) if isinstance(v, tuple) else v) for k, v in measured.items()}})
+    return out
+
+
+def choose_article(rows: Rows, detector, label: str, attribute: str, other: str, seeds: list[int],
+                   baselines: dict[int, list[dict]], min_rate: float) -> tuple[dict | None, str, dict]:
+    """Several consecutive seeds as rows: "... without X" draws X on more rows than the plain prompt, the negative
+    on none, removing it cleanly on at least one row and keeping the image on the rows without X. Tries the seeds
+    in blocks of ARTICLE_BLOCK (each block's rows are made only when the blocks before hold no such run)."""
+    for limit in range(ARTICLE_BLOCK, len(seeds) + ARTICLE_BLOCK, ARTICLE_BLOCK):
+        example, reason, removing = _article(rows, detector, label, attribute, other, seeds[:limit], baselines,
+                                             min_rate)
+        if example:
+            break
+    return example, reason, removing
+
+
+def _article(rows: Rows, detector, label: str, attribute: str, other: str, seeds: list[int],
+             baselines: dict[int, list[dict]], min_rate: float) -> tuple[dict | None, str, dict]:
+    from negprompt.portrait_model.detector import SURE, removal_row_faults, unchanged_row_faults
+
+    showing = [s for s in seeds if baselines[s][0][attribute] >= 0.5]
+    if len(showing) < 2:
+        return None, f"the baseline shows {attribute!r} on {len(showing)} of {len(seeds)} seeds", {}
+    made = rows.get([attribute], other, showing)
+    records = read(made, detector)
+    rate = sum(records[s][1][attribute] < 0.5 for s in showing) / len(showing)
+    if rate < min_rate:
+        return None, f"the negative {attribute!r} removes it on {rate:.0%} of the seeds that show it", {}
+    removing = {}
+    for seed in showing:
+        faults, worst = removal_row_faults(made[seed][:2], records[seed][:2], [attribute])
+        if not faults and records[seed][2][attribute] >= SURE:
+            removing[seed] = worst
+    if not removing:
+        return None, f"no seed of {len(showing)} removes {attribute!r} cleanly while '{other}' keeps it", {}
+    near = sorted({n for s in removing for n in range(s - NEIGHBOURS, s + NEIGHBOURS + 1)
+                   if 0 <= n < len(seeds) and n not in showing})
+    made.update(rows.get([attribute], other, near))
+    records.update(read({n: made[n] for n in near}, detector))
+    adding = {}
+    for seed in near:
+        faults, worst = unchanged_row_faults(made[seed][:2], records[seed][:2], attribute)
+        if not faults and records[seed][2][attribute] >= SURE:
+            adding[seed] = worst
+    usable = {**removing, **adding}
+    runs = []
+    for start in sorted(usable):
+        for k in range(2, MAX_ROWS + 1):
+            window = list(range(start, start + k))
+            if not all(s in usable for s in window):
+                break
+            if any(s in removing for s in window) and any(s in adding for s in window):
+                runs.append((abs(k - 3), max(usable[s] for s in window), start, k))
+    if not runs:
+        return None, (f"{len(removing)} seeds remove {attribute!r} cleanly and {len(adding)} rows without it gain it "
+                      f"from '{other}', but none stand next to each other"), removing
+    _, _, start, k = min(runs)
+    window = list(range(start, start + k))
+    plain = sum(records[s][0][attribute] >= 0.5 for s in window)
+    negative = sum(records[s][1][attribute] >= 0.5 for s in window)
+    without = sum(records[s][2][attribute] >= 0.5 for s in window)
+    text = (f"{label}, seeds {start}-{start + k - 1}: '... without {attribute}' draws a {attribute} on {without} of "
+            f"{k}, the plain prompt on {plain}, the negative '{attribute}' on {negative}")
+    if attribute in ("glasses", "earrings"):
+        text = text.replace(f"draws a {attribute}", f"draws {attribute}")
+    measured = [{"seed": s, **describe(made[s][:2], records[s][:2], [attribute])[0],
+                 "without": records[s][2][attribute]} for s in window]
+    example = {"label": text, "prompt": PROMPT, "negatives": [attribute], "other": other, "seed": start, "rows": k,
+               "measured": measured}
+    return example, f"seeds {start}-{start + k - 1} ({len(runs)} runs possible)", removing
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--seeds", type=int, default=16, help="seeds 0..N-1 to scan")
+    parser.add_argument("--seeds", type=int, default=512, help="seeds 0..N-1 to scan")
     parser.add_argument("--min-rate", type=float, default=0.7,
                         help="share of the seeds showing an attribute on which its negative must remove it")
+    parser.add_argument("--most", type=int, default=48,
+                        help="per one-row example, try at most this many seeds whose baseline shows its attributes")
+    parser.add_argument("--cache", type=Path, default=CACHE, help="folder keeping every image made")
     parser.add_argument("--out", type=Path, default=OUT, help="the JSON file the app reads")
+    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
+    parser.add_argument("--scan-only", action="store_true", help="make and cache the images, write nothing")
     args = parser.parse_args()
+
+    import torch
 
     from negprompt.app.settings import AppSettings
     from negprompt.loading import load_pipeline
     from negprompt.portrait_model.detector import load_detector
 
-    settings = AppSettings()
-    steps, guidance = settings.default_steps, 7.5  # the app's defaults: an example runs as the form sets it
-    pipe, detector = load_pipeline(device="cpu"), load_detector()
+    torch.set_num_threads(args.threads)
+    steps = AppSettings().default_steps  # the app's defaults: an example runs as the form sets it
+    rows, detector = Rows(load_pipeline(device="cpu"), args.cache, steps, GUIDANCE), load_detector()
     seeds = list(range(args.seeds))
-    negatives = list(dict.fromkeys(n for _, names, _ in CANDIDATES for n in names))
-    others = [other for _, _, other in CANDIDATES if other]
-    by_negative, by_other = scan(pipe, detector, negatives, others, seeds, steps, guidance)
+    baselines = read(rows.get([], "", seeds), detector)
+    for attribute in dict.fromkeys(a for _, names, _ in CANDIDATES for a in names):
+        count = sum(baselines[s][0][attribute] >= 0.5 for s in seeds)
+        print(f"the baseline shows {attribute} on {count} of {len(seeds)} seeds")
 
-    chosen = []
+    chosen, clean_seeds = [], {}
     for label, names, other in CANDIDATES:
-        example, reason = judge(label, names, other, seeds, by_negative, by_other, args.min_rate)
-        print(f"{'offered' if example else 'left out'}: {label}: {reason}")
+        if other:
+            example, reason, clean = choose_article(rows, detector, label, names[0], other, seeds, baselines,
+                                                    args.min_rate)
+        else:
+            example, reason, clean = choose_single(rows, detector, label, names, seeds, baselines, args.min_rate,
+                                                   args.most)
+        if len(names) == 1:
+            clean_seeds.setdefault(names[0], {}).update(clean)
+        print(f"{'offered' if example else 'left out'}: {label}: {reason}", flush=True)
         if example:
             chosen.append(example)
+    if args.scan_only:
+        return
+    for attribute, clean in clean_seeds.items():
+        best = sorted(clean, key=clean.get)[:8]
+        print(f"the negative '{attribute}' removes it cleanly on seeds (least change outside first): "
+              + ", ".join(f"{s} ({clean[s]:.2f}%)" for s in best))
     if args.out.is_file():  # examples chosen elsewhere (e.g. the negative embedding's, by its benchmark) stay
         chosen += [e for e in json.loads(args.out.read_text())["examples"] if e.get("chosen_by")]
-    data = {"model": "negprompt-portraits", "steps": steps, "guidance_scale": guidance, "scheduler": "Default",
+    data = {"model": "negprompt-portraits", "steps": steps, "guidance_scale": GUIDANCE, "scheduler": "Default",
             "seeds_scanned": args.seeds, "min_rate": args.min_rate, "examples": chosen}
     args.out.write_text(json.dumps(data, indent=1) + "\n")
     print(f"wrote {len(chosen)} examples to {args.out}")

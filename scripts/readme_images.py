@@ -48,7 +48,7 @@ def main() -> None:
         page = browser.new_page(viewport={"width": 1400, "height": 1000})
         for run in range(args.runs):
             page.goto(url)  # a fresh page per run, so the finished state of the last one cannot be mistaken
-            # a seed per run, the last (pictured) on seed 1, the seed of the app's mustache example: the app answers
+            # a seed per run, the last (pictured) on seed 1: the app answers
             # a request identical to one it just finished from that result, which would time the answer, not a run
             page.locator("#seed input").fill(str(args.runs - run))
             page.get_by_label("Negative prompt 1").fill("mustache")

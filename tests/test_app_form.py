@@ -165,29 +165,6 @@ def test_an_identical_request_gets_the_finished_result_without_queueing(tiny_sd_
     assert other[-1].cells[0].seed == 5
 
 
-@needs_model
-def test_the_xray_mode_names_a_loaded_embedding_and_makes_one_cell_per_vector():
-    from negprompt.embeddings import vector_count
-    from negprompt.loading import EMBEDDED_EMBEDDINGS
-
-    name, path = EMBEDDED_EMBEDDINGS[0]
-    form = Form(prompt="portrait photo of a man", negatives=((0, name.upper()),), mode="X-ray an embedding")
-    request = build_request(AppSettings(), form)
-    vectors = vector_count(str(path))
-    assert request.vectors == vectors and request.cells == 2 + vectors, (
-        "X-ray makes the baseline, the whole embedding and one cell per vector.")
-    with pytest.raises(InputError, match="not a negative embedding of this model") as error:
-        build_request(AppSettings(), replace(form, negatives=((1, "mustache"),)))
-    assert field_label(error.value.argument, (1,)) == "Negative prompt 2"
-
-
-def test_a_lora_tag_in_a_negative_is_explained_at_its_field():
-    form = Form(prompt="portrait photo of a man", negatives=((0, "hat"), (2, "blurry, <lora:detail:0.8>")))
-    with pytest.raises(InputError, match="a LoRA changes the model, not the negative prompt") as error:
-        build_request(AppSettings(), form)
-    assert field_label(error.value.argument) == "Negative prompt 3"
-
-
 # -----------------------------------------------------------------------------------------------------------------
 # Compare is never silent: every refusal, at its field or in the status line
 
@@ -239,6 +216,13 @@ def test_a_lone_surrogate_is_refused_at_its_field(field):
         build_request(AppSettings(), form)
     assert "lone surrogate" in str(error.value) and "\\ud800" in str(error.value), str(error.value)
     str(error.value).encode("utf-8")  # the message itself can be sent as JSON and shown
+
+
+def test_the_token_counter_answers_a_lone_surrogate():
+    from negprompt.app.views import Views
+
+    line = Views.token_counter("portrait \ud800 of a man", EMBEDDED_NAME)
+    assert "lone surrogate" in line, line
 
 
 def test_no_text_box_lets_the_browser_cut_text_and_no_number_is_clamped():
@@ -353,3 +337,71 @@ def test_a_raw_call_with_the_wrong_number_of_items_is_refused_by_count(name, cou
                        f"got {count}"), problem
     assert count_problem(name, json.dumps({"data": ["x"] * expected}).encode()) is None
     assert count_problem(name, b"not json") is None, "A body that is not JSON is left to Gradio's own check."
+
+@needs_model
+def test_the_xray_mode_names_a_loaded_embedding_and_makes_one_cell_per_vector():
+    from negprompt.embeddings import vector_count
+    from negprompt.loading import EMBEDDED_EMBEDDINGS
+
+    name, path = EMBEDDED_EMBEDDINGS[0]
+    form = Form(prompt="portrait photo of a man", negatives=((0, name.upper()),), mode="X-ray an embedding")
+    request = build_request(AppSettings(), form)
+    vectors = vector_count(str(path))
+    assert request.vectors == vectors and request.cells == 2 + vectors, (
+        "X-ray makes the baseline, the whole embedding and one cell per vector.")
+    with pytest.raises(InputError, match="not a negative embedding of this model") as error:
+        build_request(AppSettings(), replace(form, negatives=((1, "mustache"),)))
+    assert field_label(error.value.argument, (1,)) == "Negative prompt 2"
+
+
+def test_a_lora_tag_in_a_negative_is_explained_at_its_field():
+    form = Form(prompt="portrait photo of a man", negatives=((0, "hat"), (2, "blurry, <lora:detail:0.8>")))
+    with pytest.raises(InputError, match="a LoRA changes the model, not the negative prompt") as error:
+        build_request(AppSettings(), form)
+    assert field_label(error.value.argument) == "Negative prompt 3"
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory):
+    from served_app import serve
+
+    with serve(tmp_path_factory) as (url, model):
+        yield url, model
+
+
+def _raw_call(url: str, name: str, body: bytes):
+    """POST /call/NAME as any HTTP client can: (status code, the JSON answer or the event stream's last event)."""
+    import httpx
+
+    answer = httpx.post(url + f"gradio_api/call/{name}", content=body, timeout=60,
+                        headers={"content-type": "application/json"})
+    if answer.status_code != 200:
+        return answer.status_code, answer.json()
+    text = httpx.get(url + f"gradio_api/call/{name}/{answer.json()['event_id']}", timeout=120).text
+    return 200, text.split("event: ")[-1]
+
+
+@pytest.mark.slow
+def test_raw_calls_with_too_few_or_too_many_items_are_refused_naming_the_count(served):
+    from negprompt.app.calls import ENDPOINTS
+
+    url, model = served
+    good = {"compare": ["portrait photo of a man", ["hat"], 0, 0, 7.5, "auto", model, 1, "Default"]}
+    good["explore"] = [*good["compare"][:2], "leave-one-out", *good["compare"][2:]]
+    for name, data in good.items():
+        for items in (data[:2], [], [*data, "extra"], [*data, 1, 2, 3]):
+            status, answer = _raw_call(url, name, json.dumps({"data": items}).encode())
+            assert status == 422 and f"takes {len(ENDPOINTS[name])} data items" in answer["detail"] \
+                and f"got {len(items)}" in answer["detail"], f"/{name} with {len(items)} items: {status} {answer}"
+        status, stream = _raw_call(url, name, json.dumps({"data": data}).encode())  # steps 0: the right count
+        assert status == 200 and stream.startswith("error") and "Steps" in stream and "from 1 to" in stream, \
+            f"With the right count the app's own check must answer: {stream[:300]}"
+
+
+@pytest.mark.slow
+def test_a_lone_surrogate_through_the_api_is_refused_at_its_field(served):
+    url, model = served
+    body = ('{"data": ["portrait \\ud800 of a man", ["hat"], 0, 3, 7.5, "auto", "%s", 1, "Default"]}' % model)
+    status, stream = _raw_call(url, "compare", body.encode())
+    assert status == 200 and stream.startswith("error") and "Prompt" in stream and "lone surrogate" in stream, \
+        stream[:300]

@@ -141,11 +141,11 @@ def test_nag_on_a_transformer_is_refused_by_name(tmp_path):
 def test_a_distilled_model_gets_cfg_inert_beside_nag_automatically(tiny_distilled, tiny_sd):
     from negprompt.engine import compare
     from negprompt.plan import negatives_spec
-    from negprompt.verdicts import nag_for_distilled
+    from negprompt.verdicts import fit_to_model
 
     spec = negatives_spec(PROMPT, ["hat", "glasses"], [4, 5], model="tiny", steps=3)
-    assert nag_for_distilled(spec, tiny_sd) == spec, "A model that runs the negative branch keeps its comparison."
-    doubled = nag_for_distilled(spec, tiny_distilled)
+    assert fit_to_model(spec, tiny_sd) == spec, "A model that runs the negative branch keeps its comparison."
+    doubled = fit_to_model(spec, tiny_distilled)
     assert [c.label for c in doubled.cells[:5]] == [
         "baseline: no negative", "- hat (cfg, inert here)", "- hat (nag)", "- glasses (cfg, inert here)",
         "- glasses (nag)"]
@@ -154,3 +154,17 @@ def test_a_distilled_model_gets_cfg_inert_beside_nag_automatically(tiny_distille
     result = compare(tiny_distilled, doubled)
     base, cfg, nag = (np.asarray(result.cells[i].image, np.int16) for i in (5, 6, 7))
     assert np.abs(cfg - base).max() <= 2 and np.abs(nag - base).max() > 2, "CFG inert, NAG acting, in row 2."
+
+
+def test_the_apps_fixed_methods_leave_nag_out_where_attention_cannot_be_steered():
+    from negprompt.architectures import tiny_sd3_pipeline
+    from negprompt.guidance import CFG
+    from negprompt.plan import methods_spec
+    from negprompt.verdicts import fit_to_model
+
+    spec = methods_spec(PROMPT, ["hat"], [1, 2], [CFG(), NAG()], model="tiny", steps=1)
+    pipe = tiny_sd3_pipeline()
+    assert fit_to_model(spec, pipe) == spec, "Methods the user named are kept (and refused by the engine by name)."
+    fitted = fit_to_model(spec, pipe, optional_methods=True)
+    assert [c.guidance.name for c in fitted.cells] == ["cfg", "cfg", "cfg", "cfg"]
+    assert [c.reference for c in fitted.cells] == [None, 0, None, 2], "References follow their cells."

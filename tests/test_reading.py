@@ -318,6 +318,7 @@ def test_identical_term_images_are_grouped_and_the_spread_is_per_seed():
     assert ranking.identical == (("worst quality (weight 1.4)", "hat"), ("EasyNegative", "text")), (
         "Terms whose cells are the same image on every seed must be grouped.")
     assert [t.label for t in ranking.terms] == ["hat", "worst quality (weight 1.4)", "EasyNegative", "text"]
+    assert ranking.unchanged == ("EasyNegative", "text"), "Terms whose cell is the full negative's image did nothing."
     assert ranking.terms[0].spread == (5.0, 7.0)
     lines = ranking_lines(ranking.to_dict(), 2)
     assert any(line.startswith("these 2 terms did the same thing") and "EasyNegative, text" in line
@@ -346,3 +347,80 @@ def test_cli_compare_readings_runs_both_readings_and_checks_its_flags(tiny_sd_fo
     with pytest.raises(SystemExit) as exit_:
         main(["--prompt", PROMPT, "--negative", "hat", "--reading", "compel"])
     assert exit_.value.code == 2
+
+
+def test_terms_cut_off_by_the_plain_reading_are_grouped_as_doing_the_same_thing(tiny_sd):
+    from negprompt.explore import leave_one_out_spec
+    from negprompt.verdicts import explain, summary_lines
+
+    negative = " ".join(["red"] * 74) + ", glasses, beard, hat, blurry"  # everything after the 75th token is cut
+    spec = leave_one_out_spec(PROMPT, negative, [1, 2], model="tiny", steps=2)
+    result = explain(compare(tiny_sd, spec), tiny_sd)
+    ranking = result.manifest()["terms"]
+    assert ranking["identical_groups"] == [["glasses", "beard", "hat", "blurry"]], ranking["identical_groups"]
+    assert ranking["same_as_reference"] == ["glasses", "beard", "hat", "blurry"]
+    assert all("cut at 75 tokens" in t["notes"] for t in ranking["terms"] if t["term"] != spec.cells[2].term)
+    lines = summary_lines(result)
+    assert "these 4 terms did the same thing (identical images on every seed): glasses, beard, hat, blurry" in lines
+    a1111 = explain(compare(tiny_sd, replace(spec, reading="a1111")), tiny_sd).manifest()["terms"]
+    assert a1111["identical_groups"] == [] and a1111["same_as_reference"] == [], (
+        "Read in 75-token chunks, every term acts: none is cut.")
+
+
+def test_the_app_form_reads_the_reading_and_refuses_an_unknown_one():
+    from negprompt.app.form import Form, build_request, field_label, request_spec
+    from negprompt.app.settings import AppSettings
+    from negprompt.errors import InputError
+
+    settings = AppSettings(model="tiny", models=("tiny",))
+    form = Form(prompt=PROMPT, negatives=((0, "(hat:1.3), glasses"),), mode="Plain vs A1111 reading",
+                reading="A1111 ((x:1.3), BREAK, [a:b:0.4], 75-token chunks)", steps=4)
+    request = build_request(settings, form)
+    assert request.reading == "a1111" and request.mode == "readings"
+    assert [c.reading for c in request_spec(request).cells] == ["plain", "a1111", "plain", "a1111"]
+    leave = build_request(settings, Form(prompt=PROMPT, negatives=((0, "(hat:1.3), EasyNegative"),),
+                                         mode="leave-one-out", reading="a1111", steps=4))
+    assert request_spec(leave).reading == "a1111"
+    assert [c.label for c in request_spec(leave).cells][2:] == ["without hat (weight 1.3)", "without EasyNegative"]
+    with pytest.raises(InputError) as refused:
+        build_request(settings, Form(prompt=PROMPT, negatives=((0, "hat"),), reading="compel"))
+    assert field_label(refused.value.argument) == "Prompt reading" and "plain, a1111" in str(refused.value)
+
+
+def test_a_loaded_embedding_reads_the_same_under_both_readings(tiny_sd_folder, tmp_path):
+    """A multi-vector textual-inversion name (any case) is written out as its tokens by both readings; under a1111
+    its weight applies to all of them, and it is no longer called an unknown embedding."""
+    from negprompt.loading import load
+    from negprompt.verdicts import reading_notes
+
+    dim = load(tiny_sd_folder, device="cpu").pipe.text_encoder.config.hidden_size
+    path = tmp_path / "badthing.pt"
+    torch.save({"string_to_token": {"*": 265}, "name": "badthing",
+                "string_to_param": {"*": torch.randn(3, dim, generator=torch.Generator().manual_seed(0)) * 2}}, path)
+    loaded = load(tiny_sd_folder, device="cpu", embeddings=[("BadHandV4", str(path))])
+    spec = negatives_spec(PROMPT, ["blurry, BadHandV4", "blurry, (badhandv4:1.5)"], [3], model="tiny", steps=3,
+                          guidance_scale=6.0)
+    plain, a1111 = compare(loaded, spec), compare(loaded, replace(spec, reading="a1111"))
+    assert max_diff(plain.cells[1].image, a1111.cells[1].image) <= TOLERANCE, (
+        "An embedding without syntax must read the same under both readings.")
+    assert max_diff(a1111.cells[1].image, a1111.cells[2].image) > 0, "Its weight must change the a1111 cell."
+    assert reading_notes(replace(spec, reading="a1111"), 1, loaded.pipe.tokenizer) == [], (
+        "A loaded embedding is not an unknown one.")
+    assert reading_notes(replace(spec, reading="a1111"), 1) == ["no embedding 'BadHandV4' loaded"]
+
+
+def test_attention_maps_follow_the_a1111_tokens(tiny_sd_folder):
+    """Under the a1111 reading a cell's attention map is taken over its text tokens in every chunk (weights and
+    brackets are not tokens); the images do not change."""
+    from negprompt.loading import load
+    from negprompt.reading import token_positions
+
+    loaded = load(tiny_sd_folder, device="cpu")
+    negative = "(hat:1.2) " + " ".join(["glasses"] * 80)
+    assert token_positions(loaded.pipe.tokenizer, negative) == [*range(1, 76), *range(78, 84)], (
+        "81 tokens of text: 75 in the first chunk, 6 in the second, after its start token.")
+    spec = negatives_spec(PROMPT, [negative], [1], model="tiny", steps=3, reading="a1111")
+    with_maps = compare(loaded, spec, attention_maps=True)
+    without = compare(loaded, spec)
+    assert with_maps.attention_maps[1] is not None and with_maps.attention_maps[0] is None
+    assert max_diff(with_maps.cells[1].image, without.cells[1].image) == 0, "Maps must not change the images."

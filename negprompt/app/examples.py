@@ -1,7 +1,8 @@
 """The app's built-in examples, read from ``examples.json`` beside this file.
 
 ``scripts/choose_examples.py`` writes that file from what the shipped embedded model does (each example's seed is
-one where the baseline shows the attribute and the named negative prompt removes it, as the detector reads it), and
+one where the baseline shows the attribute and the named negative prompt removes it with little else changed, as the
+detector and ``negprompt.portrait_model.detector.collateral`` read it), and
 ``tests/test_examples.py`` checks every example in it; rerun the script whenever the model changes.
 """
 
@@ -16,13 +17,15 @@ EXAMPLES_FILE = Path(__file__).resolve().parent / "examples.json"
 
 @dataclass(frozen=True)
 class Example:
-    """A built-in example: a prompt, the negatives it teaches (each named after the attribute it removes), a seed."""
+    """A built-in example: a prompt, the negatives it teaches (each named after the attribute it removes), the first
+    seed and how many seeds it shows as rows (``seed`` to ``seed + rows - 1``)."""
 
     label: str
     prompt: str
     negatives: tuple[str, ...]
     seed: int
     other: str = ""  # another positive prompt shown beside ("... without X"), "" none
+    rows: int = 1  # seeds shown as rows: the seed article's lesson ("more X") needs several
 
 
 def load_examples(path: Path = EXAMPLES_FILE) -> list[Example]:
@@ -30,4 +33,4 @@ def load_examples(path: Path = EXAMPLES_FILE) -> list[Example]:
         return []
     data = json.loads(path.read_text())
     return [Example(label=e["label"], prompt=e["prompt"], negatives=tuple(e["negatives"]), seed=e["seed"],
-                    other=e.get("other", "")) for e in data["examples"]]
+                    other=e.get("other", ""), rows=e.get("rows", 1)) for e in data["examples"]]

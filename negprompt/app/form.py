@@ -45,6 +45,7 @@ LABELS = {
     "mode": "Mode",
     "timing": "Mode",
     "methods": "Mode",
+    "reading": "Prompt reading",
 }
 
 # The app's modes: the label a user picks -> the spec mode (``negprompt.explore.mode_spec``). The first is the default.
@@ -55,9 +56,15 @@ MODES = {
     "X-ray an embedding": "xray",
     "When it acts (timing)": "timing",
     "Guidance methods": "methods",
+    "Plain vs A1111 reading": "readings",
+}
+READINGS = {  # the Prompt reading radio: label -> the spec's reading (``negprompt.reading``)
+    "plain (the text as it is)": "plain",
+    "A1111 ((x:1.3), BREAK, [a:b:0.4], 75-token chunks)": "a1111",
 }
 TIMING_STARTS = (0.0, 0.2, 0.4, 0.6)  # the timing mode's start fractions, for each negative
-GUIDANCE_METHODS = ("cfg", "perp-neg", "cfg-rescale:0.7")  # the guidance-methods mode's methods (parse_method text)
+# the guidance-methods mode's methods (parse_method text; NAG only where the model's attention can be steered)
+GUIDANCE_METHODS = ("cfg", "perp-neg", "cfg-rescale:0.7", "nag")
 
 
 def field_label(argument: str, boxes: tuple[int, ...] | None = None) -> str:
@@ -89,6 +96,7 @@ class Form:
     model: object = ""
     other: object = ""
     mode: object = "negatives"  # a value of MODES (or its label)
+    reading: object = "plain"  # a value of READINGS (or its label)
 
 
 @dataclass(frozen=True)
@@ -107,6 +115,7 @@ class Request:
     other_positive: str = ""  # another positive prompt shown beside, with no negative ("" none)
     boxes: tuple[int, ...] = field(default=())  # the form box each negative came from (for error labels)
     mode: str = "negatives"  # a value of MODES
+    reading: str = "plain"  # a value of READINGS: how the prompts are read
     vectors: int = 0  # in the X-ray mode: the vectors of the embedding named by the first negative
 
     @property
@@ -213,7 +222,7 @@ def request_spec(request: Request, *, model: str | None = None, baseline: str = 
                      starts=TIMING_STARTS, methods=[parse_method(m, "methods") for m in GUIDANCE_METHODS],
                      model=model or request.model, steps=request.steps, guidance_scale=request.guidance_scale,
                      height=request.height, width=request.width, sampler=request.scheduler, baseline=baseline,
-                     other_positive=request.other_positive or None)
+                     other_positive=request.other_positive or None, reading=request.reading)
 
 
 def check_mode(mode) -> str:
@@ -225,6 +234,16 @@ def check_mode(mode) -> str:
         raise InputError("mode", mode, f"{_show(mode)} is not one of {', '.join(MODES)} (or, by name: "
                                        f"{', '.join(MODES.values())})")
     return mode
+
+
+def check_reading(reading) -> str:
+    """A reading's spec name from a value or a label of ``READINGS``."""
+    reading = READINGS.get(reading, reading) if isinstance(reading, str) else reading
+    if reading in (None, ""):
+        return "plain"
+    if reading not in READINGS.values():
+        raise InputError("reading", reading, f"{_show(reading)} is not one of {', '.join(READINGS.values())}")
+    return reading
 
 
 def build_request(settings: AppSettings, form: Form) -> Request:
@@ -269,7 +288,7 @@ def build_request(settings: AppSettings, form: Form) -> Request:
     request = Request(prompt=form.prompt.strip(), negatives=texts, seeds=tuple(range(seed, seed + rows)),
                       steps=steps, guidance_scale=float(guidance), width=width, height=height, scheduler=scheduler,
                       model=model, other_positive=other, boxes=tuple(box for box, _ in negatives), mode=mode,
-                      vectors=vectors)
+                      reading=check_reading(form.reading), vectors=vectors)
     if mode != "negatives" and request.cells > settings.max_cells:
         first = f"negatives[{request.boxes[0]}]" if request.boxes else "negatives[0]"
         raise InputError(first if mode in ("leave-one-out", "terms-alone") else "max_cells", request.cells,

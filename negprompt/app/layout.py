@@ -26,7 +26,7 @@ import gradio as gr
 
 from negprompt.app.calls import ENDPOINTS, CountDataItems
 from negprompt.app.examples import load_examples
-from negprompt.app.form import MODES, Form, field_label, form_from_api, negatives_from_boxes
+from negprompt.app.form import MODES, READINGS, Form, field_label, form_from_api, negatives_from_boxes
 from negprompt.app.settings import AppSettings, on_spaces
 from negprompt.app.views import FormError, Views
 from negprompt.errors import LIMITS, InputError
@@ -35,7 +35,8 @@ from negprompt.loading import EMBEDDED_NAME
 from negprompt.schedulers import scheduler_names
 
 # The fields inside the Advanced options accordion (closed at start): a refusal about one opens it.
-ADVANCED = ("Model", "Steps", "Guidance scale", "Size", "Scheduler", "Seeds (rows)", "Another positive prompt")
+ADVANCED = ("Model", "Steps", "Guidance scale", "Size", "Scheduler", "Seeds (rows)", "Another positive prompt",
+            "Prompt reading")
 # The step plot's line colors (Tableau 10); its legend is ours, as HTML that wraps on a phone and cuts no name.
 PALETTE = ("#4e79a7", "#f28e2b", "#e15759", "#76b7b2", "#59a14f", "#edc948", "#b07aa1", "#ff9da7", "#9c755f",
            "#bab0ac")
@@ -101,6 +102,13 @@ CSS = """
 }
 """
 
+
+READING_HELP = ("plain: brackets, weights and BREAK are characters and text past 75 tokens is cut, as diffusers "
+                "reads it; A1111: read as the Stable Diffusion web UI reads it (weights, emphasis, BREAK, prompt "
+                "editing, 75-token chunks). The mode 'Plain vs A1111 reading' shows both.")
+TERM_SEEDS = 3  # the seeds a term mode starts with, so that its ranking shows each term's spread
+
+
 def mode_help(label) -> str:
     """What the mode picked in the form shows, in words a teacher can read aloud."""
     mode = MODES.get(label, "negatives")
@@ -148,18 +156,20 @@ class Fields:
     count: gr.Number
     boxes: list
     mode: gr.Radio
+    reading: gr.Radio
 
     def kwargs(self) -> dict:
         named = {name: getattr(self, name) for name in
                  ("prompt", "seed", "rows", "steps", "guidance", "size", "scheduler", "model", "other", "count",
-                  "mode")}
+                  "mode", "reading")}
         return {**named, **{f"negative_{i}": box for i, box in enumerate(self.boxes)}}
 
     def by_label(self) -> dict[str, gr.components.Component]:
         """Form label -> widget (what ``field_label`` names)."""
         found = {"Prompt": self.prompt, "Seed": self.seed, "Seeds (rows)": self.rows, "Steps": self.steps,
                  "Guidance scale": self.guidance, "Size": self.size, "Scheduler": self.scheduler, "Model": self.model,
-                 "Another positive prompt": self.other, "Negative prompts": self.boxes[0], "Mode": self.mode}
+                 "Another positive prompt": self.other, "Negative prompts": self.boxes[0], "Mode": self.mode,
+                 "Prompt reading": self.reading}
         found.update({f"Negative prompt {i + 1}": box for i, box in enumerate(self.boxes)})
         return found
 
@@ -172,7 +182,7 @@ def form_from_widgets(values: dict) -> Form:
     return Form(prompt=values.get("prompt"), negatives=negatives_from_boxes(boxes, count), seed=values.get("seed"),
                 rows=values.get("rows"), steps=values.get("steps"), guidance=values.get("guidance"),
                 size=values.get("size"), scheduler=values.get("scheduler"), model=values.get("model"),
-                other=values.get("other"), mode=values.get("mode"))
+                other=values.get("other"), mode=values.get("mode"), reading=values.get("reading"))
 
 
 def _negative_rows(settings: AppSettings, shown: int):
@@ -298,10 +308,17 @@ def _examples(views: Views, settings: AppSettings, examples, fields: Fields, sho
         return tuple(view.get(name, gr.skip()) for name in shown)
 
     cache = on_spaces()
-    gr.Examples(rows, inputs, example_labels=[e.label for e in examples], api_visibility="private",
-                label="Examples: pick one, then press Compare (each shows its lesson on its seed)",
-                fn=result if cache else None, outputs=list(shown.values()) if cache else None,
-                cache_examples=cache, cache_mode="lazy")
+    chosen = gr.Examples(rows, inputs, example_labels=[e.label for e in examples], api_visibility="private",
+                         label="Examples: pick one, then press Compare (each shows its lesson on its seeds)",
+                         fn=result if cache else None, outputs=list(shown.values()) if cache else None,
+                         cache_examples=cache, cache_mode="lazy")
+    if cache and "gallery" in shown:  # a cached result skips Compare, which sets the columns: one row per seed
+        per_seed = [1 + len(e.negatives) + bool(e.other) for e in examples]
+
+        def columns(event: gr.SelectData):
+            return gr.update(columns=per_seed[event.index])
+
+        chosen.dataset.select(columns, None, shown["gallery"], **QUICK)
 
 
 def _api_endpoints(views: Views, settings: AppSettings) -> None:
@@ -353,8 +370,9 @@ def _api_endpoints(views: Views, settings: AppSettings) -> None:
     def explore(prompt="", negative_prompts=(), mode="leave-one-out", seed=0, steps=settings.default_steps,
                 guidance_scale=7.5, size="auto", model="", rows=1, scheduler="Default"):
         """Explore a negative prompt in one of the explorer's modes (leave-one-out, terms-alone, timing, methods,
-        negatives); returns captioned images (baseline first) and the manifest, with each cell's term, window or
-        method, reference, change score and verdict."""
+        readings: each negative read plain and as A1111 reads it, negatives); returns captioned images (baseline
+        first) and the manifest, with each cell's term, window or method, reading, reference, change score and
+        verdict."""
         yield from answer(lambda: form_from_api(prompt, negative_prompts, seed, steps, guidance_scale, size, model,
                                                 rows, scheduler, mode))
 
@@ -374,7 +392,7 @@ def build_demo(settings: AppSettings | None = None) -> gr.Blocks:
     settings = settings or AppSettings.from_env()
     views = Views(settings)
     add, remove, show = _pool_handlers(settings)
-    examples = load_examples() if EMBEDDED_NAME in settings.models else []
+    examples = [e for e in load_examples() if e.rows <= settings.max_seeds] if EMBEDDED_NAME in settings.models else []
     with gr.Blocks(title="negprompt: what does a negative prompt do?") as demo:
         gr.Markdown(DESCRIPTION)
         examples_slot = gr.Column(elem_id="examples")  # filled once the form exists: the examples come first
@@ -398,6 +416,8 @@ def build_demo(settings: AppSettings | None = None) -> gr.Blocks:
                 run_button = gr.Button("Compare", variant="primary", elem_id="run")
                 with gr.Accordion("Advanced options", open=False, elem_id="advanced") as advanced:
                     model, steps, guidance, size, scheduler, rows, other = _advanced(settings)
+                    reading = gr.Radio(list(READINGS), value=next(iter(READINGS)), label="Prompt reading",
+                                       elem_id="reading", info=READING_HELP)
             with gr.Column(scale=3, min_width=320):
                 status = gr.Markdown("Press **Compare**. The first run loads the model.", elem_id="status")
                 gallery = gr.Gallery(label="Baseline first, then one image per negative prompt", format="png",
@@ -432,7 +452,8 @@ def build_demo(settings: AppSettings | None = None) -> gr.Blocks:
                 grid = gr.Image(format="png", type="filepath", interactive=False, show_label=False, elem_id="grid")
                 download = gr.File(label="Download: grid, cells (PNG with infotext), manifest", interactive=False)
         fields = Fields(prompt=prompt, seed=seed, rows=rows, steps=steps, guidance=guidance, size=size,
-                        scheduler=scheduler, model=model, other=other, count=count, boxes=boxes, mode=mode)
+                        scheduler=scheduler, model=model, other=other, count=count, boxes=boxes, mode=mode,
+                        reading=reading)
         if examples:
             with examples_slot:
                 _examples(views, settings, examples, fields, {"status": status, "gallery": gallery, "grid": grid,
@@ -514,6 +535,8 @@ def build_demo(settings: AppSettings | None = None) -> gr.Blocks:
             button.click(remove(i), [count, *boxes], [count, *boxes], **QUICK)
         count.change(show, count, groups, **QUICK)
         mode.change(mode_help, mode, mode_text, **QUICK)
+        mode.change(lambda label: min(TERM_SEEDS, settings.max_seeds) if MODES.get(label) in TERM_MODES else 1,
+                    mode, rows, **QUICK)  # term modes rank over three seeds unless told otherwise
         advanced.expand(lambda: True, None, advanced_open, **QUICK)
         advanced.collapse(lambda: False, None, advanced_open, **QUICK)
         randomize.click(lambda: random.randint(0, LIMITS.max_seed), None, seed, **QUICK)

@@ -169,6 +169,8 @@ def caption(outcome: Outcome, cell) -> str:
     verdict = badge(result, cell)
     if verdict:
         text += f" · {verdict}"
+    found = result.verdicts[cell.index] if getattr(result, "verdicts", None) else None
+    text += "".join(f" · ⚠️ {note}" for note in getattr(found, "notes", ()))
     if outcome.readout is not None:
         text += " · sees " + (", ".join(seen(outcome.readout[cell.index])) or "nothing")
     return text
@@ -264,6 +266,11 @@ def status(outcome: Outcome, seconds: float | None = None) -> str:
             "Select an image to see its infotext.")
 
 
+def _flags(term: dict) -> list[str]:
+    """A ranked term's verdict and how it was read (cut, A1111 syntax as characters, no embedding loaded)."""
+    return ["does almost nothing" if term["inert"] else "acts"] + [f"⚠️ {n}" for n in term.get("notes", [])]
+
+
 def _md(text: str) -> str:
     """Text safe inside a Markdown table cell."""
     return text.replace("|", "\\|").replace("\n", " ")
@@ -310,7 +317,7 @@ def explored(outcome: Outcome) -> tuple[str, str]:
     """What an explorer mode found, as (Markdown, the trimmed negative to copy): for a term mode the ranked terms;
     for a timing sweep on the embedded model, per start what the detector says the negative removed and changed
     elsewhere (the command line's table). ("", "") in the plain mode."""
-    from negprompt.verdicts import manifest_fields
+    from negprompt.verdicts import identical_lines, manifest_fields
 
     _, extra = manifest_fields(outcome.result)
     lines, trimmed = [], ""
@@ -318,11 +325,15 @@ def explored(outcome: Outcome) -> tuple[str, str]:
     if "terms" in extra:
         ranking = extra["terms"]
         what = "leaving it out" if ranking["kind"] == "leave-out" else "it alone"
-        lines += [f"**Terms ranked** by how much {what} changes the image (mean over {plural(rows, 'seed')}):", "",
-                  "| rank | term | change | verdict |", "|---|---|---|---|"]
-        lines += [f"| {i} | {_md(t['term'])} | {t['mean_change']:.2f}% | "
-                  f"{'does almost nothing' if t['inert'] else 'acts'} |"
+        lines += [f"**Terms ranked** by how much {what} changes the image (mean over {plural(rows, 'seed')}; "
+                  "lowest to highest seed beside it):", "",
+                  "| rank | term | change | per seed | verdict |", "|---|---|---|---|---|"]
+        lines += [f"| {i} | {_md(t['label'])} | {t['mean_change']:.2f}% | {t['spread'][0]:.2f} to "
+                  f"{t['spread'][1]:.2f}% | {'; '.join(_md(f) for f in _flags(t))} |"
                   for i, t in enumerate(ranking["terms"], 1)]
+        same = identical_lines(ranking)
+        lines += ["", *(f"**{_md(line[0].upper() + line[1:])}.**" for line in same)] if same else \
+            ["", "No two terms gave identical images on every seed."]
         trimmed = ranking["trimmed_negative"]
     for negative, report in extra.get("timing", {}).items():
         lines += ["", f"**'{_md(negative)}' by start** (the detector's reading, over {plural(rows, 'seed')}):", "",

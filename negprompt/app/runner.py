@@ -68,14 +68,15 @@ def request_spec_for(request: Request, pipe):
     engine call (``negprompt.app.form.request_spec`` in the request's mode, named and with the baseline as the
     loaded model has them: zero embeddings for SDXL, the empty prompt otherwise). The other positive prompt (the
     seed article's "without X") is one more cell of each row, in the same batch and from the same starting noise.
-    On a guidance-distilled model each negative shows as "CFG (inert here)" beside NAG (``nag_for_distilled``)."""
+    On a guidance-distilled model each negative shows as "CFG (inert here)" beside NAG; where the model's attention
+    cannot be steered, the guidance-methods mode leaves NAG out (``fit_to_model``)."""
     from negprompt.engine import default_baseline
     from negprompt.loading import model_source
-    from negprompt.verdicts import nag_for_distilled
+    from negprompt.verdicts import fit_to_model
 
     diffusers_pipe = getattr(pipe, "pipe", pipe)
     spec = request_spec(request, model=model_source(diffusers_pipe), baseline=default_baseline(diffusers_pipe))
-    return nag_for_distilled(spec, diffusers_pipe)
+    return fit_to_model(spec, diffusers_pipe, optional_methods=True)
 
 
 # -----------------------------------------------------------------------------------------------------------------

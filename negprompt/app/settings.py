@@ -161,6 +161,12 @@ class AppSettings:
             embeddings=tuple(parse_embedding_list(os.environ.get("NEGPROMPT_EMBEDDINGS", ""))),
         )
 
+    def kept_every(self, model: str) -> int:
+        """Steps between the previews a comparison keeps for the step slider and plot (0: none): every step for
+        the embedded model (its previews cost little, and the plot then shows where each line leaves zero), else
+        ``preview_every``. The gallery streams a preview every ``preview_every`` steps either way."""
+        return 1 if self.preview_every and model == EMBEDDED_NAME else self.preview_every
+
     def embeddings_for(self, model: str) -> tuple[tuple[str, str], ...]:
         """The NEGPROMPT_EMBEDDINGS to load with ``model`` (those of the model selected at start)."""
         return self.embeddings if model == self.model else ()
@@ -171,12 +177,6 @@ class AppSettings:
 
         own = {n: str(p) for n, p in EMBEDDED_EMBEDDINGS if p.is_file()} if model == EMBEDDED_NAME else {}
         return {**own, **dict(self.embeddings_for(model))}
-
-    def kept_every(self, model: str) -> int:
-        """Steps between the previews a comparison keeps for the step slider and plot (0: none): every step for
-        the embedded model (its previews cost little, and the plot then shows where each line leaves zero), else
-        ``preview_every``. The gallery streams a preview every ``preview_every`` steps either way."""
-        return 1 if self.preview_every and model == EMBEDDED_NAME else self.preview_every
 
     def preview_decoder(self, model: str) -> str | None:
         """The preview decoder configured for ``model`` (None: its own VAE decodes the previews)."""

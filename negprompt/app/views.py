@@ -18,7 +18,16 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import replace
 
-from negprompt.app.form import Form, Request, build_request, field_label, known_words, request_spec, unknown_words
+from negprompt.app.form import (
+    SURROGATE,
+    Form,
+    Request,
+    build_request,
+    field_label,
+    known_words,
+    request_spec,
+    unknown_words,
+)
 from negprompt.app.models import check_available, tokenizer_for
 from negprompt.app.outputs import (
     Detector,
@@ -239,6 +248,8 @@ class Views:
         from negprompt.prompts import count_tokens
 
         text = text if isinstance(text, str) else ""
+        if SURROGATE.search(text):  # no tokenizer takes half a UTF-16 pair; Compare refuses it at the field
+            return "⚠️ a lone surrogate character (half of a UTF-16 pair): retype the text"
         model = model or EMBEDDED_NAME
         tokenizer = tokenizer_for(model) if isinstance(model, str) else None
         if tokenizer is None:
