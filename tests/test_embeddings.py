@@ -199,4 +199,8 @@ def test_the_shipped_embedding_loads_with_the_embedded_model_and_is_one_leave_on
     assert f"blurry, {name}" in left_out and "blurry, lowres" in left_out
     assert not any(f"{name}_" in (c.negative or "") for c in spec.cells), (
         "No cell may hold a multi-vector embedding's inner tokens: the name stands for all of them.")
+    weighted = leave_one_out_spec(PROMPT, f"(worst quality:1.4), {name}, blurry", [1], model="negprompt-portraits",
+                                  reading="a1111")
+    assert [c.term for c in weighted.cells if c.kind == "leave-out"] == ["(worst quality:1.4)", name, "blurry"], (
+        "Under the a1111 reading too, an embedding's name is one term.")
     assert json.loads(json.dumps(loaded.additions()))["embeddings"][0]["name"] == name
