@@ -84,6 +84,7 @@ def add_example(args, seeds, stats, records, backgrounds, sharper: float) -> Non
     path = ROOT / "negprompt" / "app" / "examples.json"
     data = json.loads(path.read_text())
     entry = {"label": f"Negative embedding '{args.token}' (learned from blurred, noisy, washed-out portraits)",
+             "title": f"Negative embedding '{args.token}' (seed {seeds[best]})",
              "prompt": PLAIN, "negatives": [args.token], "other": "", "seed": seeds[best],
              "rates": {f"{args.token} sharper than plain": round(sharper, 3)},
              "chosen_by": "benchmarks/negative_embedding.py --example"}

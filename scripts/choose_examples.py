@@ -160,7 +160,8 @@ def choose_single(rows: Rows, detector, label: str, negatives: list[str], seeds:
         return None, f"no seed of {len(showing)} passes; seed {near}: {'; '.join(reasons[near])}", {}
     seed = min(clean, key=clean.get)
     measured = describe(made[seed], records[seed], negatives)
-    example = {"label": f"{label} (seed {seed})", "prompt": PROMPT, "negatives": negatives, "other": "",
+    example = {"label": f"{label} (seed {seed})", "title": f"{label} (seed {seed})", "prompt": PROMPT,
+               "negatives": negatives, "other": "",
                "seed": seed, "rows": 1, "measured": measured}
     return example, f"seed {seed} of {len(clean)} clean of {len(showing)} showing it", clean
 
@@ -241,7 +242,8 @@ def _article(rows: Rows, detector, label: str, attribute: str, other: str, seeds
         text = text.replace(f"draws a {attribute}", f"draws {attribute}")
     measured = [{"seed": s, **describe(made[s][:2], records[s][:2], [attribute])[0],
                  "without": records[s][2][attribute]} for s in window]
-    example = {"label": text, "prompt": PROMPT, "negatives": [attribute], "other": other, "seed": start, "rows": k,
+    example = {"label": text, "title": f"{label}, seeds {start}-{start + k - 1}", "prompt": PROMPT,
+               "negatives": [attribute], "other": other, "seed": start, "rows": k,
                "measured": measured}
     return example, f"seeds {start}-{start + k - 1} ({len(runs)} runs possible)", removing
 

@@ -16,6 +16,7 @@ from served_app import serve
 
 from negprompt.app.examples import EXAMPLES_FILE
 from negprompt.loading import EMBEDDED_MODEL
+from negprompt.portrait_model.portraits import BINARY
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 VIEWPORTS = {"desktop": dict(viewport={"width": 1400, "height": 1000}),
@@ -176,7 +177,7 @@ def examples_url(tmp_path_factory):
 
 def _pick(page, example: dict) -> None:
     """Click an example and wait until the form shows it (a click on the form before that would be overwritten)."""
-    page.locator("#examples button").filter(has_text=example["label"]).first.click()
+    page.locator("#examples button").filter(has_text=example.get("title") or example["label"]).first.click()
     page.wait_for_function("n => document.querySelector('#seed input').value === String(n)", arg=example["seed"])
     page.wait_for_function("() => document.querySelector('#mode input:checked')?.value === 'Compare negatives'")
 
@@ -196,7 +197,8 @@ def _lesson_faults(example: dict, cells: list[dict]) -> list[str]:
     """What the readout contradicts in the example's lesson, from its examples.json fields (negatives, other, seed,
     rows). On every seed, each negative's image does not show its attribute, keeps every other attribute the
     baseline shows and shows no new one (nor an unclear image); at least one seed's baseline shows the attribute
-    (the negative removed it there); "... without X" (``other``) shows X on more seeds than the negative "X" does."""
+    (the negative removed it there), or for a negative embedding every attribute kept; "... without X" (``other``)
+    shows X on more seeds than the negative "X" does."""
     faults, shows = [], {}
     seeds = range(example["seed"], example["seed"] + example.get("rows", 1))
     for seed in seeds:
@@ -207,6 +209,11 @@ def _lesson_faults(example: dict, cells: list[dict]) -> list[str]:
             continue
         for attribute in example["negatives"]:
             seen = row.get(f"- {attribute}")
+            if attribute not in BINARY:  # a negative embedding: it must keep every attribute (its sharpening is
+                if seen != baseline:     # checked by tests/test_examples.py, which can measure the image)
+                    faults.append(f"seed {seed}: '- {attribute}' changes attributes: {sorted(baseline)} -> "
+                                  f"{sorted(seen or [])}")
+                continue
             shows.setdefault(attribute, []).append(attribute in baseline)
             if seen is None or attribute in seen:
                 faults.append(f"seed {seed}: '- {attribute}' shows {attribute} (sees {sorted(seen or [])})")

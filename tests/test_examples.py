@@ -36,6 +36,14 @@ def test_the_app_offers_examples():
         assert 1 <= example.rows <= 4, f"{example.label}: {example.rows} rows; the app shows 1 to 4 seeds."
 
 
+def test_every_example_button_shows_its_whole_title():
+    from negprompt.app.examples import MAX_TITLE
+
+    for example in EXAMPLES:
+        assert len(example.button) <= MAX_TITLE, \
+            f"Gradio cuts an example's button text past about 60 characters: give {example.label!r} a short title"
+
+
 def test_the_seed_articles_example_is_offered_with_several_rows():
     article = [e for e in EXAMPLES if e.other == f"{e.prompt} without mustache" and e.negatives == ("mustache",)]
     assert article, "The seed article's example (negative 'mustache' beside '... without mustache') must be offered."

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 EXAMPLES_FILE = Path(__file__).resolve().parent / "examples.json"
+MAX_TITLE = 56  # characters of an example's button: Gradio's example buttons cut labels past about 60
 
 
 @dataclass(frozen=True)
@@ -20,12 +21,17 @@ class Example:
     """A built-in example: a prompt, the negatives it teaches (each named after the attribute it removes), the first
     seed and how many seeds it shows as rows (``seed`` to ``seed + rows - 1``)."""
 
-    label: str
+    label: str  # the lesson, with what was measured; the app lists it under the examples
     prompt: str
     negatives: tuple[str, ...]
     seed: int
     other: str = ""  # another positive prompt shown beside ("... without X"), "" none
     rows: int = 1  # seeds shown as rows: the seed article's lesson ("more X") needs several
+    title: str = ""  # the button's text, at most MAX_TITLE characters ("" : the label)
+
+    @property
+    def button(self) -> str:
+        return self.title or self.label
 
 
 def load_examples(path: Path = EXAMPLES_FILE) -> list[Example]:
@@ -33,4 +39,5 @@ def load_examples(path: Path = EXAMPLES_FILE) -> list[Example]:
         return []
     data = json.loads(path.read_text())
     return [Example(label=e["label"], prompt=e["prompt"], negatives=tuple(e["negatives"]), seed=e["seed"],
-                    other=e.get("other", ""), rows=e.get("rows", 1)) for e in data["examples"]]
+                    other=e.get("other", ""), rows=e.get("rows", 1), title=e.get("title", ""))
+            for e in data["examples"]]
