@@ -313,7 +313,8 @@ def _examples(views: Views, settings: AppSettings, examples, fields: Fields, sho
                          label="Examples: pick one, then press Compare (each shows its lesson on its seeds)",
                          fn=result if cache else None, outputs=list(shown.values()) if cache else None,
                          cache_examples=cache, cache_mode="lazy")
-    lessons = [f"- **{e.button}**: {e.label}" for e in examples if e.label != e.button]
+    lessons = [f"- **{e.button}**: {e.label.removeprefix(e.button).lstrip(':, ')}" for e in examples
+               if e.label != e.button]
     if lessons:  # a button shows a short title; what each example shows, as measured, is listed here
         gr.Markdown("\n".join(lessons), elem_id="example-lessons")
     if cache and "gallery" in shown:  # a cached result skips Compare, which sets the columns: one row per seed
