@@ -26,9 +26,10 @@ def model_free() -> None:
     """Wait until no run holds the model (an earlier test's run may still be handing its result over)."""
     from negprompt.app.runner import GENERATION_LOCK
 
-    waited = time.time() + 60
+    waited = time.time() + 300
     while GENERATION_LOCK.locked() and time.time() < waited:
         time.sleep(0.05)
+    assert not GENERATION_LOCK.locked(), "An earlier test's run still holds the model after 5 minutes."
 
 
 def finished(events):
