@@ -322,6 +322,7 @@ def test_an_out_of_range_number_is_refused_not_clamped(browser, app_url, field, 
     box = page.get_by_label(re.compile(f"^{field}$"))
     box.fill(value)
     box.blur()
+    page.wait_for_timeout(500)  # Gradio sends the box's new value to the app after its blur event, asynchronously
     page.click("#run")
     error = page.get_by_text(re.compile(shown)).first
     error.wait_for(timeout=60_000)
