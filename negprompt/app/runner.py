@@ -133,8 +133,10 @@ class Costs:
         """Measure the sizes on the way to ``height x width`` that can be measured within ``cap_s`` (call it holding
         the model: it runs the UNet)."""
         from negprompt.cost import measure
+        from negprompt.families import family_of
 
-        if getattr(pipe, "unet", None) is None:
+        pipe = getattr(pipe, "pipe", pipe)  # a loaded record or the pipeline itself
+        if family_of(pipe).name != "unet":
             return  # a transformer family (SD3, FLUX): not measured yet, its prior bounds it
         for h, w in ladder(height, width, pipe.vae_scale_factor):
             if self.known(model, device, h, w) is not None:
