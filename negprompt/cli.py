@@ -36,17 +36,9 @@ import sys
 from pathlib import Path
 
 from negprompt import axes
-from negprompt.quiet import quiet_libraries
+from negprompt.quiet import OneLineParser, quiet_libraries
 
 TERM_SEEDS = [0, 1, 2]  # leave-one-out and terms-alone rank over at least three seeds unless told otherwise
-
-
-class OneLineParser(argparse.ArgumentParser):
-    """argparse, with a bad argument reported as one line (``negprompt: error: ...``) and exit status 2, like every
-    other refusal of the command line (argparse prints its usage first)."""
-
-    def error(self, message: str):
-        self.exit(2, f"{self.prog}: error: {message}\n")
 
 
 def _seeds(text: str) -> list[int]:

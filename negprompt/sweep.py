@@ -766,7 +766,7 @@ def default_threads(device: str | None) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from negprompt.cli import OneLineParser
+    from negprompt.quiet import OneLineParser
 
     parser = OneLineParser(prog="negprompt sweep", description="Run many comparisons from a config file, on one "
                            "process or many (accelerate launch), resumable.")

@@ -117,3 +117,25 @@ def test_the_cost_counts_one_row_for_a_cell_at_scale_one():
 
     spec = axes.get("scales").build(PROMPT, ["hat"], [0], values=(1, 7.5), model="m", steps=10)
     assert spec_work(spec) == (2 * 1 + 2 * 2, 10, 4), "At scale 1 a cell runs its positive branch alone."
+
+
+def test_the_package_imports_point_one_way():
+    """The front ends import the engine, never the reverse: only the command line's entry point imports
+    ``negprompt.cli``, only ``negprompt.app`` imports gradio, and the sweep and the report import no front end."""
+    import ast
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent / "negprompt"
+    for path in root.rglob("*.py"):
+        module = ".".join(path.relative_to(root.parent).with_suffix("").parts)
+        names = set()
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.module:
+                names.add(node.module)
+            elif isinstance(node, ast.Import):
+                names.update(alias.name for alias in node.names)
+        if module not in ("negprompt.cli", "negprompt.__main__"):
+            assert "negprompt.cli" not in names, f"{module} imports the command line"
+        if not module.startswith("negprompt.app"):
+            assert not any(n == "gradio" or n.startswith(("gradio.", "negprompt.app")) for n in names), \
+                f"{module} imports the app or gradio"
