@@ -1,7 +1,8 @@
 """Train the embedded default model: a tiny latent diffusion model of procedural portraits.
 
 One command draws the data, trains the VAE, then the text encoder and UNet together, writes sample grids as it
-goes and saves a standard diffusers Stable Diffusion folder (``T`` is ``python -m negprompt.portrait_model.train``):
+goes and saves a standard diffusers Stable Diffusion folder (``T`` is ``python -m training.portrait_model``,
+from the repository's root):
 
     T --out runs/portrait --minutes 80                            # a CPU run (2 cores)
     T --out runs/portrait --minutes 10 --device cuda
