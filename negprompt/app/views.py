@@ -132,19 +132,24 @@ class Views:
                              "Try again, or another model or size.", "errors": {}}
             return
         view = self.show(outcome, differences, attended)
-        view["status"] = status(outcome, time.perf_counter() - started)
-        if reused:
-            view["status"] += " The same request had just run: these are its images (the same seed gives the same " \
-                              "images)."
-        warnings = list(outcome.result.warnings)
-        if outcome.readout is None and request.embedded and self.settings.detector:
-            warnings.append("No attribute detector installed: no detector readout.")
-        if warnings:
-            view["status"] += "\n\n" + "\n".join(f"⚠️ {shorten(w)}" for w in warnings)
+        view["status"] = self._finished_status(outcome, time.perf_counter() - started, reused)
         view["errors"] = {}
         yield view  # the images first; the grid and the zip follow
         outcome = self.bundle(outcome)
         yield {"grid": self.grid(outcome, differences), "download": str(outcome.archive), "outcome": outcome}
+
+    def _finished_status(self, outcome: Outcome, seconds: float, reused: bool) -> str:
+        """The status of a finished comparison: what ran and how long it took, whether it reused the run before,
+        and its warnings."""
+        text = status(outcome, seconds)
+        if reused:
+            text += " The same request had just run: these are its images (the same seed gives the same images)."
+        warnings = list(outcome.result.warnings)
+        if outcome.readout is None and outcome.request.embedded and self.settings.detector:
+            warnings.append("No attribute detector installed: no detector readout.")
+        if warnings:
+            text += "\n\n" + "\n".join(f"⚠️ {shorten(w)}" for w in warnings)
+        return text
 
     def final(self, form: Form, differences: bool = False) -> View:
         """Everything ``run`` shows once it is done (its views merged), for callers that do not stream."""
