@@ -47,8 +47,8 @@ class StepCost:
 def spec_work(spec, preview_every: int = 0, distilled: bool = False) -> tuple[int, int, int]:
     """(UNet rows per step, steps, images decoded) of a ``ComparisonSpec``: one row per (cell, branch) its guidance
     reads, one decode per cell and per kept preview of it."""
-    active = guidance_is_active(spec.guidance_scale, 1 if distilled else None)
-    rows = sum(len(c.guidance.branches) if active else 1 for c in spec.cells)
+    rows = sum(len(c.guidance.branches) if guidance_is_active(spec.scale_of(c), 1 if distilled else None) else 1
+               for c in spec.cells)
     previews = (spec.steps - 1) // preview_every if preview_every else 0
     return rows, spec.steps, len(spec.cells) * (1 + previews)
 

@@ -487,8 +487,9 @@ class _Layout:
     rows: tuple[dict[str, int], ...]  # per cell: branch -> batch row
 
     @classmethod
-    def of(cls, cells: Sequence[CellSpec], active: bool) -> _Layout:
-        wanted = [set(c.guidance.branches) if active else {"positive"} for c in cells]
+    def of(cls, cells: Sequence[CellSpec], active: Sequence[bool]) -> _Layout:
+        """``active[j]``: whether cell j runs its guidance's branches (else its positive branch alone)."""
+        wanted = [set(c.guidance.branches) if on else {"positive"} for c, on in zip(cells, active)]
         order = tuple((j, b) for b in BRANCHES for j in range(len(cells)) if b in wanted[j])
         rows: list[dict[str, int]] = [{} for _ in cells]
         for k, (j, b) in enumerate(order):
@@ -518,10 +519,12 @@ def _denoise(family: Family, runtime, chunk: _Chunk, spec: ComparisonSpec, table
              progress: _Progress, capture=None, steer=None) -> torch.Tensor:
     cells = chunk.cells
     stepper = family.stepper(spec.sampler, chunk.seeds, chunk.latents, spec.steps, spec.height, spec.width)
-    g = spec.guidance_scale
-    active = family.guidance_active(g)
+    g = spec.guidance_scale  # a distilled model's guidance embedding reads the comparison's scale
+    scales = [spec.scale_of(c) for c in cells]  # each cell combines its branches at its own scale
+    active = [family.guidance_active(scale) for scale in scales]
     layout = _Layout.of(cells, active)
     cell_of_row = torch.tensor([j for j, _ in layout.order], device=chunk.latents.device)
+    guided = any(active)
     latents = chunk.latents * stepper.init_noise_sigma
     unconditional = spec.baseline_negative
     call = family.denoiser_call(spec.height, spec.width, len(layout.order), g, table.dtype, latents.device,
@@ -536,7 +539,7 @@ def _denoise(family: Family, runtime, chunk: _Chunk, spec: ComparisonSpec, table
             groups = [[k for k, n in enumerate(lengths) if n == length] for length in dict.fromkeys(lengths)]
             texts[keys] = [(rows, *table.stack([keys[k] for k in rows], latents.device)) for rows in groups]
         model_input = stepper.scale(latents, t)
-        denoiser_input = model_input[cell_of_row] if active else model_input
+        denoiser_input = model_input[cell_of_row] if guided else model_input
         watched, steered = {}, {}
         if capture is not None:  # the rows reading their cell's own negative prompt, at about five steps of the run
             sampled = step % max(1, round(spec.steps / attention.STEPS_SAMPLED)) == 0
@@ -546,9 +549,10 @@ def _denoise(family: Family, runtime, chunk: _Chunk, spec: ComparisonSpec, table
         if steer is not None:
             steered = _steered_rows(layout, cells, step, spec.steps, unconditional, table, readings)
         out = _call_by_length(call, texts[keys], denoiser_input, t, capture, watched, steer, steered)
-        if active:
-            eps = torch.cat([cell.guidance.combine({b: out[k:k + 1] for b, k in rows.items()}, g)
-                             for cell, rows in zip(cells, layout.rows)])
+        if guided:
+            eps = torch.cat([cell.guidance.combine({b: out[k:k + 1] for b, k in rows.items()}, scale) if on
+                             else out[rows["positive"]:rows["positive"] + 1]
+                             for cell, rows, scale, on in zip(cells, layout.rows, scales, active)])
         else:
             eps = out
         progress.step(lambda: family.decode(stepper.x0(model_input, eps, t), spec.height, spec.width,

@@ -194,9 +194,10 @@ def predicted_causes(facts: ModelFacts, spec: ComparisonSpec, index: int, tokeni
     ``tokenizer`` (the pipeline's CLIP tokenizer) enables the checks of the token limit."""
     cell = spec.cells[index]
     causes = []
-    if spec.guidance_scale <= 1:
-        causes.append(f"guidance scale {spec.guidance_scale:g} is at most 1: classifier-free guidance is off and "
-                      "no negative acts")
+    scale = spec.scale_of(cell)
+    if scale <= 1:
+        causes.append(f"guidance scale {scale:g} is at most 1: classifier-free guidance is off and no negative "
+                      "acts")
     distilled = distillation(facts)
     if distilled:
         causes.append(distilled)
