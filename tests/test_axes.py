@@ -139,3 +139,24 @@ def test_the_package_imports_point_one_way():
         if not module.startswith("negprompt.app"):
             assert not any(n == "gradio" or n.startswith(("gradio.", "negprompt.app")) for n in names), \
                 f"{module} imports the app or gradio"
+
+
+def test_the_app_shows_the_guidance_scales_mode_one_row_per_seed(tiny_sd_folder):
+    """In the app, the Guidance scales mode shows per seed the baseline and each negative at every scale, each
+    caption naming its scale, one row per seed."""
+    from negprompt.app.form import Form
+    from negprompt.app.settings import AppSettings
+    from negprompt.app.views import Views
+
+    model = str(tiny_sd_folder)
+    views = Views(AppSettings(model=model, models=(model,), preview_every=0))
+    final = {}
+    for view in views.run(Form(prompt=PROMPT, negatives=((0, "hat"),), seed=5, steps=2, model=model,
+                               mode="Guidance scales"), progress=lambda *a, **k: None):
+        final.update(view)
+    assert not final.get("errors"), final.get("status")
+    scales = axes.get("scales").values.app
+    captions = [caption for _, caption in final["gallery"]]
+    assert len(captions) == 2 * len(scales) and final["columns"] == len(captions), captions
+    assert all(f"(guidance {g:g})" in captions[2 * k] and f"(guidance {g:g})" in captions[2 * k + 1]
+               for k, g in enumerate(scales)), captions

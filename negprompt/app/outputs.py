@@ -206,10 +206,17 @@ def gallery_items(outcome: Outcome, differences: bool, attended: bool = False) -
 
 
 def _cell_name(outcome: Outcome, cell) -> str:
-    """What a cell is ("baseline", or its label), with its seed when there are several."""
+    """What a cell is (``short_name``), with its seed when there are several."""
     result = outcome.result
-    text = "baseline" if cell.is_baseline else result.label(cell)
-    return text + (f" · seed {cell.seed}" if len(result.settings.seeds) > 1 else "")
+    return short_name(result, cell) + (f" · seed {cell.seed}" if len(result.settings.seeds) > 1 else "")
+
+
+def short_name(result, cell) -> str:
+    """A cell's short name: "baseline" where its row has one baseline; where it has several (one per reading or
+    per guidance scale), the baseline's whole label, which says which; else the cell's label."""
+    if cell.is_baseline and sum(c.is_baseline for c in result.rows[0]) == 1:
+        return "baseline"
+    return result.label(cell)
 
 
 def frame_count(outcome: Outcome | None) -> int:
@@ -283,8 +290,7 @@ def table(outcome: Outcome) -> str:
     header = "| seed | cell | change |" + (" detector sees |" if readout is not None else "")
     lines = [header, "|" + "---|" * (header.count("|") - 1)]
     for cell in result.cells:
-        what = "baseline" if cell.is_baseline else _md(result.label(cell))
-        line = f"| {cell.seed} | {what} | {result.change_scores[cell.index]:.1f}% |"
+        line = f"| {cell.seed} | {_md(short_name(result, cell))} | {result.change_scores[cell.index]:.1f}% |"
         if readout is not None:
             line += f" {', '.join(seen(readout[cell.index])) or 'nothing'} |"
         lines.append(line)
@@ -297,7 +303,7 @@ def tally(outcome: Outcome) -> str:
     """How many images (of the rows) the detector marks with each attribute, per column (baseline, each negative,
     the other positive): the count a class makes to see what each negative prompt removed."""
     result, readout = outcome.result, outcome.readout
-    columns = ["baseline" if c.is_baseline else _md(result.label(c)) for c in result.rows[0]]
+    columns = [_md(short_name(result, c)) for c in result.rows[0]]
     per_column: list[list[dict]] = [[] for _ in columns]
     for row in result.rows:  # every row holds the same cells in the same order, one column each
         for position, cell in enumerate(row):
