@@ -123,6 +123,9 @@ def predicted_original(model_input: torch.Tensor, model_output: torch.Tensor, al
 # that per-cell state for each step (``negprompt.attention.Steering``); the loaded pipeline never changes.
 
 BRANCHES = ("negative", "empty", "positive")  # every branch a method may read, in the order the engine stacks them
+# The batch row a transformer family adds for an attention-steering cell: the negative prompt's text stream, beside
+# the positive row inside joint attention (``negprompt.attention``); it is never combined.
+STEERING = "steering"
 
 
 @runtime_checkable
@@ -213,6 +216,14 @@ METHODS: dict[str, type] = {m.name: m for m in (CFG, PerpNeg, RescaledCFG, Negat
 def steers_attention(method: GuidanceMethod) -> bool:
     """Whether ``method`` acts inside the denoiser's attention (see ``NAG``)."""
     return bool(getattr(method, "steers_attention", False))
+
+
+def cell_branches(method: GuidanceMethod, active: bool, steers_by_row: bool = False) -> tuple[str, ...]:
+    """The denoiser batch rows the engine runs for one cell: the branches ``method`` reads where guidance is on
+    (``active``), the positive alone where it is off, plus the ``STEERING`` row of an attention-steering method on
+    a family that steers by row (the transformers)."""
+    branches = tuple(method.branches) if active else ("positive",)
+    return branches + ((STEERING,) if steers_by_row and steers_attention(method) else ())
 
 
 def method_to_dict(method: GuidanceMethod) -> dict:

@@ -191,7 +191,8 @@ def load(model: str | Path | None = None, *, device: str | torch.device | None =
         decoder = _load_preview_decoder(str(preview_decoder), pipe, device, dtype) if preview_decoder else None
         speedups = apply_speedups(pipe)
         if speedups.get("buckets") is None:  # a compiled UNet keeps its graph whole: no attention maps
-            attention.install(family_of(pipe).denoiser)
+            family = family_of(pipe)
+            attention.install(family.denoiser, family.attention_wrapper)
         loaded = Loaded(pipe=pipe, runtime=Runtime(speedups=speedups, preview_decoder=decoder), source=source,
                         embeddings=added, loras=fused)
         _cache[key] = loaded

@@ -484,7 +484,7 @@ class Runner:
             # every cell's preview every ``every`` steps is kept for the step scrubber and the curves
             recorders = [PreviewRecorder(spec.steps, then=progress(tickets), max_side=PREVIEW_SIDE)
                          for spec, tickets in zip(specs, requests.values())]
-            maps = settings.attention_maps and attention.installed(family_of(pipe).denoiser)
+            maps = settings.attention_maps and attention.captures(family_of(pipe).denoiser)
             cells = sum(len(spec.cells) for spec in specs)
             if len(specs) == 1:
                 results = [compare(pipe, specs[0], callback=recorders[0], preview_every=every, max_cells=cells,
