@@ -199,6 +199,17 @@ def load(model: str | Path | None = None, *, device: str | torch.device | None =
         return loaded
 
 
+def loaded_now(model: str | Path | None):
+    """The pipeline of ``model`` if one is loaded already (on any device, with any additions), else None; loads
+    nothing (what a cost estimate may read without waiting for a load)."""
+    try:
+        source = resolve_model(model)
+    except InputError:
+        return None
+    with _lock:
+        return next((loaded.pipe for key, loaded in reversed(_cache.items()) if key[0] == source), None)
+
+
 def load_pipeline(model: str | Path | None = None, *, device: str | torch.device | None = None,
                   dtype: torch.dtype | str | None = None, preview_decoder: str | Path | None = None,
                   embeddings: Sequence[tuple[str, str | Path]] = (),

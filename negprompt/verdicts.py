@@ -301,11 +301,9 @@ def fit_to_model(spec: ComparisonSpec, pipe, *, optional_methods: bool = False) 
     (NAG) are left out on a model whose attention cannot be steered (a compiled UNet, a pipeline not loaded by
     negprompt); otherwise the engine refuses them by name. Anything else is returned as it is. ``pipe``: the
     pipeline (or an object holding it as ``.pipe``)."""
-    from dataclasses import replace
-
     from negprompt.attention import installed
     from negprompt.families import family_of
-    from negprompt.guidance import CFG, NAG, steers_attention
+    from negprompt.guidance import steers_attention
     from negprompt.plan import expand_cells
 
     pipe = getattr(pipe, "pipe", pipe)
@@ -316,7 +314,16 @@ def fit_to_model(spec: ComparisonSpec, pipe, *, optional_methods: bool = False) 
         return expand_cells(spec, lambda cell: [] if steers_attention(cell.guidance) else [cell])
     if spec.mode not in ("negatives", "negatives+positive") or distillation(model_facts(pipe, spec.model)) is None:
         return spec
-    cfg_label = "cfg" if family.guidance_active(spec.guidance_scale) else "cfg, inert here"
+    return nag_beside_cfg(spec, "cfg" if family.guidance_active(spec.guidance_scale) else "cfg, inert here")
+
+
+def nag_beside_cfg(spec: ComparisonSpec, cfg_label: str = "cfg") -> ComparisonSpec:
+    """Every plain negative cell (CFG) of ``spec`` as two: the CFG cell, labeled ``cfg_label``, and the same negative
+    through NAG (what ``fit_to_model`` does on a guidance-distilled model)."""
+    from dataclasses import replace
+
+    from negprompt.guidance import CFG, NAG
+    from negprompt.plan import expand_cells
 
     def both(cell):
         if cell.kind != "negative" or cell.guidance != CFG():
@@ -325,6 +332,16 @@ def fit_to_model(spec: ComparisonSpec, pipe, *, optional_methods: bool = False) 
                 replace(cell, guidance=NAG(), label=f"{cell.label} (nag)")]
 
     return expand_cells(spec, both)
+
+
+def fit_by_name(spec: ComparisonSpec) -> ComparisonSpec:
+    """What ``fit_to_model`` makes of ``spec`` on a model that is not loaded, judged from the model's name alone
+    (nothing is loaded or downloaded): NAG beside CFG where the name says the model is distilled (Turbo, Lightning,
+    LCM, Hyper-SD, FLUX.1-schnell), the spec as it is otherwise. A model distilled by its configuration alone (an
+    LCM-style UNet under another name) shows only once loaded."""
+    if spec.mode not in ("negatives", "negatives+positive") or distillation(ModelFacts(name=spec.model)) is None:
+        return spec
+    return nag_beside_cfg(spec)
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -168,3 +168,22 @@ def test_the_apps_fixed_methods_leave_nag_out_where_attention_cannot_be_steered(
     fitted = fit_to_model(spec, pipe, optional_methods=True)
     assert [c.guidance.name for c in fitted.cells] == ["cfg", "cfg", "cfg", "cfg"]
     assert [c.reference for c in fitted.cells] == [None, 0, None, 2], "References follow their cells."
+
+
+def test_admission_counts_the_nag_cells_of_a_loaded_distilled_unet(tiny_distilled):
+    from negprompt.app.form import Form, build_request
+    from negprompt.app.runner import Runner
+    from negprompt.app.settings import AppSettings
+    from negprompt.cost import StepCost
+
+    model = tiny_distilled.name_or_path
+    settings = AppSettings(device="cpu", model=model, models=(model,), preview_every=0)
+    runner = Runner(settings)
+    request = build_request(settings, Form(prompt="a man", negatives=((0, "hat"), (1, "glasses")), steps=3,
+                                           size="64x64", model=model))
+    with runner.costs._lock:  # a measured cost: one second per row and per decoded image
+        runner.costs._known[(model, "cpu", 64, 64)] = StepCost(call_s=0.0, row_s=1.0, decode_s=1.0)
+    assert [c.label for c in runner.planned(request)[0].cells][1:3] == ["- hat (cfg, inert here)", "- hat (nag)"]
+    assert runner.admit(request, measure=False) == 3 * 5 + 5, (
+        "The model its config calls distilled is loaded: 5 cells of one row each (no negative branch; a UNet "
+        "steers NAG without a row of its own), 3 steps, 5 decodes.")

@@ -231,3 +231,39 @@ def test_the_apps_fixed_methods_keep_nag_on_a_loaded_transformer(sd3_folder):
     spec = methods_spec(PROMPT, ["hat"], [1], [CFG(), NAG()], model="tiny", steps=1)
     assert fit_to_model(spec, loaded(sd3_folder), optional_methods=True) == spec, (
         "A transformer loaded by negprompt can be steered: the guidance-methods mode keeps its NAG cells.")
+
+
+def test_admission_counts_the_nag_cells_a_distilled_model_will_get(tmp_path):
+    """Before the model is loaded its name is read (FLUX.1-schnell: NAG beside each CFG cell, every NAG cell at the
+    most rows a cell can take); once loaded, the run's own spec and rows are counted exactly."""
+    from negprompt.app.form import Form, build_request
+    from negprompt.app.runner import Runner
+    from negprompt.app.settings import AppSettings
+    from negprompt.architectures import tiny_flux_pipeline
+    from negprompt.cost import StepCost
+    from negprompt.loading import load_pipeline, loaded_now
+
+    folder = tmp_path / "tiny-flux-schnell"
+    tiny_flux_pipeline().save_pretrained(folder)
+    model = str(folder)
+    settings = AppSettings(device="cpu", model=model, models=(model,), preview_every=0)
+    runner = Runner(settings)
+    request = build_request(settings, Form(prompt="a man", negatives=((0, "hat"), (1, "glasses")), steps=3,
+                                           guidance=4.0, size="64x64", model=model))
+    with runner.costs._lock:  # a measured cost: one second per row and per decoded image
+        runner.costs._known[(model, "cpu", 64, 64)] = StepCost(call_s=0.0, row_s=1.0, decode_s=1.0)
+    assert loaded_now(model) is None
+    spec, family = runner.planned(request)
+    assert family is None and [c.guidance.name for c in spec.cells] == ["cfg", "cfg", "nag", "cfg", "nag"], (
+        "Not loaded: the name says FLUX.1-schnell, so each negative is counted with its NAG cell.")
+    assert runner.admit(request, measure=False) == 3 * 12 + 5, (
+        "3 steps x 12 rows (baseline and 2 CFG cells of 2 rows, 2 NAG cells of 3: empty, positive and the "
+        "negative's steering row) + 5 decodes.")
+    load_pipeline(folder, device="cpu")
+    spec, family = runner.planned(request)
+    assert family is not None and family.name == "flux" and len(spec.cells) == 5
+    assert spec.cells[1].label.endswith("(cfg)"), "Loaded: the run's own spec (true CFG runs at 4: not inert)."
+    assert runner.admit(request, measure=False) == 3 * 12 + 5
+    plain = build_request(settings, Form(prompt="a man", negatives=((0, "hat"),), steps=3, guidance=4.0,
+                                         size="64x64", model=str(tmp_path)))
+    assert len(runner.planned(plain)[0].cells) == 2, "A model no name or config calls distilled keeps its cells."
