@@ -117,10 +117,12 @@ def predicted_original(model_input: torch.Tensor, model_output: torch.Tensor, al
 # Adding a method: a frozen dataclass here with ``name``, ``branches`` and ``combine``, and one line in METHODS.
 # Its fields are its parameters (numbers), written into manifests by ``method_to_dict``.
 #
-# A method may also act inside the denoiser's cross-attention (``steers_attention = True``): it then has
+# A method may also act inside the denoiser's attention (``steers_attention = True``): it then has
 # ``steer(z_pos, z_neg)``, which the attention layers call on the cell's positive row, with ``z_neg`` the same
-# image queries' attention output against the cell's negative prompt (while its window is open). The engine holds
-# that per-cell state for each step (``negprompt.attention.Steering``); the loaded pipeline never changes.
+# image queries' attention output against the cell's negative prompt (while its window is open): a UNet's
+# cross-attention reads the negative's embeddings, a transformer's joint attention the cell's STEERING row, which
+# carries the negative's text stream. The engine holds that per-cell state for each step
+# (``negprompt.attention.Steering``); the loaded pipeline never changes.
 
 BRANCHES = ("negative", "empty", "positive")  # every branch a method may read, in the order the engine stacks them
 # The batch row a transformer family adds for an attention-steering cell: the negative prompt's text stream, beside
@@ -191,7 +193,7 @@ class NegativeStrength:
 @dataclass(frozen=True)
 class NAG:
     """Normalized Attention Guidance (Chen et al., 2025): the negative acts inside the positive branch's
-    cross-attention (``normalized_attention_guidance``), not through a second prediction, so it also works on a
+    attention (``normalized_attention_guidance``), not through a second prediction, so it also works on a
     guidance-distilled model that runs one branch. The noise predictions combine as the model does with no
     negative: CFG against the baseline's unconditional text where guidance is on, the positive alone where it is
     off (a distilled model, or a scale of 1)."""

@@ -267,3 +267,28 @@ def test_admission_counts_the_nag_cells_a_distilled_model_will_get(tmp_path):
     plain = build_request(settings, Form(prompt="a man", negatives=((0, "hat"),), steps=3, guidance=4.0,
                                          size="64x64", model=str(tmp_path)))
     assert len(runner.planned(plain)[0].cells) == 2, "A model no name or config calls distilled keeps its cells."
+
+
+@pytest.mark.parametrize("kind", ["sd3", "flux"])
+def test_nag_runs_the_same_on_fused_qkv_projections(kind, request):
+    """A GPU load fuses the QKV projections (SD3 then runs ``FusedJointAttnProcessor2_0``); the steered layer asks
+    the wrapped processor itself for its unprojected output, so NAG gives the same images either way."""
+    from diffusers import DiffusionPipeline
+
+    from negprompt.attention import install
+    from negprompt.engine import compare
+    from negprompt.families import family_of
+    from negprompt.plan import methods_spec
+    from negprompt.speedups import Levers, apply_speedups
+
+    folder = request.getfixturevalue(f"{kind}_folder")
+    spec = methods_spec(PROMPT, ["hat"], [3], [NAG(scale=8.0)], model="tiny", steps=2, guidance_scale=4.0, **SIZE)
+    images = []
+    for fused in (False, True):
+        pipe = DiffusionPipeline.from_pretrained(folder)
+        if fused:
+            applied = apply_speedups(pipe, Levers(channels_last=False, fuse_qkv=True, compile=False))["applied"]
+            assert "fuse_qkv:transformer" in applied
+        install(pipe.transformer, family_of(pipe).attention_wrapper)
+        images.append(compare(pipe, spec).cells[1].image)
+    assert max_diff(*images) <= TOLERANCE, "NAG on fused projections must be NAG on the separate ones."
