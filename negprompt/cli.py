@@ -35,17 +35,10 @@ import logging
 import sys
 from pathlib import Path
 
-from negprompt.quiet import quiet_libraries
+from negprompt import axes
+from negprompt.quiet import OneLineParser, quiet_libraries
 
 TERM_SEEDS = [0, 1, 2]  # leave-one-out and terms-alone rank over at least three seeds unless told otherwise
-
-
-class OneLineParser(argparse.ArgumentParser):
-    """argparse, with a bad argument reported as one line (``negprompt: error: ...``) and exit status 2, like every
-    other refusal of the command line (argparse prints its usage first)."""
-
-    def error(self, message: str):
-        self.exit(2, f"{self.prog}: error: {message}\n")
 
 
 def _seeds(text: str) -> list[int]:
@@ -68,13 +61,6 @@ def _size(text: str) -> tuple[int, int]:
     return width, height
 
 
-def _fractions(text: str) -> list[float]:
-    try:
-        return [float(s) for s in text.split(",") if s.strip()]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"--timing {text!r} must be fractions separated by commas") from None
-
-
 def build_parser() -> argparse.ArgumentParser:
     from negprompt.schedulers import scheduler_names
 
@@ -91,23 +77,15 @@ def build_parser() -> argparse.ArgumentParser:
                         help="one more cell per row: this positive prompt with no negative, from the row's noise "
                              "(e.g. 'portrait photo of a man without mustache')")
     modes = parser.add_mutually_exclusive_group()
-    modes.add_argument("--guidance-methods", default=None, metavar="M1,M2,...",
-                       help="one cell per guidance method for each negative: cfg, perp-neg, cfg-rescale, "
-                            "neg-strength; NAME:VALUE sets the method's parameter (e.g. cfg-rescale:0.5)")
-    modes.add_argument("--timing", type=_fractions, default=None, metavar="S1,S2,...",
-                       help="one cell per start fraction for each negative: the negative acts from that fraction "
-                            "of the steps to the end (0 = the plain negative)")
-    modes.add_argument("--leave-one-out", action="store_true",
-                       help="rank the terms of the single --negative (split on commas): one cell per term with that "
-                            "term left out, compared against the full negative")
-    modes.add_argument("--terms-alone", action="store_true",
-                       help="each term of the single --negative alone, compared against the baseline")
-    modes.add_argument("--compare-readings", action="store_true",
-                       help="each negative read plain (the text as it is, cut at 75 tokens) and read as A1111 reads "
-                            "it (weights, BREAK, 75-token chunks, prompt editing), side by side from the same noise")
-    modes.add_argument("--xray", default=None, metavar="NAME",
-                       help="X-ray a loaded negative embedding: the whole embedding, then each of its vectors alone "
-                            "as the negative (one cell per vector), and each vector's nearest vocabulary words")
+    for axis in axes.ALL:  # one flag per comparison axis (negprompt.axes); the plain comparison has none
+        if axis.flag is None:
+            continue
+        if axis.values is not None:
+            modes.add_argument(axis.flag, default=None, metavar=axis.values.metavar, help=axis.help)
+        elif axis.takes_name:
+            modes.add_argument(axis.flag, default=None, metavar="NAME", help=axis.help)
+        else:
+            modes.add_argument(axis.flag, action="store_true", help=axis.help)
     modes.add_argument("--replay", type=Path, default=None, metavar="MANIFEST",
                        help="run the comparison a manifest.json recorded again (its prompts, cells and settings)")
     parser.add_argument("--model", default=None,
@@ -216,12 +194,18 @@ def save_atomic(result, out: Path, differences: bool) -> Path:
     return out
 
 
+def chosen_axis(args) -> axes.Axis:
+    """The comparison axis whose flag was given (at most one: they are mutually exclusive), else the plain one."""
+    for axis in axes.ALL:
+        if axis.dest is not None and getattr(args, axis.dest, None) not in (None, False):
+            return axis
+    return axes.get("negatives")
+
+
 def spec_from_args(args, model: str, baseline: str, embeddings=None):
-    """The comparison spec the arguments ask for (pure: nothing loads). One builder per mode; a new mode adds its
-    flag to ``build_parser``'s group and one branch here. ``embeddings``: the loaded model's (for ``--xray``; None
-    before it loads)."""
+    """The comparison spec the arguments ask for (pure: nothing loads), built by the chosen axis
+    (``negprompt.axes``). ``embeddings``: the loaded model's (for ``--xray``; None before it loads)."""
     from negprompt.errors import LIMITS, InputError
-    from negprompt.guidance import parse_method
     from negprompt.plan import check_text, parse_window
 
     if args.prompt is None:
@@ -242,32 +226,23 @@ def spec_from_args(args, model: str, baseline: str, embeddings=None):
     if args.compare_readings and args.reading is not None:
         raise InputError("reading", args.reading, "--compare-readings reads every negative both ways: give no "
                                                   "--reading with it")
-    terms = args.leave_one_out or args.terms_alone
-    seeds = args.seeds if args.seeds is not None else (
-        [args.seed] if args.seed is not None else TERM_SEEDS if terms else [0])
+    axis = chosen_axis(args)
+    default_seeds = args.seeds is None and args.seed is None
+    seeds = TERM_SEEDS if default_seeds and axis.long_negative else args.seeds or [args.seed or 0]
+    values = axis.values.parse(getattr(args, axis.dest)) if axis.values is not None else ()
+    if axis.takes_name:  # the X-ray's embedding: its vectors are known once the model has loaded
+        from negprompt.embeddings import find
+
+        embedding = find(embeddings, getattr(args, axis.dest)) if embeddings is not None else None
+        values = (embedding.name, embedding.vectors) if embedding else (getattr(args, axis.dest), None)
     width, height = args.size or (None, None)
     common = dict(model=model, steps=args.steps, guidance_scale=args.guidance, height=height, width=width,
                   sampler=args.scheduler, baseline=baseline, other_positive=args.other_positive,
-                  reading=args.reading or "plain")
-    from negprompt.explore import mode_spec
-
-    if args.xray is not None:
-        from negprompt.embeddings import find, xray_spec
-
-        if texts:
-            raise InputError("xray", args.xray, "--xray makes its own cells: give no --negative with it")
-        if embeddings is None:  # before the model loads: check the settings with the name as the one negative
-            return mode_spec("negatives", args.prompt, [args.xray], seeds, **common)
-        embedding = find(embeddings, args.xray)
-        return xray_spec(args.prompt, embedding.name, embedding.vectors, seeds, **common)
-    mode = ("leave-one-out" if args.leave_one_out else "terms-alone" if args.terms_alone
-            else "methods" if args.guidance_methods is not None else "timing" if args.timing is not None
-            else "readings" if args.compare_readings else "negatives")
-    methods = [parse_method(m, "guidance_methods") for m in (args.guidance_methods or "").split(",") if m.strip()]
-    spec = mode_spec(mode, args.prompt, texts, seeds, windows=windows, starts=args.timing, methods=methods, **common)
-    if terms and args.seeds is None and args.seed is None and len(spec.cells) > LIMITS.max_cells:
+                  reading=args.reading or "plain", values=values, windows=windows)
+    spec = axis.build(args.prompt, texts, seeds, **common)
+    if axis.long_negative and default_seeds and len(spec.cells) > LIMITS.max_cells:
         fit = max(1, LIMITS.max_cells // (len(spec.cells) // len(seeds)))  # the default seeds that fit
-        spec = mode_spec(mode, args.prompt, texts, seeds[:fit], windows=windows, **common)
+        spec = axis.build(args.prompt, texts, seeds[:fit], **common)
     return spec
 
 

@@ -476,8 +476,10 @@ class _Layout:
     rows: tuple[dict[str, int], ...]  # per cell: branch -> batch row
 
     @classmethod
-    def of(cls, cells: Sequence[CellSpec], active: bool, steers_by_row: bool = False) -> _Layout:
-        wanted = [cell_branches(c.guidance, active, steers_by_row) for c in cells]
+    def of(cls, cells: Sequence[CellSpec], active: Sequence[bool], steers_by_row: bool = False) -> _Layout:
+        """``active[j]``: whether cell j runs its guidance's branches (else its positive branch alone);
+        ``steers_by_row``: the family gives attention-steering cells a steering row."""
+        wanted = [cell_branches(c.guidance, on, steers_by_row) for c, on in zip(cells, active)]
         order = tuple((j, b) for b in (*BRANCHES, STEERING) for j in range(len(cells)) if b in wanted[j])
         rows: list[dict[str, int]] = [{} for _ in cells]
         for k, (j, b) in enumerate(order):
@@ -513,10 +515,12 @@ def _denoise(family: Family, runtime, chunk: _Chunk, spec: ComparisonSpec, table
              progress: _Progress, capture=None, steer=None) -> torch.Tensor:
     cells = chunk.cells
     stepper = family.stepper(spec.sampler, chunk.seeds, chunk.latents, spec.steps, spec.height, spec.width)
-    g = spec.guidance_scale
-    active = family.guidance_active(g)
+    g = spec.guidance_scale  # a distilled model's guidance embedding reads the comparison's scale
+    scales = [spec.scale_of(c) for c in cells]  # each cell combines its branches at its own scale
+    active = [family.guidance_active(scale) for scale in scales]
     layout = _Layout.of(cells, active, family.steers_by_row)
     cell_of_row = torch.tensor([j for j, _ in layout.order], device=chunk.latents.device)
+    guided = any(active)
     latents = chunk.latents * stepper.init_noise_sigma
     unconditional = spec.baseline_negative
     call = family.denoiser_call(spec.height, spec.width, len(layout.order), g, table.dtype, latents.device,
@@ -542,9 +546,10 @@ def _denoise(family: Family, runtime, chunk: _Chunk, spec: ComparisonSpec, table
             steered = _steered_rows(layout, cells, step, spec.steps, unconditional, table, readings,
                                     family.steers_by_row)
         out = _call_by_length(call, texts[keys], denoiser_input, t, capture, watched, steer, steered)
-        if active:
-            eps = torch.cat([cell.guidance.combine({b: out[k:k + 1] for b, k in rows.items() if b != STEERING}, g)
-                             for cell, rows in zip(cells, layout.rows)])
+        if guided:
+            eps = torch.cat([cell.guidance.combine({b: out[k:k + 1] for b, k in rows.items() if b != STEERING}, scale)
+                             if on else out[rows["positive"]:rows["positive"] + 1]
+                             for cell, rows, scale, on in zip(cells, layout.rows, scales, active)])
         else:
             eps = out if len(layout.order) == len(cells) else out[[rows["positive"] for rows in layout.rows]]
         progress.step(lambda: family.decode(stepper.x0(model_input, eps, t), spec.height, spec.width,

@@ -39,10 +39,7 @@ from negprompt.plan import (
     CellSpec,
     ComparisonSpec,
     check_text,
-    methods_spec,
     negatives_spec,
-    readings_spec,
-    timing_spec,
     with_cells,
 )
 
@@ -162,89 +159,11 @@ def terms_alone_spec(prompt: str, negative: str, seeds: Sequence[int], *, includ
     return replace(with_cells(base, cells), mode="terms-alone")
 
 
-# What each way of exploring a negative shows, in words a teacher can read aloud (front ends show them with the mode).
-EXPLANATIONS = {
-    "leave-one-out": (
-        "Which words of my negative prompt matter? We split the negative prompt at its commas. The first picture "
-        "uses all of it; each other picture leaves out one word. If leaving a word out changes nothing, that word "
-        "was doing nothing, and you can delete it. The words are ranked from the one that matters most."),
-    "terms-alone": (
-        "What does each word do on its own? Each picture uses just one word of the negative prompt, from the same "
-        "starting noise as the picture with no negative prompt. Compare each with that first picture."),
-    "timing": (
-        "When does a negative prompt act? A picture is made in steps, from noise to detail. Here the negative "
-        "prompt is switched on only from a later step: 0 means from the start, 0.5 from halfway. Starting late "
-        "often still removes the object, and changes less of everything else."),
-    "methods": (
-        "Different recipes for using the negative prompt. Ordinary guidance pushes the picture away from the "
-        "negative prompt; Perp-Neg only pushes away from the part of it that does not overlap with your prompt; "
-        "rescaling tames colors that get too strong; NAG pushes away inside the model's attention, which also "
-        "works on fast few-step models. Same noise, same words, different recipe."),
-    "readings": (
-        "Read as written, or read as A1111 reads it? Negative prompts copied from the web often use the Stable "
-        "Diffusion web UI's syntax: (worst quality:1.4) means 'worst quality, 1.4 times as strong', BREAK starts a "
-        "new block of words, and text longer than 75 tokens is read in blocks instead of being cut. Each negative "
-        "is shown twice from the same noise: read plain (the characters as they are, cut at 75 tokens) and read "
-        "as A1111 does."),
-    "xray": (
-        "What is inside a negative embedding? An embedding such as EasyNegative is not a word but a few learned "
-        "vectors that a name stands for. The first picture has no negative prompt, the next uses the whole "
-        "embedding, and each other picture uses one of its vectors alone. Below, each vector's nearest words in "
-        "the model's vocabulary."),
-}
-TERM_MODES = {"leave-one-out": leave_one_out_spec, "terms-alone": terms_alone_spec}
-EXPLORER_MODES = (*TERM_MODES, "timing", "methods", "readings", "xray")  # spec modes worth watching step by step
-
-
-def term_mode_spec(mode: str, prompt: str, negatives: Sequence[str], seeds: Sequence[int], *,
-                   windows: Sequence[tuple[float, float]] | None = None, other_positive: str | None = None,
-                   **settings) -> ComparisonSpec:
-    """The spec of a term mode ("leave-one-out" or "terms-alone") from a front end's inputs: exactly one negative,
-    acting at every step, and no other positive."""
-    if not negatives:
-        raise InputError("negatives[0]", "", f"{mode} needs one negative prompt (its terms separated by commas)")
-    if len(negatives) > 1:  # never dropped silently: a second negative would be left out of every cell
-        raise InputError("negatives[1]", shown(negatives[1]), f"{mode} takes exactly one negative prompt (its terms "
-                         f"separated by commas); {len(negatives)} were given: put every term in the first and "
-                         "remove the others")
-    if windows is not None and any(tuple(w) != (0.0, 1.0) for w in windows):
-        raise InputError("negatives[0]", negatives[0], f"{mode} runs the negative at every step: write it "
-                                                       "without an @window")
-    if other_positive is not None:
-        raise InputError("other_positive", other_positive, f"{mode} compares the terms of one negative; it takes "
-                                                           "no other positive prompt")
-    return TERM_MODES[mode](prompt, negatives[0], seeds, argument="negatives[0]", **settings)
-
-
-def mode_spec(mode: str, prompt: str, negatives: Sequence[str], seeds: Sequence[int], *,
-              windows: Sequence[tuple[float, float]] | None = None, starts: Sequence[float] | None = None,
-              methods: Sequence | None = None, **settings) -> ComparisonSpec:
-    """The spec of any mode from a front end's inputs (the command line and the app share it): "negatives" (the
-    plain comparison), "readings" (each negative read plain and a1111, ``negprompt.plan.readings_spec``), a term
-    mode, "timing" (one cell per start in ``starts`` for each negative) or "methods" (one cell per guidance method
-    in ``methods`` for each negative). ``settings``: those of ``negatives_spec``."""
-    if mode in TERM_MODES:
-        return term_mode_spec(mode, prompt, negatives, seeds, windows=windows, **settings)
-    if mode == "methods":
-        return methods_spec(prompt, negatives, seeds, list(methods or ()), windows=windows, **settings)
-    if mode == "timing":
-        if windows is not None and any(tuple(w) != (0.0, 1.0) for w in windows):
-            raise InputError("timing", list(starts or ()), "timing sets each negative's start itself: write the "
-                                                            "negatives without @windows")
-        return timing_spec(prompt, negatives, seeds, list(starts or ()), **settings)
-    if mode == "readings":
-        return readings_spec(prompt, negatives, seeds, windows=windows, **settings)
-    if mode == "xray":
-        raise InputError("mode", mode, "the X-ray mode's cells depend on the loaded embedding: build its spec with "
-                                       "negprompt.embeddings.xray_spec")
-    if mode != "negatives":
-        raise InputError("mode", mode, f"{mode!r} is not one of negatives, {', '.join(EXPLORER_MODES)}")
-    return negatives_spec(prompt, negatives, seeds, windows=windows, **settings)
-
-
 def default_preview_every(spec: ComparisonSpec) -> int:
     """How often to keep every cell's preview: about ten times per run in the explorer's modes, else never."""
-    return max(1, spec.steps // 10) if spec.mode in EXPLORER_MODES else 0
+    from negprompt import axes
+
+    return max(1, spec.steps // 10) if axes.explorer(spec.mode) else 0
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -58,6 +58,8 @@ def cell_infotext(settings, cell, reading: str = "plain") -> str:
         extra["Negative window"] = format_window(cell.window)
     if not isinstance(cell.guidance, CFG):
         extra["Guidance method"] = method_label(cell.guidance)
+    if cell.guidance_scale is not None:
+        extra["CFG scale"] = f"{cell.guidance_scale:g}"  # the cell's own, in place of the comparison's
     if reading != "plain":
         extra["Prompt reading"] = reading
     return format_infotext(settings, cell.seed, cell.negative or "", prompt=cell.positive, extra=extra)

@@ -59,12 +59,14 @@ class CellSpec:
     kind: str = "negative"  # "baseline", "negative", "positive", or an axis a builder adds ("leave-out", ...)
     term: str = ""  # for axes over one term of a negative: that term
     reading: str = ""  # how its prompts are read ("plain", "a1111"; see negprompt.reading); "" the comparison's
+    guidance_scale: float | None = None  # its own guidance scale; None the comparison's
 
     def to_dict(self) -> dict[str, Any]:
         out = {"seed": self.seed, "positive": self.positive, "negative": self.negative,
                "guidance": method_to_dict(self.guidance), "window": list(self.window), "label": self.label,
                "reference": self.reference, "row": self.row, "kind": self.kind, "term": self.term}
-        return out | ({"reading": self.reading} if self.reading else {})
+        out |= {"reading": self.reading} if self.reading else {}
+        return out | ({"guidance_scale": self.guidance_scale} if self.guidance_scale is not None else {})
 
     @classmethod
     def from_dict(cls, data: dict[str, Any], argument: str = "cell") -> CellSpec:
@@ -174,6 +176,10 @@ class ComparisonSpec:
         """How ``cell``'s prompts are read: its own reading, else the comparison's."""
         return cell.reading or self.reading
 
+    def scale_of(self, cell: CellSpec) -> float:
+        """``cell``'s guidance scale: its own, else the comparison's."""
+        return self.guidance_scale if cell.guidance_scale is None else cell.guidance_scale
+
     def to_dict(self) -> dict[str, Any]:
         return {"version": SPEC_VERSION, "model": self.model, "steps": self.steps,
                 "guidance_scale": self.guidance_scale, "height": self.height, "width": self.width,
@@ -222,11 +228,7 @@ class ComparisonSpec:
         """Raise ``InputError`` naming the first bad field; return the spec itself when it is good."""
         check_text("model", self.model)
         check_int("steps", self.steps, 1, LIMITS.max_steps)
-        scale = self.guidance_scale
-        if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not math.isfinite(scale) \
-                or not 0 <= scale <= LIMITS.max_guidance:
-            raise InputError("guidance_scale", scale, f"guidance_scale={scale!r} must be a finite number from 0 to "
-                                                      f"{LIMITS.max_guidance:g}")
+        check_scale("guidance_scale", self.guidance_scale)
         if self.baseline not in BASELINES:
             raise InputError("baseline", shown(self.baseline), f"baseline={shown(self.baseline)} must be 'empty' or "
                                                                "'zeros'")
@@ -251,6 +253,15 @@ def check_int(argument: str, value, low: int, high: int) -> None:
     """An integer (not a bool) from ``low`` to ``high``, else ``InputError`` naming ``argument``."""
     if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
         raise InputError(argument, value, f"{argument}={shown(value)} must be an integer from {low} to {high}")
+
+
+def check_scale(argument: str, scale) -> float:
+    """A guidance scale: a finite number from 0 to ``LIMITS.max_guidance``."""
+    if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not math.isfinite(scale) \
+            or not 0 <= scale <= LIMITS.max_guidance:
+        raise InputError(argument, shown(scale), f"{argument}={shown(scale)} must be a finite number from 0 to "
+                                                 f"{LIMITS.max_guidance:g}")
+    return float(scale)
 
 
 def check_name(argument: str, value) -> None:
@@ -342,6 +353,8 @@ def _check_cell(i: int, cell: CellSpec, n: int) -> None:
     check_int(f"{where}.row", cell.row, 0, LIMITS.max_cells)
     if cell.reading != "":
         check_reading(f"{where}.reading", cell.reading)
+    if cell.guidance_scale is not None:
+        check_scale(f"{where}.guidance_scale", cell.guidance_scale)
     if cell.reference is not None and not (isinstance(cell.reference, int) and 0 <= cell.reference < n
                                            and cell.reference != i):
         raise InputError(f"{where}.reference", cell.reference, f"{where}.reference={cell.reference!r} must be the "

@@ -46,7 +46,8 @@ def spec_warnings(tokenizer, spec, distilled: bool) -> list[str]:
     plain = [c for c in spec.cells if spec.reading_of(c) == "plain"]
     read_plain = {c.negative for c in plain} | {c.positive for c in plain}
     warnings = comparison_warnings(tokenizer, [p for p in positives if p in read_plain],
-                                   [n for n in dict.fromkeys(negatives) if n in read_plain], spec.guidance_scale,
+                                   [n for n in dict.fromkeys(negatives) if n in read_plain],
+                                   max(spec.scale_of(c) for c in spec.cells),  # "off" only if off in every cell
                                    distilled, numbers=list(dict.fromkeys(negatives)))
     from negprompt.verdicts import a1111_syntax
 
@@ -57,7 +58,8 @@ def spec_warnings(tokenizer, spec, distilled: bool) -> list[str]:
                             "it to the text encoder as characters. The a1111 reading reads it as A1111 does.")
     seen: dict[tuple, int] = {}
     for cell in first_row:
-        key = (cell.positive, cell.negative, cell.guidance, tuple(cell.window))
+        key = (cell.positive, cell.negative, cell.guidance, tuple(cell.window), spec.reading_of(cell),
+               spec.scale_of(cell))
         if key in seen and cell.kind == "negative":
             warnings.append(f"Negative prompt {negatives.index(cell.negative) + 1} ('{cell.negative}') is listed "
                             "twice; both cells are the same image.")

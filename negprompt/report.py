@@ -416,7 +416,7 @@ def write_report(out: str | Path) -> tuple[Path, Path]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from negprompt.cli import OneLineParser
+    from negprompt.quiet import OneLineParser
 
     parser = OneLineParser(prog="negprompt report", description="Write a sweep's HTML and Markdown report.")
     parser.add_argument("results", type=Path, help="the sweep's --out folder")

@@ -15,7 +15,8 @@ A config file (TOML) names the model and the shared settings, the prompts, the n
     seeds = "0-63"                    # or a list: [0, 1, "10-19"]
     seeds_per_block = 8               # seeds per comparison: one comparison spec per (prompt, axis, seed block)
     axes = ["plain"]                  # also "timing" (timing = [0, 0.3]), "methods" (methods = ["cfg", "perp-neg"]),
-                                      # "leave-one-out" (each negative's comma-separated terms)
+                                      # "scales" (scales = [1, 3, 7.5]), "readings", "leave-one-out" and
+                                      # "terms-alone" (each negative's comma-separated terms): negprompt.axes
     # [[groups]] tables with their own prompts and negatives run in the same sweep (negatives = [] for baselines)
 
 It expands into ``ComparisonSpec``s (``negprompt.plan``), each with a stable id (a hash of its JSON). Processes
@@ -37,7 +38,6 @@ from __future__ import annotations
 import argparse
 import csv
 import hashlib
-import importlib
 import io
 import json
 import logging
@@ -52,6 +52,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from negprompt import axes
 from negprompt._assets import EMBEDDED_NAME
 from negprompt.errors import LIMITS, InputError, shown
 from negprompt.inputs import check_out_folder, load_json_file, parse_nested, read_text_file
@@ -62,15 +63,10 @@ log = logging.getLogger("negprompt.sweep")
 NO_CHANGE_PERCENT = 1.0  # a cell whose change score is below this (percent) "does almost nothing"
 TIMING_COLUMNS = ("seconds_spec", "seconds_cell", "process")  # row fields that differ between two identical runs
 
-# Axis -> (module, builder). A builder returns one ComparisonSpec; axes whose builder is missing give a clear error.
-AXES = {
-    "plain": ("negprompt.plan", "negatives_spec"),
-    "timing": ("negprompt.plan", "timing_spec"),
-    "methods": ("negprompt.plan", "methods_spec"),
-    "leave-one-out": ("negprompt.explore", "leave_one_out_spec"),
-}
 CONFIG_KEYS = {"model", "sampler", "steps", "guidance", "size", "baseline", "prompts", "negatives", "negatives_file",
-               "groups", "seeds", "seeds_per_block", "axes", "timing", "methods", "detector"}
+               "groups", "seeds", "seeds_per_block", "axes", "detector",
+               *(a.values.config_key for a in axes.ALL if a.values is not None)}  # each axis's values: "timing", ...
+LEGACY_VALUE_KEYS = ("timing", "methods")  # always in the config's hash, so that older sweeps keep theirs
 
 
 class SweepInterrupted(RuntimeError):
@@ -100,13 +96,20 @@ class SweepConfig:
     size: tuple[int, int] | None = None  # (width, height); None: the model's own size
     baseline: str = "empty"  # the baseline negative: "empty" prompt or "zeros" embeddings (SDXL's own default)
     seeds_per_block: int = 8  # seeds per comparison spec
-    axes: tuple[str, ...] = ("plain",)  # comparison axes, each a builder of specs
-    timing: tuple[float, ...] = ()  # the timing axis: start fractions
-    methods: tuple[str, ...] = ()  # the methods axis: guidance method names
+    axes: tuple[str, ...] = ("plain",)  # comparison axes by their sweep names (negprompt.axes)
+    values: tuple[tuple[str, tuple], ...] = ()  # (config key, values as written) of the axes that take values
     detector: bool | None = None  # run the portrait detector on every cell (None: for the embedded model only)
 
+    def values_of(self, axis) -> tuple:
+        """The values ``axis`` (a ``negprompt.axes.Axis``) varies over, as written in the config."""
+        return dict(self.values).get(axis.values.config_key, ()) if axis.values is not None else ()
+
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        out = asdict(self)
+        written = dict(out.pop("values"))
+        out.update({key: list(written.get(key, ())) for key in LEGACY_VALUE_KEYS})
+        out.update({key: list(v) for key, v in written.items() if key not in LEGACY_VALUE_KEYS and v})
+        return out
 
     def sha256(self) -> str:
         return hashlib.sha256(json.dumps(self.to_dict(), sort_keys=True).encode()).hexdigest()
@@ -204,35 +207,9 @@ def _names(data: dict, key: str, allowed) -> tuple:
 
 
 def _axis(argument: str, axis) -> None:
-    if not isinstance(axis, str) or axis not in AXES:
-        raise InputError(argument, shown(axis), f"axis {shown(axis)} is not one of {', '.join(AXES)}")
-
-
-def _start(argument: str, start) -> None:
-    if isinstance(start, bool) or not isinstance(start, (int, float)) or not math.isfinite(start) \
-            or not 0 <= start <= 1:
-        raise InputError(argument, shown(start), f"{argument}={shown(start)} must be a fraction of the steps from 0 "
-                                                 "to 1")
-
-
-def _method(argument: str, method) -> None:
-    from negprompt.guidance import method_from_dict
-
-    method_from_dict(method, argument)
-
-
-def cells_per_seed(axis: str, negatives: tuple[str, ...], timing: tuple, methods: tuple) -> list[int]:
-    """The images one seed makes in each comparison of ``axis`` for one prompt (a list: leave-one-out makes one
-    comparison per negative), counted without building any."""
-    if axis == "plain":
-        return [1 + len(negatives)]
-    if not negatives:
-        return []
-    if axis in ("timing", "methods"):
-        return [1 + len(negatives) * len(timing if axis == "timing" else methods)]
-    from negprompt.explore import split_terms
-
-    return [2 + len(split_terms(negative)) for negative in negatives]
+    names = axes.sweep_axes()
+    if not isinstance(axis, str) or axis not in names:
+        raise InputError(argument, shown(axis), f"axis {shown(axis)} is not one of {', '.join(names)}")
 
 
 def _count_images(config: SweepConfig, wheres: list[str]) -> None:
@@ -240,10 +217,11 @@ def _count_images(config: SweepConfig, wheres: list[str]) -> None:
     more than ``LIMITS.max_sweep_images``: counted before anything is expanded. ``wheres``: each group's key prefix."""
     total = 0
     for where, group in zip(wheres, config.groups):
-        for axis in config.axes:
-            per_seed = cells_per_seed(axis, group.negatives, config.timing, config.methods)
+        for name in config.axes:
+            axis = axes.by_sweep_name(name)
+            per_seed = axis.images_per_seed(group.negatives, config.values_of(axis))
             if per_seed and max(per_seed) > LIMITS.max_cells:
-                raise InputError(f"{where}negatives", len(group.negatives), f"{where}negatives: the {axis} axis makes "
+                raise InputError(f"{where}negatives", len(group.negatives), f"{where}negatives: the {name} axis makes "
                                  f"{max(per_seed):,} images per seed, more than {LIMITS.max_cells} in one comparison; "
                                  "split them into [[groups]]")
             total += sum(per_seed) * len(group.prompts) * len(config.seeds)
@@ -301,18 +279,23 @@ def load_config(path: str | Path, *, allow_outside_files: bool = False) -> Sweep
         raise InputError("detector", shown(detector), f"detector={shown(detector)} must be true or false")
     seeds_per_block = data.get("seeds_per_block", 8)
     check_int("seeds_per_block", seeds_per_block, 1, LIMITS.max_cells)
-    axes = _names(data, "axes", _axis) if "axes" in data else ("plain",)
-    if not axes:
+    axes_named = _names(data, "axes", _axis) if "axes" in data else ("plain",)
+    if not axes_named:
         raise InputError("axes", [], "axes must name at least one axis")
-    timing = tuple(float(t) for t in _names(data, "timing", _start))
-    methods = _names(data, "methods", _method)
-    for axis, values in (("timing", timing), ("methods", methods)):
-        if axis in axes and not values:
-            raise InputError(axis, [], f"the {axis} axis needs {axis} = [...] (at least one)")
+    values = []
+    for axis in axes.ALL:  # the values of each axis that takes them, checked whether or not the axis is named
+        if axis.values is None:
+            continue
+        key = axis.values.config_key
+        written = _names(data, key, axis.values.check)
+        if axis.sweep_name in axes_named and not written:
+            raise InputError(key, [], f"the {axis.sweep_name} axis needs {key} = [...] (at least one)")
+        values.append((key, tuple(float(v) if isinstance(v, int) and not isinstance(v, bool) else v
+                                  for v in written)))
     config = SweepConfig(
         model=model, groups=tuple(groups), seeds=parse_seeds(data.get("seeds", 0), "seeds", LIMITS.max_sweep_seeds),
         sampler=sampler, steps=steps, guidance=_number(data, "guidance", 7.5, 0, LIMITS.max_guidance), size=size,
-        baseline=baseline, seeds_per_block=seeds_per_block, axes=axes, timing=timing, methods=methods,
+        baseline=baseline, seeds_per_block=seeds_per_block, axes=axes_named, values=tuple(values),
         detector=detector,
     )
     _count_images(config, wheres)
@@ -323,33 +306,19 @@ def load_config(path: str | Path, *, allow_outside_files: bool = False) -> Sweep
 # Config -> specs
 
 
-def _builder(axis: str):
-    module, name = AXES[axis]
-    try:
-        return getattr(importlib.import_module(module), name)
-    except (ImportError, AttributeError):
-        raise InputError("axes", axis, f"axis {axis!r} needs {module}.{name}, which this negprompt does not have "
-                                       "yet") from None
-
-
-def _axis_specs(axis: str, prompt: str, negatives: tuple[str, ...], seeds: list[int], config: SweepConfig,
+def _axis_specs(name: str, prompt: str, negatives: tuple[str, ...], seeds: list[int], config: SweepConfig,
                 common: dict) -> list[ComparisonSpec]:
-    build = _builder(axis)
-    if axis == "plain":
-        return [build(prompt, list(negatives), seeds, **common)]
+    """The specs of one axis for one prompt and block of seeds: one (none without negatives, except for the plain
+    comparison of baselines), or one per negative for an axis over the terms of a long negative."""
+    axis = axes.by_sweep_name(name)
+    values = config.values_of(axis)
+    if axis.name == "negatives":
+        return [axis.build(prompt, list(negatives), seeds, values=values, **common)]
     if not negatives:
         return []
-    if axis == "timing":
-        return [build(prompt, list(negatives), seeds, starts=list(config.timing), **common)]
-    if axis == "methods":
-        from negprompt.guidance import method_from_dict
-
-        try:
-            methods = [method_from_dict(name) for name in config.methods]
-        except ValueError as error:
-            raise InputError("methods", list(config.methods), str(error)) from None
-        return [build(prompt, list(negatives), seeds, methods=methods, **common)]
-    return [build(prompt, negative, seeds, **common) for negative in negatives]  # leave-one-out: per long negative
+    if axis.long_negative:
+        return [axis.build(prompt, [negative], seeds, values=values, **common) for negative in negatives]
+    return [axis.build(prompt, list(negatives), seeds, values=values, **common)]
 
 
 def expand(config: SweepConfig) -> list[ComparisonSpec]:
@@ -542,7 +511,8 @@ def cell_rows(spec: ComparisonSpec, sid: str, changes: list[float], files: list[
             why = ""
         row = {"spec": sid, "cell": i, "row": cell.row, "prompt": cell.positive,
                "negative": "" if cell.negative is None else cell.negative, "label": cell.label, "kind": cell.kind,
-               "seed": cell.seed, "axis": spec.mode, "method": cell.guidance.name, "window_start": cell.window[0],
+               "seed": cell.seed, "axis": spec.mode, "method": cell.guidance.name,
+               "guidance_scale": spec.scale_of(cell), "window_start": cell.window[0],
                "window_stop": cell.window[1], "term": cell.term, "reference": cell.reference, "change": change,
                "verdict": verdict, "causes": why, "image": f"specs/{sid}/{files[i]}"}
         if detections is not None:
@@ -796,7 +766,7 @@ def default_threads(device: str | None) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from negprompt.cli import OneLineParser
+    from negprompt.quiet import OneLineParser
 
     parser = OneLineParser(prog="negprompt sweep", description="Run many comparisons from a config file, on one "
                            "process or many (accelerate launch), resumable.")

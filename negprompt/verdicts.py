@@ -196,9 +196,10 @@ def predicted_causes(facts: ModelFacts, spec: ComparisonSpec, index: int, tokeni
     ``tokenizer`` (the pipeline's CLIP tokenizer) enables the checks of the token limit."""
     cell = spec.cells[index]
     causes = []
-    if spec.guidance_scale <= 1:
-        causes.append(f"guidance scale {spec.guidance_scale:g} is at most 1: classifier-free guidance is off and "
-                      "no negative acts")
+    scale = spec.scale_of(cell)
+    if scale <= 1:
+        causes.append(f"guidance scale {scale:g} is at most 1: classifier-free guidance is off and no negative "
+                      "acts")
     distilled = distillation(facts)
     if distilled:
         causes.append(distilled)
@@ -314,12 +315,13 @@ def fit_to_model(spec: ComparisonSpec, pipe, *, optional_methods: bool = False) 
         return expand_cells(spec, lambda cell: [] if steers_attention(cell.guidance) else [cell])
     if spec.mode not in ("negatives", "negatives+positive") or distillation(model_facts(pipe, spec.model)) is None:
         return spec
-    return nag_beside_cfg(spec, "cfg" if family.guidance_active(spec.guidance_scale) else "cfg, inert here")
+    return nag_beside_cfg(spec, lambda cell: not family.guidance_active(spec.scale_of(cell)))
 
 
-def nag_beside_cfg(spec: ComparisonSpec, cfg_label: str = "cfg") -> ComparisonSpec:
-    """Every plain negative cell (CFG) of ``spec`` as two: the CFG cell, labeled ``cfg_label``, and the same negative
-    through NAG (what ``fit_to_model`` does on a guidance-distilled model)."""
+def nag_beside_cfg(spec: ComparisonSpec, inert=lambda cell: False) -> ComparisonSpec:
+    """Every plain negative cell (CFG) of ``spec`` as two: the CFG cell, labeled "cfg" (or "cfg, inert here" where
+    ``inert(cell)``), and the same negative through NAG (what ``fit_to_model`` does on a guidance-distilled
+    model)."""
     from dataclasses import replace
 
     from negprompt.guidance import CFG, NAG
@@ -328,7 +330,7 @@ def nag_beside_cfg(spec: ComparisonSpec, cfg_label: str = "cfg") -> ComparisonSp
     def both(cell):
         if cell.kind != "negative" or cell.guidance != CFG():
             return [cell]
-        return [replace(cell, label=f"{cell.label} ({cfg_label})"),
+        return [replace(cell, label=f"{cell.label} ({'cfg, inert here' if inert(cell) else 'cfg'})"),
                 replace(cell, guidance=NAG(), label=f"{cell.label} (nag)")]
 
     return expand_cells(spec, both)

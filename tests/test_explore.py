@@ -341,14 +341,16 @@ def test_timing_reports_cover_the_negatives_that_name_an_attribute():
 
 
 def test_every_explorer_mode_has_an_explanation_and_term_modes_check_their_inputs():
-    from negprompt.explore import EXPLANATIONS, EXPLORER_MODES, default_preview_every, term_mode_spec
+    from negprompt import axes
+    from negprompt.explore import default_preview_every
 
-    assert set(EXPLANATIONS) == set(EXPLORER_MODES)
-    spec = term_mode_spec("leave-one-out", PROMPT, ["hat, glasses"], [1], model="m", steps=20)
+    assert all(len(axis.explanation) > 80 for axis in axes.ALL), "Every axis explains itself to a class."
+    leave_out, alone = axes.get("leave-one-out"), axes.get("terms-alone")
+    spec = leave_out.build(PROMPT, ["hat, glasses"], [1], model="m", steps=20)
     assert spec.mode == "leave-one-out" and default_preview_every(spec) == 2
     with pytest.raises(InputError) as error:
-        term_mode_spec("terms-alone", PROMPT, ["hat"], [1], model="m", windows=[(0.5, 1.0)])
+        alone.build(PROMPT, ["hat"], [1], model="m", windows=[(0.5, 1.0)])
     assert error.value.argument == "negatives[0]"
     with pytest.raises(InputError) as error:
-        term_mode_spec("terms-alone", PROMPT, ["hat"], [1], model="m", other_positive="a man")
+        alone.build(PROMPT, ["hat"], [1], model="m", other_positive="a man")
     assert error.value.argument == "other_positive"

@@ -128,6 +128,17 @@ def draws(seed: int, label: str, attribute: str):
     return check
 
 
+def same_as_reference(seed: int, label: str):
+    """On ``seed`` the cell ``label`` is its reference cell, pixel for pixel (the negative did nothing)."""
+    def check(out: Output) -> None:
+        cell = out.cell(seed, label)
+        worst = int(np.abs(np.asarray(cell["image"], np.int16)
+                           - np.asarray(out.reference(cell)["image"], np.int16)).max())
+        assert worst == 0, f"'{label}' on seed {seed} must equal its baseline: it differs by {worst}/255"
+    check.__doc__ = f"seed {seed}: '{label}' equals its baseline"
+    return check
+
+
 def ranks_first(terms: list[str], trimmed: str):
     """The term ranking puts ``terms`` first (in any order) and the trimmed negative is ``trimmed``."""
     def check(out: Output) -> None:
@@ -237,6 +248,13 @@ CLAIMS = {
     "--seed 136":
         ("every method removes the hat of seed 136", [removes(136, f"- hat ({m})", "hat", clean=False)
                                                       for m in METHODS]),
+    f"negprompt --prompt '{P}' --negative hat --guidance-scales 1,3,7.5,15 --seed 136":
+        ("at guidance 1 the negative does nothing (the cell is its baseline, hat and all); at 3 and 7.5 it removes "
+         "the hat its own baseline shows; at 15 the baseline itself has lost the hat",
+         [keeps(136, "- hat (guidance 1)", "hat"), same_as_reference(136, "- hat (guidance 1)"),
+          removes(136, "- hat (guidance 3)", "hat", clean=False), removes(136, "- hat (guidance 7.5)", "hat",
+                                                                          clean=False),
+          counts("baseline: no negative (guidance 15)", "hat", 0)]),
     "negprompt --replay outputs/manifest.json --out outputs/again":
         ("the same images again", [same_images_as_before]),
     "python -m negprompt.sweep benchmarks/sweeps/smoke.toml --out runs/smoke":

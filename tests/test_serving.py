@@ -23,13 +23,18 @@ def max_diff(a, b) -> int:
 
 
 def model_free() -> None:
-    """Wait until no run holds the model (an earlier test's run may still be handing its result over)."""
+    """Wait until no run holds the model or waits for it (an earlier test's served app may still be finishing, or
+    handing over, a run its caller left): admission measures only a model nobody else is using."""
     from negprompt.app.runner import GENERATION_LOCK
 
+    def busy() -> list[str]:
+        runs = [t.name for t in threading.enumerate() if t.name == "negprompt-compare" and t.is_alive()]
+        return runs + (["the generation lock"] if GENERATION_LOCK.locked() else [])
+
     waited = time.time() + 300
-    while GENERATION_LOCK.locked() and time.time() < waited:
+    while busy() and time.time() < waited:
         time.sleep(0.05)
-    assert not GENERATION_LOCK.locked(), "An earlier test's run still holds the model after 5 minutes."
+    assert not busy(), f"An earlier test's run still holds or waits for the model after 5 minutes: {busy()}"
 
 
 def finished(events):

@@ -83,12 +83,6 @@ def test_bad_configs_name_the_key(tmp_path, tiny_sd_folder, override, argument):
     assert error.value.argument == argument
 
 
-def test_an_axis_without_its_builder_is_a_clear_error(tmp_path, tiny_sd_folder, monkeypatch):
-    monkeypatch.setitem(__import__("negprompt.sweep").sweep.AXES, "timing", ("negprompt.plan", "no_such_builder"))
-    with pytest.raises(InputError, match="needs negprompt.plan.no_such_builder"):
-        expand(load_config(write_config(tmp_path, tiny_sd_folder, axes=["plain", "timing"], timing=[0, 0.5])))
-
-
 def test_timing_and_method_axes_run_in_one_sweep(tmp_path, tiny_sd_folder):
     config = write_config(tmp_path, tiny_sd_folder, seeds="0-1", negatives=["hat"],
                           axes=["plain", "timing", "methods"], timing=[0.0, 0.5], methods=["cfg", "perp-neg"])

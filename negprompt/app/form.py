@@ -15,6 +15,7 @@ import math
 import re
 from dataclasses import dataclass, field
 
+from negprompt import axes
 from negprompt.app.settings import AppSettings
 from negprompt.errors import LIMITS, InputError, base_argument
 from negprompt.loading import EMBEDDED_NAME
@@ -48,23 +49,13 @@ LABELS = {
     "reading": "Prompt reading",
 }
 
-# The app's modes: the label a user picks -> the spec mode (``negprompt.explore.mode_spec``). The first is the default.
-MODES = {
-    "Compare negatives": "negatives",
-    "Leave one out": "leave-one-out",
-    "Each term alone": "terms-alone",
-    "X-ray an embedding": "xray",
-    "When it acts (timing)": "timing",
-    "Guidance methods": "methods",
-    "Plain vs A1111 reading": "readings",
-}
+# The app's modes, one per comparison axis (``negprompt.axes``): the label a user picks -> the spec mode. The first
+# is the default.
+MODES = {axis.label: axis.name for axis in axes.ALL}
 READINGS = {  # the Prompt reading radio: label -> the spec's reading (``negprompt.reading``)
     "plain (the text as it is)": "plain",
     "A1111 ((x:1.3), BREAK, [a:b:0.4], 75-token chunks)": "a1111",
 }
-TIMING_STARTS = (0.0, 0.2, 0.4, 0.6)  # the timing mode's start fractions, for each negative
-# the guidance-methods mode's methods (parse_method text; NAG only where the model's attention can be steered)
-GUIDANCE_METHODS = ("cfg", "perp-neg", "cfg-rescale:0.7", "nag")
 
 
 def field_label(argument: str, boxes: tuple[int, ...] | None = None) -> str:
@@ -209,20 +200,15 @@ def request_spec(request: Request, *, model: str | None = None, baseline: str = 
     as the long negative, whose terms are separated by commas. ``model`` and ``baseline`` as the loaded pipeline
     names them (defaults: the request's model, the empty prompt). A term mode with a second negative is refused
     at that box, never run on the first alone."""
-    from negprompt.explore import mode_spec
-    from negprompt.guidance import parse_method
-
-    if request.mode == "xray":
-        from negprompt.embeddings import xray_spec
-
-        return xray_spec(request.prompt, request.negatives[0].lower(), request.vectors, list(request.seeds),
-                         model=model or request.model, steps=request.steps, guidance_scale=request.guidance_scale,
-                         height=request.height, width=request.width, sampler=request.scheduler, baseline=baseline)
-    return mode_spec(request.mode, request.prompt, list(request.negatives), list(request.seeds),
-                     starts=TIMING_STARTS, methods=[parse_method(m, "methods") for m in GUIDANCE_METHODS],
-                     model=model or request.model, steps=request.steps, guidance_scale=request.guidance_scale,
-                     height=request.height, width=request.width, sampler=request.scheduler, baseline=baseline,
-                     other_positive=request.other_positive or None, reading=request.reading)
+    axis = axes.get(request.mode)
+    if axis.takes_name:  # the X-ray: the embedding named in the first box, its vectors counted by build_request
+        negatives, values = [], (request.negatives[0].lower(), request.vectors)
+    else:
+        negatives, values = list(request.negatives), axis.values.app if axis.values is not None else ()
+    return axis.build(request.prompt, negatives, list(request.seeds), values=values, model=model or request.model,
+                      steps=request.steps, guidance_scale=request.guidance_scale, height=request.height,
+                      width=request.width, sampler=request.scheduler, baseline=baseline,
+                      other_positive=request.other_positive or None, reading=request.reading)
 
 
 def check_mode(mode) -> str:
@@ -291,7 +277,7 @@ def build_request(settings: AppSettings, form: Form) -> Request:
                       reading=check_reading(form.reading), vectors=vectors)
     if mode != "negatives" and request.cells > settings.max_cells:
         first = f"negatives[{request.boxes[0]}]" if request.boxes else "negatives[0]"
-        raise InputError(first if mode in ("leave-one-out", "terms-alone") else "max_cells", request.cells,
+        raise InputError(first if axes.get(mode).long_negative else "max_cells", request.cells,
                          f"{rows} seed(s) x this mode's images per seed = {request.cells} images; this app makes at "
                          f"most {settings.max_cells}. Use fewer seeds, terms or negatives.")
     if request.cells > settings.max_cells:

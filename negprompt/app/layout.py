@@ -24,6 +24,7 @@ from dataclasses import dataclass
 
 import gradio as gr
 
+from negprompt import axes
 from negprompt.app.calls import ENDPOINTS, CountDataItems
 from negprompt.app.examples import load_examples
 from negprompt.app.form import MODES, READINGS, Form, field_label, form_from_api, negatives_from_boxes
@@ -31,7 +32,6 @@ from negprompt.app.runner import WAITING_REQUESTS
 from negprompt.app.settings import AppSettings, on_spaces
 from negprompt.app.views import FormError, Views
 from negprompt.errors import LIMITS, InputError
-from negprompt.explore import EXPLANATIONS, TERM_MODES
 from negprompt.loading import EMBEDDED_NAME
 from negprompt.schedulers import scheduler_names
 
@@ -111,15 +111,12 @@ TERM_SEEDS = 3  # the seeds a term mode starts with, so that its ranking shows e
 
 
 def mode_help(label) -> str:
-    """What the mode picked in the form shows, in words a teacher can read aloud."""
-    mode = MODES.get(label, "negatives")
-    if mode == "negatives":
-        return ("Each picture uses one of your negative prompts, all from the same starting noise as the first "
-                "picture, which has no negative prompt. Whatever differs from it was done by the negative prompt.")
-    text = EXPLANATIONS[mode]
-    if mode in TERM_MODES:
+    """What the mode picked in the form shows, in words a teacher can read aloud (its axis's explanation)."""
+    axis = axes.get(MODES.get(label, "negatives"))
+    text = axis.explanation
+    if axis.long_negative:
         text += " This mode uses the first negative prompt box: paste your whole negative prompt there."
-    if mode == "xray":
+    if axis.takes_name:
         text += " Write the embedding's name (e.g. portrait-bad) in the first negative prompt box."
     return text
 
@@ -540,7 +537,8 @@ def build_demo(settings: AppSettings | None = None) -> gr.Blocks:
             button.click(remove(i), [count, *boxes], [count, *boxes], **QUICK)
         count.change(show, count, groups, **QUICK)
         mode.change(mode_help, mode, mode_text, **QUICK)
-        mode.change(lambda label: min(TERM_SEEDS, settings.max_seeds) if MODES.get(label) in TERM_MODES else 1,
+        mode.change(lambda label: min(TERM_SEEDS, settings.max_seeds)
+                    if axes.get(MODES.get(label, "negatives")).long_negative else 1,
                     mode, rows, **QUICK)  # term modes rank over three seeds unless told otherwise
         advanced.expand(lambda: True, None, advanced_open, **QUICK)
         advanced.collapse(lambda: False, None, advanced_open, **QUICK)
