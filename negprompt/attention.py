@@ -32,10 +32,12 @@ and the steering names it beside the positive row. In every joint layer the imag
 the positive text (``z_pos``, the positive row's) and with the negative text (``z_neg``, the steering row's) are
 combined by ``steer(z_pos, z_neg)`` and the result is written to the image tokens of BOTH rows, so their image
 tokens stay the same from block to block while the steering row's text tokens evolve as the negative prompt's own
-stream. That is the approach of the NAG authors' SD3.5 and FLUX processors (Chen et al., 2025, the
-Normalized-Attention-Guidance repository, Apache-2.0), where the negative text rides along as extra batch rows
-that share the positive's image tokens; negprompt keeps it per cell inside one batch. The steering row's own
-output is never used. Which layers get which wrapper is the family's choice (``Family.attention_wrapper``).
+stream. That is the approach of the NAG authors' SD3.5 and FLUX processors (Chen et al., 2025, their
+Normalized-Attention-Guidance repository), where the negative text rides along as extra batch rows that share the
+positive's image tokens and read the positive's pooled text; negprompt keeps it per cell inside one batch, and uses
+the paper's L1 norms on every family (``negprompt.guidance.normalized_attention_guidance``; the authors' FLUX
+processor measures them in L2). The steering row's own output is never used. Which layers get which wrapper is the
+family's choice (``Family.attention_wrapper``).
 
 A compiled UNet is not wrapped (the wrapper's per-call check would break its graph); it has no maps and no
 steering.
