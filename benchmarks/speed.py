@@ -168,6 +168,22 @@ def max_difference(left, right) -> float:
                zip(left, right, strict=True))
 
 
+def lever_stages(args, device: torch.device) -> tuple[speedups.Levers, list[tuple[str, speedups.Levers]]]:
+    """The eager levers, and the stages (label, levers) at which (c) is timed: (c) eager first when sweeping or when
+    no lever applies, timed with (a) and (b); then (c) again with each lever added (the sweep) or with all of them,
+    after (a) and (b) are done on the eager pipeline."""
+    wanted = levers_from(args.levers, device, args.compile_mode)
+    names = [name for name in ("channels_last", "fuse_qkv", "compile") if getattr(wanted, name)]
+    eager = speedups.Levers(compile_mode=wanted.compile_mode, buckets=wanted.buckets)
+    stages = [("eager", eager)] if args.sweep or not names else []
+    if args.sweep:
+        for name in names:
+            stages.append((f"+{name}", speedups.Levers(**{**vars(stages[-1][1]), name: True})))
+    elif names:
+        stages.append(("levers", wanted))
+    return eager, stages
+
+
 def run_config(config: Config, args, device: torch.device, dtype: torch.dtype) -> dict:
     pipe, note = build(config.source, device, dtype)
     family = family_of(pipe)
@@ -201,17 +217,7 @@ def run_config(config: Config, args, device: torch.device, dtype: torch.dtype) -
     result = {"name": config.name, "model": note, "images": len(cells), "steps": config.steps, "size": size,
               "dtype": str(dtype).removeprefix("torch."), "unet_tflop_per_sample": unet_flops / 1e12,
               "vae_tflop_per_image": vae_flops / 1e12, "tflop": flops / 1e12}
-    # (c) eager first when sweeping or when no lever applies, timed with (a) and (b); then (c) again with each lever
-    # added (the sweep) or with all of them, after (a) and (b) are done on the eager pipeline.
-    wanted = levers_from(args.levers, device, args.compile_mode)
-    names = [name for name in ("channels_last", "fuse_qkv", "compile") if getattr(wanted, name)]
-    eager = speedups.Levers(compile_mode=wanted.compile_mode, buckets=wanted.buckets)
-    stages = [("eager", eager)] if args.sweep or not names else []
-    if args.sweep:
-        for name in names:
-            stages.append((f"+{name}", speedups.Levers(**{**vars(stages[-1][1]), name: True})))
-    elif names:
-        stages.append(("levers", wanted))
+    eager, stages = lever_stages(args, device)
     ways = {"a": one_call_per_image, "b": one_batched_call}
     if stages[0][0] == "eager":
         ways["c"] = negprompt_compare

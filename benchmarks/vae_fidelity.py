@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -19,11 +20,12 @@ import torch
 from diffusers import AutoencoderKL
 from PIL import Image
 
-from negprompt.portrait_model.detector import detect, load_detector
-from negprompt.portrait_model.portraits import BINARY, grid, portrait_array, sample_portraits
-from negprompt.portrait_model.train import to_tensor
-
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))  # the repository's training/, beside the package
+
+from negprompt.portrait_model.detector import detect, load_detector  # noqa: E402
+from negprompt.portrait_model.portraits import BINARY, grid, portrait_array, sample_portraits  # noqa: E402
+from training.portrait_model import to_tensor  # noqa: E402
 
 
 def accuracy(records: list[dict], people) -> dict[str, float]:

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from dataclasses import replace
 from pathlib import Path
 
@@ -25,10 +26,12 @@ import numpy as np
 import torch
 from diffusers import DDPMScheduler, StableDiffusionPipeline
 
-from negprompt.portrait_model.portraits import BINARY, portrait_array, sample_portraits
-from negprompt.portrait_model.train import TrainConfig, assemble, build_models, to_tensor
-
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))  # the repository's training/, beside the package
+
+from negprompt.portrait_model.portraits import BINARY, portrait_array, sample_portraits  # noqa: E402
+from training.portrait_model import TrainConfig, assemble, build_models, to_tensor  # noqa: E402
+
 PLAIN = "portrait photo of a man"
 TIMESTEPS = (300, 500, 700)  # where attributes get decided: lower is nearly the image, higher nearly noise
 
@@ -65,7 +68,7 @@ def error_reduction(pipe: StableDiffusionPipeline, attribute: str, n: int, seed:
 
 
 def load_checkpoint(pipe: StableDiffusionPipeline, path: str) -> StableDiffusionPipeline:
-    """``pipe`` with the EMA text encoder and UNet of a ``negprompt.portrait_model.train`` checkpoint (same VAE and
+    """``pipe`` with the EMA text encoder and UNet of a ``training.portrait_model`` checkpoint (same VAE and
     tokenizer)."""
     state = torch.load(path, weights_only=False, map_location="cpu")
     _, text, unet = build_models(TrainConfig(**state.get("config", {})), len(pipe.tokenizer))
@@ -82,7 +85,7 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=123, help="seed of the portraits and the noise")
     parser.add_argument("--json", default=None, help="also write the table as JSON to this file")
     parser.add_argument("--checkpoint", default=None,
-                        help="a negprompt.portrait_model.train checkpoint.pt: measure its EMA weights (VAE and "
+                        help="a training.portrait_model checkpoint.pt: measure its EMA weights (VAE and "
                              "tokenizer from --model)")
     args = parser.parse_args()
     pipe = StableDiffusionPipeline.from_pretrained(args.model)

@@ -255,74 +255,13 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     quiet_libraries()
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    from tqdm.auto import tqdm
-
-    from negprompt.embeddings import find, parse_embedding, xray_findings, xray_lines
-    from negprompt.engine import compare, default_baseline
-    from negprompt.errors import LIMITS, InputError
-    from negprompt.explore import PreviewRecorder, default_preview_every
-    from negprompt.inputs import check_out_folder
-    from negprompt.loading import EMBEDDED_NAME, load, model_source
-    from negprompt.loras import parse_lora
-    from negprompt.schedulers import scheduler_names
-    from negprompt.verdicts import explain, fit_to_model, summary_lines
+    from negprompt.embeddings import xray_lines
+    from negprompt.verdicts import summary_lines
 
     try:
-        # 1. Check every argument before anything loads
-        if args.max_batch is not None and args.max_batch < 1:
-            raise InputError("max_batch", args.max_batch, f"--max-batch {args.max_batch} must be at least 1")
-        if args.preview_every is not None and args.preview_every < 0:
-            raise InputError("preview_every", args.preview_every, "--preview-every must be 0 or more")
-        if args.replay is not None:
-            if args.prompt is not None or args.negative or args.negatives_file or args.other_positive is not None \
-                    or args.reading is not None:
-                raise InputError("replay", str(args.replay), "--replay runs the cells its manifest recorded: give "
-                                                             "no --prompt, --negative, --other-positive or "
-                                                             "--reading with it")
-            check_out_folder(args.out, empty=True)  # the replay's folder is written whole, by one rename
-            spec, recorded = _read_manifest(args.replay)
-            model = args.model or spec.model
-        else:
-            check_out_folder(args.out)
-            model = args.model or EMBEDDED_NAME
-            spec = spec_from_args(args, model, "empty" if args.baseline == "auto" else args.baseline)
-        spec.validate(LIMITS.max_cells)
-        if spec.sampler not in scheduler_names():
-            raise InputError("sampler", spec.sampler, f"sampler={spec.sampler!r} is not one of "
-                                                      f"{', '.join(scheduler_names())}")
-        embeddings = [parse_embedding(text) for text in args.embedding]
-        loras = [parse_lora(text) for text in args.lora]
-        if args.replay is not None and not embeddings and not loras:
-            embeddings, loras = _replay_additions(recorded, model)
-
-        # 2. Load the model; resolve the baseline "auto" for it
-        loaded = load(None if model == EMBEDDED_NAME else model, device=args.device,
-                      preview_decoder=args.preview_decoder, embeddings=embeddings, loras=loras)
-        if args.replay is None:
-            baseline = default_baseline(loaded.pipe) if args.baseline == "auto" else args.baseline
-            spec = fit_to_model(spec_from_args(args, model_source(loaded.pipe), baseline, loaded.embeddings),
-                                     loaded)
-        else:
-            _check_same_additions(recorded, loaded.additions())
-
-        # 3. Run and save
-        with tqdm(total=None, unit="step", desc="denoising") as bar:
-            def on_step(done, total, _previews):
-                bar.total = total
-                bar.update(done - bar.n)
-
-            every = default_preview_every(spec) if args.preview_every is None else args.preview_every
-            recorder = PreviewRecorder(spec.steps, then=on_step)
-            result = explain(compare(loaded, spec, max_batch=args.max_batch, callback=recorder, preview_every=every,
-                                     attention_maps=args.attention_maps),
-                             loaded, recorder if every else None)
-        if args.xray is not None:
-            embedding = find(loaded.embeddings, args.xray)
-            result.explored["xray"] = xray_findings(loaded.pipe, embedding.name, embedding.vectors)
-        if args.replay is not None:
-            folder = save_atomic(result, args.out, differences=not args.no_differences)
-        else:
-            folder = result.save(args.out, differences=not args.no_differences)
+        planned = _checked(args)  # 1. every argument, before anything loads
+        loaded, spec = _loaded(args, *planned)  # 2. the model, and the spec as it can show it
+        result, folder = _run_and_save(args, loaded, spec)  # 3. the run and its files
     except (ValueError, OSError) as error:
         print(f"negprompt: error: {error}", file=sys.stderr)
         return 2
@@ -334,6 +273,89 @@ def main(argv: list[str] | None = None) -> int:
     if "xray" in result.explored:
         print("\n".join(xray_lines(result.explored["xray"])))
     return 0
+
+
+def _checked(args):
+    """(spec, model, recorded additions, embeddings, loras): every argument checked before any model loads;
+    ``InputError`` otherwise."""
+    from negprompt.embeddings import parse_embedding
+    from negprompt.errors import LIMITS, InputError
+    from negprompt.inputs import check_out_folder
+    from negprompt.loading import EMBEDDED_NAME
+    from negprompt.loras import parse_lora
+    from negprompt.schedulers import scheduler_names
+
+    if args.max_batch is not None and args.max_batch < 1:
+        raise InputError("max_batch", args.max_batch, f"--max-batch {args.max_batch} must be at least 1")
+    if args.preview_every is not None and args.preview_every < 0:
+        raise InputError("preview_every", args.preview_every, "--preview-every must be 0 or more")
+    recorded = None
+    if args.replay is not None:
+        if args.prompt is not None or args.negative or args.negatives_file or args.other_positive is not None \
+                or args.reading is not None:
+            raise InputError("replay", str(args.replay), "--replay runs the cells its manifest recorded: give no "
+                                                         "--prompt, --negative, --other-positive or --reading "
+                                                         "with it")
+        check_out_folder(args.out, empty=True)  # the replay's folder is written whole, by one rename
+        spec, recorded = _read_manifest(args.replay)
+        model = args.model or spec.model
+    else:
+        check_out_folder(args.out)
+        model = args.model or EMBEDDED_NAME
+        spec = spec_from_args(args, model, "empty" if args.baseline == "auto" else args.baseline)
+    spec.validate(LIMITS.max_cells)
+    if spec.sampler not in scheduler_names():
+        raise InputError("sampler", spec.sampler, f"sampler={spec.sampler!r} is not one of "
+                                                  f"{', '.join(scheduler_names())}")
+    embeddings = [parse_embedding(text) for text in args.embedding]
+    loras = [parse_lora(text) for text in args.lora]
+    if recorded is not None and not embeddings and not loras:
+        embeddings, loras = _replay_additions(recorded, model)
+    return spec, model, recorded, embeddings, loras
+
+
+def _loaded(args, spec, model: str, recorded, embeddings, loras):
+    """(loaded model, spec): the model with its embeddings and LoRAs; a new comparison's spec built again for it
+    (the baseline "auto" resolved, the X-ray's vectors known, fitted to what it can show), a replay's checked to
+    load what its manifest recorded."""
+    from negprompt.engine import default_baseline
+    from negprompt.loading import EMBEDDED_NAME, load, model_source
+    from negprompt.verdicts import fit_to_model
+
+    loaded = load(None if model == EMBEDDED_NAME else model, device=args.device,
+                  preview_decoder=args.preview_decoder, embeddings=embeddings, loras=loras)
+    if recorded is not None:
+        _check_same_additions(recorded, loaded.additions())
+        return loaded, spec
+    baseline = default_baseline(loaded.pipe) if args.baseline == "auto" else args.baseline
+    return loaded, fit_to_model(spec_from_args(args, model_source(loaded.pipe), baseline, loaded.embeddings), loaded)
+
+
+def _run_and_save(args, loaded, spec):
+    """(result, folder): the comparison run with a progress bar, explained, and written to ``--out``."""
+    from tqdm.auto import tqdm
+
+    from negprompt.embeddings import find, xray_findings
+    from negprompt.engine import compare
+    from negprompt.explore import PreviewRecorder, default_preview_every
+    from negprompt.verdicts import explain
+
+    with tqdm(total=None, unit="step", desc="denoising") as bar:
+        def on_step(done, total, _previews):
+            bar.total = total
+            bar.update(done - bar.n)
+
+        every = default_preview_every(spec) if args.preview_every is None else args.preview_every
+        recorder = PreviewRecorder(spec.steps, then=on_step)
+        result = explain(compare(loaded, spec, max_batch=args.max_batch, callback=recorder, preview_every=every,
+                                 attention_maps=args.attention_maps),
+                         loaded, recorder if every else None)
+    if args.xray is not None:
+        embedding = find(loaded.embeddings, args.xray)
+        result.explored["xray"] = xray_findings(loaded.pipe, embedding.name, embedding.vectors)
+    if args.replay is not None:
+        return result, save_atomic(result, args.out, differences=not args.no_differences)
+    return result, result.save(args.out, differences=not args.no_differences)
 
 
 def _replay_additions(recorded: dict, model: str):

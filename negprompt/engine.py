@@ -322,10 +322,8 @@ def _install_checkpoints(module) -> None:
 # Input checks
 
 
-def _check_convenience(prompt, negatives, seed, seeds, baseline, other_positive, scheduler, max_cells) -> list[int]:
-    """The checks of ``compare``'s own arguments (the spec's ``validate`` checks the rest), named as its
-    parameters are."""
-    check_text("prompt", prompt)
+def _check_negatives(negatives) -> None:
+    """Each negative prompt a string with text in it."""
     for i, negative in enumerate(negatives):
         if not isinstance(negative, str):
             raise InputError(f"negatives[{i}]", negative, f"negatives[{i}]={negative!r} must be a string")
@@ -333,8 +331,11 @@ def _check_convenience(prompt, negatives, seed, seeds, baseline, other_positive,
             raise InputError(f"negatives[{i}]", negative, f"negatives[{i}]={negative!r} is empty; the baseline "
                                                           "cell already shows the empty negative prompt")
         check_text(f"negatives[{i}]", negative)
-    if other_positive is not None:
-        check_text("other_positive", other_positive)
+
+
+def _seed_rows(seed, seeds) -> list[int]:
+    """The seed of each row: ``seeds``, or the one ``seed`` (0 when neither is given); at least one, distinct, each
+    from 0 to MAX_SEED."""
     if seed is not None and seeds is not None:
         raise InputError("seeds", seeds, f"give seed={seed!r} or seeds={list(seeds)!r}, not both")
     rows = list(seeds) if seeds is not None else [0 if seed is None else seed]
@@ -346,6 +347,17 @@ def _check_convenience(prompt, negatives, seed, seeds, baseline, other_positive,
             raise InputError(argument, s, f"seed={s!r} must be an integer from 0 to {MAX_SEED}")
     if len(set(rows)) != len(rows):
         raise InputError("seeds", rows, f"seeds={rows!r} repeats a seed")
+    return rows
+
+
+def _check_convenience(prompt, negatives, seed, seeds, baseline, other_positive, scheduler, max_cells) -> list[int]:
+    """The checks of ``compare``'s own arguments (the spec's ``validate`` checks the rest), named as its
+    parameters are."""
+    check_text("prompt", prompt)
+    _check_negatives(negatives)
+    if other_positive is not None:
+        check_text("other_positive", other_positive)
+    rows = _seed_rows(seed, seeds)
     check_int("max_cells", max_cells, 1, 10**6)
     cells = len(rows) * (len(negatives) + 1 + (other_positive is not None))
     if cells > max_cells:

@@ -27,24 +27,9 @@ def read_text_file(path: str | Path, argument: str, max_bytes: int, *, inside: P
     resolved) must lie in that folder unless ``allow_outside``; ``hint`` names the flag that allows it."""
     path = Path(path)
     where = f"{argument} {str(path)!r}"
-    try:
-        real = path.resolve(strict=True)
-        info = real.stat()
-    except FileNotFoundError:
-        raise InputError(argument, str(path), f"{where}: no such file") from None
-    except (OSError, RuntimeError) as error:  # a symlink loop, a name too long, a denied folder
-        raise InputError(argument, str(path), f"{where}: {getattr(error, 'strerror', None) or error}") from None
-    if any(real == folder or folder in real.parents for folder in SYSTEM_FOLDERS):
-        raise InputError(argument, str(path), f"{where} is a system file ({real}), not a text file of yours")
-    if not stat.S_ISREG(info.st_mode):
-        raise InputError(argument, str(path), f"{where} is not a regular file (a folder, device or pipe)")
-    if inside is not None and not allow_outside:
-        folder = Path(inside).resolve()
-        if folder not in real.parents:
-            raise InputError(argument, str(path), f"{where} lies outside the config's folder {str(folder)!r}"
-                                                  f"{f' ({hint})' if hint else ''}")
-    if info.st_size > max_bytes:
-        raise InputError(argument, str(path), f"{where} is {info.st_size:,} bytes; at most {max_bytes:,} are read")
+    real, size = _regular_file(path, argument, where, None if allow_outside else inside, hint)
+    if size > max_bytes:
+        raise InputError(argument, str(path), f"{where} is {size:,} bytes; at most {max_bytes:,} are read")
     try:
         with open(real, "rb") as file:
             data = file.read(max_bytes + 1)
@@ -58,6 +43,27 @@ def read_text_file(path: str | Path, argument: str, max_bytes: int, *, inside: P
         line = data[:error.start].count(b"\n") + 1
         raise InputError(argument, str(path), f"{where} is not UTF-8 text (line {line}, byte "
                                               f"{error.start})") from None
+
+
+def _regular_file(path: Path, argument: str, where: str, inside: Path | None, hint: str) -> tuple[Path, int]:
+    """The file ``path`` resolves to and its size in bytes: an existing regular file, not a system file, and in the
+    folder ``inside`` (when given); else the ``InputError`` that says which it is not."""
+    try:
+        real = path.resolve(strict=True)
+        info = real.stat()
+    except FileNotFoundError:
+        raise InputError(argument, str(path), f"{where}: no such file") from None
+    except (OSError, RuntimeError) as error:  # a symlink loop, a name too long, a denied folder
+        raise InputError(argument, str(path), f"{where}: {getattr(error, 'strerror', None) or error}") from None
+    if any(real == folder or folder in real.parents for folder in SYSTEM_FOLDERS):
+        raise InputError(argument, str(path), f"{where} is a system file ({real}), not a text file of yours")
+    if not stat.S_ISREG(info.st_mode):
+        raise InputError(argument, str(path), f"{where} is not a regular file (a folder, device or pipe)")
+    folder = None if inside is None else Path(inside).resolve()
+    if folder is not None and folder not in real.parents:
+        raise InputError(argument, str(path), f"{where} lies outside the config's folder {str(folder)!r}"
+                                              f"{f' ({hint})' if hint else ''}")
+    return real, info.st_size
 
 
 def nesting(value) -> int:

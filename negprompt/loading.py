@@ -118,8 +118,8 @@ def resolve_model(model: str | Path | None) -> str:
         if not (EMBEDDED_MODEL / "model_index.json").is_file():
             raise ModelNotFoundError(str(EMBEDDED_MODEL), (
                 f"The embedded model is missing: {EMBEDDED_MODEL} has no model_index.json. "
-                "Train it with `python -m negprompt.portrait_model.train --out runs/portrait` (see its model card), "
-                "or pass --model."))
+                "Train it from the repository's root with `python -m training.portrait_model --out runs/portrait` "
+                "(see its model card), or pass --model."))
         return str(EMBEDDED_MODEL)
     if not isinstance(model, (str, Path)):
         raise InputError("model", model, f"model={model!r} must be a Hub id, a folder or a file")

@@ -111,37 +111,60 @@ def _sequence(text: str, i: int, top: bool) -> tuple[tuple, int]:
 
 
 def _bracket(text: str, i: int):
-    opening = text[i]
+    """The bracket opening at ``i`` as a node, and the index after it; ``_Fail`` when the grammar reads none."""
     first, j = _sequence(text, i + 1, top=False)
     end = text[j] if j < len(text) else ""
-    if opening == "(":
-        if end == ")":
-            return _Emphasis("(", (first,), ")"), j + 1
-        if end == ":":
-            second, k = _sequence(text, j + 1, top=False)
-            if k < len(text) and text[k] == ")":
-                return _Emphasis("(", (first, second), ")"), k + 1
-        raise _Fail
+    if text[i] == "(":
+        return _round(text, first, j, end)
     if end == "]":
         return _Emphasis("[", (first,), "]"), j + 1
     if end == "|":
-        options = [first]
-        while j < len(text) and text[j] == "|":
-            option, j = _sequence(text, j + 1, top=False)
-            options.append(option)
-        if j < len(text) and text[j] == "]":
-            return _Alternate(tuple(options)), j + 1
-        raise _Fail
+        return _alternation(text, first, j)
     if end == ":":
-        number = _NUMBER.match(text, j + 1)
-        if number and number.end() < len(text) and text[number.end()] == "]":  # [x:N]
-            return _Scheduled((), first, number.group(1)), number.end() + 1
-        second, k = _sequence(text, j + 1, top=False)
-        if k < len(text) and text[k] == ":":
-            number = _NUMBER.match(text, k + 1)
-            if number and number.end() < len(text) and text[number.end()] == "]":  # [a:b:N]
-                return _Scheduled(first, second, number.group(1)), number.end() + 1
+        return _scheduled(text, first, j)
     raise _Fail
+
+
+def _round(text: str, first: tuple, j: int, end: str):
+    """``(x)`` or ``(x:w)``, ``first`` (x) read up to ``j``, where the character ``end`` stands."""
+    if end == ")":
+        return _Emphasis("(", (first,), ")"), j + 1
+    if end == ":":
+        second, k = _sequence(text, j + 1, top=False)
+        if k < len(text) and text[k] == ")":
+            return _Emphasis("(", (first, second), ")"), k + 1
+    raise _Fail
+
+
+def _alternation(text: str, first: tuple, j: int):
+    """``[a|b|...]``, ``first`` (a) read up to the ``|`` at ``j``."""
+    options = [first]
+    while j < len(text) and text[j] == "|":
+        option, j = _sequence(text, j + 1, top=False)
+        options.append(option)
+    if j < len(text) and text[j] == "]":
+        return _Alternate(tuple(options)), j + 1
+    raise _Fail
+
+
+def _scheduled(text: str, first: tuple, j: int):
+    """``[x:N]`` or ``[a:b:N]``, ``first`` (x or a) read up to the ``:`` at ``j``."""
+    closing = _closing_number(text, j + 1)
+    if closing:  # [x:N]
+        return _Scheduled((), first, closing[0]), closing[1]
+    second, k = _sequence(text, j + 1, top=False)
+    closing = _closing_number(text, k + 1) if k < len(text) and text[k] == ":" else None
+    if closing:  # [a:b:N]
+        return _Scheduled(first, second, closing[0]), closing[1]
+    raise _Fail
+
+
+def _closing_number(text: str, start: int) -> tuple[str, int] | None:
+    """The number N written from ``start`` when a ``]`` follows it, and the index after that ``]``; else None."""
+    number = _NUMBER.match(text, start)
+    if number and number.end() < len(text) and text[number.end()] == "]":
+        return number.group(1), number.end() + 1
+    return None
 
 
 @lru_cache(maxsize=4096)
@@ -219,45 +242,15 @@ def attention(text: str) -> list[tuple[str, float | None]]:
     """``text`` (prompt editing resolved) as ``(piece, weight)`` pairs in order, neighbours of equal weight merged;
     a ``(BREAK, None)`` pair marks a chunk break. ``"a (b:1.3) [c]"`` -> ``[("a ", 1.0), ("b", 1.3), (" ", 1.0),
     ("c", 1/1.1)]``; an empty text is ``[("", 1.0)]``."""
-    pieces: list[list] = []  # [text, weight, is_break]
-    round_open: list[int] = []
-    square_open: list[int] = []
-
-    def scale(start: int, factor: float) -> None:
-        for piece in pieces[start:]:
-            if not piece[2]:
-                piece[1] *= factor
-
+    weighing = _Weighing()
     for match in _ATTENTION.finditer(text):
-        token, weight = match.group(0), match.group(1)
-        if token.startswith("\\"):
-            pieces.append([token[1:], 1.0, False])
-        elif token == "(":
-            round_open.append(len(pieces))
-        elif token == "[":
-            square_open.append(len(pieces))
-        elif weight is not None and round_open:
-            try:
-                scale(round_open.pop(), float(weight))
-            except ValueError:  # "1.2.3" is no number: the web UI fails; read the characters
-                pieces.append([token, 1.0, False])
-        elif token == ")" and round_open:
-            scale(round_open.pop(), EMPHASIS)
-        elif token == "]" and square_open:
-            scale(square_open.pop(), 1 / EMPHASIS)
-        else:
-            depth = len(round_open) + len(square_open)
-            for k, part in enumerate(_BREAK.split(token) if depth == 0 else [token]):
-                if k:
-                    pieces.append([BREAK, 1.0, True])
-                pieces.append([part, 1.0, False])
-    for start in round_open:  # unclosed brackets weigh everything after them
-        scale(start, EMPHASIS)
-    for start in square_open:
-        scale(start, 1 / EMPHASIS)
-
+        weighing.read(match.group(0), match.group(1))
+    for start in weighing.round_open:  # unclosed brackets weigh everything after them
+        weighing.scale(start, EMPHASIS)
+    for start in weighing.square_open:
+        weighing.scale(start, 1 / EMPHASIS)
     merged: list[tuple[str, float | None]] = []
-    for piece_text, weight, is_break in pieces:
+    for piece_text, weight, is_break in weighing.pieces:
         if is_break:
             merged.append((BREAK, None))
         elif merged and merged[-1][1] == weight:
@@ -265,6 +258,50 @@ def attention(text: str) -> list[tuple[str, float | None]]:
         elif piece_text:
             merged.append((piece_text, weight))
     return merged or [("", 1.0)]
+
+
+class _Weighing:
+    """``attention``'s reading so far: the pieces of text with their weights, and where the brackets still open
+    began (an index into the pieces)."""
+
+    def __init__(self) -> None:
+        self.pieces: list[list] = []  # [text, weight, is_break]
+        self.round_open: list[int] = []
+        self.square_open: list[int] = []
+
+    def scale(self, start: int, factor: float) -> None:
+        """Multiply the weight of every piece from ``start`` on (BREAKs have none) by ``factor``."""
+        for piece in self.pieces[start:]:
+            if not piece[2]:
+                piece[1] *= factor
+
+    def read(self, token: str, weight: str | None) -> None:
+        """One token of ``_ATTENTION``; ``weight``: the number of a ``:N)`` token."""
+        if token.startswith("\\"):
+            self.pieces.append([token[1:], 1.0, False])
+        elif token == "(":
+            self.round_open.append(len(self.pieces))
+        elif token == "[":
+            self.square_open.append(len(self.pieces))
+        elif weight is not None and self.round_open:
+            try:
+                self.scale(self.round_open.pop(), float(weight))
+            except ValueError:  # "1.2.3" is no number: the web UI fails; read the characters
+                self.pieces.append([token, 1.0, False])
+        elif token == ")" and self.round_open:
+            self.scale(self.round_open.pop(), EMPHASIS)
+        elif token == "]" and self.square_open:
+            self.scale(self.square_open.pop(), 1 / EMPHASIS)
+        else:
+            self._text(token)
+
+    def _text(self, token: str) -> None:
+        """Plain text; outside brackets a BREAK in it ends a chunk."""
+        inside = self.round_open or self.square_open
+        for k, part in enumerate([token] if inside else _BREAK.split(token)):
+            if k:
+                self.pieces.append([BREAK, 1.0, True])
+            self.pieces.append([part, 1.0, False])
 
 
 def weighted(text: str) -> bool:

@@ -230,6 +230,51 @@ def _count_images(config: SweepConfig, wheres: list[str]) -> None:
                                          "per sweep")
 
 
+def _model(data: dict, folder: Path) -> str:
+    """The config's model: a Hub id, the embedded model's name, or a folder (relative to the config's, made
+    absolute)."""
+    model = data.get("model", EMBEDDED_NAME)
+    check_text("model", model)
+    try:
+        if (folder / model).is_dir():  # a folder named relative to the config file
+            return str((folder / model).resolve())
+    except (OSError, ValueError) as error:  # a name too long, a null character
+        raise InputError("model", shown(model), f"model={shown(model)}: {error}") from None
+    return model
+
+
+def _size(data: dict) -> tuple[int, int] | None:
+    """The config's ``size = "WxH"`` as (width, height); None for the model's own."""
+    if "size" not in data:
+        return None
+    match = re.fullmatch(r"(\d{1,5})x(\d{1,5})", data["size"].lower()) if isinstance(data["size"], str) else None
+    if not match:
+        raise InputError("size", shown(data["size"]), f"size={shown(data['size'])} must look like \"512x512\"")
+    size = (int(match[1]), int(match[2]))
+    for name, side in zip(("width", "height"), size):
+        check_int(f"size ({name})", side, 1, LIMITS.max_side)
+    return size
+
+
+def _axes(data: dict) -> tuple[tuple[str, ...], tuple[tuple[str, tuple], ...]]:
+    """(axes named, (config key, values) of every axis that takes values): each axis's values are checked whether
+    or not the axis is named, and a named axis needs at least one."""
+    named = _names(data, "axes", _axis) if "axes" in data else ("plain",)
+    if not named:
+        raise InputError("axes", [], "axes must name at least one axis")
+    values = []
+    for axis in axes.ALL:
+        if axis.values is None:
+            continue
+        key = axis.values.config_key
+        written = _names(data, key, axis.values.check)
+        if axis.sweep_name in named and not written:
+            raise InputError(key, [], f"the {axis.sweep_name} axis needs {key} = [...] (at least one)")
+        values.append((key, tuple(float(v) if isinstance(v, int) and not isinstance(v, bool) else v
+                                  for v in written)))
+    return named, tuple(values)
+
+
 def load_config(path: str | Path, *, allow_outside_files: bool = False) -> SweepConfig:
     """Read and check a sweep config before anything runs; raises ``InputError`` naming the bad key. A
     ``negatives_file`` must lie in the config's folder unless ``allow_outside_files``."""
@@ -250,21 +295,8 @@ def load_config(path: str | Path, *, allow_outside_files: bool = False) -> Sweep
     groups = [_group(table, path.parent, where, allow_outside_files) for where, table in zip(wheres, tables)]
     if not groups:
         raise InputError("prompts", None, "a sweep needs prompts (or [[groups]] with prompts)")
-    model = data.get("model", EMBEDDED_NAME)
-    check_text("model", model)
-    try:
-        if (path.parent / model).is_dir():  # a folder named relative to the config file
-            model = str((path.parent / model).resolve())
-    except (OSError, ValueError) as error:  # a name too long, a null character
-        raise InputError("model", shown(model), f"model={shown(model)}: {error}") from None
-    size = None
-    if "size" in data:
-        match = re.fullmatch(r"(\d{1,5})x(\d{1,5})", data["size"].lower()) if isinstance(data["size"], str) else None
-        if not match:
-            raise InputError("size", shown(data["size"]), f"size={shown(data['size'])} must look like \"512x512\"")
-        size = (int(match[1]), int(match[2]))
-        for name, side in zip(("width", "height"), size):
-            check_int(f"size ({name})", side, 1, LIMITS.max_side)
+    model = _model(data, path.parent)
+    size = _size(data)
     sampler = data.get("sampler", "Default")
     if not isinstance(sampler, str) or sampler not in scheduler_names():
         raise InputError("sampler", shown(sampler), f"sampler={shown(sampler)} is not one of "
@@ -279,23 +311,11 @@ def load_config(path: str | Path, *, allow_outside_files: bool = False) -> Sweep
         raise InputError("detector", shown(detector), f"detector={shown(detector)} must be true or false")
     seeds_per_block = data.get("seeds_per_block", 8)
     check_int("seeds_per_block", seeds_per_block, 1, LIMITS.max_cells)
-    axes_named = _names(data, "axes", _axis) if "axes" in data else ("plain",)
-    if not axes_named:
-        raise InputError("axes", [], "axes must name at least one axis")
-    values = []
-    for axis in axes.ALL:  # the values of each axis that takes them, checked whether or not the axis is named
-        if axis.values is None:
-            continue
-        key = axis.values.config_key
-        written = _names(data, key, axis.values.check)
-        if axis.sweep_name in axes_named and not written:
-            raise InputError(key, [], f"the {axis.sweep_name} axis needs {key} = [...] (at least one)")
-        values.append((key, tuple(float(v) if isinstance(v, int) and not isinstance(v, bool) else v
-                                  for v in written)))
+    axes_named, values = _axes(data)
     config = SweepConfig(
         model=model, groups=tuple(groups), seeds=parse_seeds(data.get("seeds", 0), "seeds", LIMITS.max_sweep_seeds),
         sampler=sampler, steps=steps, guidance=_number(data, "guidance", 7.5, 0, LIMITS.max_guidance), size=size,
-        baseline=baseline, seeds_per_block=seeds_per_block, axes=axes_named, values=tuple(values),
+        baseline=baseline, seeds_per_block=seeds_per_block, axes=axes_named, values=values,
         detector=detector,
     )
     _count_images(config, wheres)

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Build and install negprompt NON-editably into a throwaway virtual environment, then run the command line with the
-# embedded model from there: the wheel must carry the weights (assets/ is mapped into the package at build time).
+# embedded model from there: the wheel must carry the weights (assets/ is mapped into the package at build time), and
+# none of the code that trained them (training/ stays in the repository).
 #
 #     scripts/check_wheel.sh                 # uses ./.venv/bin/python, or $PYTHON
 #
@@ -10,6 +11,7 @@ set -euo pipefail
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
 PYTHON="${PYTHON:-$ROOT/.venv/bin/python}"
 WORK="$(mktemp -d)"
+unset PYTHONPATH  # only the installed package may be importable, not a checkout on the path
 trap 'rm -rf "$WORK"' EXIT
 
 "$PYTHON" -m venv "$WORK/venv"
@@ -37,5 +39,17 @@ from negprompt.portrait_model.detector import DEFAULT_PATH, load_detector
 load_detector()  # the detector the app and benchmarks read, from the wheel too
 assert DEFAULT_PATH.is_relative_to(Path(negprompt.loading.__file__).parent), f"detector in the wheel: {DEFAULT_PATH}"
 assert EXAMPLES_FILE.is_file(), "the app's examples must be in the wheel"
+
+import importlib.metadata
+import importlib.util
+
+import negprompt.portrait_model.detector as detector
+
+installed = [str(f) for f in importlib.metadata.files("negprompt") if f.suffix == ".py"]
+trainers = [f for f in installed if f.startswith("training/") or f.endswith("portrait_model/train.py")]
+assert not trainers, f"the wheel must ship the model, not its trainers: {trainers}"
+assert importlib.util.find_spec("training") is None, "the installed package must not bring a training module"
+assert not hasattr(detector, "train") and not hasattr(detector, "make_batch"), "the detector ships without its training"
+print("ok: the wheel holds", len(installed), "modules and no trainer")
 print("ok: the installed wheel ran the embedded model from", negprompt.loading.EMBEDDED_MODEL)
 PY

@@ -193,7 +193,7 @@ def choose_article(rows: Rows, detector, label: str, attribute: str, other: str,
 
 def _article(rows: Rows, detector, label: str, attribute: str, other: str, seeds: list[int],
              baselines: dict[int, list[dict]], min_rate: float) -> tuple[dict | None, str, dict]:
-    from negprompt.portrait_model.detector import SURE, removal_row_faults, unchanged_row_faults
+    from negprompt.portrait_model.detector import removal_row_faults, unchanged_row_faults
 
     showing = [s for s in seeds if baselines[s][0][attribute] >= 0.5]
     if len(showing) < 2:
@@ -203,22 +203,41 @@ def _article(rows: Rows, detector, label: str, attribute: str, other: str, seeds
     rate = sum(records[s][1][attribute] < 0.5 for s in showing) / len(showing)
     if rate < min_rate:
         return None, f"the negative {attribute!r} removes it on {rate:.0%} of the seeds that show it", {}
-    removing = {}
-    for seed in showing:
-        faults, worst = removal_row_faults(made[seed][:2], records[seed][:2], [attribute])
-        if not faults and records[seed][2][attribute] >= SURE:
-            removing[seed] = worst
+    removing = _lesson_rows(made, records, showing, attribute,
+                            lambda images, found: removal_row_faults(images, found, [attribute]))
     if not removing:
         return None, f"no seed of {len(showing)} removes {attribute!r} cleanly while '{other}' keeps it", {}
     near = sorted({n for s in removing for n in range(s - NEIGHBOURS, s + NEIGHBOURS + 1)
                    if 0 <= n < len(seeds) and n not in showing})
     made.update(rows.get([attribute], other, near))
     records.update(read({n: made[n] for n in near}, detector))
-    adding = {}
-    for seed in near:
-        faults, worst = unchanged_row_faults(made[seed][:2], records[seed][:2], attribute)
+    adding = _lesson_rows(made, records, near, attribute,
+                          lambda images, found: unchanged_row_faults(images, found, attribute))
+    runs = _neighbour_runs(removing, adding)
+    if not runs:
+        return None, (f"{len(removing)} seeds remove {attribute!r} cleanly and {len(adding)} rows without it gain it "
+                      f"from '{other}', but none stand next to each other"), removing
+    _, _, start, k = min(runs)
+    example = _article_example(made, records, label, attribute, other, start, k)
+    return example, f"seeds {start}-{start + k - 1} ({len(runs)} runs possible)", removing
+
+
+def _lesson_rows(made: dict, records: dict, seeds: list[int], attribute: str, faults_of) -> dict[int, float]:
+    """{seed: worst change outside} of the ``seeds`` whose baseline and negative cell pass ``faults_of`` (the
+    removal or the unchanged lesson) and whose other prompt shows ``attribute`` surely."""
+    from negprompt.portrait_model.detector import SURE
+
+    out = {}
+    for seed in seeds:
+        faults, worst = faults_of(made[seed][:2], records[seed][:2])
         if not faults and records[seed][2][attribute] >= SURE:
-            adding[seed] = worst
+            out[seed] = worst
+    return out
+
+
+def _neighbour_runs(removing: dict[int, float], adding: dict[int, float]) -> list[tuple]:
+    """Runs of 2 to MAX_ROWS neighbouring usable seeds holding at least one of each kind, as (distance from 3 rows,
+    worst change outside, first seed, length): the best run is the smallest."""
     usable = {**removing, **adding}
     runs = []
     for start in sorted(usable):
@@ -228,10 +247,12 @@ def _article(rows: Rows, detector, label: str, attribute: str, other: str, seeds
                 break
             if any(s in removing for s in window) and any(s in adding for s in window):
                 runs.append((abs(k - 3), max(usable[s] for s in window), start, k))
-    if not runs:
-        return None, (f"{len(removing)} seeds remove {attribute!r} cleanly and {len(adding)} rows without it gain it "
-                      f"from '{other}', but none stand next to each other"), removing
-    _, _, start, k = min(runs)
+    return runs
+
+
+def _article_example(made: dict, records: dict, label: str, attribute: str, other: str, start: int,
+                     k: int) -> dict:
+    """The example of ``k`` rows from seed ``start``, its label counting what each prompt drew."""
     window = list(range(start, start + k))
     plain = sum(records[s][0][attribute] >= 0.5 for s in window)
     negative = sum(records[s][1][attribute] >= 0.5 for s in window)
@@ -242,10 +263,8 @@ def _article(rows: Rows, detector, label: str, attribute: str, other: str, seeds
         text = text.replace(f"draws a {attribute}", f"draws {attribute}")
     measured = [{"seed": s, **describe(made[s][:2], records[s][:2], [attribute])[0],
                  "without": records[s][2][attribute]} for s in window]
-    example = {"label": text, "title": f"{label}, seeds {start}-{start + k - 1}", "prompt": PROMPT,
-               "negatives": [attribute], "other": other, "seed": start, "rows": k,
-               "measured": measured}
-    return example, f"seeds {start}-{start + k - 1} ({len(runs)} runs possible)", removing
+    return {"label": text, "title": f"{label}, seeds {start}-{start + k - 1}", "prompt": PROMPT,
+            "negatives": [attribute], "other": other, "seed": start, "rows": k, "measured": measured}
 
 
 def main() -> None:

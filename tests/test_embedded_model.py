@@ -12,10 +12,11 @@ import torch
 from diffusers import StableDiffusionPipeline
 from transformers import CLIPTokenizer
 
-from negprompt.portrait_model import train
-from negprompt.portrait_model.detector import DEFAULT_PATH, detect, evaluate, load_detector
+import training.portrait_model as train
+from negprompt.portrait_model.detector import DEFAULT_PATH, detect, load_detector
 from negprompt.portrait_model.portraits import draw_portrait, sample_portraits
-from negprompt.portrait_model.train import TINY, TrainConfig, run
+from training.detector import evaluate
+from training.portrait_model import TINY, TrainConfig, run
 
 ROOT = Path(__file__).resolve().parent.parent
 MODEL = ROOT / "assets" / "portrait-model"

@@ -251,19 +251,8 @@ def build_request(settings: AppSettings, form: Form) -> Request:
     if seed + rows - 1 > LIMITS.max_seed:
         raise InputError("seed", seed, f"seeds {seed} to {seed + rows - 1} go past {LIMITS.max_seed}")
     steps = whole_number("steps", form.steps, 1, settings.max_steps, hint=" on this app")
-    guidance = form.guidance
-    if isinstance(guidance, bool) or not isinstance(guidance, (int, float)) \
-            or (isinstance(guidance, float) and not math.isfinite(guidance)):
-        raise InputError("guidance_scale", guidance, f"{_show(guidance)} is not a finite number")
-    if not 1 < guidance <= LIMITS.max_guidance:
-        raise InputError("guidance_scale", guidance,
-                         f"{_show(guidance)} must be above 1 (at 1 or below, classifier-free guidance is off and "
-                         f"negative prompts do nothing; 5 to 9 is usual) and at most {LIMITS.max_guidance:g}")
-    width, height = parse_size(form.size)
-    for value in (width, height):
-        if value is not None and not 8 <= value <= settings.max_size:
-            raise InputError("size", f"{width}x{height}", f"{width}x{height}: each side must be from 8 to "
-                                                          f"{settings.max_size} pixels on this app")
+    guidance = _guidance(form.guidance)
+    width, height = _size(settings, form.size)
     scheduler = form.scheduler if form.scheduler not in (None, "") else "Default"
     if scheduler not in scheduler_names():
         raise InputError("scheduler", scheduler, f"{_show(scheduler)} is not one of {', '.join(scheduler_names())}")
@@ -285,6 +274,28 @@ def build_request(settings: AppSettings, form: Form) -> Request:
                          f"{rows} seed(s) x ({len(texts)} negatives + baseline{' + other positive' if other else ''})"
                          f" = {request.cells} images; this app makes at most {settings.max_cells}")
     return request
+
+
+def _guidance(guidance) -> float:
+    """The form's guidance scale: a finite number above 1 (where negative prompts act) and at most the cap."""
+    if isinstance(guidance, bool) or not isinstance(guidance, (int, float)) \
+            or (isinstance(guidance, float) and not math.isfinite(guidance)):
+        raise InputError("guidance_scale", guidance, f"{_show(guidance)} is not a finite number")
+    if not 1 < guidance <= LIMITS.max_guidance:
+        raise InputError("guidance_scale", guidance,
+                         f"{_show(guidance)} must be above 1 (at 1 or below, classifier-free guidance is off and "
+                         f"negative prompts do nothing; 5 to 9 is usual) and at most {LIMITS.max_guidance:g}")
+    return float(guidance)
+
+
+def _size(settings: AppSettings, size) -> tuple[int | None, int | None]:
+    """(width, height) of the form's size; (None, None) for the model's own. Each side from 8 to the app's cap."""
+    width, height = parse_size(size)
+    for value in (width, height):
+        if value is not None and not 8 <= value <= settings.max_size:
+            raise InputError("size", f"{width}x{height}", f"{width}x{height}: each side must be from 8 to "
+                                                          f"{settings.max_size} pixels on this app")
+    return width, height
 
 
 def _xray_vectors(settings: AppSettings, model: str, texts, negatives) -> int:

@@ -389,6 +389,74 @@ def _api_endpoints(views: Views, settings: AppSettings) -> None:
                          "manifest.", **RUN)
 
 
+def _components(view: dict, outputs: dict) -> dict:
+    """A handler's view (``negprompt.app.views``: values by output name) as Gradio updates of ``outputs`` (output
+    name -> component)."""
+    status, advanced, gallery = outputs["status"], outputs["advanced"], outputs["gallery"]
+    shown = {outputs[name]: value for name, value in view.items() if name in outputs}
+    hidden = [label for label in view.get("errors", {}) if label in ADVANCED]
+    if hidden:  # a refusal about a field in the closed accordion: open it, and say where it is
+        label = hidden[0]
+        shown[status] = f"**Check the input:** {label} (under Advanced options): {view['errors'][label]}"
+        shown[advanced], shown[outputs["advanced_open"]] = gr.Accordion(open=True), True
+    if "columns" in view:  # one row per seed: as many columns as images per seed
+        shown[gallery] = gr.update(value=view["gallery"], columns=view["columns"]) if "gallery" in view \
+            else gr.update(columns=view["columns"])
+    if "trimmed" in view:
+        shown[outputs["trimmed"]] = gr.update(value=view["trimmed"], visible=bool(view["trimmed"]))
+    if "scrubber" in view:  # the index of the last kept step (the final images); hidden with nothing to scrub
+        last, steps = view["scrubber"], view.get("scrubber_steps") or []
+        kept = f"kept steps {', '.join(map(str, steps))}" if steps else ""
+        shown[outputs["scrubber"]] = gr.update(maximum=max(last, 1), value=max(last, 0), visible=last >= 1, info=kept)
+    if "curves" in view:  # shown from the first run that kept previews on; its legend wraps beneath it
+        shown.update(_curves(view, outputs))
+    return shown
+
+
+def _curves(view: dict, outputs: dict) -> dict:
+    names = list(dict.fromkeys(view["curves"]["image"]))
+    colors = {name: PALETTE[i % len(PALETTE)] for i, name in enumerate(names)}
+    return {outputs["curves"]: gr.update(value=view["curves"], visible=bool(names), color_map=colors),
+            outputs["legend"]: gr.update(value=legend_html(colors), visible=bool(names)),
+            outputs["frames"]: gr.update(value=view["frames"], visible=bool(view["frames"]),
+                                         columns=view.get("columns", 4))}
+
+
+def _validator(views: Views, fields: Fields, others: list):
+    """The check run before a comparison is queued: it points at the field a refusal concerns when that field shows;
+    a refusal about a field in the closed Advanced options (or about no field) passes here, and the run shows it in
+    the status line and opens the accordion. ``others``: the run's other inputs, never refused."""
+    labelled = fields.by_label()
+
+    def validate(differences=False, attended=False, advanced_open=False, **values):
+        bad = {}
+        try:
+            views.request(form_from_widgets(values))
+        except InputError as error:
+            label, message = views.refusal(error)
+            if label in labelled and (advanced_open or label not in ADVANCED):
+                bad = {labelled[label]: message}
+        return [gr.validate(component not in bad, bad.get(component, "")) for component in
+                [*fields.kwargs().values(), *others]]
+
+    return validate
+
+
+def _token_counters(demo: gr.Blocks, views: Views, model, texts: list, counters: list) -> None:
+    """Each text box's token count under it, updated as it is typed, when the model changes and at page load."""
+
+    def counter_line(text, model_name):
+        return views.token_counter(text, model_name)
+
+    def every_line(model_name, *values):
+        return [views.token_counter(t, model_name) for t in values]
+
+    for box, counter in zip(texts, counters):
+        box.change(counter_line, [box, model], counter, **QUICK)
+    model.change(every_line, [model, *texts], counters, **QUICK)
+    demo.load(every_line, [model, *texts], counters, **PRIVATE)
+
+
 def build_demo(settings: AppSettings | None = None) -> gr.Blocks:
     """The whole app; loads no model (the first request does, or ``runner.load`` at launch)."""
     settings = settings or AppSettings.from_env()
@@ -471,67 +539,21 @@ def build_demo(settings: AppSettings | None = None) -> gr.Blocks:
                          "scrubber": scrubber, "frames": frames, "curves": curves, "legend": legend,
                          "advanced": advanced,
                          "advanced_open": advanced_open}
-        labelled = fields.by_label()
-
         def to_components(view: dict) -> dict:
-            shown = {named_outputs[name]: value for name, value in view.items() if name in named_outputs}
-            hidden = [label for label in view.get("errors", {}) if label in ADVANCED]
-            if hidden:  # a refusal about a field in the closed accordion: open it, and say where it is
-                label = hidden[0]
-                shown[status] = f"**Check the input:** {label} (under Advanced options): {view['errors'][label]}"
-                shown[advanced], shown[advanced_open] = gr.Accordion(open=True), True
-            if "columns" in view:  # one row per seed: as many columns as images per seed
-                shown[gallery] = gr.update(value=view["gallery"], columns=view["columns"]) if "gallery" in view \
-                    else gr.update(columns=view["columns"])
-            if "trimmed" in view:
-                shown[trimmed] = gr.update(value=view["trimmed"], visible=bool(view["trimmed"]))
-            if "scrubber" in view:  # the index of the last kept step (the final images); hidden with nothing to scrub
-                last, steps = view["scrubber"], view.get("scrubber_steps") or []
-                kept = f"kept steps {', '.join(map(str, steps))}" if steps else ""
-                shown[scrubber] = gr.update(maximum=max(last, 1), value=max(last, 0), visible=last >= 1, info=kept)
-            if "curves" in view:  # shown from the first run that kept previews on; its legend wraps beneath it
-                names = list(dict.fromkeys(view["curves"]["image"]))
-                colors = {name: PALETTE[i % len(PALETTE)] for i, name in enumerate(names)}
-                shown[curves] = gr.update(value=view["curves"], visible=bool(names), color_map=colors)
-                shown[legend] = gr.update(value=legend_html(colors), visible=bool(names))
-                shown[frames] = gr.update(value=view["frames"], visible=bool(view["frames"]),
-                                          columns=view.get("columns", 4))
-            return shown
+            return _components(view, named_outputs)
 
         def run(differences=False, attended=False, advanced_open=False, progress=gr.Progress(), **values):
             for view in views.run(form_from_widgets(values), bool(differences), progress, bool(attended)):
                 yield to_components(view)
 
-        def validate(differences=False, attended=False, advanced_open=False, **values):
-            """Point at the field a refusal concerns, before the comparison is queued, when that field shows; a
-            refusal about a field in the closed Advanced options (or about no field) passes here, and the run
-            shows it in the status line and opens the accordion."""
-            bad = {}
-            try:
-                views.request(form_from_widgets(values))
-            except InputError as error:
-                label, message = views.refusal(error)
-                if label in labelled and (advanced_open or label not in ADVANCED):
-                    bad = {labelled[label]: message}
-            return [gr.validate(component not in bad, bad.get(component, "")) for component in
-                    [*fields.kwargs().values(), differences_box, attended, advanced_open_state]]
-
-        differences_box, advanced_open_state = differences, advanced_open
+        validate = _validator(views, fields, [differences, attended, advanced_open])
         run_kwargs = {**fields.kwargs(), "differences": differences, "attended": attended,
                       "advanced_open": advanced_open}
         for trigger in (run_button.click, prompt.submit):
             trigger(run, None, list(named_outputs.values()), inputs_kwargs=run_kwargs, validator=validate,
                     preprocess=False, show_progress_on=[status], **RUN, **PRIVATE)
 
-        def counter_line(text, model):
-            return views.token_counter(text, model)
-
-        prompt.change(counter_line, [prompt, model], prompt_tokens, **QUICK)
-        for box, counter in zip(boxes, counters):
-            box.change(counter_line, [box, model], counter, **QUICK)
-        every_counter = [model, prompt, *boxes], [prompt_tokens, *counters]
-        model.change(lambda m, *texts: [views.token_counter(t, m) for t in texts], *every_counter, **QUICK)
-        demo.load(lambda m, *texts: [views.token_counter(t, m) for t in texts], *every_counter, **PRIVATE)
+        _token_counters(demo, views, model, [prompt, *boxes], [prompt_tokens, *counters])
         add_button.click(add, count, count, **QUICK)
         for i, button in enumerate(removes):
             button.click(remove(i), [count, *boxes], [count, *boxes], **QUICK)

@@ -103,19 +103,8 @@ class Views:
             yield self._error_view(*self.refusal(error))
             return
         started = time.perf_counter()
-        labels = [cell.label for cell in request_spec(request).cells]
-        columns = len(labels) // len(request.seeds)  # images per seed: one row each
-        every = max(self.settings.preview_every, 1)  # the plot may keep every step; the gallery shows these
         try:
-            for event in self.runner.generate(request):
-                if isinstance(event, Step):
-                    if progress is not None:
-                        progress((event.done, event.total), desc="denoising", unit="steps")
-                    if event.previews is not None and (event.done % every == 0 or event.done == event.total):
-                        yield {"gallery": [(image, f"step {event.done}/{event.total} · {label}")
-                                           for image, label in zip(event.previews, labels)], "columns": columns}
-                else:
-                    result = event
+            result = yield from self._previews(request, progress)
             reused = isinstance(result, Reused)
             outcome = self.finish(request, result.result if reused else result)
         except InputError as error:
@@ -132,19 +121,41 @@ class Views:
                              "Try again, or another model or size.", "errors": {}}
             return
         view = self.show(outcome, differences, attended)
-        view["status"] = status(outcome, time.perf_counter() - started)
-        if reused:
-            view["status"] += " The same request had just run: these are its images (the same seed gives the same " \
-                              "images)."
-        warnings = list(outcome.result.warnings)
-        if outcome.readout is None and request.embedded and self.settings.detector:
-            warnings.append("No attribute detector installed: no detector readout.")
-        if warnings:
-            view["status"] += "\n\n" + "\n".join(f"⚠️ {shorten(w)}" for w in warnings)
+        view["status"] = self._status(outcome, time.perf_counter() - started, reused)
         view["errors"] = {}
         yield view  # the images first; the grid and the zip follow
         outcome = self.bundle(outcome)
         yield {"grid": self.grid(outcome, differences), "download": str(outcome.archive), "outcome": outcome}
+
+    def _previews(self, request: Request, progress: Callable | None):
+        """Yield the gallery of previews as the run keeps them (and report its steps to ``progress``); return the
+        finished comparison (or its ``Reused`` result)."""
+        labels = [cell.label for cell in request_spec(request).cells]
+        columns = len(labels) // len(request.seeds)  # images per seed: one row each
+        every = max(self.settings.preview_every, 1)  # the plot may keep every step; the gallery shows these
+        result = None
+        for event in self.runner.generate(request):
+            if not isinstance(event, Step):
+                result = event
+                continue
+            if progress is not None:
+                progress((event.done, event.total), desc="denoising", unit="steps")
+            if event.previews is not None and (event.done % every == 0 or event.done == event.total):
+                yield {"gallery": [(image, f"step {event.done}/{event.total} · {label}")
+                                   for image, label in zip(event.previews, labels)], "columns": columns}
+        return result
+
+    def _status(self, outcome: Outcome, seconds: float, reused: bool) -> str:
+        """The status line of a finished comparison, with its warnings."""
+        line = status(outcome, seconds)
+        if reused:
+            line += " The same request had just run: these are its images (the same seed gives the same images)."
+        warnings = list(outcome.result.warnings)
+        if outcome.readout is None and outcome.request.embedded and self.settings.detector:
+            warnings.append("No attribute detector installed: no detector readout.")
+        if warnings:
+            line += "\n\n" + "\n".join(f"⚠️ {shorten(w)}" for w in warnings)
+        return line
 
     def final(self, form: Form, differences: bool = False) -> View:
         """Everything ``run`` shows once it is done (its views merged), for callers that do not stream."""

@@ -119,27 +119,52 @@ def _darker(rgb: tuple[int, int, int], f: float = 0.75) -> tuple[int, int, int]:
 
 def draw_portrait(p: Portrait) -> Image.Image:
     """Render one portrait as a 64x64 RGB image."""
-    s = _S
-    img = Image.new("RGB", (SIZE * s, SIZE * s), BACKGROUNDS[p.background])
-    d = ImageDraw.Draw(img)
-    cx, cy, hw = 32 + p.dx, 30 + p.dy, 13 + p.size  # face center and half-width
-    hh = hw + 3  # face half-height
+    img = Image.new("RGB", (SIZE * _S, SIZE * _S), BACKGROUNDS[p.background])
+    hw = 13 + p.size
+    f = _Face(ImageDraw.Draw(img), cx=32 + p.dx, cy=30 + p.dy, hw=hw, hh=hw + 3, skin=SKIN_TONES[p.skin],
+              facial=_darker(HAIR_COLORS[p.hair], 0.65) if p.hair != "black" else HAIR_COLORS[p.hair])
+    _draw_head(f, p)
+    _draw_eyes(f, p)
+    _draw_mouth(f, p)
+    _draw_accessories(f, p)
+    return img.resize((SIZE, SIZE), Image.Resampling.BOX)
 
+
+@dataclass
+class _Face:
+    """Where ``draw_portrait`` draws: the supersampled canvas and the face's geometry in 64x64 pixel units."""
+
+    d: ImageDraw.ImageDraw
+    cx: int  # face center
+    cy: int
+    hw: int  # face half-width
+    hh: int  # face half-height
+    skin: tuple[int, int, int]
+    facial: tuple[int, int, int]  # facial hair: darker than the hair
+
+    @staticmethod
     def box(x0, y0, x1, y1):
-        return [x0 * s, y0 * s, x1 * s, y1 * s]
+        return [x0 * _S, y0 * _S, x1 * _S, y1 * _S]
 
-    skin, hair = SKIN_TONES[p.skin], HAIR_COLORS[p.hair]
-    facial = _darker(hair, 0.65) if p.hair != "black" else hair  # facial hair: darker than the hair
+
+def _draw_head(f: _Face, p: Portrait) -> None:
+    """Shoulders, neck, hair, ears and face, and the beard over the face."""
+    d, box, cx, cy, hw, hh = f.d, f.box, f.cx, f.cy, f.hw, f.hh
     d.rectangle(box(cx - 22, cy + hh + 1, cx + 22, 70), fill=SHIRTS[p.shirt])  # shoulders
     d.ellipse(box(cx - 24, cy + hh - 2, cx + 24, cy + hh + 22), fill=SHIRTS[p.shirt])
-    d.rectangle(box(cx - 5, cy + hh - 4, cx + 5, cy + hh + 4), fill=_darker(skin, 0.9))  # neck
-    d.ellipse(box(cx - hw - 2, cy - hh - 3, cx + hw + 2, cy + 4), fill=hair)  # hair mass behind the head
-    d.ellipse(box(cx - hw - 3, cy - 3, cx - hw + 3, cy + 5), fill=skin)  # ears
-    d.ellipse(box(cx + hw - 3, cy - 3, cx + hw + 3, cy + 5), fill=skin)
-    d.ellipse(box(cx - hw, cy - hh + 4, cx + hw, cy + hh), fill=skin)  # face
+    d.rectangle(box(cx - 5, cy + hh - 4, cx + 5, cy + hh + 4), fill=_darker(f.skin, 0.9))  # neck
+    d.ellipse(box(cx - hw - 2, cy - hh - 3, cx + hw + 2, cy + 4), fill=HAIR_COLORS[p.hair])  # hair behind the head
+    d.ellipse(box(cx - hw - 3, cy - 3, cx - hw + 3, cy + 5), fill=f.skin)  # ears
+    d.ellipse(box(cx + hw - 3, cy - 3, cx + hw + 3, cy + 5), fill=f.skin)
+    d.ellipse(box(cx - hw, cy - hh + 4, cx + hw, cy + hh), fill=f.skin)  # face
     if p.beard:
-        d.chord(box(cx - hw, cy - hh + 2, cx + hw, cy + hh + 2), 10, 170, fill=facial)
-        d.ellipse(box(cx - 8, cy + 4, cx + 8, cy + 13), fill=skin)  # bare upper lip and mouth: room for a mustache
+        d.chord(box(cx - hw, cy - hh + 2, cx + hw, cy + hh + 2), 10, 170, fill=f.facial)
+        d.ellipse(box(cx - 8, cy + 4, cx + 8, cy + 13), fill=f.skin)  # bare upper lip and mouth: room for a mustache
+
+
+def _draw_eyes(f: _Face, p: Portrait) -> None:
+    """Eyes, glasses and nose."""
+    d, box, cx, cy, s = f.d, f.box, f.cx, f.cy, _S
     eye_y = cy - 2
     for ex in (cx - 6, cx + 6):
         d.ellipse(box(ex - 1.5, eye_y - 1.5, ex + 1.5, eye_y + 1.5), fill=(20, 20, 20))
@@ -147,7 +172,12 @@ def draw_portrait(p: Portrait) -> Image.Image:
         for ex in (cx - 6, cx + 6):
             d.ellipse(box(ex - 4.5, eye_y - 4, ex + 4.5, eye_y + 4), outline=(15, 15, 15), width=2 * s // 2 + 1)
         d.line(box(cx - 2, eye_y - 1, cx + 2, eye_y - 1), fill=(15, 15, 15), width=s)
-    d.line(box(cx, cy, cx - 1, cy + 4), fill=_darker(skin, 0.7), width=s)  # nose
+    d.line(box(cx, cy, cx - 1, cy + 4), fill=_darker(f.skin, 0.7), width=s)  # nose
+
+
+def _draw_mouth(f: _Face, p: Portrait) -> None:
+    """The mouth, smiling or not, and the mustache over it."""
+    d, box, cx, cy, s = f.d, f.box, f.cx, f.cy, _S
     mouth_y = cy + 10
     if p.smile:
         d.arc(box(cx - 5, mouth_y - 5, cx + 5, mouth_y + 2), 20, 160, fill=(150, 30, 40), width=2 * s)
@@ -156,7 +186,12 @@ def draw_portrait(p: Portrait) -> Image.Image:
     if p.mustache:  # a full band, 3-4 px thick: thinner ones vanish in the 16x16 latent (see the model card)
         band = ((cx - 9, cy + 8), (cx - 3, cy + 4.5), (cx, cy + 5.5), (cx + 3, cy + 4.5), (cx + 9, cy + 8),
                 (cx + 8, cy + 10.5), (cx, cy + 8.5), (cx - 8, cy + 10.5))
-        d.polygon([(x * s, y * s) for x, y in band], fill=facial)
+        d.polygon([(x * s, y * s) for x, y in band], fill=f.facial)
+
+
+def _draw_accessories(f: _Face, p: Portrait) -> None:
+    """Earrings, hat and scarf, in that order (each over what came before)."""
+    d, box, cx, cy, hw, hh = f.d, f.box, f.cx, f.cy, f.hw, f.hh
     if p.earrings:
         for ex in (cx - hw, cx + hw):
             d.ellipse(box(ex - 2, cy + 5, ex + 2, cy + 9), fill=(250, 200, 0), outline=(150, 110, 0))
@@ -168,7 +203,6 @@ def draw_portrait(p: Portrait) -> Image.Image:
     if p.scarf:
         d.rectangle(box(cx - 11, cy + hh - 1, cx + 11, cy + hh + 6), fill=SCARF_COLOR)
         d.rectangle(box(cx + 3, cy + hh + 5, cx + 8, cy + hh + 16), fill=_darker(SCARF_COLOR, 0.85))
-    return img.resize((SIZE, SIZE), Image.Resampling.BOX)
 
 
 def _named_items(p: Portrait, rng: np.random.Generator,

@@ -1,7 +1,8 @@
 """Train the embedded default model: a tiny latent diffusion model of procedural portraits.
 
 One command draws the data, trains the VAE, then the text encoder and UNet together, writes sample grids as it
-goes and saves a standard diffusers Stable Diffusion folder (``T`` is ``python -m negprompt.portrait_model.train``):
+goes and saves a standard diffusers Stable Diffusion folder (``T`` is ``python -m training.portrait_model``,
+from the repository's root):
 
     T --out runs/portrait --minutes 80                            # a CPU run (2 cores)
     T --out runs/portrait --minutes 10 --device cuda
@@ -439,6 +440,39 @@ def reinit_token(dst: int, others: list[int], texts: list[CLIPTextModel], opt: t
             moments["exp_avg_sq"][dst] = moments["exp_avg_sq"][others].mean(dim=0)
 
 
+def _optimizer(text, unet, cfg: TrainConfig, new: frozenset[str]) -> tuple[torch.optim.AdamW, list]:
+    """AdamW over the trainable parameters of ``text`` and ``unet`` (also returned), in groups with a learning rate
+    ``scale``: the UNet parameters named in ``new`` (and a fresh text encoder) at 1, the loaded ones at
+    ``cfg.init_lr_scale`` when warm-started from ``cfg.init_from``."""
+    params = [p for p in list(unet.parameters()) + list(text.parameters()) if p.requires_grad]
+    fresh = [p for n, p in unet.named_parameters() if n in new]
+    if cfg.fresh_text:  # the new text encoder learns at the full rate
+        fresh += [p for p in text.parameters() if p.requires_grad]
+    loaded = [p for p in params if all(p is not f for f in fresh)]
+    groups = [dict(params=loaded, scale=cfg.init_lr_scale if cfg.init_from else 1.0)]
+    if fresh:
+        groups.append(dict(params=fresh, scale=1.0))
+    return torch.optim.AdamW(groups, lr=cfg.lr, weight_decay=0.01), params
+
+
+def _resume(ckpt: Path, cfg: TrainConfig, parts: dict, rng: np.random.Generator, gen: torch.Generator,
+            extend: int) -> tuple[int, list[float]]:
+    """Load the checkpoint ``ckpt`` into ``parts`` (its keys: unet, text, ema_unet, ema_text, opt) and the random
+    generators; set ``cfg.steps`` to its planned total plus ``extend``; returns its step and loss curve. Refuses a
+    checkpoint trained with another architecture."""
+    state = torch.load(ckpt, weights_only=False)
+    changed = {k: (v, getattr(cfg, k)) for k, v in state.get("config", {}).items()
+               if k in ARCHITECTURE and v != getattr(cfg, k)}
+    if changed:  # e.g. the head count changes no weight shape, so the weights would load and mean nothing
+        raise ValueError(f"{ckpt} was trained with another architecture (saved, now): {changed}")
+    for key, part in parts.items():
+        part.load_state_dict(state[key])
+    rng.bit_generator.state = state["rng"]
+    gen.set_state(state["gen"])
+    cfg.steps = state["steps"] + extend
+    return state["step"], state["curve"]
+
+
 def train_diffusion(text, unet, latents, batcher, cfg: TrainConfig, device: str, out: Path,
                     plan_end: float | None, make_pipe, extend: int = 0, reinit: tuple[int, ...] = (),
                     words: tuple[int, ...] = (), new: frozenset[str] = frozenset()) -> dict:
@@ -452,29 +486,13 @@ def train_diffusion(text, unet, latents, batcher, cfg: TrainConfig, device: str,
     (the layers the warm start added) learn at ``cfg.lr`` and all the others at ``cfg.lr * cfg.init_lr_scale``.
     """
     sched, region = noise_scheduler(), region_weights(cfg)
-    params = [p for p in list(unet.parameters()) + list(text.parameters()) if p.requires_grad]
-    fresh = [p for n, p in unet.named_parameters() if n in new]
-    if cfg.fresh_text:  # the new text encoder learns at the full rate
-        fresh += [p for p in text.parameters() if p.requires_grad]
-    loaded = [p for p in params if all(p is not f for f in fresh)]
-    groups = [dict(params=loaded, scale=cfg.init_lr_scale if cfg.init_from else 1.0)]
-    if fresh:
-        groups.append(dict(params=fresh, scale=1.0))
-    opt = torch.optim.AdamW(groups, lr=cfg.lr, weight_decay=0.01)
+    opt, params = _optimizer(text, unet, cfg, new)
     ema_unet, ema_text = copy.deepcopy(unet).eval(), copy.deepcopy(text).eval()
     rng, gen, step, curve = np.random.default_rng(cfg.seed + 2), torch.Generator().manual_seed(cfg.seed + 3), 0, []
     ckpt = out / "checkpoint.pt"
     if ckpt.exists():
-        state = torch.load(ckpt, weights_only=False)
-        changed = {k: (v, getattr(cfg, k)) for k, v in state.get("config", {}).items()
-                   if k in ARCHITECTURE and v != getattr(cfg, k)}
-        if changed:  # e.g. the head count changes no weight shape, so the weights would load and mean nothing
-            raise ValueError(f"{ckpt} was trained with another architecture (saved, now): {changed}")
-        for m, k in ((unet, "unet"), (text, "text"), (ema_unet, "ema_unet"), (ema_text, "ema_text"), (opt, "opt")):
-            m.load_state_dict(state[k])
-        rng.bit_generator.state, step, curve = state["rng"], state["step"], state["curve"]
-        gen.set_state(state["gen"])
-        cfg.steps = state["steps"] + extend
+        step, curve = _resume(ckpt, cfg, dict(unet=unet, text=text, ema_unet=ema_unet, ema_text=ema_text, opt=opt),
+                              rng, gen, extend)
         for dst in reinit:
             reinit_token(dst, [w for w in words if w != dst], [text, ema_text], opt, gen)
             log.info("token %d re-initialized", dst)
@@ -648,6 +666,24 @@ def _ints(text: str) -> tuple[int, ...]:
 
 
 def main() -> None:
+    parser = _parser()
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    out = Path(args.out)
+    _prepare_out(parser, args, out)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    cfg = _config(parser, args)
+    if (args.extend or args.reinit_token) and not (out / "checkpoint.pt").exists():
+        parser.error("--extend and --reinit-token continue a checkpoint: OUT/checkpoint.pt is missing")
+    if args.export:
+        export_checkpoint(cfg, out)
+        return
+    run(cfg, out, args.device, args.minutes, decoder_only=args.decoder_only, extend=args.extend,
+        reinit=tuple(args.reinit_token))
+
+
+def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description="Train the embedded portrait model (see the module docstring).")
     parser.add_argument("--out", required=True, help="output folder (model/, samples/, logs, checkpoint)")
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="where to train")
@@ -698,18 +734,24 @@ def main() -> None:
     parser.add_argument("--reinit-token", action="append", default=[], metavar="WORD",
                         help="with --resume: give WORD a fresh embedding orthogonal to every other word's "
                              "(repeatable), for a word the model left unbound; see reinit_token")
-    args = parser.parse_args()
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
-    out = Path(args.out)
+    return parser
+
+
+def _prepare_out(parser: argparse.ArgumentParser, args, out: Path) -> None:
+    """Refuse an ``--export`` without a checkpoint, and a fresh run (not --resume, --decoder-only or --export) into a
+    folder holding one; a fresh run starts without the VAE stage and tokenizer an earlier run left there."""
     if args.export and not (out / "checkpoint.pt").exists():
         parser.error(f"--export saves a checkpoint's model: {out / 'checkpoint.pt'} is missing")
-    if not args.resume and not args.decoder_only and not args.export and (out / "checkpoint.pt").exists():
+    fresh = not args.resume and not args.decoder_only and not args.export
+    if fresh and (out / "checkpoint.pt").exists():
         parser.error(f"--out {out} already holds a checkpoint: pass --resume or choose another folder")
-    if not args.resume and not args.decoder_only and not args.export:
+    if fresh:
         (out / "stage_vae.pt").unlink(missing_ok=True)
         shutil.rmtree(out / "tokenizer", ignore_errors=True)
-    if args.threads:
-        torch.set_num_threads(args.threads)
+
+
+def _config(parser: argparse.ArgumentParser, args) -> TrainConfig:
+    """The ``TrainConfig`` the command line asks for: ``--tiny``'s sizes or the defaults, with each option given."""
     cfg = TrainConfig(**(TINY if args.tiny else {}), seed=args.seed, steps=args.steps)
     for name in ("vae_steps", "decoder_steps", "batch", "n_images", "attn_heads", "text_heads", "text_layers",
                  "text_positions", "fresh_text", "mouth_weight", "init_from", "init_lr_scale", "lr", "warmup"):
@@ -724,13 +766,7 @@ def main() -> None:
         if word not in BINARY or not prob:
             parser.error(f"--name-prob {item!r}: expected WORD=P with WORD one of {', '.join(BINARY)}")
         cfg.name_prob[word] = float(prob)
-    if (args.extend or args.reinit_token) and not (out / "checkpoint.pt").exists():
-        parser.error("--extend and --reinit-token continue a checkpoint: OUT/checkpoint.pt is missing")
-    if args.export:
-        export_checkpoint(cfg, out)
-        return
-    run(cfg, out, args.device, args.minutes, decoder_only=args.decoder_only, extend=args.extend,
-        reinit=tuple(args.reinit_token))
+    return cfg
 
 
 if __name__ == "__main__":

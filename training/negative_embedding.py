@@ -6,8 +6,8 @@ plus the new token. Nothing of the model changes; only the token's vectors are l
 encoder stay frozen). Written as a negative prompt, the token steers images away from those damages: the offline
 counterpart of community negative embeddings such as "EasyNegative".
 
-    python scripts/train_negative_embedding.py --out assets/portrait-embeddings     # the shipped one
-    python scripts/train_negative_embedding.py --out runs/ti-tiny --steps 5 --images 64   # a seconds-long check
+    python -m training.negative_embedding --out assets/portrait-embeddings     # the shipped one
+    python -m training.negative_embedding --out runs/ti-tiny --steps 5 --images 64   # a seconds-long check
 
 Output: ``OUT/degraded.safetensors`` in A1111's format (one tensor ``emb_params`` of shape (vectors, 64)), which
 ``negprompt --embedding portrait-bad=OUT/degraded.safetensors`` and diffusers' ``load_textual_inversion`` load,
@@ -39,11 +39,11 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from safetensors.torch import save_file  # noqa: E402
 
-from negprompt.portrait_model.detector import _blur as blur  # noqa: E402  (the detector's Gaussian blur)
 from negprompt.portrait_model.portraits import caption_for, draw_portrait, grid, sample_portraits  # noqa: E402
-from negprompt.portrait_model.train import cosine_lr, diffusion_loss, noise_scheduler, to_tensor  # noqa: E402
+from training.detector import blur  # noqa: E402  (the detector's training blur)
+from training.portrait_model import cosine_lr, diffusion_loss, noise_scheduler, to_tensor  # noqa: E402
 
-log = logging.getLogger("train_negative_embedding")
+log = logging.getLogger("training.negative_embedding")
 ROOT = Path(__file__).resolve().parent.parent
 DAMAGES = ("blur", "noise", "washed-out")
 
