@@ -191,6 +191,60 @@ class NegativeStrength:
 
 
 @dataclass(frozen=True)
+class APG:
+    """Adaptive Projected Guidance (Sadat et al., 2024, "Eliminating Oversaturation and Artifacts of High Guidance
+    Scales in Diffusion Models"): the push away from the negative, ``eps_pos - eps_neg``, capped in norm and split
+    into its parts parallel and orthogonal to ``eps_pos``; the parallel part, which oversaturates, is weighted by
+    ``eta``. diffusers' ``normalized_guidance`` of its ``AdaptiveProjectedGuidance`` guider, without momentum (a
+    method holds no state across steps); ``eta=1, norm_threshold=0`` is plain CFG."""
+
+    eta: float = 0.0  # weight of the parallel part (the paper drops it)
+    norm_threshold: float = 15.0  # cap on the push's L2 norm per sample (0: none; diffusers' guider default 15)
+    name: ClassVar[str] = "apg"
+    branches: ClassVar[tuple[str, ...]] = ("negative", "positive")
+
+    def combine(self, preds: dict[str, torch.Tensor], scale: float) -> torch.Tensor:
+        from diffusers.guiders.adaptive_projected_guidance import normalized_guidance
+
+        return normalized_guidance(preds["positive"], preds["negative"], scale, eta=self.eta,
+                                   norm_threshold=self.norm_threshold)
+
+
+@dataclass(frozen=True)
+class CFGZeroStar:
+    """CFG-Zero* (Fan et al., 2025, "CFG-Zero*: Improved Classifier-Free Guidance for Flow Matching Models"): the
+    negative's prediction scaled by the optimized ``s* = <eps_pos, eps_neg> / ||eps_neg||^2`` (per sample) before
+    guidance, ``s* eps_neg + g (eps_pos - s* eps_neg)``; diffusers' ``cfg_zero_star_scale``. The paper's zero-init
+    of the first steps is left out: a method sees one step's predictions, not the step."""
+
+    name: ClassVar[str] = "cfg-zero-star"
+    branches: ClassVar[tuple[str, ...]] = ("negative", "positive")
+
+    def combine(self, preds: dict[str, torch.Tensor], scale: float) -> torch.Tensor:
+        from diffusers.guiders.classifier_free_zero_star_guidance import cfg_zero_star_scale
+
+        pos, neg = preds["positive"], preds["negative"]
+        alpha = cfg_zero_star_scale(pos.flatten(1), neg.flatten(1)).view(-1, *(1,) * (pos.ndim - 1))
+        return classifier_free_guidance(neg * alpha, pos, scale)
+
+
+@dataclass(frozen=True)
+class TCFG:
+    """Tangential Damping CFG (Kwon et al., 2025, "TCFG: Tangential Damping Classifier-free Guidance"): the
+    negative's prediction keeps only its component along the first singular direction of the (positive, negative)
+    pair, damping the part tangential to the data manifold; diffusers' ``normalized_guidance`` of its
+    ``TangentialClassifierFreeGuidance`` guider."""
+
+    name: ClassVar[str] = "tcfg"
+    branches: ClassVar[tuple[str, ...]] = ("negative", "positive")
+
+    def combine(self, preds: dict[str, torch.Tensor], scale: float) -> torch.Tensor:
+        from diffusers.guiders.tangential_classifier_free_guidance import normalized_guidance
+
+        return normalized_guidance(preds["positive"], preds["negative"], scale)
+
+
+@dataclass(frozen=True)
 class NAG:
     """Normalized Attention Guidance (Chen et al., 2025): the negative acts inside the positive branch's
     attention (``normalized_attention_guidance``), not through a second prediction, so it also works on a
@@ -212,7 +266,8 @@ class NAG:
         return normalized_attention_guidance(z_pos, z_neg, self.scale, self.tau, self.alpha)
 
 
-METHODS: dict[str, type] = {m.name: m for m in (CFG, PerpNeg, RescaledCFG, NegativeStrength, NAG)}
+METHODS: dict[str, type] = {m.name: m for m in (CFG, PerpNeg, RescaledCFG, NegativeStrength, APG, CFGZeroStar,
+                                                     TCFG, NAG)}
 
 
 def steers_attention(method: GuidanceMethod) -> bool:

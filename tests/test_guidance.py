@@ -126,3 +126,28 @@ def test_bad_methods_raise_input_errors(call, argument):
     with pytest.raises(InputError) as error:
         call()
     assert error.value.argument == argument
+
+
+def test_apg_cfg_zero_star_and_tcfg_follow_their_papers_through_diffusers_formulas():
+    """APG with the parallel part kept and no cap is CFG; with ``eta = 0`` the push has no component along
+    ``eps_pos``; CFG-Zero* scales the negative by the optimized ``s*``; TCFG equals diffusers' guider. Each acts per
+    sample."""
+    from negprompt.guidance import APG, CFGZeroStar, TCFG, classifier_free_guidance, method_from_dict, parse_method
+
+    gen = torch.Generator().manual_seed(0)
+    pos, neg = torch.randn(1, 4, 8, 8, generator=gen), torch.randn(1, 4, 8, 8, generator=gen)
+    preds = {"positive": pos, "negative": neg}
+    cfg = classifier_free_guidance(neg, pos, 7.5)
+    assert torch.allclose(APG(eta=1.0, norm_threshold=0.0).combine(preds, 7.5), cfg, atol=1e-5)
+    push = APG(eta=0.0, norm_threshold=0.0).combine(preds, 7.5) - neg
+    assert abs(float((push * pos).sum())) < 1e-3 * float(push.norm() * pos.norm()), "eta 0: orthogonal to eps_pos"
+    capped = APG(eta=1.0, norm_threshold=1.0).combine(preds, 2.0) - neg
+    assert float(capped.norm()) == pytest.approx(2.0, rel=1e-4), "The push's norm is capped at the threshold."
+    star = float((pos * neg).sum() / (neg * neg).sum())
+    assert torch.allclose(CFGZeroStar().combine(preds, 5.0), classifier_free_guidance(neg * star, pos, 5.0),
+                          atol=1e-5)
+    from diffusers.guiders import TangentialClassifierFreeGuidance
+
+    guider = TangentialClassifierFreeGuidance(guidance_scale=5.0)
+    assert torch.allclose(TCFG().combine(preds, 5.0), guider.forward(pos, neg).pred, atol=1e-5)
+    assert parse_method("apg:0.5") == APG(eta=0.5) and method_from_dict("tcfg") == TCFG()
