@@ -68,12 +68,17 @@ def normalized_attention_guidance(z_pos: torch.Tensor, z_neg: torch.Tensor, scal
         r = ||Z~||_1 / ||Z+||_1;  Z^ = Z~ * min(r, tau) / r      cap the feature norm at tau times the positive's
         Z_NAG = alpha Z^ + (1 - alpha) Z+                         blend back
 
-    (The authors' code writes the first line ``Z+ * s' - Z- * (s' - 1)``, the same with ``s' = s + 1``.)"""
+    (The authors' code writes the first line ``Z+ * s' - Z- * (s' - 1)``, the same with ``s' = s + 1``.) Half
+    precision is computed in float32 and returned in its own dtype: an L1 norm over a transformer's thousands of
+    features can pass float16's largest number."""
+    dtype = z_pos.dtype
+    wide = torch.promote_types(dtype, torch.float32)
+    z_pos, z_neg = z_pos.to(wide), z_neg.to(wide)
     z_tilde = z_pos + scale * (z_pos - z_neg)
     norm_pos = z_pos.abs().sum(dim=-1, keepdim=True).clamp_min(1e-6)
     ratio = z_tilde.abs().sum(dim=-1, keepdim=True).clamp_min(1e-6) / norm_pos
     z_hat = z_tilde * torch.clamp(ratio, max=tau) / ratio
-    return alpha * z_hat + (1 - alpha) * z_pos
+    return (alpha * z_hat + (1 - alpha) * z_pos).to(dtype)
 
 
 def guidance_is_active(guidance_scale: float, time_cond_proj_dim: int | None) -> bool:

@@ -43,6 +43,16 @@ def test_nag_leaves_the_positive_alone_when_it_has_nothing_to_do():
     assert torch.allclose(normalized_attention_guidance(z_pos, z_neg, alpha=0.0), z_pos), "alpha = 0 gives Z+."
 
 
+def test_nag_in_half_precision_is_the_float32_result_where_its_norms_pass_float16s_range():
+    z_pos = torch.full((1, 2, 3072), 30.0)  # an L1 norm of 92,160: past float16's 65,504
+    z_neg = z_pos.clone()
+    z_neg[..., 0, :] = 25.0
+    expected = normalized_attention_guidance(z_pos, z_neg)
+    got = normalized_attention_guidance(z_pos.half(), z_neg.half())
+    assert got.dtype == torch.float16 and torch.isfinite(got).all(), "No overflow to inf or NaN in float16."
+    assert torch.allclose(got.float(), expected, rtol=1e-3), "The same result as in float32, rounded to float16."
+
+
 def test_nag_is_a_guidance_method_with_the_papers_defaults():
     assert NAG() == NAG(scale=5.0, tau=2.5, alpha=0.25)
     assert parse_method("nag:3") == NAG(scale=3.0) and method_from_dict({"method": "nag", "tau": 2}) == NAG(tau=2)
