@@ -23,6 +23,22 @@ the attention of the same image queries to that row's negative prompt, both take
 With no steering active, nothing but the wrapped processor runs: the images are bit for bit those of an unwrapped
 UNet.
 
+The transformer families (SD3/SD3.5's joint attention, FLUX.1's double- and single-stream attention) get a
+``JointProcessor`` in every joint attention layer instead: no maps, the same steering. There text and image tokens
+attend jointly and the text tokens change from block to block, so the negative cannot be a fixed embedding: the
+engine gives each steered cell one more batch row, its "steering" row, which starts from the cell's latent, reads
+the negative prompt as its text and the positive's pooled text (so both rows share the time-and-text modulation),
+and the steering names it beside the positive row. In every joint layer the image queries' attention output with
+the positive text (``z_pos``, the positive row's) and with the negative text (``z_neg``, the steering row's) are
+combined by ``steer(z_pos, z_neg)`` and the result is written to the image tokens of BOTH rows, so their image
+tokens stay the same from block to block while the steering row's text tokens evolve as the negative prompt's own
+stream. That is the approach of the NAG authors' SD3.5 and FLUX processors (Chen et al., 2025, their
+Normalized-Attention-Guidance repository), where the negative text rides along as extra batch rows that share the
+positive's image tokens and read the positive's pooled text; negprompt keeps it per cell inside one batch, and uses
+the paper's L1 norms on every family (``negprompt.guidance.normalized_attention_guidance``; the authors' FLUX
+processor measures them in L2). The steering row's own output is never used. Which layers get which wrapper is the
+family's choice (``Family.attention_wrapper``).
+
 A compiled UNet is not wrapped (the wrapper's per-call check would break its graph); it has no maps and no
 steering.
 """
@@ -104,14 +120,18 @@ class Capture:
 
 
 class Steering:
-    """Per step, which UNet batch rows a guidance method steers inside cross-attention: batch row -> (the method,
-    the embeddings (1, tokens, dim) of the negative prompt that row is steered away from)."""
+    """Per denoiser call, which batch rows a guidance method steers inside attention: batch row -> (the method, the
+    negative it is steered away from). The negative is the negative prompt's embeddings (1, tokens, dim) in a
+    UNet's cross-attention (``apply``), the batch row that carries the negative prompt's text stream in a
+    transformer's joint attention (``apply_joint``). ``text_tokens``: how many text tokens lead a single-stream
+    layer's sequence (FLUX's single blocks attend over text and image tokens together)."""
 
     def __init__(self):
         self.rows: dict[int, tuple] = {}
+        self.text_tokens = 0
 
-    def watch(self, rows: dict[int, tuple]) -> None:
-        self.rows = rows
+    def watch(self, rows: dict[int, tuple], text_tokens: int = 0) -> None:
+        self.rows, self.text_tokens = rows, text_tokens
 
     def apply(self, attn, hidden_states, encoder_hidden_states, out):
         """``out`` with the steered rows replaced (see the module doc)."""
@@ -126,6 +146,54 @@ class Steering:
             steered = attn.to_out[1](attn.to_out[0](method.steer(z_pos, z_neg))) / attn.rescale_output_factor
             out[row:row + 1] = steered.to(out.dtype)
         return out
+
+    def apply_joint(self, inner, attn, hidden_states, encoder_hidden_states, out, single: bool, args, kwargs):
+        """``out`` of a joint attention layer with the steered rows' image tokens replaced (see the module doc).
+        A joint layer's image output is taken again, before its output projection, by the same processor on the
+        steered rows alone (``_Unprojected``); a single-stream layer returns it unprojected already."""
+        pairs = [(row, method, partner) for row, (method, partner) in self.rows.items()]
+        if not pairs:
+            return out
+        if single:
+            text = self.text_tokens
+            out = out.clone()
+            for row, method, partner in pairs:
+                steered = method.steer(out[row:row + 1, text:], out[partner:partner + 1, text:])
+                out[[row, partner], text:] = steered.to(out.dtype).expand(2, -1, -1)
+            return out
+        if encoder_hidden_states is None:
+            return out  # an image-only layer (SD3.5's second attention): no text to steer by
+        rows = [row for row, _, _ in pairs] + [partner for _, _, partner in pairs]
+        unprojected = inner(_Unprojected(attn), hidden_states[rows], encoder_hidden_states[rows],
+                            *_rows_of(args, rows, hidden_states.shape[0]),
+                            **{k: _rows_of([v], rows, hidden_states.shape[0])[0] for k, v in kwargs.items()})[0]
+        image, text_out = out
+        image = image.clone()
+        n = len(pairs)
+        for i, (row, method, partner) in enumerate(pairs):
+            steered = attn.to_out[1](attn.to_out[0](method.steer(unprojected[i:i + 1], unprojected[n + i:n + i + 1])))
+            image[[row, partner]] = steered.to(image.dtype).expand(2, -1, -1)
+        return image, text_out
+
+
+class _Unprojected:
+    """A joint attention layer seen without its output projections, so that its own processor returns the attention
+    output itself (the transient view ``apply_joint`` calls the processor with; the layer is not changed)."""
+
+    to_out = (torch.nn.Identity(), torch.nn.Identity())
+    to_add_out = torch.nn.Identity()
+
+    def __init__(self, attn):
+        self._attn = attn
+
+    def __getattr__(self, name):
+        return getattr(self._attn, name)
+
+
+def _rows_of(values, rows: list[int], batch: int) -> list:
+    """``values`` with every tensor that has one entry per batch row cut to ``rows`` (an attention mask); the rest
+    (rotary embeddings, None) as they are."""
+    return [v[rows] if isinstance(v, torch.Tensor) and v.ndim > 2 and v.shape[0] == batch else v for v in values]
 
 
 def attention_output(attn, hidden_states: torch.Tensor, encoder_hidden_states: torch.Tensor) -> torch.Tensor:
@@ -163,19 +231,52 @@ class CaptureProcessor:
         return out
 
 
-def install(unet) -> bool:
-    """Wrap every cross-attention processor of ``unet`` (once; the outputs stay the same). False when it has none."""
-    processors = unet.attn_processors
-    if not any(name.endswith("attn2.processor") for name in processors):
+class JointProcessor:
+    """Wraps a transformer's joint attention processor (SD3's ``JointAttnProcessor2_0``, FLUX's
+    ``FluxAttnProcessor``): the same output, with the active steering's rows (see the module doc). ``single``: a
+    single-stream layer, whose sequence is the text tokens followed by the image tokens."""
+
+    def __init__(self, inner, single: bool = False):
+        self.inner, self.single = inner, single
+
+    def __call__(self, attn, hidden_states, encoder_hidden_states=None, *args, **kwargs):
+        out = self.inner(attn, hidden_states, encoder_hidden_states, *args, **kwargs)
+        steer = getattr(_state, "steering", None)
+        if steer is not None and steer.rows:
+            out = steer.apply_joint(self.inner, attn, hidden_states, encoder_hidden_states, out, self.single, args,
+                                    kwargs)
+        return out
+
+
+WRAPPERS = (CaptureProcessor, JointProcessor)
+
+
+def cross_attention(name: str):
+    """The wrapper of a UNet's processor ``name``: every cross-attention layer (``attn2``) gets a
+    ``CaptureProcessor``, the rest none."""
+    return CaptureProcessor if name.endswith("attn2.processor") else None
+
+
+def install(denoiser, wrapper=cross_attention) -> bool:
+    """Wrap the attention processors of ``denoiser`` (once; the outputs stay the same): ``wrapper(name)`` gives the
+    wrapper class of the processor ``name`` (None: left as it is). False when it wraps none."""
+    processors = denoiser.attn_processors
+    chosen = {name: wrapper(name) for name in processors}
+    if not any(chosen.values()):
         return False
-    if not any(isinstance(p, CaptureProcessor) for p in processors.values()):
-        unet.set_attn_processor({name: CaptureProcessor(p) if name.endswith("attn2.processor") else p
-                                 for name, p in processors.items()})
+    if not installed(denoiser):
+        denoiser.set_attn_processor({name: chosen[name](p) if chosen[name] else p for name, p in processors.items()})
     return True
 
 
-def installed(unet) -> bool:
-    return any(isinstance(p, CaptureProcessor) for p in unet.attn_processors.values())
+def installed(denoiser) -> bool:
+    """Whether ``denoiser``'s attention is wrapped: guidance methods can steer it."""
+    return any(isinstance(p, WRAPPERS) for p in denoiser.attn_processors.values())
+
+
+def captures(denoiser) -> bool:
+    """Whether ``denoiser``'s cross-attention is wrapped for attention maps (a UNet's)."""
+    return any(isinstance(p, CaptureProcessor) for p in denoiser.attn_processors.values())
 
 
 @contextmanager

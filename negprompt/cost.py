@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 import torch
 
-from negprompt.guidance import guidance_is_active
+from negprompt.guidance import cell_branches, guidance_is_active
 
 
 @dataclass(frozen=True)
@@ -44,11 +44,21 @@ class StepCost:
         return StepCost(call, self.row_s * grow, self.decode_s * grow, self.measured_s * grow)
 
 
-def spec_work(spec, preview_every: int = 0, distilled: bool = False) -> tuple[int, int, int]:
-    """(UNet rows per step, steps, images decoded) of a ``ComparisonSpec``: one row per (cell, branch) its guidance
-    reads, one decode per cell and per kept preview of it."""
-    rows = sum(len(c.guidance.branches) if guidance_is_active(spec.scale_of(c), 1 if distilled else None) else 1
-               for c in spec.cells)
+def spec_work(spec, preview_every: int = 0, distilled: bool = False, family=None) -> tuple[int, int, int]:
+    """(denoiser rows per step, steps, images decoded) of a ``ComparisonSpec``: one row per (cell, branch) the engine
+    runs (``guidance.cell_branches``, each cell at its own guidance scale), one decode per cell and per kept preview
+    of it. ``family``: the model's (``negprompt.families``), which says whether guidance runs at a scale and whether
+    an attention-steering cell adds a steering row; without it, ``distilled`` says whether guidance runs, and a
+    steering row is counted for every attention-steering cell (the most a cell can cost)."""
+    by_row = family.steers_by_row if family is not None else True
+
+    def active(cell) -> bool:
+        scale = spec.scale_of(cell)
+        if family is not None:
+            return family.guidance_active(scale)
+        return guidance_is_active(scale, 1 if distilled else None)
+
+    rows = sum(len(cell_branches(c.guidance, active(c), by_row)) for c in spec.cells)
     previews = (spec.steps - 1) // preview_every if preview_every else 0
     return rows, spec.steps, len(spec.cells) * (1 + previews)
 

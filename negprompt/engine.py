@@ -45,8 +45,8 @@ from negprompt import attention, reading, weighting
 from negprompt.comparison import Cell, Comparison, Settings
 from negprompt.embeddings import prompt_text
 from negprompt.errors import LIMITS, InputError
-from negprompt.families import Family, TextTable, family_of
-from negprompt.guidance import BRANCHES, GuidanceMethod, steers_attention
+from negprompt.families import Family, Paired, TextTable, family_of
+from negprompt.guidance import BRANCHES, STEERING, GuidanceMethod, cell_branches, steers_attention
 from negprompt.infotext import cell_infotext
 from negprompt.loading import Loaded, additions_of, model_label, model_source, runtime_of
 from negprompt.plan import BASELINES, CellSpec, ComparisonSpec, check_int, check_text, negatives_spec
@@ -145,7 +145,7 @@ def _run(pipe, spec: ComparisonSpec, *, max_batch, max_cells, callback, preview_
     check_int("preview_every", preview_every, 0, 10**6)
     if callback is not None and not callable(callback):
         raise InputError("callback", callback, "callback must be callable")
-    if attention_maps and not attention.installed(family.denoiser):
+    if attention_maps and not attention.captures(family.denoiser):
         raise InputError("attention_maps", attention_maps, f"this pipeline's {type(family.denoiser).__name__} "
                                                            "captures no attention maps: load it with "
                                                            "negprompt.loading.load (a compiled UNet, or a "
@@ -153,10 +153,10 @@ def _run(pipe, spec: ComparisonSpec, *, max_batch, max_cells, callback, preview_
     steer = attention.Steering() if any(steers_attention(c.guidance) for c in spec.cells) else None
     if steer is not None and not attention.installed(family.denoiser):
         method = next(c.guidance.name for c in spec.cells if steers_attention(c.guidance))
-        raise InputError("guidance", method, f"guidance method {method!r} acts inside cross-attention; this "
+        raise InputError("guidance", method, f"guidance method {method!r} acts inside attention; this "
                                              f"pipeline's {type(family.denoiser).__name__} is not wrapped for it "
-                                             "(load a UNet model with negprompt.loading.load; a compiled UNet, or "
-                                             "a transformer, cannot be steered yet)")
+                                             "(load the model with negprompt.loading.load; a compiled UNet cannot "
+                                             "be steered)")
     if spec.sampler not in (family.samplers() or scheduler_names()):
         only = f" ({type(pipe).__name__} runs its own flow-matching sampler)" if family.samplers() else ""
         raise InputError("sampler", spec.sampler, f"sampler={spec.sampler!r} is not one of "
@@ -479,18 +479,20 @@ class _Chunk:
 
 @dataclass(frozen=True)
 class _Layout:
-    """Which UNet batch row holds which (cell, branch): rows are grouped by branch in ``BRANCHES`` order (for CFG:
-    every cell's negative row, then every cell's positive row, as diffusers stacks them), cells in order within a
-    branch. ``rows[j][branch]`` is cell j's row of that branch."""
+    """Which denoiser batch row holds which (cell, branch): rows are grouped by branch in ``BRANCHES`` order (for
+    CFG: every cell's negative row, then every cell's positive row, as diffusers stacks them), then the steering
+    rows of attention-steering cells on a transformer (``guidance.cell_branches``), cells in order within a branch.
+    ``rows[j][branch]`` is cell j's row of that branch."""
 
     order: tuple[tuple[int, str], ...]  # (cell, branch) per batch row
     rows: tuple[dict[str, int], ...]  # per cell: branch -> batch row
 
     @classmethod
-    def of(cls, cells: Sequence[CellSpec], active: Sequence[bool]) -> _Layout:
-        """``active[j]``: whether cell j runs its guidance's branches (else its positive branch alone)."""
-        wanted = [set(c.guidance.branches) if on else {"positive"} for c, on in zip(cells, active)]
-        order = tuple((j, b) for b in BRANCHES for j in range(len(cells)) if b in wanted[j])
+    def of(cls, cells: Sequence[CellSpec], active: Sequence[bool], steers_by_row: bool = False) -> _Layout:
+        """``active[j]``: whether cell j runs its guidance's branches (else its positive branch alone);
+        ``steers_by_row``: the family gives attention-steering cells a steering row."""
+        wanted = [cell_branches(c.guidance, on, steers_by_row) for c, on in zip(cells, active)]
+        order = tuple((j, b) for b in (*BRANCHES, STEERING) for j in range(len(cells)) if b in wanted[j])
         rows: list[dict[str, int]] = [{} for _ in cells]
         for k, (j, b) in enumerate(order):
             rows[j][b] = k
@@ -508,6 +510,12 @@ class _Layout:
                 text = cell.positive
             elif branch == "negative":
                 text = cell.negative_at(step, steps, unconditional)
+            elif branch == STEERING:  # the negative's text with the positive's pooled text (the positive's alone
+                negative = cell.negative_at(step, steps, unconditional)  # while the window is closed)
+                key = text_key(readings[j], cell.positive, step, steps)
+                steered = negative is not None and negative != unconditional
+                keys.append(Paired(text_key(readings[j], negative, step, steps), key) if steered else key)
+                continue
             else:
                 text = unconditional
             keys.append(text_key(readings[j], text, step, steps))
@@ -522,7 +530,7 @@ def _denoise(family: Family, runtime, chunk: _Chunk, spec: ComparisonSpec, table
     g = spec.guidance_scale  # a distilled model's guidance embedding reads the comparison's scale
     scales = [spec.scale_of(c) for c in cells]  # each cell combines its branches at its own scale
     active = [family.guidance_active(scale) for scale in scales]
-    layout = _Layout.of(cells, active)
+    layout = _Layout.of(cells, active, family.steers_by_row)
     cell_of_row = torch.tensor([j for j, _ in layout.order], device=chunk.latents.device)
     guided = any(active)
     latents = chunk.latents * stepper.init_noise_sigma
@@ -539,7 +547,7 @@ def _denoise(family: Family, runtime, chunk: _Chunk, spec: ComparisonSpec, table
             groups = [[k for k, n in enumerate(lengths) if n == length] for length in dict.fromkeys(lengths)]
             texts[keys] = [(rows, *table.stack([keys[k] for k in rows], latents.device)) for rows in groups]
         model_input = stepper.scale(latents, t)
-        denoiser_input = model_input[cell_of_row] if guided else model_input
+        denoiser_input = model_input if len(layout.order) == len(cells) else model_input[cell_of_row]
         watched, steered = {}, {}
         if capture is not None:  # the rows reading their cell's own negative prompt, at about five steps of the run
             sampled = step % max(1, round(spec.steps / attention.STEPS_SAMPLED)) == 0
@@ -547,14 +555,15 @@ def _denoise(family: Family, runtime, chunk: _Chunk, spec: ComparisonSpec, table
             watched = {k: chunk.offset + j for k, (j, branch) in enumerate(layout.order) if sampled
                        and branch == "negative" and cells[j].negative is not None and keys[k] == own[k]}
         if steer is not None:
-            steered = _steered_rows(layout, cells, step, spec.steps, unconditional, table, readings)
+            steered = _steered_rows(layout, cells, step, spec.steps, unconditional, table, readings,
+                                    family.steers_by_row)
         out = _call_by_length(call, texts[keys], denoiser_input, t, capture, watched, steer, steered)
         if guided:
-            eps = torch.cat([cell.guidance.combine({b: out[k:k + 1] for b, k in rows.items()}, scale) if on
-                             else out[rows["positive"]:rows["positive"] + 1]
+            eps = torch.cat([cell.guidance.combine({b: out[k:k + 1] for b, k in rows.items() if b != STEERING}, scale)
+                             if on else out[rows["positive"]:rows["positive"] + 1]
                              for cell, rows, scale, on in zip(cells, layout.rows, scales, active)])
         else:
-            eps = out
+            eps = out if len(layout.order) == len(cells) else out[[rows["positive"] for rows in layout.rows]]
         progress.step(lambda: family.decode(stepper.x0(model_input, eps, t), spec.height, spec.width,
                                             runtime.preview_decoder))
         latents = stepper.step(eps, t, latents)
@@ -572,7 +581,10 @@ def _call_by_length(call, groups: list, denoiser_input: torch.Tensor, t, capture
         if capture is not None:
             capture.watch({i: watched[k] for i, k in enumerate(rows) if k in watched})
         if steer is not None:
-            steer.watch({i: steered[k] for i, k in enumerate(rows) if k in steered})
+            here = {k: i for i, k in enumerate(rows)}  # a steering row is renumbered too (it has the same length)
+            steer.watch({here[k]: (method, here[negative] if isinstance(negative, int) else negative)
+                         for k, (method, negative) in steered.items()
+                         if k in here and (not isinstance(negative, int) or negative in here)}, text.shape[1])
         parts.append(call(denoiser_input if whole else denoiser_input[rows], t, text, pooled,
                           rows=None if whole else rows))
     if len(parts) == 1:
@@ -584,16 +596,17 @@ def _call_by_length(call, groups: list, denoiser_input: torch.Tensor, t, capture
 
 
 def _steered_rows(layout: _Layout, cells, step: int, steps: int, unconditional, table: TextTable,
-                  readings: Sequence[str]) -> dict:
-    """Each attention-steering cell's positive row -> (its method, its negative's embeddings), while its window is
-    open and its negative is a text of its own."""
+                  readings: Sequence[str], by_row: bool = False) -> dict:
+    """Each attention-steering cell's positive row -> (its method, its negative's embeddings, or with ``by_row``
+    its steering row), while its window is open and its negative is a text of its own."""
     rows = {}
     for k, (j, branch) in enumerate(layout.order):
         if branch != "positive" or not steers_attention(cells[j].guidance):
             continue
         negative = cells[j].negative_at(step, steps, unconditional)
         if negative is not None and negative != unconditional:
-            rows[k] = (cells[j].guidance, table.embeds[text_key(readings[j], negative, step, steps)])
+            rows[k] = (cells[j].guidance, layout.rows[j][STEERING] if by_row
+                       else table.embeds[text_key(readings[j], negative, step, steps)])
     return rows
 
 

@@ -68,12 +68,17 @@ def normalized_attention_guidance(z_pos: torch.Tensor, z_neg: torch.Tensor, scal
         r = ||Z~||_1 / ||Z+||_1;  Z^ = Z~ * min(r, tau) / r      cap the feature norm at tau times the positive's
         Z_NAG = alpha Z^ + (1 - alpha) Z+                         blend back
 
-    (The authors' code writes the first line ``Z+ * s' - Z- * (s' - 1)``, the same with ``s' = s + 1``.)"""
+    (The authors' code writes the first line ``Z+ * s' - Z- * (s' - 1)``, the same with ``s' = s + 1``.) Half
+    precision is computed in float32 and returned in its own dtype: an L1 norm over a transformer's thousands of
+    features can pass float16's largest number."""
+    dtype = z_pos.dtype
+    wide = torch.promote_types(dtype, torch.float32)
+    z_pos, z_neg = z_pos.to(wide), z_neg.to(wide)
     z_tilde = z_pos + scale * (z_pos - z_neg)
     norm_pos = z_pos.abs().sum(dim=-1, keepdim=True).clamp_min(1e-6)
     ratio = z_tilde.abs().sum(dim=-1, keepdim=True).clamp_min(1e-6) / norm_pos
     z_hat = z_tilde * torch.clamp(ratio, max=tau) / ratio
-    return alpha * z_hat + (1 - alpha) * z_pos
+    return (alpha * z_hat + (1 - alpha) * z_pos).to(dtype)
 
 
 def guidance_is_active(guidance_scale: float, time_cond_proj_dim: int | None) -> bool:
@@ -117,12 +122,17 @@ def predicted_original(model_input: torch.Tensor, model_output: torch.Tensor, al
 # Adding a method: a frozen dataclass here with ``name``, ``branches`` and ``combine``, and one line in METHODS.
 # Its fields are its parameters (numbers), written into manifests by ``method_to_dict``.
 #
-# A method may also act inside the denoiser's cross-attention (``steers_attention = True``): it then has
+# A method may also act inside the denoiser's attention (``steers_attention = True``): it then has
 # ``steer(z_pos, z_neg)``, which the attention layers call on the cell's positive row, with ``z_neg`` the same
-# image queries' attention output against the cell's negative prompt (while its window is open). The engine holds
-# that per-cell state for each step (``negprompt.attention.Steering``); the loaded pipeline never changes.
+# image queries' attention output against the cell's negative prompt (while its window is open): a UNet's
+# cross-attention reads the negative's embeddings, a transformer's joint attention the cell's STEERING row, which
+# carries the negative's text stream. The engine holds that per-cell state for each step
+# (``negprompt.attention.Steering``); the loaded pipeline never changes.
 
 BRANCHES = ("negative", "empty", "positive")  # every branch a method may read, in the order the engine stacks them
+# The batch row a transformer family adds for an attention-steering cell: the negative prompt's text stream, beside
+# the positive row inside joint attention (``negprompt.attention``); it is never combined.
+STEERING = "steering"
 
 
 @runtime_checkable
@@ -242,7 +252,7 @@ class TCFG:
 @dataclass(frozen=True)
 class NAG:
     """Normalized Attention Guidance (Chen et al., 2025): the negative acts inside the positive branch's
-    cross-attention (``normalized_attention_guidance``), not through a second prediction, so it also works on a
+    attention (``normalized_attention_guidance``), not through a second prediction, so it also works on a
     guidance-distilled model that runs one branch. The noise predictions combine as the model does with no
     negative: CFG against the baseline's unconditional text where guidance is on, the positive alone where it is
     off (a distilled model, or a scale of 1)."""
@@ -268,6 +278,14 @@ METHODS: dict[str, type] = {m.name: m for m in (CFG, PerpNeg, RescaledCFG, Negat
 def steers_attention(method: GuidanceMethod) -> bool:
     """Whether ``method`` acts inside the denoiser's attention (see ``NAG``)."""
     return bool(getattr(method, "steers_attention", False))
+
+
+def cell_branches(method: GuidanceMethod, active: bool, steers_by_row: bool = False) -> tuple[str, ...]:
+    """The denoiser batch rows the engine runs for one cell: the branches ``method`` reads where guidance is on
+    (``active``), the positive alone where it is off, plus the ``STEERING`` row of an attention-steering method on
+    a family that steers by row (the transformers)."""
+    branches = tuple(method.branches) if active else ("positive",)
+    return branches + ((STEERING,) if steers_by_row and steers_attention(method) else ())
 
 
 def method_to_dict(method: GuidanceMethod) -> dict:

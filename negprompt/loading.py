@@ -191,11 +191,23 @@ def load(model: str | Path | None = None, *, device: str | torch.device | None =
         decoder = _load_preview_decoder(str(preview_decoder), pipe, device, dtype) if preview_decoder else None
         speedups = apply_speedups(pipe)
         if speedups.get("buckets") is None:  # a compiled UNet keeps its graph whole: no attention maps
-            attention.install(family_of(pipe).denoiser)
+            family = family_of(pipe)
+            attention.install(family.denoiser, family.attention_wrapper)
         loaded = Loaded(pipe=pipe, runtime=Runtime(speedups=speedups, preview_decoder=decoder), source=source,
                         embeddings=added, loras=fused)
         _cache[key] = loaded
         return loaded
+
+
+def loaded_now(model: str | Path | None):
+    """The pipeline of ``model`` if one is loaded already (on any device, with any additions), else None; loads
+    nothing (what a cost estimate may read without waiting for a load)."""
+    try:
+        source = resolve_model(model)
+    except InputError:
+        return None
+    with _lock:
+        return next((loaded.pipe for key, loaded in reversed(_cache.items()) if key[0] == source), None)
 
 
 def load_pipeline(model: str | Path | None = None, *, device: str | torch.device | None = None,

@@ -10,8 +10,8 @@ Predicted causes (``predicted_causes``), each a sentence a teacher can read alou
 - guidance at or below 1: classifier-free guidance is off and diffusers ignores every negative prompt;
 - a guidance-distilled model: an LCM-style UNet that takes the guidance scale as an input (``time_cond_proj_dim``:
   diffusers runs no negative branch at all), an LCM or TCD scheduler, or a checkpoint named as a few-step distilled
-  model (Turbo, Lightning, Hyper-SD, LCM) that keeps the SDXL/SD architecture and was trained to run without
-  guidance, so at its usual settings (guidance 0 to 1) no negative acts;
+  model (Turbo, Lightning, Hyper-SD, LCM; FLUX.1-schnell) that keeps its base architecture and was trained to run
+  without guidance, so at its usual settings (guidance 0 to 1) no negative acts;
 - a window that holds no step: the negative never acts;
 - text past the encoder's token limit, which is cut without a warning (and a cell that reads the same as its
   reference once cut);
@@ -44,10 +44,12 @@ from negprompt.prompts import count_tokens
 ACTS, INERT = "acts", "does almost nothing"
 DISTILLED_SCHEDULERS = ("LCMScheduler", "TCDScheduler")
 # Name parts of few-step distilled checkpoints: "sdxl-turbo", "DreamShaperXL_Turbo", "SDXL-Lightning",
-# "juggernautXL_v9Rdphoto2Lightning", "Hyper-SDXL-8steps", "lcm-lora-sdv1-5", "LCM_Dreamshaper_v7".
+# "juggernautXL_v9Rdphoto2Lightning", "Hyper-SDXL-8steps", "lcm-lora-sdv1-5", "LCM_Dreamshaper_v7",
+# "black-forest-labs/FLUX.1-schnell", "stabilityai/stable-diffusion-3.5-large-turbo".
 _DISTILLED_PARTS = {"turbo": "Turbo (adversarial diffusion distillation)", "lightning": "Lightning (progressive "
                     "adversarial distillation)", "lcm": "LCM (latent consistency distillation)",
-                    "hypersd": "Hyper-SD (trajectory segmented consistency distillation)"}
+                    "hypersd": "Hyper-SD (trajectory segmented consistency distillation)",
+                    "schnell": "FLUX.1-schnell (latent adversarial diffusion distillation)"}
 # Textual-inversion embeddings that A1111 users paste into negatives (lower case, as A1111 matches file names).
 KNOWN_EMBEDDINGS = frozenset({
     "easynegative", "easynegativev2", "badhandv4", "bad-hands-5", "bad_prompt", "bad_prompt_version2",
@@ -290,35 +292,58 @@ def cell_verdicts(facts: ModelFacts, spec: ComparisonSpec, changes, *, tokenizer
 
 
 def fit_to_model(spec: ComparisonSpec, pipe, *, optional_methods: bool = False) -> ComparisonSpec:
-    """``spec`` as the model can show it. On a guidance-distilled model whose attention negprompt can steer, every
-    plain negative cell becomes two: the CFG cell, labeled as inert (the model runs no negative branch, so it equals
-    the baseline), and the same negative through NAG (``negprompt.guidance.NAG``), which acts inside the one branch
-    such a model runs. With ``optional_methods`` (a front end's fixed list of methods, not the user's), cells of
-    attention-level methods (NAG) are left out on a model whose attention cannot be steered (a transformer, a
-    compiled UNet); otherwise the engine refuses them by name. Anything else is returned as it is. ``pipe``: the
+    """``spec`` as the model can show it. On a guidance-distilled model whose attention negprompt can steer (a UNet
+    or an SD3/FLUX transformer loaded by ``negprompt.loading.load``), every plain negative cell becomes two: the CFG
+    cell and the same negative through NAG (``negprompt.guidance.NAG``), which acts inside the one branch such a
+    model runs. The CFG cell is labeled inert where the run takes no negative branch at the spec's guidance scale
+    (an LCM-style UNet, or any model at a scale of 1 or less, e.g. FLUX.1-schnell without true CFG), so it equals
+    the baseline; elsewhere (a model distilled by name, run at a higher scale) it is labeled plain "cfg". With
+    ``optional_methods`` (a front end's fixed list of methods, not the user's), cells of attention-level methods
+    (NAG) are left out on a model whose attention cannot be steered (a compiled UNet, a pipeline not loaded by
+    negprompt); otherwise the engine refuses them by name. Anything else is returned as it is. ``pipe``: the
     pipeline (or an object holding it as ``.pipe``)."""
-    from dataclasses import replace
-
     from negprompt.attention import installed
     from negprompt.families import family_of
-    from negprompt.guidance import CFG, NAG, steers_attention
+    from negprompt.guidance import steers_attention
     from negprompt.plan import expand_cells
 
     pipe = getattr(pipe, "pipe", pipe)
-    if not installed(family_of(pipe).denoiser):
+    family = family_of(pipe)
+    if not installed(family.denoiser):
         if not optional_methods or not any(steers_attention(c.guidance) for c in spec.cells):
             return spec
         return expand_cells(spec, lambda cell: [] if steers_attention(cell.guidance) else [cell])
     if spec.mode not in ("negatives", "negatives+positive") or distillation(model_facts(pipe, spec.model)) is None:
         return spec
+    return nag_beside_cfg(spec, lambda cell: not family.guidance_active(spec.scale_of(cell)))
+
+
+def nag_beside_cfg(spec: ComparisonSpec, inert=lambda cell: False) -> ComparisonSpec:
+    """Every plain negative cell (CFG) of ``spec`` as two: the CFG cell, labeled "cfg" (or "cfg, inert here" where
+    ``inert(cell)``), and the same negative through NAG (what ``fit_to_model`` does on a guidance-distilled
+    model)."""
+    from dataclasses import replace
+
+    from negprompt.guidance import CFG, NAG
+    from negprompt.plan import expand_cells
 
     def both(cell):
         if cell.kind != "negative" or cell.guidance != CFG():
             return [cell]
-        return [replace(cell, label=f"{cell.label} (cfg, inert here)"),
+        return [replace(cell, label=f"{cell.label} ({'cfg, inert here' if inert(cell) else 'cfg'})"),
                 replace(cell, guidance=NAG(), label=f"{cell.label} (nag)")]
 
     return expand_cells(spec, both)
+
+
+def fit_by_name(spec: ComparisonSpec) -> ComparisonSpec:
+    """What ``fit_to_model`` makes of ``spec`` on a model that is not loaded, judged from the model's name alone
+    (nothing is loaded or downloaded): NAG beside CFG where the name says the model is distilled (Turbo, Lightning,
+    LCM, Hyper-SD, FLUX.1-schnell), the spec as it is otherwise. A model distilled by its configuration alone (an
+    LCM-style UNet under another name) shows only once loaded."""
+    if spec.mode not in ("negatives", "negatives+positive") or distillation(ModelFacts(name=spec.model)) is None:
+        return spec
+    return nag_beside_cfg(spec)
 
 
 # ---------------------------------------------------------------------------------------------------------------

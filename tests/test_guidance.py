@@ -132,7 +132,7 @@ def test_apg_cfg_zero_star_and_tcfg_follow_their_papers_through_diffusers_formul
     """APG with the parallel part kept and no cap is CFG; with ``eta = 0`` the push has no component along
     ``eps_pos``; CFG-Zero* scales the negative by the optimized ``s*``; TCFG equals diffusers' guider. Each acts per
     sample."""
-    from negprompt.guidance import APG, CFGZeroStar, TCFG, classifier_free_guidance, method_from_dict, parse_method
+    from negprompt.guidance import APG, TCFG, CFGZeroStar, classifier_free_guidance, method_from_dict, parse_method
 
     gen = torch.Generator().manual_seed(0)
     pos, neg = torch.randn(1, 4, 8, 8, generator=gen), torch.randn(1, 4, 8, 8, generator=gen)

@@ -43,6 +43,16 @@ def test_nag_leaves_the_positive_alone_when_it_has_nothing_to_do():
     assert torch.allclose(normalized_attention_guidance(z_pos, z_neg, alpha=0.0), z_pos), "alpha = 0 gives Z+."
 
 
+def test_nag_in_half_precision_is_the_float32_result_where_its_norms_pass_float16s_range():
+    z_pos = torch.full((1, 2, 3072), 30.0)  # an L1 norm of 92,160: past float16's 65,504
+    z_neg = z_pos.clone()
+    z_neg[..., 0, :] = 25.0
+    expected = normalized_attention_guidance(z_pos, z_neg)
+    got = normalized_attention_guidance(z_pos.half(), z_neg.half())
+    assert got.dtype == torch.float16 and torch.isfinite(got).all(), "No overflow to inf or NaN in float16."
+    assert torch.allclose(got.float(), expected, rtol=1e-3), "The same result as in float32, rounded to float16."
+
+
 def test_nag_is_a_guidance_method_with_the_papers_defaults():
     assert NAG() == NAG(scale=5.0, tau=2.5, alpha=0.25)
     assert parse_method("nag:3") == NAG(scale=3.0) and method_from_dict({"method": "nag", "tau": 2}) == NAG(tau=2)
@@ -127,13 +137,13 @@ def test_on_a_distilled_model_cfg_is_inert_and_nag_acts(tiny_distilled):
     assert np.abs(nag - baseline).max() > 2, "NAG acts in the one branch a distilled model runs."
 
 
-def test_nag_on_a_transformer_is_refused_by_name(tmp_path):
+def test_nag_on_a_pipeline_not_wrapped_for_it_is_refused_by_name(tmp_path):
     from negprompt.architectures import tiny_sd3_pipeline
     from negprompt.engine import compare
     from negprompt.errors import InputError
     from negprompt.plan import methods_spec
 
-    with pytest.raises(InputError, match="acts inside cross-attention") as caught:
+    with pytest.raises(InputError, match="acts inside attention") as caught:
         compare(tiny_sd3_pipeline(), methods_spec(PROMPT, ["hat"], [1], [NAG()], model="tiny", steps=1))
     assert caught.value.argument == "guidance"
 
@@ -163,8 +173,27 @@ def test_the_apps_fixed_methods_leave_nag_out_where_attention_cannot_be_steered(
     from negprompt.verdicts import fit_to_model
 
     spec = methods_spec(PROMPT, ["hat"], [1, 2], [CFG(), NAG()], model="tiny", steps=1)
-    pipe = tiny_sd3_pipeline()
+    pipe = tiny_sd3_pipeline()  # built here, not loaded by negprompt: its attention is not wrapped
     assert fit_to_model(spec, pipe) == spec, "Methods the user named are kept (and refused by the engine by name)."
     fitted = fit_to_model(spec, pipe, optional_methods=True)
     assert [c.guidance.name for c in fitted.cells] == ["cfg", "cfg", "cfg", "cfg"]
     assert [c.reference for c in fitted.cells] == [None, 0, None, 2], "References follow their cells."
+
+
+def test_admission_counts_the_nag_cells_of_a_loaded_distilled_unet(tiny_distilled):
+    from negprompt.app.form import Form, build_request
+    from negprompt.app.runner import Runner
+    from negprompt.app.settings import AppSettings
+    from negprompt.cost import StepCost
+
+    model = tiny_distilled.name_or_path
+    settings = AppSettings(device="cpu", model=model, models=(model,), preview_every=0)
+    runner = Runner(settings)
+    request = build_request(settings, Form(prompt="a man", negatives=((0, "hat"), (1, "glasses")), steps=3,
+                                           size="64x64", model=model))
+    with runner.costs._lock:  # a measured cost: one second per row and per decoded image
+        runner.costs._known[(model, "cpu", 64, 64)] = StepCost(call_s=0.0, row_s=1.0, decode_s=1.0)
+    assert [c.label for c in runner.planned(request)[0].cells][1:3] == ["- hat (cfg, inert here)", "- hat (nag)"]
+    assert runner.admit(request, measure=False) == 3 * 5 + 5, (
+        "The model its config calls distilled is loaded: 5 cells of one row each (no negative branch; a UNet "
+        "steers NAG without a row of its own), 3 steps, 5 decodes.")

@@ -71,8 +71,9 @@ def request_spec_for(request: Request, pipe):
     engine call (``negprompt.app.form.request_spec`` in the request's mode, named and with the baseline as the
     loaded model has them: zero embeddings for SDXL, the empty prompt otherwise). The other positive prompt (the
     seed article's "without X") is one more cell of each row, in the same batch and from the same starting noise.
-    On a guidance-distilled model each negative shows as "CFG (inert here)" beside NAG; where the model's attention
-    cannot be steered, the guidance-methods mode leaves NAG out (``fit_to_model``)."""
+    On a guidance-distilled model each negative shows as CFG (labeled inert where no negative branch runs) beside
+    NAG; where the model's attention cannot be steered, the guidance-methods mode leaves NAG out
+    (``fit_to_model``)."""
     from negprompt.engine import default_baseline
     from negprompt.loading import model_source
     from negprompt.verdicts import fit_to_model
@@ -291,10 +292,32 @@ class Runner:
         side = self.sides.get(request.model, 64 if request.embedded else 512)
         return request.height or side, request.width or side
 
+    def planned(self, request: Request):
+        """(the spec the run will make for ``request``, the model's family or None), as far as known without
+        loading anything: exactly on a model loaded already (``request_spec_for``: on a guidance-distilled model
+        each negative gets a NAG cell beside its CFG cell); else from the model's name alone (``fit_by_name``: a
+        Turbo, Lightning, LCM, Hyper-SD or FLUX.1-schnell name gets its NAG cells counted, each with the most rows
+        a cell can take). The run checks the cost again on the loaded model before it starts (``_run_group``),
+        so what the name did not tell (a model distilled by its configuration alone) is refused there, by the
+        same rule, instead of admitted on a guess that would refuse ordinary models too."""
+        from negprompt.families import family_of
+        from negprompt.loading import loaded_now
+        from negprompt.verdicts import fit_by_name
+
+        pipe = loaded_now(request.model)
+        if pipe is not None:
+            return request_spec_for(request, pipe), family_of(pipe)
+        return fit_by_name(request_spec(request)), None
+
+    def _cells(self, request: Request) -> int:
+        """The images the run will make for ``request`` (``planned``)."""
+        return len(self.planned(request)[0].cells)
+
     def _work(self, request: Request, previews: bool = True) -> tuple[int, int, int]:
         from negprompt.cost import spec_work
 
-        return spec_work(request_spec(request), self.settings.kept_every(request.model) if previews else 0)
+        spec, family = self.planned(request)
+        return spec_work(spec, self.settings.kept_every(request.model) if previews else 0, family=family)
 
     def bounds(self, request: Request, previews: bool = True) -> tuple[float, float]:
         """(at least, at most) seconds the comparison takes on this app's device: equal where its size has been
@@ -325,7 +348,9 @@ class Runner:
         is idle (and ``measure``), the sizes it needs are measured first, so an outsized request is refused at once.
         A request no larger than a default one (one seed, baseline + 3 negatives, the default steps, the model's own
         size) is always admitted, however busy the machine: the budget is for outsized requests, the deadline for
-        the rest. The answer depends on the request and on measurements of its model, never on what ran before."""
+        the rest. The estimate counts the images the run will make (``planned``: on a guidance-distilled model, NAG
+        beside each CFG cell). The answer depends on the request, on measurements of its model and, for those added
+        cells, on whether the model is loaded (before that its name alone tells), never on what else ran."""
         if measure and GENERATION_LOCK.acquire(blocking=False):
             try:
                 self._measure(request)
@@ -356,7 +381,10 @@ class Runner:
         if high <= budget:
             return high
         size = f"{request.width}x{request.height}" if request.width else "the model's size"
-        what = f"{request.cells} images x {request.steps} steps at {size}"
+        cells = self._cells(request)
+        added = f" ({cells - request.cells} of them NAG beside CFG, as on a distilled model)" \
+            if cells > request.cells else ""
+        what = f"{cells} images{added} x {request.steps} steps at {size}"
         where = f"on this app's {device_name(self.settings.device)}"
         if low == high:
             estimate = f"would take about {describe_seconds(high)} {where}"
@@ -418,7 +446,8 @@ class Runner:
             self._waiting = []
             return []
         first, group = live[0], [live[0]]
-        cells, seconds, seen = first.request.cells, self.estimate(first.request, first.previews), {first.request}
+        cells, seconds = self._cells(first.request), self.estimate(first.request, first.previews)
+        seen = {first.request}
         limit = max(self.settings.budget_s, self.settings.deadline_s / 2)  # a batch ends well before the deadline
         for t in live[1:] if self.batching else ():
             if t.key != first.key:
@@ -426,7 +455,7 @@ class Runner:
             if t.request in seen:  # identical: made once, handed to both
                 group.append(t)
                 continue
-            more, extra = t.request.cells, self.estimate(t.request, t.previews)
+            more, extra = self._cells(t.request), self.estimate(t.request, t.previews)
             if cells + more <= self.settings.max_cells and seconds + extra <= limit:
                 group.append(t)
                 seen.add(t.request)
@@ -484,7 +513,7 @@ class Runner:
             # every cell's preview every ``every`` steps is kept for the step scrubber and the curves
             recorders = [PreviewRecorder(spec.steps, then=progress(tickets), max_side=PREVIEW_SIDE)
                          for spec, tickets in zip(specs, requests.values())]
-            maps = settings.attention_maps and attention.installed(family_of(pipe).denoiser)
+            maps = settings.attention_maps and attention.captures(family_of(pipe).denoiser)
             cells = sum(len(spec.cells) for spec in specs)
             if len(specs) == 1:
                 results = [compare(pipe, specs[0], callback=recorders[0], preview_every=every, max_cells=cells,

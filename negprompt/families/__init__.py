@@ -24,13 +24,27 @@ The interface (``Family``):
                                                           # subset of the batch rows given, where texts of two
                                                           # lengths meet)
     family.decode(latents, height, width, vae=None)       # images
+    family.attention_wrapper(name)                        # the wrapper of the denoiser's attention processor
+                                                          # ``name`` (``negprompt.attention``), installed once at
+                                                          # load time; None: left as it is
 """
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import torch
 
 from negprompt.errors import InputError
+
+
+class Paired(NamedTuple):
+    """A text table key of a batch row that reads one key's embeddings (``text``) with another's pooled embeddings
+    (``pooled``): an attention-steering cell's steering row on a transformer, which reads the negative prompt but
+    shares the positive's pooled text, and so its modulation (``negprompt.attention``)."""
+
+    text: object
+    pooled: object
 
 
 class TextTable:
@@ -48,13 +62,16 @@ class TextTable:
 
     def length(self, key) -> int:
         """Tokens in the embeddings of ``key`` (77 per chunk for CLIP)."""
+        key = key.text if isinstance(key, Paired) else key
         return (self._zeros if key is None else self.embeds[key]).shape[1]
 
-    def stack(self, keys: list[str | None], device) -> tuple[torch.Tensor, torch.Tensor | None]:
-        embeds = torch.cat([self._zeros if k is None else self.embeds[k] for k in keys]).to(device)
+    def stack(self, keys: list, device) -> tuple[torch.Tensor, torch.Tensor | None]:
+        texts = [k.text if isinstance(k, Paired) else k for k in keys]
+        embeds = torch.cat([self._zeros if k is None else self.embeds[k] for k in texts]).to(device)
         if self.pooled is None:
             return embeds, None
-        pooled = torch.cat([self._zeros_pooled if k is None else self.pooled[k] for k in keys]).to(device)
+        pooled_keys = [k.pooled if isinstance(k, Paired) else k for k in keys]
+        pooled = torch.cat([self._zeros_pooled if k is None else self.pooled[k] for k in pooled_keys]).to(device)
         return embeds, pooled
 
 
@@ -90,6 +107,15 @@ class Family:
     def guidance_active(self, guidance_scale: float) -> bool:
         """Whether a plain pipeline call would run the negative branch at this scale."""
         return guidance_scale > 1 and not self.distilled
+
+    # An attention-steering cell (NAG) gets one more batch row, its negative's text stream, where text tokens change
+    # from block to block (the transformers); the UNet's steering reads the negative's embeddings directly.
+    steers_by_row = False
+
+    def attention_wrapper(self, name: str):
+        """The wrapper (``negprompt.attention``) of the denoiser's attention processor ``name``: a class or function
+        taking the processor, or None to leave it as it is. Wrapped layers let guidance methods steer attention."""
+        return None
 
     @property
     def tokenizer(self):

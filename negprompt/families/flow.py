@@ -4,6 +4,8 @@ clean-image estimate for previews (``x0 = x - sigma * v``)."""
 
 from __future__ import annotations
 
+from functools import partial
+
 import torch
 
 from negprompt.families import Family
@@ -23,6 +25,17 @@ class FlowFamily(Family):
 
     def samplers(self):
         return [DEFAULT]
+
+    steers_by_row = True
+
+    def attention_wrapper(self, name: str):
+        """Every joint attention layer (``transformer_blocks.N.attn``; FLUX's ``single_transformer_blocks.N.attn``
+        with its text tokens leading the sequence) gets a ``JointProcessor``."""
+        from negprompt.attention import JointProcessor
+
+        if not name.endswith(".attn.processor"):
+            return None  # SD3.5's image-only second attention (attn2) reads no text
+        return partial(JointProcessor, single=name.startswith("single_transformer_blocks."))
 
 
 class FlowStepper:

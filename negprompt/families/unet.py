@@ -39,6 +39,11 @@ class UNetFamily(Family):
     def default_baseline(self) -> str:
         return "zeros" if self.sdxl else "empty"
 
+    def attention_wrapper(self, name: str):
+        from negprompt.attention import cross_attention
+
+        return cross_attention(name)
+
     @torch.no_grad()
     def encode(self, texts: list[str]) -> TextTable:
         """Text -> embeddings (and SDXL's pooled embeddings), through the pipeline's own ``encode_prompt`` (which
