@@ -131,6 +131,17 @@ def run(pipe, spec: ComparisonSpec, *, max_batch: int | None = None, max_cells: 
                     preview_every=preview_every, attention_maps=attention_maps, interrupt=interrupt)
 
 
+def _check_family_reads(family: Family, pipe, spec: ComparisonSpec) -> None:
+    """The spec's sampler and prompt readings are ones this model family runs."""
+    if spec.sampler not in (family.samplers() or scheduler_names()):
+        only = f" ({type(pipe).__name__} runs its own flow-matching sampler)" if family.samplers() else ""
+        raise InputError("sampler", spec.sampler, f"sampler={spec.sampler!r} is not one of "
+                                                  f"{family.samplers() or scheduler_names()}{only}")
+    if family.name != "unet" and any(spec.reading_of(c) == "a1111" for c in spec.cells):
+        raise InputError("reading", "a1111", f"the a1111 reading weights CLIP embeddings as the A1111 web UI does, "
+                                             f"for SD 1.x/2.x and SDXL; {type(pipe).__name__} reads prompts plain")
+
+
 def _run(pipe, spec: ComparisonSpec, *, max_batch, max_cells, callback, preview_every, attention_maps,
          interrupt) -> Comparison:
     # 1. Check inputs
@@ -157,13 +168,7 @@ def _run(pipe, spec: ComparisonSpec, *, max_batch, max_cells, callback, preview_
                                              f"pipeline's {type(family.denoiser).__name__} is not wrapped for it "
                                              "(load the model with negprompt.loading.load; a compiled UNet cannot "
                                              "be steered)")
-    if spec.sampler not in (family.samplers() or scheduler_names()):
-        only = f" ({type(pipe).__name__} runs its own flow-matching sampler)" if family.samplers() else ""
-        raise InputError("sampler", spec.sampler, f"sampler={spec.sampler!r} is not one of "
-                                                  f"{family.samplers() or scheduler_names()}{only}")
-    if family.name != "unet" and any(spec.reading_of(c) == "a1111" for c in spec.cells):
-        raise InputError("reading", "a1111", f"the a1111 reading weights CLIP embeddings as the A1111 web UI does, "
-                                             f"for SD 1.x/2.x and SDXL; {type(pipe).__name__} reads prompts plain")
+    _check_family_reads(family, pipe, spec)
     default_side = family.default_side()
     spec = replace(spec, height=spec.height or default_side, width=spec.width or default_side)
     _check_size(family, spec.height, spec.width)

@@ -236,6 +236,31 @@ class _Ticket:
         return self.stop.is_set()
 
 
+def _interrupt(group, deadline_s: float) -> Callable[[], None]:
+    """Called between and inside steps: stops a run whose callers all went away, or that ran past the deadline."""
+    deadline = time.monotonic() + deadline_s
+
+    def interrupt():
+        if all(t.abandoned() for t in group):
+            log.info("stopping a comparison whose callers all went away")
+            raise Cancelled("the request was abandoned")
+        if time.monotonic() > deadline:
+            raise DeadlineExceeded(f"stopped after {describe_seconds(deadline_s)}, the longest this app runs one "
+                                   "comparison")
+
+    return interrupt
+
+
+def _progress(tickets, interrupt: Callable[[], None]):
+    """The step callback of one request's cells: checks ``interrupt``, then hands each waiting caller the step."""
+    def on_step(done, total, previews):
+        interrupt()
+        for t in tickets:
+            if not t.abandoned():
+                t.events.put(Step(done, total, previews))
+    return on_step
+
+
 class Runner:
     """Admits requests and runs them, one run at a time, several compatible requests per run.
 
@@ -471,47 +496,20 @@ class Runner:
         from negprompt.engine import compare, run_many
         from negprompt.explore import PreviewRecorder
         from negprompt.families import family_of
-        from negprompt.verdicts import explain
 
         settings = self.settings
-        deadline = time.monotonic() + settings.deadline_s
-
-        def interrupt():
-            if all(t.abandoned() for t in group):
-                log.info("stopping a comparison whose callers all went away")
-                raise Cancelled("the request was abandoned")
-            if time.monotonic() > deadline:
-                raise DeadlineExceeded(f"stopped after {describe_seconds(settings.deadline_s)}, the longest this "
-                                       "app runs one comparison")
-
-        def progress(tickets):
-            def on_step(done, total, previews):
-                interrupt()
-                for t in tickets:
-                    if not t.abandoned():
-                        t.events.put(Step(done, total, previews))
-            return on_step
-
+        interrupt = _interrupt(group, settings.deadline_s)
         try:
             first = group[0].request
             pipe = load(first.model, settings.device, settings.preview_decoder(first.model),
                         settings.embeddings_for(first.model))
-            requests: dict[Request, list[_Ticket]] = {}
-            for t in group:
-                requests.setdefault(t.request, []).append(t)
-            for request, tickets in list(requests.items()):
-                try:  # the sizes measured now (the model is ours), then admitted again on the measurement
-                    self._measure(request, pipe)
-                    self._check(request)
-                except InputError as error:
-                    for t in requests.pop(request):
-                        t.events.put(error)
+            requests = self._admitted(group, pipe)
             if not requests:
                 return
             specs = [request_spec_for(r, pipe) for r in requests]
             every = settings.kept_every(first.model) if group[0].previews else 0
             # every cell's preview every ``every`` steps is kept for the step scrubber and the curves
-            recorders = [PreviewRecorder(spec.steps, then=progress(tickets), max_side=PREVIEW_SIDE)
+            recorders = [PreviewRecorder(spec.steps, then=_progress(tickets, interrupt), max_side=PREVIEW_SIDE)
                          for spec, tickets in zip(specs, requests.values())]
             maps = settings.attention_maps and attention.captures(family_of(pipe).denoiser)
             cells = sum(len(spec.cells) for spec in specs)
@@ -522,15 +520,38 @@ class Runner:
                 results = run_many(pipe, specs, max_cells=cells, callbacks=recorders, preview_every=every,
                                    attention_maps=maps, interrupt=interrupt)
             for (request, tickets), result, recorder in zip(requests.items(), results, recorders):
-                if request.width is None:
-                    self.sides[request.model] = max(result.settings.width, result.settings.height)
-                result = explain(result, pipe, recorder if every else None)
-                if result.spec.mode == "xray":
-                    from negprompt.embeddings import xray_findings
-
-                    result.explored["xray"] = xray_findings(pipe, request.negatives[0].lower(), request.vectors)
+                result = self._explained(request, result, pipe, recorder if every else None)
                 for t in tickets:
                     t.events.put(result)
         except BaseException as error:  # handed to every caller's thread, which raises it
             for t in group:
                 t.events.put(error)
+
+    def _admitted(self, group: list[_Ticket], pipe) -> dict[Request, list[_Ticket]]:
+        """The group's distinct requests (each with the tickets waiting for it) that pass admission on the loaded
+        model: the sizes measured now (the model is ours), then each admitted again on the measurement; the
+        tickets of a refused request get the refusal."""
+        requests: dict[Request, list[_Ticket]] = {}
+        for t in group:
+            requests.setdefault(t.request, []).append(t)
+        for request in list(requests):
+            try:
+                self._measure(request, pipe)
+                self._check(request)
+            except InputError as error:
+                for t in requests.pop(request):
+                    t.events.put(error)
+        return requests
+
+    def _explained(self, request: Request, result, pipe, recorder):
+        """A finished comparison with its verdicts, previews and (X-ray) findings; the model's own size learnt."""
+        from negprompt.verdicts import explain
+
+        if request.width is None:
+            self.sides[request.model] = max(result.settings.width, result.settings.height)
+        result = explain(result, pipe, recorder)
+        if result.spec.mode == "xray":
+            from negprompt.embeddings import xray_findings
+
+            result.explored["xray"] = xray_findings(pipe, request.negatives[0].lower(), request.vectors)
+        return result
