@@ -16,7 +16,12 @@ trap 'rm -rf "$WORK"' EXIT
 
 "$PYTHON" -m venv "$WORK/venv"
 "$WORK/venv/bin/pip" install -q "setuptools>=77" wheel
-"$WORK/venv/bin/pip" install -q --no-deps --no-build-isolation "$ROOT"
+# Built from a copy of the source without build outputs: a stale build/ in the checkout (from an earlier build)
+# would otherwise put files into the wheel that the source no longer has.
+mkdir "$WORK/src"
+tar -C "$ROOT" --exclude=./build --exclude=./.venv --exclude=./.git --exclude='*.egg-info' --exclude=./outputs \
+  --exclude=./runs --exclude=./test-artifacts -cf - . | tar -C "$WORK/src" -xf -
+"$WORK/venv/bin/pip" install -q --no-deps --no-build-isolation "$WORK/src"
 SITE="$("$WORK/venv/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')"
 "$PYTHON" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])' > "$SITE/negprompt-deps.pth"
 
