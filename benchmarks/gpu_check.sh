@@ -13,6 +13,7 @@
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${1:?usage: gpu_check.sh OUT [--dry-run]}
+PY=${PYTHON:-python}  # the interpreter with negprompt's requirements (default: python on the PATH)
 mkdir -p "$OUT"
 failed=0
 
@@ -31,22 +32,22 @@ step() {  # step NAME SECONDS COMMAND...: run COMMAND under a time limit, its ou
 
 if [[ "${2:-}" == "--dry-run" ]]; then
   export OMP_NUM_THREADS=${OMP_NUM_THREADS:-2}
-  step speed-unet 120 python benchmarks/speed.py --device cpu --smoke --json "$OUT/speed-unet.json"
-  step speed-fp32 120 python benchmarks/speed.py --device cpu --smoke --dtype float32 --json "$OUT/speed-fp32.json"
-  step speed-transformers 120 python benchmarks/speed.py --device cpu --configs tiny_sd3,tiny_flux --steps 2 \
+  step speed-unet 120 "$PY" benchmarks/speed.py --device cpu --smoke --json "$OUT/speed-unet.json"
+  step speed-fp32 120 "$PY" benchmarks/speed.py --device cpu --smoke --dtype float32 --json "$OUT/speed-fp32.json"
+  step speed-transformers 120 "$PY" benchmarks/speed.py --device cpu --configs tiny_sd3,tiny_flux --steps 2 \
     --negatives 2 --repeats 1 --json "$OUT/speed-transformers.json"
-  step classroom 240 python benchmarks/classroom.py --compare-batching --clients 4 --within 2
+  step classroom 240 "$PY" benchmarks/classroom.py --compare-batching --clients 4 --within 2
 else
   nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv >"$OUT/gpu.txt" 2>&1
-  python -c "import torch, diffusers; print(torch.__version__, torch.version.cuda, diffusers.__version__)" \
+  "$PY" -c "import torch, diffusers; print(torch.__version__, torch.version.cuda, diffusers.__version__)" \
     >>"$OUT/gpu.txt" 2>&1
-  step speed-unet 200 python benchmarks/speed.py --device cuda --configs sd15,sdxl --negatives 8 --steps 30 \
+  step speed-unet 200 "$PY" benchmarks/speed.py --device cuda --configs sd15,sdxl --negatives 8 --steps 30 \
     --repeats 3 --json "$OUT/speed-unet.json"
-  step speed-fp32 90 python benchmarks/speed.py --device cuda --configs sd15 --dtype float32 --negatives 8 \
+  step speed-fp32 90 "$PY" benchmarks/speed.py --device cuda --configs sd15 --dtype float32 --negatives 8 \
     --steps 30 --repeats 2 --levers none --json "$OUT/speed-fp32.json"
-  step speed-transformers 180 python benchmarks/speed.py --device cuda --configs sd3,flux --negatives 4 --steps 28 \
+  step speed-transformers 180 "$PY" benchmarks/speed.py --device cuda --configs sd3,flux --negatives 4 --steps 28 \
     --repeats 2 --levers none --json "$OUT/speed-transformers.json"
-  step classroom 90 python benchmarks/classroom.py --compare-batching
+  step classroom 90 "$PY" benchmarks/classroom.py --compare-batching
 fi
 echo "steps failed: $failed"
 exit "$failed"
