@@ -537,7 +537,6 @@ def _denoise(family: Family, runtime, chunk: _Chunk, spec: ComparisonSpec, table
     active = [family.guidance_active(scale) for scale in scales]
     layout = _Layout.of(cells, active, family.steers_by_row)
     cell_of_row = torch.tensor([j for j, _ in layout.order], device=chunk.latents.device)
-    guided = any(active)
     latents = chunk.latents * stepper.init_noise_sigma
     unconditional = spec.baseline_negative
     call = family.denoiser_call(spec.height, spec.width, len(layout.order), g, table.dtype, latents.device,
@@ -563,12 +562,9 @@ def _denoise(family: Family, runtime, chunk: _Chunk, spec: ComparisonSpec, table
             steered = _steered_rows(layout, cells, step, spec.steps, unconditional, table, readings,
                                     family.steers_by_row)
         out = _call_by_length(call, texts[keys], denoiser_input, t, capture, watched, steer, steered)
-        if guided:
-            eps = torch.cat([cell.guidance.combine({b: out[k:k + 1] for b, k in rows.items() if b != STEERING}, scale)
-                             if on else out[rows["positive"]:rows["positive"] + 1]
-                             for cell, rows, scale, on in zip(cells, layout.rows, scales, active)])
-        else:
-            eps = out if len(layout.order) == len(cells) else out[[rows["positive"] for rows in layout.rows]]
+        eps = torch.cat([cell.guidance.combine({b: out[k:k + 1] for b, k in rows.items() if b != STEERING}, scale)
+                         if on else out[rows["positive"]:rows["positive"] + 1]  # guidance off: the positive alone
+                         for cell, rows, scale, on in zip(cells, layout.rows, scales, active)])
         progress.step(lambda: family.decode(stepper.x0(model_input, eps, t), spec.height, spec.width,
                                             runtime.preview_decoder))
         latents = stepper.step(eps, t, latents)
