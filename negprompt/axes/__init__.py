@@ -84,13 +84,27 @@ def single_negative(mode: str, negatives: Sequence[str], windows, other_positive
         raise InputError("negatives[1]", shown(negatives[1]), f"{mode} takes exactly one negative prompt (its terms "
                          f"separated by commas); {len(negatives)} were given: put every term in the first and "
                          "remove the others")
-    if windows is not None and any(tuple(w) != (0.0, 1.0) for w in windows):
+    if windowed(windows):
         raise InputError("negatives[0]", negatives[0], f"{mode} runs the negative at every step: write it "
                                                        "without an @window")
     if other_positive is not None:
         raise InputError("other_positive", other_positive, f"{mode} compares the terms of one negative; it takes "
                                                            "no other positive prompt")
     return negatives[0]
+
+
+def windowed(windows) -> bool:
+    """Whether any negative was written with an @window (one acting during part of the steps only)."""
+    return windows is not None and any(tuple(w) != (0.0, 1.0) for w in windows)
+
+
+def number(argument: str, value, flag: str):
+    """A config's number as it is, or a command line's text read as one; ``InputError`` naming ``flag`` when the
+    text is not a number. The caller checks the range."""
+    try:
+        return float(value) if isinstance(value, str) else value
+    except ValueError:
+        raise InputError(argument, shown(value), f"{flag}: {argument}={shown(value)} is not a number") from None
 
 
 def over_terms(mode: str, builder: str) -> Callable[..., Any]:

@@ -8,21 +8,15 @@ against the baseline at its own scale, never against one at another scale.
 
 from dataclasses import replace
 
-from negprompt.axes import Axis, Values, listed, no_other_positive
+from negprompt.axes import Axis, Values, listed, no_other_positive, number
 from negprompt.errors import InputError
 
 
 def scale(argument, value):
     """A guidance scale from 0 to ``LIMITS.max_guidance`` (a number, or its text)."""
-    from negprompt.errors import shown
     from negprompt.plan import check_scale
 
-    try:
-        number = float(value) if isinstance(value, str) else value
-    except ValueError:
-        raise InputError(argument, shown(value), f"--guidance-scales: {argument}={shown(value)} is not a "
-                                                 "number") from None
-    return check_scale(argument, number)
+    return check_scale(argument, number(argument, value, "--guidance-scales"))
 
 
 def scales_spec(prompt, negatives, seeds, scales, *, model, windows=None, **settings):

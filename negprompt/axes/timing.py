@@ -2,16 +2,14 @@
 
 import math
 
-from negprompt.axes import Axis, Values, listed
+from negprompt.axes import Axis, Values, listed, windowed
+from negprompt.axes import number as read_number
 from negprompt.errors import InputError, shown
 
 
 def start(argument, value):
     """A start fraction of the steps, from 0 to 1 (a number, or its text)."""
-    try:
-        number = float(value) if isinstance(value, str) else value
-    except ValueError:
-        raise InputError(argument, shown(value), f"--timing: {argument}={shown(value)} is not a number") from None
+    number = read_number(argument, value, "--timing")
     if isinstance(number, bool) or not isinstance(number, (int, float)) or not math.isfinite(number) \
             or not 0 <= number <= 1:
         raise InputError(argument, shown(value), f"{argument}={shown(value)} must be a fraction of the steps from "
@@ -22,7 +20,7 @@ def start(argument, value):
 def build(prompt, negatives, seeds, *, values=(), windows=None, other_positive=None, **settings):
     from negprompt.plan import timing_spec
 
-    if windows is not None and any(tuple(w) != (0.0, 1.0) for w in windows):
+    if windowed(windows):
         raise InputError("timing", list(values), "timing sets each negative's start itself: write the negatives "
                                                  "without @windows")
     return timing_spec(prompt, negatives, seeds, list(values), other_positive=other_positive, **settings)
