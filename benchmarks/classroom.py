@@ -17,6 +17,11 @@ queue position a client saw, p50/p95 seconds from submit to result, and the app-
 Every client keeps its images; in the second class each client's images are compared with its own images from the
 first (``crossed``: a client whose images are not those of its own request, more than 2/255 apart, the rounding of
 another batch size), and the p50/p95 ratios on/off are printed.
+
+The students share this machine with the app, so they are kept light: each reads its result's images from the
+app's disk (``download_files=False``) instead of downloading them. A class's browsers run on their own machines;
+here, 30 in-process downloads (each through a new HTTP client that builds its own TLS context) took about a sixth
+of a 2-core CPU's samples while the model ran (``py-spy``), slowing the app they were measuring.
 """
 
 from __future__ import annotations
@@ -48,7 +53,7 @@ def student(url: str, index: int, delay: float, out: dict, clients: list, same: 
     negatives = NEGATIVES if same else NEGATIVES[index % 3:] + NEGATIVES[:index % 3]  # each student's own order
     seed = 1000 if same else 1000 + index
     try:
-        client = clients[index] if clients else Client(url, verbose=False)
+        client = clients[index] if clients else Client(url, verbose=False, download_files=False)
         time.sleep(delay)
         start = time.perf_counter()
         job = client.submit(prompt=PROMPT, negative_prompts=negatives, seed=seed, api_name="/compare")
@@ -106,8 +111,9 @@ def engine_seconds(steps: int) -> float:
 
 def engine_batching(requests: int, steps: int) -> tuple[float, float]:
     """Seconds for ``requests`` students' 1+3 comparisons on the engine alone: one by one, then as one batch
-    (``negprompt.engine.run_many``), on the loaded embedded model."""
-    from negprompt.engine import run, run_many
+    (``negprompt.batching.run_many``), on the loaded embedded model."""
+    from negprompt.batching import run_many
+    from negprompt.engine import run
     from negprompt.loading import load_pipeline
     from negprompt.plan import negatives_spec
 
@@ -155,7 +161,7 @@ def classroom(url: str, clients: int, within: float, seed: int = 0, connect_firs
 
     rng = random.Random(seed)
     delays = sorted(rng.uniform(0, within) for _ in range(clients))
-    connected = [Client(url, verbose=False) for _ in range(clients)] if connect_first else []
+    connected = [Client(url, verbose=False, download_files=False) for _ in range(clients)] if connect_first else []
     out: dict[int, dict] = {}
     threads = [threading.Thread(target=student, args=(url, i, delays[i], out, connected, same))
                for i in range(clients)]

@@ -144,6 +144,47 @@ def _check_family_reads(family: Family, pipe, spec: ComparisonSpec) -> None:
 
 def _run(pipe, spec: ComparisonSpec, *, max_batch, max_cells, callback, preview_every, attention_maps,
          interrupt) -> Comparison:
+    # 1-3. Check inputs, encode every distinct text once, draw the starting noise
+    if max_batch is not None:
+        check_int("max_batch", max_batch, 1, 10**6)
+    job = prepare(pipe, spec, max_cells=max_cells, callback=callback, preview_every=preview_every,
+                  attention_maps=attention_maps)
+
+    # 4. Denoise every cell, in chunks of whole cells
+    start = time.perf_counter()
+    with attention.capturing(job.capture) if job.capture is not None else nullcontext(), \
+            attention.steering(job.steer) if job.steer is not None else nullcontext():
+        latents, batch_used = _denoise_all(job, max_batch)
+    job.timings["denoise_s"] = time.perf_counter() - start
+
+    # 5. Decode
+    return finish(job, latents, batch_used, interrupt)
+
+
+@dataclass
+class Job:
+    """A checked spec ready to denoise (``prepare``): its texts encoded, its starting noise drawn, its capture of
+    attention maps and its steering made. ``run`` denoises one in chunks; ``negprompt.batching`` denoises several
+    together."""
+
+    pipe: object
+    runtime: object
+    family: Family
+    spec: ComparisonSpec  # with the image size resolved
+    settings: Settings
+    warnings: list
+    table: TextTable
+    seed_latents: dict
+    capture: attention.Capture | None
+    steer: attention.Steering | None
+    callback: StepCallback | None
+    preview_every: int
+    timings: dict
+
+
+def prepare(pipe, spec: ComparisonSpec, *, max_cells: int = MAX_CELLS, callback: StepCallback | None = None,
+            preview_every: int = 0, attention_maps: bool = False) -> Job:
+    """Check ``spec`` on ``pipe`` (``InputError`` naming what is wrong), encode its texts and draw its noise."""
     # 1. Check inputs
     pipe, runtime = (pipe.pipe, pipe.runtime) if isinstance(pipe, Loaded) else (pipe, runtime_of(pipe))
     family = family_of(pipe)
@@ -151,8 +192,6 @@ def _run(pipe, spec: ComparisonSpec, *, max_batch, max_cells, callback, preview_
         raise InputError("spec", spec, f"spec={type(spec).__name__} must be a ComparisonSpec")
     check_int("max_cells", max_cells, 1, 10**6)
     spec.validate(max_cells)
-    if max_batch is not None:
-        check_int("max_batch", max_batch, 1, 10**6)
     check_int("preview_every", preview_every, 0, 10**6)
     if callback is not None and not callable(callback):
         raise InputError("callback", callback, "callback must be callable")
@@ -184,100 +223,38 @@ def _run(pipe, spec: ComparisonSpec, *, max_batch, max_cells, callback, preview_
 
     # 3. Starting noise, one latent per seed, shared by every cell with that seed
     seed_latents = {s: family.initial_latent(s, spec.height, spec.width, table.dtype) for s in spec.seeds}
-
-    # 4. Denoise every cell, in chunks of whole cells
-    start = time.perf_counter()
     capture = None
     if attention_maps:
         factor = pipe.vae_scale_factor
         positions = [(reading if spec.reading_of(c) == "a1111" else attention).token_positions(
             family.tokenizer, prompt_text(pipe, c.negative, True)) for c in spec.cells]
         capture = attention.Capture(positions, spec.height // factor, spec.width // factor)
-    with attention.capturing(capture) if capture is not None else nullcontext(), \
-            attention.steering(steer) if steer is not None else nullcontext():
-        latents, batch_used = _denoise_all(family, runtime, spec, table, seed_latents, max_batch, callback,
-                                           preview_every, capture, steer)
-    timings["denoise_s"] = time.perf_counter() - start
+    return Job(pipe, runtime, family, spec, settings, warnings, table, seed_latents, capture, steer, callback,
+               preview_every, timings)
 
-    # 5. Decode
+
+def finish(job: Job, latents: torch.Tensor, batch_used: int, interrupt: Callable[[], None] | None = None
+           ) -> Comparison:
+    """Decode ``job``'s final latents (every cell's, in cell order) into its ``Comparison``."""
     start = time.perf_counter()
+    spec, family = job.spec, job.family
     n = len(spec.cells)
     images = []
     for i in range(0, n, batch_used):
         if interrupt is not None:
             interrupt()
         images.extend(family.decode(latents[i:i + batch_used], spec.height, spec.width))
-    timings["decode_s"] = time.perf_counter() - start
-    timings["total_s"] = sum(timings.values())
+    job.timings["decode_s"] = time.perf_counter() - start
+    job.timings["total_s"] = sum(v for k, v in job.timings.items() if k != "total_s")
 
-    hashes = {s: _sha256(latent) for s, latent in seed_latents.items()}
+    hashes = {s: _sha256(latent) for s, latent in job.seed_latents.items()}
     cells = [Cell(index=i, row=c.row, spec=c, image=image, seed=c.seed, initial_latent_sha256=hashes[c.seed],
-                  parameters=cell_infotext(settings, c, spec.reading_of(c)))
+                  parameters=cell_infotext(job.settings, c, spec.reading_of(c)))
              for i, (c, image) in enumerate(zip(spec.cells, images))]
-    return Comparison(spec=spec, settings=settings, cells=cells, warnings=warnings, timings=timings,
+    capture = job.capture
+    return Comparison(spec=spec, settings=job.settings, cells=cells, warnings=job.warnings, timings=job.timings,
                       max_batch_used=batch_used, attention_maps=capture.maps() if capture is not None else [],
-                      additions=additions_of(pipe))
-
-
-def run_many(pipe, specs: Sequence[ComparisonSpec], *, max_cells: int = MAX_CELLS,
-             callbacks: Sequence[StepCallback | None] | None = None, preview_every: int = 0,
-             attention_maps: bool = False, interrupt: Callable[[], None] | None = None) -> list[Comparison]:
-    """Run several specs that share their settings (model, steps, guidance scale, size, sampler, baseline) as ONE
-    spec: every cell of every spec in one UNet batch per step. Returns one ``Comparison`` per spec, as ``run`` would
-    return it for that spec alone: its own cells in its own order, rows, references, settings, infotexts, warnings
-    and attention maps; only the timings (shared) and the batch used tell that it ran with others. The images are
-    the spec's own up to the rounding of a larger batch (see ``run``). ``callbacks[k]`` gets spec k's step counts
-    and its own cells' previews (previews only while one chunk holds every cell); ``max_cells`` caps the cells of
-    all specs together."""
-    family = family_of(pipe.pipe if isinstance(pipe, Loaded) else pipe)
-    specs = list(specs)
-    if not specs or not all(isinstance(s, ComparisonSpec) for s in specs):
-        raise InputError("specs", specs, "run_many needs a list of one or more ComparisonSpecs")
-    side = family.default_side()
-    specs = [replace(s, height=s.height or side, width=s.width or side) for s in specs]
-    shared = _shared_settings(specs[0])
-    for k, spec in enumerate(specs):
-        if _shared_settings(spec) != shared:
-            raise InputError(f"specs[{k}]", _shared_settings(spec), f"specs[{k}] differs from specs[0] in a setting "
-                                                                    "every cell of a batch shares")
-    cells, offsets, rows = [], [], 0
-    for spec in specs:
-        offsets.append(len(cells))
-        cells.extend(replace(c, row=c.row + rows, reading=spec.reading_of(c),
-                             reference=None if c.reference is None else c.reference + offsets[-1]) for c in spec.cells)
-        rows += spec.rows
-    merged = replace(specs[0], cells=tuple(cells), mode=specs[0].mode if len({s.mode for s in specs}) == 1
-                     else "batch")
-
-    def split(done, total, previews):
-        for k, callback in enumerate(callbacks or ()):
-            if callback is not None:
-                whole = previews is not None and len(previews) == len(cells)
-                own = previews[offsets[k]:offsets[k] + len(specs[k].cells)] if whole else None
-                callback(done, total, own)
-
-    result = run(pipe, merged, max_cells=max_cells, callback=split if callbacks else None,
-                 preview_every=preview_every, attention_maps=attention_maps, interrupt=interrupt)
-    out = []
-    for spec, offset in zip(specs, offsets):
-        settings = Settings.from_spec(spec, result.settings.scheduler, result.settings.model)
-        mine = result.cells[offset:offset + len(spec.cells)]
-        own = [Cell(index=j, row=c.row, spec=c, image=m.image, seed=m.seed,
-                    initial_latent_sha256=m.initial_latent_sha256,
-                    parameters=cell_infotext(settings, c, spec.reading_of(c)))
-               for j, (c, m) in enumerate(zip(spec.cells, mine))]
-        maps = result.attention_maps[offset:offset + len(spec.cells)] if result.attention_maps else []
-        out.append(Comparison(spec=spec, settings=settings, cells=own,
-                              warnings=spec_warnings(family.tokenizer, spec, family.distilled),
-                              timings=dict(result.timings), max_batch_used=result.max_batch_used,
-                              attention_maps=maps, additions=result.additions))
-    return out
-
-
-def _shared_settings(spec: ComparisonSpec) -> tuple:
-    """What every cell of one batch shares."""
-    return (spec.model, spec.steps, spec.guidance_scale, spec.height, spec.width, spec.sampler, spec.baseline,
-            spec.reading)
+                      additions=additions_of(job.pipe))
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -440,30 +417,30 @@ def _encode_spec(family: Family, spec: ComparisonSpec) -> TextTable:
 # Denoising
 
 
-def _denoise_all(family: Family, runtime, spec: ComparisonSpec, table: TextTable, seed_latents, max_batch, callback,
-                 preview_every, capture=None, steer=None):
-    """Denoise every cell of ``spec``, in chunks of whole cells; returns final latents and the chunk size used.
+def _denoise_all(job: Job, max_batch: int | None):
+    """Denoise every cell of ``job``, in chunks of whole cells; returns final latents and the chunk size used.
     An out-of-memory error halves the chunk size and starts over; the size that fits is remembered with the
     pipeline (``runtime.safe_batch``), so the next comparison of that size starts there."""
+    spec, runtime = job.spec, job.runtime
     n = len(spec.cells)
     size = (spec.height, spec.width)
     batch = min(n, max_batch or n, runtime.safe_batch.get(size, n))
-    device = family.pipe._execution_device
+    device = job.family.pipe._execution_device
     while True:
         try:
-            progress = _Progress(callback, spec.steps * math.ceil(n / batch), preview_every)
+            progress = _Progress(job.callback, spec.steps * math.ceil(n / batch), job.preview_every)
             outputs = []
             for i in range(0, n, batch):
-                chunk = _Chunk(spec.cells[i:i + batch], seed_latents, device, offset=i)
-                outputs.append(_denoise(family, runtime, chunk, spec, table, progress, capture, steer))
+                chunk = _Chunk(spec.cells[i:i + batch], job.seed_latents, device, offset=i)
+                outputs.append(_denoise(Denoising(job, chunk, progress)))
             return torch.cat(outputs), batch
         except torch.OutOfMemoryError:
             if batch == 1:
                 raise
             batch = max(1, batch // 2)
             runtime.safe_batch[size] = batch
-            if capture is not None:
-                capture.reset()
+            if job.capture is not None:
+                job.capture.reset()
             if device.type == "cuda":
                 torch.cuda.empty_cache()
 
@@ -528,47 +505,94 @@ class _Layout:
 
 
 @torch.no_grad()
-def _denoise(family: Family, runtime, chunk: _Chunk, spec: ComparisonSpec, table: TextTable,
-             progress: _Progress, capture=None, steer=None) -> torch.Tensor:
-    cells = chunk.cells
-    stepper = family.stepper(spec.sampler, chunk.seeds, chunk.latents, spec.steps, spec.height, spec.width)
-    g = spec.guidance_scale  # a distilled model's guidance embedding reads the comparison's scale
-    scales = [spec.scale_of(c) for c in cells]  # each cell combines its branches at its own scale
-    active = [family.guidance_active(scale) for scale in scales]
-    layout = _Layout.of(cells, active, family.steers_by_row)
-    cell_of_row = torch.tensor([j for j, _ in layout.order], device=chunk.latents.device)
-    latents = chunk.latents * stepper.init_noise_sigma
-    unconditional = spec.baseline_negative
-    call = family.denoiser_call(spec.height, spec.width, len(layout.order), g, table.dtype, latents.device,
-                                buckets=runtime.buckets)
+def _denoise(denoising: Denoising) -> torch.Tensor:
+    """Run ``denoising`` to its end, one denoiser call per step (per text length); returns its final latents."""
+    job = denoising.job
+    call = job.family.denoiser_call(job.spec.height, job.spec.width, denoising.rows, job.spec.guidance_scale,
+                                    job.table.dtype, denoising.latents.device, buckets=job.runtime.buckets)
+    while not denoising.done:
+        step = denoising.inputs()
+        denoising.advance(_call_by_length(call, step.groups, step.denoiser_input, step.t, job.capture,
+                                          step.watched, job.steer, step.steered))
+    return denoising.latents
 
-    readings = [spec.reading_of(c) for c in cells]
-    texts: dict[tuple, list] = {}  # the stacked text embeddings change only where a window opens or closes
-    for step, t in enumerate(stepper.timesteps):
-        keys = tuple(layout.text_keys(cells, step, spec.steps, unconditional, readings))
-        if keys not in texts:  # rows of one text length each (two only where plain and long a1111 texts meet)
+
+@dataclass
+class StepInput:
+    """What one step of a ``Denoising`` asks of the denoiser: its batch rows' input, the timestep, its texts in
+    groups of one length ((rows, text, pooled)), and the rows the capture watches and the steering steers."""
+
+    denoiser_input: torch.Tensor
+    t: torch.Tensor
+    groups: list
+    watched: dict
+    steered: dict
+
+
+class Denoising:
+    """One chunk of a job's cells, denoised a step at a time: ``inputs()`` is this step's denoiser batch (one row
+    per (cell, branch), ``_Layout``), ``advance(out)`` takes the denoiser's output for those rows, lets each cell's
+    guidance method combine its own rows at its own scale, hands the progress (and previews) on and steps the
+    sampler. ``_denoise`` runs one alone; ``negprompt.batching`` runs several jobs' in one denoiser call per step."""
+
+    def __init__(self, job: Job, chunk: _Chunk, progress: _Progress):
+        family, spec = job.family, job.spec
+        self.job, self.chunk, self.progress = job, chunk, progress
+        self.cells = cells = chunk.cells
+        self.stepper = family.stepper(spec.sampler, chunk.seeds, chunk.latents, spec.steps, spec.height, spec.width)
+        self.scales = [spec.scale_of(c) for c in cells]  # each cell combines its branches at its own scale
+        self.active = [family.guidance_active(scale) for scale in self.scales]
+        self.layout = _Layout.of(cells, self.active, family.steers_by_row)
+        self.cell_of_row = torch.tensor([j for j, _ in self.layout.order], device=chunk.latents.device)
+        self.latents = chunk.latents * self.stepper.init_noise_sigma
+        self.readings = [spec.reading_of(c) for c in cells]
+        self.timesteps = self.stepper.timesteps
+        self.step = 0
+        self._texts: dict[tuple, list] = {}  # the stacked text embeddings change only where a window opens or closes
+        self._model_input = None
+
+    @property
+    def rows(self) -> int:
+        return len(self.layout.order)
+
+    @property
+    def done(self) -> bool:
+        return self.step >= len(self.timesteps)
+
+    def inputs(self) -> StepInput:
+        job, cells, layout, step = self.job, self.cells, self.layout, self.step
+        spec, table, unconditional = job.spec, job.table, job.spec.baseline_negative
+        t = self.timesteps[step]
+        keys = tuple(layout.text_keys(cells, step, spec.steps, unconditional, self.readings))
+        if keys not in self._texts:  # rows of one text length each (two only where plain and long a1111 texts meet)
             lengths = [table.length(k) for k in keys]
             groups = [[k for k, n in enumerate(lengths) if n == length] for length in dict.fromkeys(lengths)]
-            texts[keys] = [(rows, *table.stack([keys[k] for k in rows], latents.device)) for rows in groups]
-        model_input = stepper.scale(latents, t)
-        denoiser_input = model_input if len(layout.order) == len(cells) else model_input[cell_of_row]
+            self._texts[keys] = [(rows, *table.stack([keys[k] for k in rows], self.latents.device))
+                                 for rows in groups]
+        self._model_input = model_input = self.stepper.scale(self.latents, t)
+        denoiser_input = model_input if self.rows == len(cells) else model_input[self.cell_of_row]
         watched, steered = {}, {}
-        if capture is not None:  # the rows reading their cell's own negative prompt, at about five steps of the run
+        if job.capture is not None:  # the rows reading their cell's own negative prompt, at about five steps
             sampled = step % max(1, round(spec.steps / attention.STEPS_SAMPLED)) == 0
-            own = [text_key(readings[j], cells[j].negative, step, spec.steps) for j, _ in layout.order]
-            watched = {k: chunk.offset + j for k, (j, branch) in enumerate(layout.order) if sampled
+            own = [text_key(self.readings[j], cells[j].negative, step, spec.steps) for j, _ in layout.order]
+            watched = {k: self.chunk.offset + j for k, (j, branch) in enumerate(layout.order) if sampled
                        and branch == "negative" and cells[j].negative is not None and keys[k] == own[k]}
-        if steer is not None:
-            steered = _steered_rows(layout, cells, step, spec.steps, unconditional, table, readings,
-                                    family.steers_by_row)
-        out = _call_by_length(call, texts[keys], denoiser_input, t, capture, watched, steer, steered)
+        if job.steer is not None:
+            steered = _steered_rows(layout, cells, step, spec.steps, unconditional, table, self.readings,
+                                    job.family.steers_by_row)
+        return StepInput(denoiser_input, t, self._texts[keys], watched, steered)
+
+    @torch.no_grad()
+    def advance(self, out: torch.Tensor) -> None:
+        job, t, model_input = self.job, self.timesteps[self.step], self._model_input
         eps = torch.cat([cell.guidance.combine({b: out[k:k + 1] for b, k in rows.items() if b != STEERING}, scale)
                          if on else out[rows["positive"]:rows["positive"] + 1]  # guidance off: the positive alone
-                         for cell, rows, scale, on in zip(cells, layout.rows, scales, active)])
-        progress.step(lambda: family.decode(stepper.x0(model_input, eps, t), spec.height, spec.width,
-                                            runtime.preview_decoder))
-        latents = stepper.step(eps, t, latents)
-    return latents
+                         for cell, rows, scale, on in zip(self.cells, self.layout.rows, self.scales, self.active)])
+        spec, family = job.spec, job.family
+        self.progress.step(lambda: family.decode(self.stepper.x0(model_input, eps, t), spec.height, spec.width,
+                                                 job.runtime.preview_decoder))
+        self.latents = self.stepper.step(eps, t, self.latents)
+        self.step += 1
 
 
 def _call_by_length(call, groups: list, denoiser_input: torch.Tensor, t, capture, watched: dict, steer,

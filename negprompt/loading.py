@@ -50,7 +50,7 @@ from negprompt import attention
 from negprompt import embeddings as textual_inversion
 from negprompt import loras as lora_weights
 from negprompt._assets import EMBEDDED_NAME, asset
-from negprompt.devices import pick_device, pick_dtype
+from negprompt.devices import keep_freed_memory, pick_device, pick_dtype
 from negprompt.errors import InputError
 from negprompt.families import family_of, refusal
 from negprompt.speedups import apply_speedups, new_report
@@ -175,6 +175,8 @@ def load(model: str | Path | None = None, *, device: str | torch.device | None =
     """
     device = pick_device(device)
     dtype = pick_dtype(device, dtype)
+    if device.type == "cpu":
+        keep_freed_memory()
     source = resolve_model(model)
     wanted = _wanted_embeddings(source, embeddings)
     lora_files = tuple((str(lora_weights.resolve_file(str(path))), float(weight)) for path, weight in loras)

@@ -45,8 +45,9 @@ def finished(events):
 
 
 def test_waiting_requests_run_as_one_batch_and_each_gets_its_own_cells(tiny_sd_folder):
-    """Three requests wait while the model is busy; the two with the same settings run in one UNet batch, the third
-    alone; each caller gets exactly its own cells, equal to what it gets running alone."""
+    """Three requests wait while the model is busy; the two with the same model, size and guidance scale run in one
+    UNet batch per step (their steps and samplers may differ), the third (another guidance scale) alone; each
+    caller gets exactly its own cells, equal to what it gets running alone."""
     from negprompt.app.runner import GENERATION_LOCK, Runner, Step
 
     model = str(tiny_sd_folder)
@@ -54,8 +55,10 @@ def test_waiting_requests_run_as_one_batch_and_each_gets_its_own_cells(tiny_sd_f
     runner = Runner(settings)
     forms = [Form(prompt="portrait photo of a man", negatives=((0, "hat"), (1, "glasses")), seed=3, steps=3,
                   model=model),
-             Form(prompt="portrait photo of a woman", negatives=((0, "glasses"),), seed=7, steps=3, model=model),
-             Form(prompt="portrait photo of a man", negatives=((0, "hat"),), seed=3, steps=4, model=model)]
+             Form(prompt="portrait photo of a woman", negatives=((0, "glasses"),), seed=7, steps=4, model=model,
+                  scheduler="Euler"),
+             Form(prompt="portrait photo of a man", negatives=((0, "hat"),), seed=3, steps=4, guidance=5,
+                  model=model)]
     requests = [build_request(settings, f) for f in forms]
     got: dict[int, list] = {}
 
@@ -72,7 +75,7 @@ def test_waiting_requests_run_as_one_batch_and_each_gets_its_own_cells(tiny_sd_f
     results = [finished(got[i]) for i in range(3)]
     assert results[0].max_batch_used == results[1].max_batch_used == 5, \
         "The two requests with the same settings (3 + 2 cells) must run in one batch."
-    assert results[2].max_batch_used == 2, "Other steps: another run."
+    assert results[2].max_batch_used == 2, "Another guidance scale: another run."
     for i, result in enumerate(results):
         request = requests[i]
         assert [c.spec.negative for c in result.cells] == ["", *request.negatives], f"Client {i} gets its own cells."
@@ -84,7 +87,7 @@ def test_waiting_requests_run_as_one_batch_and_each_gets_its_own_cells(tiny_sd_f
         assert previews and all(len(p) == len(result.cells) for p in previews), "Previews of its own cells only."
         assert len(result.previews[0]) == len(result.cells)
     alone = Runner(replace(settings, batch_requests=False))
-    for i in range(2):
+    for i in range(3):
         own = finished(alone.generate(requests[i]))
         assert own.max_batch_used == len(own.cells)
         for a, b in zip(results[i].cells, own.cells):
@@ -113,6 +116,39 @@ def test_one_caller_going_away_does_not_stop_the_others(tiny_sd_folder):
     done.join(120)
     result = finished(kept)
     assert [c.seed for c in result.cells] == [2, 2], "The caller who stayed gets its whole result."
+
+
+def test_a_request_that_arrives_during_a_run_joins_it_at_the_next_step(tiny_sd_folder):
+    """Continuous batching: a request that arrives while another runs does not wait for that run to end; it joins
+    at the next step (one UNet batch holds both), and ends after its own steps."""
+    from negprompt.app.runner import Runner, Step
+
+    model = str(tiny_sd_folder)
+    settings = AppSettings(device="cpu", preview_every=0, model=model, models=(model,))
+    runner = Runner(settings)
+    long, short = (build_request(settings, Form(prompt="portrait photo of a man", negatives=((0, "hat"),), seed=s,
+                                                steps=n, model=model)) for s, n in ((1, 40), (2, 3)))
+    model_free()
+    events: dict[str, list] = {"long": [], "short": []}
+
+    def client(name, request):
+        for event in runner.generate(request):
+            events[name].append((time.monotonic(), event))
+
+    first = threading.Thread(target=client, args=("long", long))
+    first.start()
+    while not any(isinstance(e, Step) for _, e in events["long"]):
+        time.sleep(0.01)
+    second = threading.Thread(target=client, args=("short", short))
+    second.start()
+    second.join(120)
+    first.join(120)
+    steps_then = max(e.done for at, e in events["long"] if isinstance(e, Step) and at <= events["short"][-1][0])
+    assert steps_then < 40, "The short request finished while the long one was still running."
+    short_result, long_result = events["short"][-1][1], events["long"][-1][1]
+    assert short_result.max_batch_used == long_result.max_batch_used == 4, "Both ran in one batch per step."
+    alone = finished(Runner(replace(settings, batch_requests=False)).generate(short))
+    assert all(max_diff(a.image, b.image) <= TOLERANCE for a, b in zip(short_result.cells, alone.cells))
 
 
 # ---------------------------------------------------------------------------------------------------------------

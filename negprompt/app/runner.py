@@ -224,9 +224,10 @@ class _Ticket:
 
     @property
     def key(self) -> tuple:
-        """What every request of one batch shares: one spec's settings, and whether previews are kept."""
+        """What every request of one run shares (``negprompt.batching.shared_settings``): the model, the image size
+        and the guidance scale. Steps, sampler, reading and previews are each request's own."""
         r = self.request
-        return r.model, r.width, r.height, r.steps, r.scheduler, r.guidance_scale, r.reading, self.previews
+        return r.model, r.width, r.height, r.guidance_scale
 
     def abandoned(self) -> bool:
         """Its caller went away: it closed the stream, or has not come back for the next event in a while (Gradio
@@ -234,6 +235,20 @@ class _Ticket:
         if self.handed is not None and time.monotonic() - self.handed > ABANDONED_AFTER_S:
             self.stop.set()
         return self.stop.is_set()
+
+
+@dataclass(eq=False)
+class _Entry:
+    """One distinct request in a run: the tickets waiting for it, its spec, and what its member of the stream uses."""
+
+    request: Request
+    tickets: list[_Ticket]
+    spec: object
+    recorder: object
+    every: int  # previews kept every this many steps (0: none)
+    interrupt: Callable[[], None]
+    maps: bool
+    seconds: float  # its estimate
 
 
 def _interrupt(group, deadline_s: float) -> Callable[[], None]:
@@ -265,17 +280,20 @@ class Runner:
     """Admits requests and runs them, one run at a time, several compatible requests per run.
 
     Batching: requests wait in a list, in order of arrival; whoever gets the model next takes the oldest waiting
-    request and every later one that shares its model, size, steps, sampler, guidance scale and previews, up to the
-    app's cap on images (``max_cells``) and half its deadline (by their estimates), and runs them as ONE spec
-    (``negprompt.engine.run_many``: their cells in one UNet batch per step); each caller then gets its own
-    ``Comparison`` (cells, manifest, verdicts, previews), and identical requests in one run are made once. We
-    collect in the runner rather than use Gradio's ``batch=True`` events because those cannot be generators (the
-    app streams step counts and previews) and would batch across modes and models; a collector also works the
-    same for the UI and the API. Gradio's queue lets up to ``WAITING_REQUESTS`` requests into the handler at once
-    (``negprompt.app.layout.RUN``), so that the next run's requests gather while one runs. One caller going away
-    never stops the others' run: a run stops early only when every caller in it has gone, or at the deadline.
-    Off with ``NEGPROMPT_BATCH=0`` and under ZeroGPU
-    (there each request gets its own GPU call)."""
+    request and every later one that shares its model, image size and guidance scale, up to the app's cap on
+    images (``max_cells``) and half its deadline (by their estimates), and runs them as a
+    ``negprompt.batching.Stream``: their cells in one denoiser batch per step. Between steps the run takes in the
+    requests that arrived meanwhile, on the same terms (continuous batching: a request that arrives while a run is
+    going joins it at its next step instead of waiting for it to end), for as long as the oldest waiting request
+    shares the run's settings; each request leaves the run when its own steps are done. Each caller gets its own
+    ``Comparison`` (cells, manifest, verdicts, previews); identical requests in one run are made once. We collect
+    in the runner rather than use Gradio's ``batch=True`` events because those cannot be generators (the app
+    streams step counts and previews), would batch across modes and models, and could not join a running batch; a
+    collector also works the same for the UI and the API. Gradio's queue lets up to ``WAITING_REQUESTS`` requests
+    into the handler at once (``negprompt.app.layout.RUN``), so that requests gather while a run goes. One caller
+    going away never stops the others: a request stops early only when every caller waiting for it has gone, or at
+    its deadline. Off with ``NEGPROMPT_BATCH=0`` (one request per run) and under ZeroGPU (there each request gets
+    its own GPU call)."""
 
     def __init__(self, settings: AppSettings):
         self.settings = settings
@@ -461,71 +479,138 @@ class Runner:
     def _take(self) -> list[_Ticket]:
         """The next run's requests (call holding both locks): the oldest live one, and (batching) every later one
         with the same key, up to the cap on images and the budget."""
+        live = self._live()
+        if not live:
+            return []
+        group = [live[0]]
+        for t in group:
+            t.taken = True
+        if self.batching:
+            group += self._more(live[0].key, self._cells(live[0].request),
+                                self.estimate(live[0].request, live[0].previews), {live[0].request})
+        return group
+
+    def _live(self) -> list[_Ticket]:
+        """The waiting requests whose callers are still there, oldest first (call holding the waiting lock)."""
         live = []
         for t in self._waiting:
             if t.abandoned():
                 t.taken = True
-            else:
+            elif not t.taken:
                 live.append(t)
-        if not live:
-            self._waiting = []
+        self._waiting = live
+        return live
+
+    def _more(self, key: tuple, cells: int, seconds: float, running: set) -> list[_Ticket]:
+        """Waiting requests to run beside ``running`` (call holding the waiting lock): in order of arrival, each
+        with ``key``, while the cells stay within the app's cap on images and the estimated seconds within half
+        the deadline; a request identical to one running is made once. Only while the oldest waiting request has
+        ``key``: one of other settings is never passed over."""
+        live = self._live()
+        if not live or live[0].key != key:
             return []
-        first, group = live[0], [live[0]]
-        cells, seconds = self._cells(first.request), self.estimate(first.request, first.previews)
-        seen = {first.request}
-        limit = max(self.settings.budget_s, self.settings.deadline_s / 2)  # a batch ends well before the deadline
-        for t in live[1:] if self.batching else ():
-            if t.key != first.key:
+        limit = max(self.settings.budget_s, self.settings.deadline_s / 2)  # a run ends well before the deadline
+        taken = []
+        for t in live:
+            if t.key != key:
                 continue
-            if t.request in seen:  # identical: made once, handed to both
-                group.append(t)
-                continue
-            more, extra = self._cells(t.request), self.estimate(t.request, t.previews)
-            if cells + more <= self.settings.max_cells and seconds + extra <= limit:
-                group.append(t)
-                seen.add(t.request)
+            if t.request not in running:
+                more, extra = self._cells(t.request), self.estimate(t.request, t.previews)
+                if cells + more > self.settings.max_cells or seconds + extra > limit:
+                    continue
+                running.add(t.request)
                 cells, seconds = cells + more, seconds + extra
-        for t in group:
             t.taken = True
+            taken.append(t)
         self._waiting = [t for t in live if not t.taken]
-        return group
+        return taken
 
     def _run_group(self, group: list[_Ticket]) -> None:
-        """Run the requests of ``group`` as one spec and hand each ticket its own result (or the error)."""
+        """Run the requests of ``group`` and hand each ticket its own result (or the error): with batching, as a
+        ``negprompt.batching.Stream`` that takes in compatible waiting requests at every step, until it is empty."""
+        from negprompt.batching import Stream
+
+        try:
+            first = group[0].request
+            pipe = load(first.model, self.settings.device, self.settings.preview_decoder(first.model),
+                        self.settings.embeddings_for(first.model))
+        except BaseException as error:  # handed to every caller's thread, which raises it
+            for t in group:
+                t.events.put(error)
+            return
+        stream = Stream(pipe)
+        entries: dict[Request, _Entry] = {}
+        self._join(stream, entries, group, pipe)
+        while stream:
+            try:
+                ended = stream.step()
+            except BaseException as error:  # not one member's: every caller in the run gets it
+                for entry in entries.values():
+                    for t in entry.tickets:
+                        t.events.put(error)
+                return
+            for member, outcome in ended:
+                self._hand(entries.pop(member.tag.request), outcome, pipe)
+            if self.batching and stream:
+                with self._waiting_lock:
+                    seconds = sum(e.seconds * m.steps_left / max(1, m.job.spec.steps)
+                                  for e, m in ((m.tag, m) for m in stream.members))
+                    more = self._more(group[0].key, stream.cells, seconds, set(entries))
+                if more:
+                    self._join(stream, entries, more, pipe)
+
+    def _join(self, stream, entries: dict, tickets: list[_Ticket], pipe) -> None:
+        """Take ``tickets``' requests into ``stream`` (each admitted on the loaded model first); a ticket whose
+        request is running already joins its entry."""
         from negprompt import attention
-        from negprompt.engine import compare, run_many
         from negprompt.explore import PreviewRecorder
         from negprompt.families import family_of
 
         settings = self.settings
-        interrupt = _interrupt(group, settings.deadline_s)
-        try:
-            first = group[0].request
-            pipe = load(first.model, settings.device, settings.preview_decoder(first.model),
-                        settings.embeddings_for(first.model))
-            requests = self._admitted(group, pipe)
-            if not requests:
-                return
-            specs = [request_spec_for(r, pipe) for r in requests]
-            every = settings.kept_every(first.model) if group[0].previews else 0
-            # every cell's preview every ``every`` steps is kept for the step scrubber and the curves
-            recorders = [PreviewRecorder(spec.steps, then=_progress(tickets, interrupt), max_side=PREVIEW_SIDE)
-                         for spec, tickets in zip(specs, requests.values())]
-            maps = settings.attention_maps and attention.captures(family_of(pipe).denoiser)
-            cells = sum(len(spec.cells) for spec in specs)
-            if len(specs) == 1:
-                results = [compare(pipe, specs[0], callback=recorders[0], preview_every=every, max_cells=cells,
-                                   attention_maps=maps, interrupt=interrupt)]
+        fresh = []
+        for t in tickets:
+            if t.request in entries:
+                entries[t.request].tickets.append(t)
             else:
-                results = run_many(pipe, specs, max_cells=cells, callbacks=recorders, preview_every=every,
-                                   attention_maps=maps, interrupt=interrupt)
-            for (request, tickets), result, recorder in zip(requests.items(), results, recorders):
-                result = self._explained(request, result, pipe, recorder if every else None)
-                for t in tickets:
-                    t.events.put(result)
-        except BaseException as error:  # handed to every caller's thread, which raises it
-            for t in group:
-                t.events.put(error)
+                fresh.append(t)
+        maps = settings.attention_maps and attention.captures(family_of(pipe).denoiser)
+        for request, waiting in self._admitted(fresh, pipe).items():
+            try:
+                spec = request_spec_for(request, pipe)
+                every = settings.kept_every(request.model) if any(t.previews for t in waiting) else 0
+                interrupt = _interrupt(waiting, settings.deadline_s)
+                # every cell's preview every ``every`` steps is kept for the step scrubber and the curves
+                recorder = PreviewRecorder(spec.steps, then=_progress(waiting, interrupt), max_side=PREVIEW_SIDE)
+                entry = _Entry(request, waiting, spec, recorder, every, interrupt, maps,
+                               self.estimate(request, every > 0))
+                stream.add(spec, callback=recorder, preview_every=every, attention_maps=maps, interrupt=interrupt,
+                           max_cells=len(spec.cells), tag=entry)
+                entries[request] = entry
+            except BaseException as error:
+                for t in waiting:
+                    t.events.put(error)
+
+    def _hand(self, entry: _Entry, outcome, pipe) -> None:
+        """Give ``entry``'s callers its result: explained, or the error that stopped it. A comparison that ran out
+        of memory beside others runs again alone, in chunks that fit (``negprompt.engine.run``)."""
+        import torch
+
+        from negprompt.engine import compare
+
+        if isinstance(outcome, torch.OutOfMemoryError):
+            try:
+                outcome = compare(pipe, entry.spec, callback=entry.recorder, preview_every=entry.every,
+                                  max_cells=len(entry.spec.cells), attention_maps=entry.maps,
+                                  interrupt=entry.interrupt)
+            except BaseException as error:
+                outcome = error
+        if not isinstance(outcome, BaseException):
+            try:
+                outcome = self._explained(entry.request, outcome, pipe, entry.recorder if entry.every else None)
+            except BaseException as error:
+                outcome = error
+        for t in entry.tickets:
+            t.events.put(outcome)
 
     def _admitted(self, group: list[_Ticket], pipe) -> dict[Request, list[_Ticket]]:
         """The group's distinct requests (each with the tickets waiting for it) that pass admission on the loaded
