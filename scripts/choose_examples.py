@@ -26,7 +26,9 @@ reads. Every seed the script considers passes the same checks ``tests/test_examp
   change from the baseline is at most ``MAX_OUTSIDE`` percent and no 8x8 patch changes more than ``MAX_PATCH``; the
   detector reads every other attribute the same; the background, skin and hair colours read the same.
 
-Among the seeds that pass, the example takes the one with the least change outside the region. A seed article
+Among the seeds that pass, a one-row example takes the one whose removal is the most visible (the largest mean
+change inside the attribute's region: a smile that fades by a few pixels teaches nothing); the README's commands
+take the seeds with the least change outside it. A seed article
 example ("... without X") needs several rows, because one seed cannot show "more X": its rows are consecutive seeds
 on which the plain prompt draws X on fewer rows than "... without X" does, the negative leaves X on none, and the
 negative removes X, with little collateral, on at least one row (on the rows whose baseline has no X, the negative
@@ -158,12 +160,20 @@ def choose_single(rows: Rows, detector, label: str, negatives: list[str], seeds:
     if not clean:
         near = min(reasons, key=lambda s: len(reasons[s]))
         return None, f"no seed of {len(showing)} passes; seed {near}: {'; '.join(reasons[near])}", {}
-    seed = min(clean, key=clean.get)
+    seed = max(clean, key=lambda s: visible(made[s], negatives))
     measured = describe(made[seed], records[seed], negatives)
     example = {"label": f"{label} (seed {seed})", "title": f"{label} (seed {seed})", "prompt": PROMPT,
                "negatives": negatives, "other": "",
                "seed": seed, "rows": 1, "measured": measured}
     return example, f"seed {seed} of {len(clean)} clean of {len(showing)} showing it", clean
+
+
+def visible(images: list, negatives: list[str]) -> float:
+    """How visible a row's removals are: the smallest mean change inside an attribute's region among its negative
+    cells (percent)."""
+    from negprompt.portrait_model.detector import collateral
+
+    return min(collateral(images[i], images[0], attribute)["inside"] for i, attribute in enumerate(negatives, 1))
 
 
 def describe(images: list, records: list[dict], negatives: list[str]) -> list[dict]:
@@ -267,6 +277,11 @@ def _article_example(made: dict, records: dict, label: str, attribute: str, othe
             "negatives": [attribute], "other": other, "seed": start, "rows": k, "measured": measured}
 
 
+def label_of(example: dict) -> str:
+    """The candidate label an example was chosen for (its title without the seeds)."""
+    return example["title"].split(" (")[0].split(",")[0]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, default=512, help="seeds 0..N-1 to scan")
@@ -278,6 +293,8 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=OUT, help="the JSON file the app reads")
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
     parser.add_argument("--scan-only", action="store_true", help="make and cache the images, write nothing")
+    parser.add_argument("--only", action="append", default=[],
+                        help="choose only the example with this label (repeatable); the others stay as written")
     args = parser.parse_args()
 
     import torch
@@ -297,6 +314,8 @@ def main() -> None:
 
     chosen, clean_seeds = [], {}
     for label, names, other in CANDIDATES:
+        if args.only and label not in args.only:
+            continue
         if other:
             example, reason, clean = choose_article(rows, detector, label, names[0], other, seeds, baselines,
                                                     args.min_rate)
@@ -314,8 +333,11 @@ def main() -> None:
         best = sorted(clean, key=clean.get)[:8]
         print(f"the negative '{attribute}' removes it cleanly on seeds (least change outside first): "
               + ", ".join(f"{s} ({clean[s]:.2f}%)" for s in best))
-    if args.out.is_file():  # examples chosen elsewhere (e.g. the negative embedding's, by its benchmark) stay
-        chosen += [e for e in json.loads(args.out.read_text())["examples"] if e.get("chosen_by")]
+    if args.out.is_file():  # examples chosen elsewhere (e.g. the negative embedding's, by its benchmark) stay,
+        new = {label_of(e): e for e in chosen}  # and with --only every other one, each in its place
+        kept = [new.pop(label_of(e), e) for e in json.loads(args.out.read_text())["examples"]
+                if e.get("chosen_by") or (args.only and label_of(e) not in args.only) or label_of(e) in new]
+        chosen = kept + list(new.values())
     data = {"model": "negprompt-portraits", "steps": steps, "guidance_scale": GUIDANCE, "scheduler": "Default",
             "seeds_scanned": args.seeds, "min_rate": args.min_rate, "examples": chosen}
     args.out.write_text(json.dumps(data, indent=1) + "\n")

@@ -183,7 +183,8 @@ def collateral(image: Image.Image, baseline: Image.Image, attributes, record: di
     """What ``image`` changed against ``baseline`` outside the region of ``attributes`` (those a negative names):
 
     ``outside`` the mean change there and ``patch`` that of its most changed 8x8 patch (percent of full scale; a
-    patch counts the pixels of it outside the region, if at least half are), ``others`` the other attributes the
+    patch counts the pixels of it outside the region, if at least half are), ``inside`` the mean change in the
+    region (how visible the removal is), ``others`` the other attributes the
     detector reads differently (from the two records, when given), and the background, skin and hair colours of
     both images (``portraits.background_of``, ``skin_of``, ``hair_of``), each as (baseline, image)."""
     attributes = [attributes] if isinstance(attributes, str) else list(attributes)
@@ -196,6 +197,7 @@ def collateral(image: Image.Image, baseline: Image.Image, attributes, record: di
         if keep.sum() >= PATCH * PATCH // 2:
             patches.append(float(difference[top:top + PATCH, left:left + PATCH][keep].mean()))
     out = {"outside": round(float(difference[outside].mean()), 2), "patch": round(max(patches), 2),
+           "inside": round(float(difference[region].mean()), 2),
            "background": (background_of(baseline), background_of(image)),
            "skin": (skin_of(baseline, region), skin_of(image, region)),
            "hair": (hair_of(baseline, region), hair_of(image, region))}
