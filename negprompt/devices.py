@@ -5,6 +5,7 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import logging
+import os
 import threading
 
 import torch
@@ -66,13 +67,17 @@ def pick_dtype(device: torch.device, requested: torch.dtype | str | None = None)
 def keep_freed_memory() -> bool:
     """Ask glibc's malloc (once per process) to keep the memory a denoising step frees for the next step, instead
     of handing blocks over 128 KB back to the system and faulting them in again, zeroed, a step later. On the CPU a
-    UNet batch's activations are such blocks: the embedded model's 9-comparison batch took 69 ms per comparison-step
-    with about 40,000 page faults per step, and 58 ms with none once kept (``benchmarks/classroom.py``'s engine
-    batch, 2-core CPU); a comparison alone was not slowed. The cost: the process keeps up to its largest step's
-    memory (blocks up to 32 MB; larger ones are still returned). PyTorch's CPU tuning guides reach the same end by
-    preloading jemalloc or tcmalloc; this needs no preload. False (and nothing changed) without glibc."""
+    UNet batch's activations are such blocks: the embedded model's 9-comparison batch faulted in about 40,000 pages
+    per step, and none once kept, and ran faster (``python benchmarks/batching.py`` measures it, kept and not, side
+    by side). The cost: the process keeps up to its largest step's memory (blocks up to 32 MB; larger ones are
+    still returned). PyTorch's CPU tuning guides reach the same end by preloading jemalloc or tcmalloc; this needs
+    no preload. False (and nothing changed) without glibc, or with
+    ``NEGPROMPT_KEEP_MEMORY=0``."""
     with _kept_lock:
         if not _kept:
+            if os.environ.get("NEGPROMPT_KEEP_MEMORY", "").strip().lower() in ("0", "false", "no", "off"):
+                _kept.append(False)
+                return False
             _kept.append(_mallopt({_M_MMAP_THRESHOLD: 32 << 20, _M_TRIM_THRESHOLD: 1 << 30, _M_TOP_PAD: 64 << 20}))
         return _kept[0]
 

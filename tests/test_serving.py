@@ -118,13 +118,15 @@ def test_one_caller_going_away_does_not_stop_the_others(tiny_sd_folder):
     assert [c.seed for c in result.cells] == [2, 2], "The caller who stayed gets its whole result."
 
 
-def test_a_request_that_arrives_during_a_run_joins_it_at_the_next_step(tiny_sd_folder):
-    """Continuous batching: a request that arrives while another runs does not wait for that run to end; it joins
-    at the next step (one UNet batch holds both), and ends after its own steps."""
+@pytest.mark.parametrize("join", [True, False])
+def test_a_request_that_arrives_during_a_run_joins_it_only_when_asked(tiny_sd_folder, join):
+    """Continuous batching (``NEGPROMPT_BATCH_JOIN=1``): a request that arrives while another runs does not wait for
+    that run to end; it joins at the next step (one UNet batch holds both), and ends after its own steps. By default
+    it waits for the run to end, and then runs."""
     from negprompt.app.runner import Runner, Step
 
     model = str(tiny_sd_folder)
-    settings = AppSettings(device="cpu", preview_every=0, model=model, models=(model,))
+    settings = AppSettings(device="cpu", preview_every=0, model=model, models=(model,), batch_join=join)
     runner = Runner(settings)
     long, short = (build_request(settings, Form(prompt="portrait photo of a man", negatives=((0, "hat"),), seed=s,
                                                 steps=n, model=model)) for s, n in ((1, 40), (2, 3)))
@@ -144,9 +146,13 @@ def test_a_request_that_arrives_during_a_run_joins_it_at_the_next_step(tiny_sd_f
     second.join(120)
     first.join(120)
     steps_then = max(e.done for at, e in events["long"] if isinstance(e, Step) and at <= events["short"][-1][0])
-    assert steps_then < 40, "The short request finished while the long one was still running."
     short_result, long_result = events["short"][-1][1], events["long"][-1][1]
-    assert short_result.max_batch_used == long_result.max_batch_used == 4, "Both ran in one batch per step."
+    if join:
+        assert steps_then < 40, "The short request finished while the long one was still running."
+        assert short_result.max_batch_used == long_result.max_batch_used == 4, "Both ran in one batch per step."
+    else:
+        assert steps_then == 40, "Without joining, the short request runs after the long one."
+        assert short_result.max_batch_used == long_result.max_batch_used == 2, "Each ran in its own batch."
     alone = finished(Runner(replace(settings, batch_requests=False)).generate(short))
     assert all(max_diff(a.image, b.image) <= TOLERANCE for a, b in zip(short_result.cells, alone.cells))
 

@@ -282,10 +282,12 @@ class Runner:
     Batching: requests wait in a list, in order of arrival; whoever gets the model next takes the oldest waiting
     request and every later one that shares its model, image size and guidance scale, up to the app's cap on
     images (``max_cells``) and half its deadline (by their estimates), and runs them as a
-    ``negprompt.batching.Stream``: their cells in one denoiser batch per step. Between steps the run takes in the
-    requests that arrived meanwhile, on the same terms (continuous batching: a request that arrives while a run is
-    going joins it at its next step instead of waiting for it to end), for as long as the oldest waiting request
-    shares the run's settings; each request leaves the run when its own steps are done. Each caller gets its own
+    ``negprompt.batching.Stream``: their cells in one denoiser batch per step; each request leaves the run when its
+    own steps are done. With ``NEGPROMPT_BATCH_JOIN=1`` the run also takes in, between steps, the requests that
+    arrived meanwhile, on the same terms (continuous batching: a request that arrives while a run is going joins it
+    at its next step instead of waiting for it to end), for as long as the oldest waiting request shares the run's
+    settings. Off by default: on a CPU a step's time grows with its rows, so joiners slow the requests already
+    running (30 students on a 2-core CPU: the same p95, a worse p50). Each caller gets its own
     ``Comparison`` (cells, manifest, verdicts, previews); identical requests in one run are made once. We collect
     in the runner rather than use Gradio's ``batch=True`` events because those cannot be generators (the app
     streams step counts and previews), would batch across modes and models, and could not join a running batch; a
@@ -298,6 +300,7 @@ class Runner:
     def __init__(self, settings: AppSettings):
         self.settings = settings
         self.batching = settings.batch_requests and not zero_gpu_available()
+        self.join_running = self.batching and settings.batch_join  # join a running batch between steps
         self.costs = Costs(cap_s=min(settings.budget_s, settings.deadline_s) / 4)
         self.sides: dict[str, int] = {}  # each model's own image side, once it has run
         self._run = on_gpu(self._generate, duration=lambda request, *a, **k: zero_gpu_seconds(request))
@@ -526,8 +529,9 @@ class Runner:
         return taken
 
     def _run_group(self, group: list[_Ticket]) -> None:
-        """Run the requests of ``group`` and hand each ticket its own result (or the error): with batching, as a
-        ``negprompt.batching.Stream`` that takes in compatible waiting requests at every step, until it is empty."""
+        """Run the requests of ``group`` as a ``negprompt.batching.Stream`` and hand each ticket its own result (or
+        the error); with ``join_running``, the stream takes in compatible waiting requests at every step, until it
+        is empty."""
         from negprompt.batching import Stream
 
         try:
@@ -551,7 +555,7 @@ class Runner:
                 return
             for member, outcome in ended:
                 self._hand(entries.pop(member.tag.request), outcome, pipe)
-            if self.batching and stream:
+            if self.join_running and stream:
                 with self._waiting_lock:
                     seconds = sum(e.seconds * m.steps_left / max(1, m.job.spec.steps)
                                   for e, m in ((m.tag, m) for m in stream.members))
