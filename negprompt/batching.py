@@ -109,6 +109,7 @@ class Stream:
         chunk = _Chunk(job.spec.cells, job.seed_latents, job.family.pipe._execution_device)
         member = Member(job, Denoising(job, chunk, _Progress(callback, job.spec.steps, preview_every)), interrupt,
                         tag)
+        job.twins = member.denoising.twins
         self.members.append(member)
         return member
 

@@ -180,6 +180,8 @@ class Job:
     callback: StepCallback | None
     preview_every: int
     timings: dict
+    twins: list[int] | None = None  # per cell, the cell whose trajectory it shares (its own index: none); set by
+    # the denoising, so that twins are decoded once
 
 
 def prepare(pipe, spec: ComparisonSpec, *, max_cells: int = MAX_CELLS, callback: StepCallback | None = None,
@@ -238,12 +240,15 @@ def finish(job: Job, latents: torch.Tensor, batch_used: int, interrupt: Callable
     """Decode ``job``'s final latents (every cell's, in cell order) into its ``Comparison``."""
     start = time.perf_counter()
     spec, family = job.spec, job.family
-    n = len(spec.cells)
-    images = []
-    for i in range(0, n, batch_used):
+    twins = job.twins or list(range(len(spec.cells)))
+    distinct = sorted(set(twins))  # a twin is decoded once: the same latent gives the same image, bit for bit
+    decoded = []
+    for i in range(0, len(distinct), batch_used):
         if interrupt is not None:
             interrupt()
-        images.extend(family.decode(latents[i:i + batch_used], spec.height, spec.width))
+        decoded.extend(family.decode(latents[distinct[i:i + batch_used]], spec.height, spec.width))
+    image_of = dict(zip(distinct, decoded))
+    images = [image_of[twin].copy() if twin != i else image_of[twin] for i, twin in enumerate(twins)]
     job.timings["decode_s"] = time.perf_counter() - start
     job.timings["total_s"] = sum(v for k, v in job.timings.items() if k != "total_s")
 
@@ -429,10 +434,13 @@ def _denoise_all(job: Job, max_batch: int | None):
     while True:
         try:
             progress = _Progress(job.callback, spec.steps * math.ceil(n / batch), job.preview_every)
-            outputs = []
+            outputs, twins = [], []
             for i in range(0, n, batch):
-                chunk = _Chunk(spec.cells[i:i + batch], job.seed_latents, device, offset=i)
-                outputs.append(_denoise(Denoising(job, chunk, progress)))
+                denoising = Denoising(job, _Chunk(spec.cells[i:i + batch], job.seed_latents, device, offset=i),
+                                      progress)
+                outputs.append(_denoise(denoising))
+                twins += denoising.twins
+            job.twins = twins
             return torch.cat(outputs), batch
         except torch.OutOfMemoryError:
             if batch == 1:
@@ -533,19 +541,39 @@ class Denoising:
     """One chunk of a job's cells, denoised a step at a time: ``inputs()`` is this step's denoiser batch (one row
     per (cell, branch), ``_Layout``), ``advance(out)`` takes the denoiser's output for those rows, lets each cell's
     guidance method combine its own rows at its own scale, hands the progress (and previews) on and steps the
-    sampler. ``_denoise`` runs one alone; ``negprompt.batching`` runs several jobs' in one denoiser call per step."""
+    sampler. Cells with guidance off and the same seed, positive prompt and reading share one row and are decoded
+    once (``twins``). ``_denoise`` runs one alone; ``negprompt.batching`` runs several jobs' in one denoiser call
+    per step."""
 
     def __init__(self, job: Job, chunk: _Chunk, progress: _Progress):
         family, spec = job.family, job.spec
         self.job, self.chunk, self.progress = job, chunk, progress
         self.cells = cells = chunk.cells
         self.stepper = family.stepper(spec.sampler, chunk.seeds, chunk.latents, spec.steps, spec.height, spec.width)
-        self.scales = [spec.scale_of(c) for c in cells]  # each cell combines its branches at its own scale
-        self.active = [family.guidance_active(scale) for scale in self.scales]
-        self.layout = _Layout.of(cells, self.active, family.steers_by_row)
-        self.cell_of_row = torch.tensor([j for j, _ in self.layout.order], device=chunk.latents.device)
+        scales = [spec.scale_of(c) for c in cells]  # each cell combines its branches at its own scale
+        active = [family.guidance_active(scale) for scale in scales]
+        # A cell with guidance off (and not steered in attention) follows its positive row alone: such cells with
+        # the same seed, positive prompt and reading are one trajectory, made once (``made``: the cells given batch
+        # rows; cell j takes the prediction of made cell ``source[j]``), so each is its twin's image by
+        # construction.
+        firsts: dict[tuple, int] = {}
+        self.made, self.source = [], []
+        for j, (cell, on) in enumerate(zip(cells, active)):
+            plain = not on and not steers_attention(cell.guidance)  # a steered cell's positive row is its own
+            key = (cell.seed, cell.positive, spec.reading_of(cell)) if plain else (j,)
+            if key not in firsts:
+                firsts[key] = len(self.made)
+                self.made.append(j)
+            self.source.append(firsts[key])
+        self.made_cells = [cells[j] for j in self.made]
+        self.scales, self.active = [scales[j] for j in self.made], [active[j] for j in self.made]
+        self.layout = _Layout.of(self.made_cells, self.active, family.steers_by_row)
+        of_row = [self.made[j] for j, _ in self.layout.order]
+        self.cell_of_row = None if of_row == list(range(len(cells))) else torch.tensor(of_row,
+                                                                                       device=chunk.latents.device)
         self.latents = chunk.latents * self.stepper.init_noise_sigma
-        self.readings = [spec.reading_of(c) for c in cells]
+        self.readings = [spec.reading_of(c) for c in self.made_cells]
+        self.twins = [chunk.offset + self.made[k] for k in self.source]  # per cell, its index in the spec
         self.timesteps = self.stepper.timesteps
         self.step = 0
         self._texts: dict[tuple, list] = {}  # the stacked text embeddings change only where a window opens or closes
@@ -560,7 +588,7 @@ class Denoising:
         return self.step >= len(self.timesteps)
 
     def inputs(self) -> StepInput:
-        job, cells, layout, step = self.job, self.cells, self.layout, self.step
+        job, cells, layout, step = self.job, self.made_cells, self.layout, self.step
         spec, table, unconditional = job.spec, job.table, job.spec.baseline_negative
         t = self.timesteps[step]
         keys = tuple(layout.text_keys(cells, step, spec.steps, unconditional, self.readings))
@@ -570,12 +598,12 @@ class Denoising:
             self._texts[keys] = [(rows, *table.stack([keys[k] for k in rows], self.latents.device))
                                  for rows in groups]
         self._model_input = model_input = self.stepper.scale(self.latents, t)
-        denoiser_input = model_input if self.rows == len(cells) else model_input[self.cell_of_row]
+        denoiser_input = model_input if self.cell_of_row is None else model_input[self.cell_of_row]
         watched, steered = {}, {}
         if job.capture is not None:  # the rows reading their cell's own negative prompt, at about five steps
             sampled = step % max(1, round(spec.steps / attention.STEPS_SAMPLED)) == 0
             own = [text_key(self.readings[j], cells[j].negative, step, spec.steps) for j, _ in layout.order]
-            watched = {k: self.chunk.offset + j for k, (j, branch) in enumerate(layout.order) if sampled
+            watched = {k: self.chunk.offset + self.made[j] for k, (j, branch) in enumerate(layout.order) if sampled
                        and branch == "negative" and cells[j].negative is not None and keys[k] == own[k]}
         if job.steer is not None:
             steered = _steered_rows(layout, cells, step, spec.steps, unconditional, table, self.readings,
@@ -585,9 +613,10 @@ class Denoising:
     @torch.no_grad()
     def advance(self, out: torch.Tensor) -> None:
         job, t, model_input = self.job, self.timesteps[self.step], self._model_input
-        eps = torch.cat([cell.guidance.combine({b: out[k:k + 1] for b, k in rows.items() if b != STEERING}, scale)
-                         if on else out[rows["positive"]:rows["positive"] + 1]  # guidance off: the positive alone
-                         for cell, rows, scale, on in zip(self.cells, self.layout.rows, self.scales, self.active)])
+        made = [cell.guidance.combine({b: out[k:k + 1] for b, k in rows.items() if b != STEERING}, scale)
+                if on else out[rows["positive"]:rows["positive"] + 1]  # guidance off: the positive alone
+                for cell, rows, scale, on in zip(self.made_cells, self.layout.rows, self.scales, self.active)]
+        eps = torch.cat([made[k] for k in self.source])
         spec, family = job.spec, job.family
         self.progress.step(lambda: family.decode(self.stepper.x0(model_input, eps, t), spec.height, spec.width,
                                                  job.runtime.preview_decoder))
