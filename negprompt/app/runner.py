@@ -490,7 +490,7 @@ class Runner:
             t.taken = True
         if self.batching:
             group += self._more(live[0].key, self._cells(live[0].request),
-                                self.estimate(live[0].request, live[0].previews), {live[0].request})
+                                self.estimate(live[0].request, live[0].previews), {live[0].request}, joining=False)
         return group
 
     def _live(self) -> list[_Ticket]:
@@ -504,13 +504,14 @@ class Runner:
         self._waiting = live
         return live
 
-    def _more(self, key: tuple, cells: int, seconds: float, running: set) -> list[_Ticket]:
+    def _more(self, key: tuple, cells: int, seconds: float, running: set, joining: bool = True) -> list[_Ticket]:
         """Waiting requests to run beside ``running`` (call holding the waiting lock): in order of arrival, each
         with ``key``, while the cells stay within the app's cap on images and the estimated seconds within half
-        the deadline; a request identical to one running is made once. Only while the oldest waiting request has
-        ``key``: one of other settings is never passed over."""
+        the deadline; a request identical to one running is made once. ``joining`` (a run that is going): only
+        while the oldest waiting request has ``key``, so that one of other settings is not kept waiting by a run
+        that never ends."""
         live = self._live()
-        if not live or live[0].key != key:
+        if not live or (joining and live[0].key != key):
             return []
         limit = max(self.settings.budget_s, self.settings.deadline_s / 2)  # a run ends well before the deadline
         taken = []
