@@ -98,18 +98,17 @@ class Stream:
             attention_maps: bool = False, interrupt: Callable[[], None] | None = None, max_cells: int = MAX_CELLS,
             tag: object = None) -> Member:
         """Check and prepare ``spec`` (``InputError`` as ``run`` gives it) and take it in at the next step."""
+        if interrupt is not None and not callable(interrupt):
+            raise InputError("interrupt", interrupt, "interrupt must be callable")
         job = prepare(self.pipe, spec, max_cells=max_cells, callback=callback, preview_every=preview_every,
                       attention_maps=attention_maps)
         if self.members and shared_settings(job.spec) != shared_settings(self.members[0].job.spec):
             raise InputError("spec", shared_settings(job.spec),
                              f"a stream runs one size and guidance scale {shared_settings(self.members[0].job.spec)}"
                              f"; this spec has {shared_settings(job.spec)}")
-        if interrupt is not None and not callable(interrupt):
-            raise InputError("interrupt", interrupt, "interrupt must be callable")
         chunk = _Chunk(job.spec.cells, job.seed_latents, job.family.pipe._execution_device)
         member = Member(job, Denoising(job, chunk, _Progress(callback, job.spec.steps, preview_every)), interrupt,
                         tag)
-        job.twins = member.denoising.twins
         self.members.append(member)
         return member
 
@@ -214,7 +213,7 @@ class Stream:
 
     @staticmethod
     def _finished(member: Member) -> Comparison:
-        result = finish(member.job, member.denoising.latents, member.cells, member.interrupt)
+        result = finish(member.job, member.denoising.latents, member.cells, member.denoising.twins, member.interrupt)
         return replace(result, max_batch_used=member.most_cells)
 
 

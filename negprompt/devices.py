@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import functools
 import logging
 import os
-import threading
 
 import torch
 
@@ -16,8 +16,6 @@ log = logging.getLogger(__name__)
 
 # glibc's mallopt parameters (malloc.h)
 _M_TRIM_THRESHOLD, _M_TOP_PAD, _M_MMAP_THRESHOLD = -1, -2, -3
-_kept: list[bool] = []  # [whether it worked], once per process
-_kept_lock = threading.Lock()
 
 
 
@@ -64,6 +62,7 @@ def pick_dtype(device: torch.device, requested: torch.dtype | str | None = None)
     return torch.float32
 
 
+@functools.cache
 def keep_freed_memory() -> bool:
     """Ask glibc's malloc (once per process) to keep the memory a denoising step frees for the next step, instead
     of handing blocks over 128 KB back to the system and faulting them in again, zeroed, a step later. On the CPU a
@@ -71,15 +70,10 @@ def keep_freed_memory() -> bool:
     per step, and none once kept, and ran faster (``python benchmarks/batching.py`` measures it, kept and not, side
     by side). The cost: the process keeps up to its largest step's memory (blocks up to 32 MB; larger ones are
     still returned). PyTorch's CPU tuning guides reach the same end by preloading jemalloc or tcmalloc; this needs
-    no preload. False (and nothing changed) without glibc, or with
-    ``NEGPROMPT_KEEP_MEMORY=0``."""
-    with _kept_lock:
-        if not _kept:
-            if os.environ.get("NEGPROMPT_KEEP_MEMORY", "").strip().lower() in ("0", "false", "no", "off"):
-                _kept.append(False)
-                return False
-            _kept.append(_mallopt({_M_MMAP_THRESHOLD: 32 << 20, _M_TRIM_THRESHOLD: 1 << 30, _M_TOP_PAD: 64 << 20}))
-        return _kept[0]
+    no preload. False (and nothing changed) without glibc, or with ``NEGPROMPT_KEEP_MEMORY=0``."""
+    if os.environ.get("NEGPROMPT_KEEP_MEMORY", "").strip().lower() in ("0", "false", "no", "off"):
+        return False
+    return _mallopt({_M_MMAP_THRESHOLD: 32 << 20, _M_TRIM_THRESHOLD: 1 << 30, _M_TOP_PAD: 64 << 20})
 
 
 def _mallopt(values: dict[int, int]) -> bool:

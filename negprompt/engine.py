@@ -154,11 +154,11 @@ def _run(pipe, spec: ComparisonSpec, *, max_batch, max_cells, callback, preview_
     start = time.perf_counter()
     with attention.capturing(job.capture) if job.capture is not None else nullcontext(), \
             attention.steering(job.steer) if job.steer is not None else nullcontext():
-        latents, batch_used = _denoise_all(job, max_batch)
+        latents, batch_used, twins = _denoise_all(job, max_batch)
     job.timings["denoise_s"] = time.perf_counter() - start
 
     # 5. Decode
-    return finish(job, latents, batch_used, interrupt)
+    return finish(job, latents, batch_used, twins, interrupt)
 
 
 @dataclass
@@ -180,8 +180,6 @@ class Job:
     callback: StepCallback | None
     preview_every: int
     timings: dict
-    twins: list[int] | None = None  # per cell, the cell whose trajectory it shares (its own index: none); set by
-    # the denoising, so that twins are decoded once
 
 
 def prepare(pipe, spec: ComparisonSpec, *, max_cells: int = MAX_CELLS, callback: StepCallback | None = None,
@@ -235,12 +233,12 @@ def prepare(pipe, spec: ComparisonSpec, *, max_cells: int = MAX_CELLS, callback:
                preview_every, timings)
 
 
-def finish(job: Job, latents: torch.Tensor, batch_used: int, interrupt: Callable[[], None] | None = None
-           ) -> Comparison:
-    """Decode ``job``'s final latents (every cell's, in cell order) into its ``Comparison``."""
+def finish(job: Job, latents: torch.Tensor, batch_used: int, twins: Sequence[int],
+           interrupt: Callable[[], None] | None = None) -> Comparison:
+    """Decode ``job``'s final latents (every cell's, in cell order) into its ``Comparison``; ``twins[i]``: the cell
+    whose trajectory cell i shares (``Denoising.twins``; i itself where none)."""
     start = time.perf_counter()
     spec, family = job.spec, job.family
-    twins = job.twins or list(range(len(spec.cells)))
     distinct = sorted(set(twins))  # a twin is decoded once: the same latent gives the same image, bit for bit
     decoded = []
     for i in range(0, len(distinct), batch_used):
@@ -423,7 +421,8 @@ def _encode_spec(family: Family, spec: ComparisonSpec) -> TextTable:
 
 
 def _denoise_all(job: Job, max_batch: int | None):
-    """Denoise every cell of ``job``, in chunks of whole cells; returns final latents and the chunk size used.
+    """Denoise every cell of ``job``, in chunks of whole cells; returns final latents, the chunk size used and each
+    cell's twin (``Denoising.twins``).
     An out-of-memory error halves the chunk size and starts over; the size that fits is remembered with the
     pipeline (``runtime.safe_batch``), so the next comparison of that size starts there."""
     spec, runtime = job.spec, job.runtime
@@ -440,8 +439,7 @@ def _denoise_all(job: Job, max_batch: int | None):
                                       progress)
                 outputs.append(_denoise(denoising))
                 twins += denoising.twins
-            job.twins = twins
-            return torch.cat(outputs), batch
+            return torch.cat(outputs), batch, twins
         except torch.OutOfMemoryError:
             if batch == 1:
                 raise

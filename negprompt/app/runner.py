@@ -558,8 +558,7 @@ class Runner:
                 self._hand(entries.pop(member.tag.request), outcome, pipe)
             if self.join_running and stream:
                 with self._waiting_lock:
-                    seconds = sum(e.seconds * m.steps_left / max(1, m.job.spec.steps)
-                                  for e, m in ((m.tag, m) for m in stream.members))
+                    seconds = sum(m.tag.seconds * m.steps_left / max(1, m.job.spec.steps) for m in stream.members)
                     more = self._more(group[0].key, stream.cells, seconds, set(entries))
                 if more:
                     self._join(stream, entries, more, pipe)
